@@ -1,1 +1,9 @@
-//! Support shared by the workspace's examples, integration tests and benchmarks.
+//! Support shared by the workspace's examples, integration tests, benchmarks and demo.
+//!
+//! Nothing here is published: it is the test bench of the `graceful-listener` crates.
+//! [`harness`] starts real processes and guarantees they are reaped; [`fake_einhorn`]
+//! plays the part of an Einhorn master for a single worker (inherited fds, a real
+//! command socket) so the core can be tested without any master binary.
+
+pub mod fake_einhorn;
+pub mod harness;

@@ -1,0 +1,275 @@
+//! Running as an Einhorn worker: am I one, take my listeners, tell the master I am ready.
+//!
+//! The wire details follow Einhorn 0.8.2 exactly; see the crate's book for the protocol.
+
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockRef, Type};
+use tokio::io::AsyncWriteExt;
+
+use crate::bind::{Bind, BindError};
+use crate::env::{CommandSocket, EinhornEnv, EnvError};
+use crate::listener::GracefulListener;
+
+/// How long [`ack`] keeps retrying while the master's command socket refuses connections
+/// (it does for a moment while the master re-execs itself during an upgrade).
+pub const ACK_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Whether this process is an Einhorn worker with at least one listener.
+///
+/// Unlike Go's `einhorn.IsRunning`, this also checks that `EINHORN_MASTER_PID` is this
+/// process's parent: a grandchild that inherited the environment is not a worker.
+///
+/// # Example
+/// ```
+/// let bind = if graceful_listener::einhorn::is_running() { "einhorn@0" } else { "127.0.0.1:8000" };
+/// # let _ = bind;
+/// ```
+pub fn is_running() -> bool {
+    EinhornEnv::from_process().is_worker_with_listeners()
+}
+
+/// How many listeners the master passed (`EINHORN_FD_COUNT`).
+///
+/// # Errors
+/// An [`EnvError`] when this process is not an Einhorn worker or the count is garbage.
+pub fn listener_count() -> Result<usize, EnvError> {
+    let env = EinhornEnv::from_process();
+    env.check_worker()?;
+    env.fd_count()
+}
+
+/// Takes the `index`th listener the master passed (Einhorn's `-b` order), validated.
+/// Each listener can be taken once.
+///
+/// # Errors
+/// A [`BindError`] naming the variable and value at fault: not a worker, index past
+/// `EINHORN_FD_COUNT`, a garbage fd, or an fd that is not a listening stream socket.
+///
+/// # Example
+/// ```no_run
+/// # async fn example() -> Result<(), graceful_listener::BindError> {
+/// let listener = graceful_listener::einhorn::listener(0).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn listener(index: usize) -> Result<GracefulListener, BindError> {
+    GracefulListener::bind(&Bind::Einhorn(index)).await
+}
+
+/// The exact line a worker sends to ACK: `{"command":"worker:ack","pid":PID}` and a newline.
+///
+/// # Example
+/// ```
+/// assert_eq!(graceful_listener::einhorn::ack_line(12345), "{\"command\":\"worker:ack\",\"pid\":12345}\n");
+/// ```
+pub fn ack_line(pid: u32) -> String {
+    format!("{{\"command\":\"worker:ack\",\"pid\":{pid}}}\n")
+}
+
+/// The ACK could not be delivered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AckError {
+    /// The environment does not say where the master is.
+    #[error("cannot ACK to the Einhorn master: {0}")]
+    Env(#[from] EnvError),
+    /// The command socket stayed unreachable for the whole retry period.
+    #[error(
+        "cannot ACK to the Einhorn master: EINHORN_SOCK_PATH={} unreachable after {attempts} attempts in {:.1}s: {source}",
+        path.display(),
+        waited.as_secs_f64()
+    )]
+    Unreachable {
+        /// The command socket's path.
+        path: PathBuf,
+        /// How many times a connection was tried.
+        attempts: u32,
+        /// How long it was tried for.
+        waited: Duration,
+        /// The last error.
+        source: std::io::Error,
+    },
+}
+
+/// Tells the master this worker is ready (Einhorn's manual ACK, `-m manual`).
+///
+/// Call it only once the worker really serves. Writes one line, [`ack_line`], to the
+/// command socket and closes the connection without waiting for a reply (the master sends
+/// none). Uses `EINHORN_SOCK_FD` if it is a connected Unix stream socket (in real Einhorn
+/// it usually is not), else connects to `EINHORN_SOCK_PATH`, retrying with backoff for up to
+/// [`ACK_RETRY_FOR`]. Under a timer ACK (Einhorn's default) a manual ACK is harmless.
+///
+/// [`run`](crate::run) calls this for you.
+///
+/// # Errors
+/// An [`AckError`] when the environment has no command socket or it stays unreachable.
+pub async fn ack() -> Result<(), AckError> {
+    ack_with(&EinhornEnv::from_process(), ACK_RETRY_FOR).await
+}
+
+pub(crate) async fn ack_with(env: &EinhornEnv, retry_for: Duration) -> Result<(), AckError> {
+    let line = ack_line(std::process::id());
+    if let CommandSocket::Fd(fd) = env.command_socket()? {
+        match write_to_connected_fd(fd, line.as_bytes()) {
+            Ok(()) => {
+                tracing::info!(fd, "acked to the Einhorn master (EINHORN_SOCK_FD)");
+                return Ok(());
+            }
+            Err(reason) => tracing::debug!(fd, %reason, "EINHORN_SOCK_FD unusable; using EINHORN_SOCK_PATH"),
+        }
+    }
+    let path = env.command_socket_path()?;
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(10);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match send_line(&path, line.as_bytes()).await {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), attempts, "acked to the Einhorn master");
+                return Ok(());
+            }
+            Err(source) if started.elapsed() + delay > retry_for => {
+                return Err(AckError::Unreachable {
+                    path,
+                    attempts,
+                    waited: started.elapsed(),
+                    source,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, attempts, "command socket not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+async fn send_line(path: &std::path::Path, line: &[u8]) -> std::io::Result<()> {
+    let mut stream = tokio::net::UnixStream::connect(path).await?;
+    stream.write_all(line).await?;
+    stream.shutdown().await
+}
+
+/// Writes to `EINHORN_SOCK_FD` only if it really is a connected Unix stream socket: in
+/// Einhorn the fd is opened close-on-exec, so after exec its number names nothing, or
+/// something else entirely, which we must not write an ACK into.
+fn write_to_connected_fd(fd: RawFd, bytes: &[u8]) -> Result<(), String> {
+    // SAFETY: F_GETFD only reads flags; EBADF for a closed fd.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err("not open".into());
+    }
+    // SAFETY: open (checked above); borrowed only for the duration of this function.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let socket = SockRef::from(&borrowed);
+    let unix_stream = socket.domain().ok() == Some(Domain::UNIX) && socket.r#type().ok() == Some(Type::STREAM);
+    if !unix_stream {
+        return Err("not a Unix stream socket".into());
+    }
+    if socket.peer_addr().is_err() {
+        return Err("not connected".into());
+    }
+    // Write through a duplicate so that closing ours leaves the inherited fd as it was.
+    let dup = borrowed.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+    let mut stream = std::os::unix::net::UnixStream::from(dup);
+    stream.write_all(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[tokio::test]
+    async fn ack_writes_the_exact_line_to_the_path() {
+        let dir = tempdir();
+        let path = dir.join("cmd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let env = EinhornEnv::from_vars([("EINHORN_SOCK_PATH", path.to_str().unwrap())], 1);
+        ack_with(&env, Duration::from_secs(2)).await.unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut got = String::new();
+        conn.read_to_string(&mut got).unwrap();
+        assert_eq!(got, ack_line(std::process::id()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn ack_retries_until_the_socket_appears() {
+        let dir = tempdir();
+        let path = dir.join("late.sock");
+        let env = EinhornEnv::from_vars([("EINHORN_SOCK_PATH", path.to_str().unwrap())], 1);
+        let binder = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(150));
+                let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut got = String::new();
+                conn.read_to_string(&mut got).unwrap();
+                got
+            })
+        };
+        ack_with(&env, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(binder.join().unwrap(), ack_line(std::process::id()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_master_is_a_clear_error() {
+        let env = EinhornEnv::from_vars([("EINHORN_SOCK_PATH", "/nonexistent/einhorn.sock")], 1);
+        let err = ack_with(&env, Duration::from_millis(100)).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("cannot ACK to the Einhorn master: EINHORN_SOCK_PATH=/nonexistent/einhorn.sock unreachable after"),
+            "{msg}"
+        );
+        let err = ack_with(&EinhornEnv::from_vars(Vec::<(String, String)>::new(), 1), Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot ACK to the Einhorn master: EINHORN_SOCK_PATH is not set: this process was not started by an Einhorn master"
+        );
+    }
+
+    #[tokio::test]
+    async fn sock_fd_is_used_only_when_it_is_a_connected_unix_stream() {
+        let (mut master_end, worker_end) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&worker_end);
+        let env = EinhornEnv::from_vars([("EINHORN_SOCK_FD", fd.to_string())], 1);
+        ack_with(&env, Duration::ZERO).await.unwrap();
+        drop(worker_end);
+        let mut got = String::new();
+        master_end.read_to_string(&mut got).unwrap();
+        assert_eq!(got, ack_line(std::process::id()));
+
+        // A file at that number is never written to: the path is used instead.
+        let dir = tempdir();
+        let path = dir.join("cmd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let file = std::fs::File::create(dir.join("not-a-socket")).unwrap();
+        let file_fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let env = EinhornEnv::from_vars(
+            [("EINHORN_SOCK_FD", file_fd.to_string()), ("EINHORN_SOCK_PATH", path.display().to_string())],
+            1,
+        );
+        ack_with(&env, Duration::from_secs(2)).await.unwrap();
+        assert!(listener.accept().is_ok());
+        assert_eq!(std::fs::metadata(dir.join("not-a-socket")).unwrap().len(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempdir() -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("gl-ack-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

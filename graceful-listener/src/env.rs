@@ -1,0 +1,326 @@
+//! Einhorn's worker environment, parsed without touching the process: every function here
+//! takes the variables as input, so the parsing can be tested exhaustively.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+/// `EINHORN_FD_COUNT`: how many `-b` sockets the master bound.
+pub const FD_COUNT: &str = "EINHORN_FD_COUNT";
+/// `EINHORN_MASTER_PID`: the master's pid, which must be this process's parent.
+pub const MASTER_PID: &str = "EINHORN_MASTER_PID";
+/// `EINHORN_SOCK_PATH`: path of the master's command socket.
+pub const SOCK_PATH: &str = "EINHORN_SOCK_PATH";
+/// `EINHORN_SOCK_FD`: an fd already connected to the command socket (`einhorn -g`).
+pub const SOCK_FD: &str = "EINHORN_SOCK_FD";
+/// `EINHORN_CHILD_INDEX`: this worker's index.
+pub const CHILD_INDEX: &str = "EINHORN_CHILD_INDEX";
+
+/// A variable of Einhorn's worker environment is missing or wrong.
+///
+/// Every message names the variable and, where there is one, the value at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvError {
+    /// A required variable is not set.
+    #[error("{var} is not set: this process was not started by an Einhorn master")]
+    Missing {
+        /// The variable's name.
+        var: String,
+    },
+    /// A variable is set to something that is not what Einhorn writes there.
+    #[error("{var}={value:?} is not {expected}")]
+    Invalid {
+        /// The variable's name.
+        var: String,
+        /// Its value, as found.
+        value: String,
+        /// What it should have been.
+        expected: &'static str,
+    },
+    /// The master pid is not this process's parent: a grandchild that inherited the
+    /// environment, or a process started by hand with a copied environment.
+    #[error(
+        "{MASTER_PID}={master_pid} is not this process's parent (pid {parent_pid}): \
+         only a direct child of the Einhorn master is a worker"
+    )]
+    NotOurMaster {
+        /// The value of `EINHORN_MASTER_PID`.
+        master_pid: i32,
+        /// This process's actual parent pid.
+        parent_pid: i32,
+    },
+    /// A listener index at or past `EINHORN_FD_COUNT`.
+    #[error("einhorn@{index} is out of range: {FD_COUNT}={count} (indexes start at 0)")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The number of listeners the master passed.
+        count: usize,
+    },
+}
+
+/// How to reach the master's command socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandSocket {
+    /// `EINHORN_SOCK_FD`: an fd said to be connected already (to be checked before use).
+    Fd(RawFd),
+    /// `EINHORN_SOCK_PATH`: connect to this path.
+    Path(PathBuf),
+}
+
+/// A snapshot of Einhorn's variables, read once, with the parent pid to check them against.
+#[derive(Debug, Clone)]
+pub struct EinhornEnv {
+    vars: Vec<(String, String)>,
+    parent_pid: i32,
+}
+
+impl EinhornEnv {
+    /// Reads the `EINHORN_*` variables of this process and its parent pid.
+    pub fn from_process() -> EinhornEnv {
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+            .filter(|(k, _)| k.starts_with("EINHORN_"))
+            .collect();
+        EinhornEnv {
+            vars,
+            parent_pid: nix::unistd::getppid().as_raw(),
+        }
+    }
+
+    /// A snapshot made from given variables, as if `parent_pid` were this process's parent.
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>, parent_pid: i32) -> EinhornEnv
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        EinhornEnv {
+            vars: vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            parent_pid,
+        }
+    }
+
+    fn get(&self, var: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn require(&self, var: &str) -> Result<&str, EnvError> {
+        self.get(var).ok_or_else(|| EnvError::Missing {
+            var: var.to_owned(),
+        })
+    }
+
+    /// Whether this process is an Einhorn worker with at least one listener: the fd count
+    /// is above zero and the master pid is the parent pid (the test Go's `IsRunning` lacks).
+    pub fn is_worker_with_listeners(&self) -> bool {
+        self.check_worker().is_ok() && self.fd_count().is_ok_and(|n| n > 0)
+    }
+
+    /// Checks that this process is a worker: `EINHORN_MASTER_PID` is set, numeric, and the
+    /// parent pid.
+    ///
+    /// # Errors
+    /// [`EnvError::Missing`], [`EnvError::Invalid`] or [`EnvError::NotOurMaster`].
+    pub fn check_worker(&self) -> Result<(), EnvError> {
+        let master_pid: i32 = parse(MASTER_PID, self.require(MASTER_PID)?, "a process id")?;
+        if master_pid <= 0 {
+            return Err(invalid(MASTER_PID, &master_pid.to_string(), "a process id"));
+        }
+        if master_pid != self.parent_pid {
+            return Err(EnvError::NotOurMaster {
+                master_pid,
+                parent_pid: self.parent_pid,
+            });
+        }
+        Ok(())
+    }
+
+    /// The number of listeners the master passed (`EINHORN_FD_COUNT`).
+    ///
+    /// # Errors
+    /// [`EnvError::Missing`] or [`EnvError::Invalid`].
+    pub fn fd_count(&self) -> Result<usize, EnvError> {
+        parse(FD_COUNT, self.require(FD_COUNT)?, "a listener count")
+    }
+
+    /// The fd number of listener `index` (`EINHORN_FD_<index>`), after checking that this
+    /// process is a worker and that `index` is below the count.
+    ///
+    /// # Errors
+    /// Any [`EnvError`]: not a worker, index out of range, or a missing or garbage variable.
+    pub fn listener_fd(&self, index: usize) -> Result<RawFd, EnvError> {
+        self.check_worker()?;
+        let count = self.fd_count()?;
+        if index >= count {
+            return Err(EnvError::IndexOutOfRange { index, count });
+        }
+        let var = format!("EINHORN_FD_{index}");
+        let fd: RawFd = parse(&var, self.require(&var)?, "a file descriptor number")?;
+        if fd < 0 {
+            return Err(invalid(&var, &fd.to_string(), "a file descriptor number"));
+        }
+        Ok(fd)
+    }
+
+    /// The name of the variable that holds listener `index`'s fd.
+    pub fn listener_var(index: usize) -> String {
+        format!("EINHORN_FD_{index}")
+    }
+
+    /// Where to send the ACK: `EINHORN_SOCK_FD` when it is set and numeric, else
+    /// `EINHORN_SOCK_PATH`. (A given fd must still be checked: see [`crate::einhorn::ack`].)
+    ///
+    /// # Errors
+    /// [`EnvError::Missing`] when neither is set, [`EnvError::Invalid`] for an empty path.
+    pub fn command_socket(&self) -> Result<CommandSocket, EnvError> {
+        if let Some(fd) = self.get(SOCK_FD).and_then(|v| v.trim().parse::<RawFd>().ok()) {
+            if fd >= 0 {
+                return Ok(CommandSocket::Fd(fd));
+            }
+        }
+        self.command_socket_path().map(CommandSocket::Path)
+    }
+
+    /// The command socket's path (`EINHORN_SOCK_PATH`).
+    ///
+    /// # Errors
+    /// [`EnvError::Missing`] or, for an empty value, [`EnvError::Invalid`].
+    pub fn command_socket_path(&self) -> Result<PathBuf, EnvError> {
+        let path = self.require(SOCK_PATH)?;
+        if path.is_empty() {
+            return Err(invalid(SOCK_PATH, path, "a socket path"));
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    /// This worker's index (`EINHORN_CHILD_INDEX`), if set and numeric.
+    pub fn child_index(&self) -> Option<usize> {
+        self.get(CHILD_INDEX)?.trim().parse().ok()
+    }
+}
+
+fn invalid(var: &str, value: &str, expected: &'static str) -> EnvError {
+    EnvError::Invalid {
+        var: var.to_owned(),
+        value: value.to_owned(),
+        expected,
+    }
+}
+
+fn parse<T: std::str::FromStr>(var: &str, value: &str, expected: &'static str) -> Result<T, EnvError> {
+    // Einhorn writes plain decimal numbers; anything else is garbage, not a number to guess at.
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        return Err(invalid(var, value, expected));
+    }
+    value.parse().map_err(|_| invalid(var, value, expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: i32 = 4242;
+
+    fn env(vars: &[(&str, &str)]) -> EinhornEnv {
+        EinhornEnv::from_vars(vars.iter().copied(), PARENT)
+    }
+
+    fn worker(extra: &[(&str, &str)]) -> EinhornEnv {
+        let mut vars = vec![
+            (MASTER_PID, "4242"),
+            (FD_COUNT, "2"),
+            ("EINHORN_FD_0", "3"),
+            ("EINHORN_FD_1", "7"),
+            (SOCK_PATH, "/tmp/einhorn.sock"),
+        ];
+        vars.extend_from_slice(extra);
+        env(&vars)
+    }
+
+    #[test]
+    fn a_real_worker_environment_parses() {
+        let e = worker(&[(CHILD_INDEX, "5")]);
+        assert!(e.is_worker_with_listeners());
+        assert_eq!(e.fd_count(), Ok(2));
+        assert_eq!(e.listener_fd(0), Ok(3));
+        assert_eq!(e.listener_fd(1), Ok(7));
+        assert_eq!(e.child_index(), Some(5));
+        assert_eq!(e.command_socket(), Ok(CommandSocket::Path("/tmp/einhorn.sock".into())));
+    }
+
+    #[test]
+    fn an_empty_environment_is_not_a_worker() {
+        let e = env(&[]);
+        assert!(!e.is_worker_with_listeners());
+        assert_eq!(e.check_worker(), Err(EnvError::Missing { var: MASTER_PID.into() }));
+        let msg = e.listener_fd(0).unwrap_err().to_string();
+        assert_eq!(msg, "EINHORN_MASTER_PID is not set: this process was not started by an Einhorn master");
+    }
+
+    #[test]
+    fn zero_listeners_is_a_worker_without_listeners() {
+        let e = env(&[(MASTER_PID, "4242"), (FD_COUNT, "0")]);
+        assert!(e.check_worker().is_ok());
+        assert!(!e.is_worker_with_listeners());
+        assert_eq!(e.listener_fd(0), Err(EnvError::IndexOutOfRange { index: 0, count: 0 }));
+    }
+
+    #[test]
+    fn a_grandchild_is_not_a_worker() {
+        let e = EinhornEnv::from_vars([(MASTER_PID, "4242"), (FD_COUNT, "1"), ("EINHORN_FD_0", "3")], 999);
+        assert!(!e.is_worker_with_listeners());
+        let err = e.listener_fd(0).unwrap_err();
+        assert_eq!(err, EnvError::NotOurMaster { master_pid: 4242, parent_pid: 999 });
+        assert!(err.to_string().contains("EINHORN_MASTER_PID=4242 is not this process's parent (pid 999)"));
+    }
+
+    #[test]
+    fn index_past_the_count_names_both() {
+        let err = worker(&[]).listener_fd(2).unwrap_err();
+        assert_eq!(err.to_string(), "einhorn@2 is out of range: EINHORN_FD_COUNT=2 (indexes start at 0)");
+    }
+
+    #[test]
+    fn garbage_values_are_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("EINHORN_FD_0", "abc", "EINHORN_FD_0=\"abc\" is not a file descriptor number"),
+            ("EINHORN_FD_0", "", "EINHORN_FD_0=\"\" is not a file descriptor number"),
+            ("EINHORN_FD_0", "-1", "EINHORN_FD_0=\"-1\" is not a file descriptor number"),
+            ("EINHORN_FD_0", "3 ", "EINHORN_FD_0=\"3 \" is not a file descriptor number"),
+            ("EINHORN_FD_0", "99999999999", "EINHORN_FD_0=\"99999999999\" is not a file descriptor number"),
+            (FD_COUNT, "two", "EINHORN_FD_COUNT=\"two\" is not a listener count"),
+            (FD_COUNT, "-2", "EINHORN_FD_COUNT=\"-2\" is not a listener count"),
+            (MASTER_PID, "0x10", "EINHORN_MASTER_PID=\"0x10\" is not a process id"),
+            (MASTER_PID, "0", "EINHORN_MASTER_PID=\"0\" is not a process id"),
+        ];
+        for (var, value, message) in cases {
+            let e = worker(&[(var, value)]);
+            let err = e.listener_fd(0).unwrap_err();
+            assert_eq!(&err.to_string(), message, "{var}={value:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_listener_variable_is_named() {
+        let e = env(&[(MASTER_PID, "4242"), (FD_COUNT, "1")]);
+        assert_eq!(e.listener_fd(0), Err(EnvError::Missing { var: "EINHORN_FD_0".into() }));
+    }
+
+    #[test]
+    fn sock_fd_wins_over_path_only_when_numeric() {
+        assert_eq!(worker(&[(SOCK_FD, "9")]).command_socket(), Ok(CommandSocket::Fd(9)));
+        assert_eq!(
+            worker(&[(SOCK_FD, "nine")]).command_socket(),
+            Ok(CommandSocket::Path("/tmp/einhorn.sock".into()))
+        );
+        assert_eq!(
+            env(&[(MASTER_PID, "4242")]).command_socket(),
+            Err(EnvError::Missing { var: SOCK_PATH.into() })
+        );
+        assert!(matches!(env(&[(SOCK_PATH, "")]).command_socket(), Err(EnvError::Invalid { .. })));
+    }
+}

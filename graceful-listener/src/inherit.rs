@@ -1,0 +1,226 @@
+//! Taking ownership of an inherited listening socket, after checking it is one.
+//!
+//! An fd number from the environment is a claim, not a fact: it may be closed, a file, a
+//! datagram socket, or a socket nobody called `listen()` on. Each is reported as such
+//! instead of surfacing later as a baffling accept error or a tokio panic.
+
+use std::collections::BTreeSet;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use socket2::{Domain, SockRef, Type};
+
+/// An inherited fd is not a listening stream socket we can use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InheritError {
+    /// Nothing is open at this fd number.
+    #[error("fd {fd} is not open")]
+    NotOpen {
+        /// The fd number.
+        fd: RawFd,
+    },
+    /// The fd is open but is not a socket (a file, a pipe, a terminal...).
+    #[error("fd {fd} is not a socket")]
+    NotASocket {
+        /// The fd number.
+        fd: RawFd,
+    },
+    /// The socket is not a stream socket (UDP, for instance).
+    #[error("fd {fd} is a {kind} socket, not a stream socket")]
+    NotStream {
+        /// The fd number.
+        fd: RawFd,
+        /// What kind of socket it is.
+        kind: &'static str,
+    },
+    /// The socket is not listening: nobody called `listen()` on it, or it is connected.
+    #[error("fd {fd} is a socket that is not listening")]
+    NotListening {
+        /// The fd number.
+        fd: RawFd,
+    },
+    /// The socket's family is neither IPv4, IPv6 nor Unix.
+    #[error("fd {fd} is a socket of an unsupported address family")]
+    UnsupportedFamily {
+        /// The fd number.
+        fd: RawFd,
+    },
+    /// This fd was already taken by this process: each inherited listener can be taken once.
+    #[error("fd {fd} was already taken: an inherited listener can be taken only once")]
+    AlreadyTaken {
+        /// The fd number.
+        fd: RawFd,
+    },
+    /// A system call on the fd failed.
+    #[error("fd {fd}: {source}")]
+    Io {
+        /// The fd number.
+        fd: RawFd,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The kind of listening socket an inherited fd turned out to be.
+#[derive(Debug)]
+pub(crate) enum InheritedListener {
+    /// An IPv4 or IPv6 TCP listener.
+    Tcp(std::net::TcpListener),
+    /// A Unix stream listener.
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Fd numbers taken so far. A number stays here for the life of the process: once our copy
+/// is closed the number may name something else, and taking it again would be a lie.
+static TAKEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+
+/// Checks that `fd` is an open, listening stream socket of a supported family, makes it
+/// non-blocking and close-on-exec, and takes ownership of it (once per fd per process).
+///
+/// Non-blocking is set here because `O_NONBLOCK` lives on the open file, shared with the
+/// master and every other worker: nobody else's setting can be assumed. Close-on-exec is set
+/// so that programs this worker runs do not keep the listener alive.
+///
+/// # Errors
+/// An [`InheritError`] naming the fd and what is wrong with it. On error the fd is left
+/// untouched and not taken.
+pub(crate) fn take_listener(fd: RawFd) -> Result<InheritedListener, InheritError> {
+    if fd < 0 {
+        return Err(InheritError::NotOpen { fd });
+    }
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    if taken.contains(&fd) {
+        return Err(InheritError::AlreadyTaken { fd });
+    }
+    // SAFETY: F_GETFD only reads the descriptor flags; an invalid fd yields EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(InheritError::NotOpen { fd });
+    }
+    // SAFETY: the fd is open (checked just above) and we only borrow it for the checks.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let domain = check(fd, SockRef::from(&borrowed))?;
+    taken.insert(fd);
+    // SAFETY: the fd is open, a listening socket, and now ours alone within this process
+    // (recorded in TAKEN, so no second OwnedFd can be made from it).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(if domain == Domain::UNIX {
+        InheritedListener::Unix(owned.into())
+    } else {
+        InheritedListener::Tcp(owned.into())
+    })
+}
+
+fn check(fd: RawFd, socket: SockRef<'_>) -> Result<Domain, InheritError> {
+    let io = |source: std::io::Error| InheritError::Io { fd, source };
+    let kind = match socket.r#type() {
+        Ok(kind) => kind,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+            return Err(InheritError::NotASocket { fd });
+        }
+        Err(e) => return Err(io(e)),
+    };
+    if kind != Type::STREAM {
+        let kind = match kind {
+            Type::DGRAM => "datagram",
+            Type::SEQPACKET => "seqpacket",
+            Type::RAW => "raw",
+            _ => "non-stream",
+        };
+        return Err(InheritError::NotStream { fd, kind });
+    }
+    let domain = socket.domain().map_err(io)?;
+    if ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
+        return Err(InheritError::UnsupportedFamily { fd });
+    }
+    if !socket.is_listener().map_err(io)? {
+        return Err(InheritError::NotListening { fd });
+    }
+    socket.set_nonblocking(true).map_err(io)?;
+    socket.set_cloexec(true).map_err(io)?;
+    Ok(domain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    /// Moves `fd` to a number no other test will be handed, since taken numbers stay taken
+    /// for the life of the (shared) test process.
+    fn unique_fd(fd: RawFd) -> RawFd {
+        static NEXT: AtomicI32 = AtomicI32::new(900);
+        let target = NEXT.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: dup2 onto a number no test uses, then close the original we own.
+        unsafe {
+            assert_eq!(libc::dup2(fd, target), target);
+            libc::close(fd);
+        }
+        target
+    }
+
+    #[test]
+    fn a_listening_tcp_socket_is_taken_once_and_made_nonblocking() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fd = unique_fd(listener.into_raw_fd());
+        let InheritedListener::Tcp(taken) = take_listener(fd).unwrap() else {
+            panic!("expected a TCP listener");
+        };
+        assert_eq!(taken.local_addr().unwrap(), addr);
+        // SAFETY: reading the status flags of an fd we own.
+        let flags = unsafe { libc::fcntl(taken.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "inherited listener must be non-blocking");
+        let fd_flags = unsafe { libc::fcntl(taken.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(fd_flags & libc::FD_CLOEXEC, 0, "inherited listener must be close-on-exec");
+        assert!(matches!(take_listener(fd), Err(InheritError::AlreadyTaken { .. })));
+    }
+
+    #[test]
+    fn a_unix_listener_is_recognised() {
+        let dir = std::env::temp_dir().join(format!("gl-inherit-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fd = unique_fd(listener.into_raw_fd());
+        assert!(matches!(take_listener(fd), Ok(InheritedListener::Unix(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn wrong_fds_are_named_and_left_alone() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = take_listener(file.as_raw_fd()).unwrap_err();
+        assert_eq!(err.to_string(), format!("fd {} is not a socket", file.as_raw_fd()));
+
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = take_listener(udp.as_raw_fd()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("fd {} is a datagram socket, not a stream socket", udp.as_raw_fd())
+        );
+
+        let unbound = socket2::Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let err = take_listener(unbound.as_raw_fd()).unwrap_err();
+        assert!(matches!(err, InheritError::NotListening { .. }), "{err}");
+
+        // Still ours to use: nothing was closed or taken.
+        assert!(udp.local_addr().is_ok());
+        assert!(matches!(take_listener(-1), Err(InheritError::NotOpen { fd: -1 })));
+    }
+
+    #[test]
+    fn a_closed_fd_is_not_open() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.as_raw_fd();
+        drop(file);
+        // Another test thread may reuse the number at once; only assert when it is free.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            assert!(matches!(take_listener(fd), Err(InheritError::NotOpen { .. })));
+        }
+        let err = take_listener(1_000_000).unwrap_err();
+        assert_eq!(err.to_string(), "fd 1000000 is not open");
+    }
+}

@@ -1,0 +1,289 @@
+//! [`GracefulListener`]: a listener that stops cleanly and knows its live connections.
+
+mod connection;
+mod tracker;
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use connection::{Address, Connection};
+use tracker::Tracker;
+
+use crate::bind::{Bind, BindError, RawListener};
+use crate::env::EinhornEnv;
+use crate::shutdown::{Phase, Shutdown, ShutdownSignal};
+
+/// How long accept backs off after an error that is not about one connection (out of file
+/// descriptors, typically): long enough for the condition to clear, short enough to recover.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A TCP or Unix listener that hands out tracked [`Connection`]s and stops on request.
+///
+/// Stopping ([`ListenerHandle::stop`]) makes [`accept`](GracefulListener::accept) return
+/// `None` and closes this process's copy of the listening socket. It never calls
+/// `shutdown(2)` on it: an inherited socket is shared with the master and the other workers,
+/// and shutting it down would refuse connections for all of them.
+///
+/// # Example
+/// A custom server: its accept loop ends when the worker stops.
+/// ```no_run
+/// use graceful_listener::{Bind, GracefulListener};
+/// use tokio::io::AsyncWriteExt;
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut listener = GracefulListener::bind(&"127.0.0.1:0".parse::<Bind>()?).await?;
+/// while let Some((mut conn, peer)) = listener.accept().await {
+///     tokio::spawn(async move {
+///         let _ = conn.write_all(format!("hello {peer}\n").as_bytes()).await;
+///     });
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct GracefulListener {
+    listener: Option<RawListener>,
+    local_addr: Address,
+    handle: ListenerHandle,
+    signal: ShutdownSignal,
+}
+
+/// Controls a [`GracefulListener`] from outside its accept loop: stop it, watch its live
+/// connections drain, cut them. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ListenerHandle {
+    tracker: Arc<Tracker>,
+    shutdown: Shutdown,
+}
+
+impl GracefulListener {
+    /// Opens a bind spec: takes an inherited socket (validated) or binds a new one.
+    ///
+    /// # Errors
+    /// A [`BindError`] naming the spec, and for inherited sockets the variable and value at
+    /// fault.
+    pub async fn bind(bind: &Bind) -> Result<GracefulListener, BindError> {
+        GracefulListener::bind_in(bind, &EinhornEnv::from_process()).await
+    }
+
+    pub(crate) async fn bind_in(bind: &Bind, env: &EinhornEnv) -> Result<GracefulListener, BindError> {
+        Ok(GracefulListener::from_raw(bind.open(env).await?))
+    }
+
+    /// Wraps a bound tokio TCP listener.
+    pub fn from_tcp(listener: tokio::net::TcpListener) -> GracefulListener {
+        GracefulListener::from_raw(RawListener::Tcp(listener))
+    }
+
+    /// Wraps a bound tokio Unix listener.
+    pub fn from_unix(listener: tokio::net::UnixListener) -> GracefulListener {
+        GracefulListener::from_raw(RawListener::Unix(listener))
+    }
+
+    fn from_raw(listener: RawListener) -> GracefulListener {
+        let local_addr = match &listener {
+            RawListener::Tcp(l) => l.local_addr().map(Address::Tcp),
+            RawListener::Unix(l) => l.local_addr().map(|a| Address::from_unix(&a)),
+        }
+        // A bound listener always knows its address; fall back rather than fail for a log field.
+        .unwrap_or(Address::Unix(None));
+        let shutdown = Shutdown::new();
+        GracefulListener {
+            listener: Some(listener),
+            local_addr,
+            signal: shutdown.signal(),
+            handle: ListenerHandle {
+                tracker: Tracker::new(),
+                shutdown,
+            },
+        }
+    }
+
+    /// The address this listener accepts on.
+    pub fn local_addr(&self) -> &Address {
+        &self.local_addr
+    }
+
+    /// A handle to stop this listener and watch its connections.
+    pub fn handle(&self) -> ListenerHandle {
+        self.handle.clone()
+    }
+
+    /// A watcher of the stop: servers use it to switch to draining (for HTTP: answer with
+    /// `Connection: close`, close idle connections after a grace).
+    pub fn shutdown_signal(&self) -> ShutdownSignal {
+        self.signal.clone()
+    }
+
+    /// Waits for the next connection; `None` once the listener has been stopped.
+    ///
+    /// Errors about a single connection (reset or aborted before it was accepted) are
+    /// skipped. Other errors (such as running out of file descriptors) are logged and
+    /// retried after a pause, since returning them would end the server for good over a
+    /// condition that usually clears.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: if the future is dropped, no connection is lost (it stays queued).
+    pub async fn accept(&mut self) -> Option<(Connection, Address)> {
+        loop {
+            let listener = self.listener.as_ref()?;
+            let accepted = tokio::select! {
+                biased;
+                () = self.signal.stopping() => {
+                    self.close();
+                    return None;
+                }
+                accepted = accept_raw(listener) => accepted,
+            };
+            match accepted {
+                Ok((conn, peer)) => return Some((self.track(conn), peer)),
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, addr = %self.local_addr, "accept failed; retrying in 1s");
+                    tokio::select! {
+                        () = self.signal.stopping() => {}
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn track(&self, conn: Accepted) -> Connection {
+        match conn {
+            Accepted::Tcp(s) => Connection::tcp(self.handle.tracker.track(s.as_raw_fd()), s),
+            Accepted::Unix(s) => Connection::unix(self.handle.tracker.track(s.as_raw_fd()), s),
+        }
+    }
+
+    fn close(&mut self) {
+        if self.listener.take().is_some() {
+            tracing::debug!(addr = %self.local_addr, "listener closed");
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept_raw(listener: &RawListener) -> std::io::Result<(Accepted, Address)> {
+    match listener {
+        RawListener::Tcp(l) => l.accept().await.map(|(s, a)| (Accepted::Tcp(s), Address::Tcp(a))),
+        RawListener::Unix(l) => l
+            .accept()
+            .await
+            .map(|(s, a)| (Accepted::Unix(s), Address::from_unix(&a))),
+    }
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
+impl ListenerHandle {
+    /// Stops accepting: the listener's `accept` returns `None` and its socket is closed.
+    /// Connections already accepted carry on. Returns whether this call did the stopping.
+    pub fn stop(&self) -> bool {
+        self.shutdown.advance(Phase::Stopping)
+    }
+
+    /// Hammer time: stops accepting and shuts down every live connection, so that each
+    /// one's next read sees end of file and its next write fails. Returns how many
+    /// connections were live.
+    pub fn force_close(&self) -> usize {
+        self.shutdown.advance(Phase::Hammer);
+        self.tracker.force_close()
+    }
+
+    /// How many accepted connections are still open.
+    pub fn live(&self) -> usize {
+        self.tracker.live()
+    }
+
+    /// How many connections have been accepted in all.
+    pub fn accepted(&self) -> u64 {
+        self.tracker.accepted()
+    }
+
+    /// Resolves when no accepted connection is open (at once if none is).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn drained(&self) {
+        self.tracker.drained().await
+    }
+
+    /// A watcher of the stop, the same one [`GracefulListener::shutdown_signal`] gives.
+    pub fn shutdown_signal(&self) -> ShutdownSignal {
+        self.shutdown.signal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn accepts_tracks_and_stops() {
+        let mut listener = GracefulListener::bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().as_tcp().unwrap();
+        let handle = listener.handle();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut conn, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, Address::Tcp(client.local_addr().unwrap()));
+        assert_eq!((handle.live(), handle.accepted()), (1, 1));
+
+        assert!(handle.stop());
+        assert!(listener.accept().await.is_none(), "accept ends once stopped");
+        // Our socket is closed: new connections are refused (we are its only holder here).
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        // The accepted connection still works.
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        drop(conn);
+        tokio::time::timeout(Duration::from_secs(5), handle.drained()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn force_close_ends_a_pending_read() {
+        let mut listener = GracefulListener::bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().as_tcp().unwrap();
+        let handle = listener.handle();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1];
+            let n = conn.read(&mut buf).await;
+            drop(conn);
+            n
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(handle.force_close(), 1);
+        let n = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap();
+        assert_eq!(n.unwrap(), 0, "a pending read sees end of file");
+        tokio::time::timeout(Duration::from_secs(5), handle.drained()).await.unwrap();
+        assert!(handle.shutdown_signal().phase() == Phase::Hammer);
+    }
+
+    #[tokio::test]
+    async fn unix_listeners_work_the_same() {
+        let dir = std::env::temp_dir().join(format!("gl-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l.sock");
+        let _ = std::fs::remove_file(&path);
+        let mut listener = GracefulListener::bind(&Bind::Unix(path.clone())).await.unwrap();
+        assert_eq!(listener.local_addr(), &Address::Unix(Some(path.clone())));
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (conn, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, Address::Unix(None));
+        assert!(conn.as_unix().is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

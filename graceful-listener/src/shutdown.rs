@@ -1,0 +1,138 @@
+//! The stop state every part of a worker watches: running, stopping (drain), hammer.
+
+use tokio::sync::watch;
+
+/// Where a worker is in its life. Phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Accepting and serving.
+    Running,
+    /// No longer accepting; connections in flight are finishing.
+    Stopping,
+    /// The drain is over: every tracked connection has been force-closed.
+    Hammer,
+}
+
+/// Sets the phase. Held by whoever decides when to stop: [`run`](crate::run), or you.
+///
+/// Cloning gives another handle on the same phase.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    tx: std::sync::Arc<watch::Sender<Phase>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown::new()
+    }
+}
+
+impl Shutdown {
+    /// A new phase, [`Phase::Running`].
+    pub fn new() -> Shutdown {
+        Shutdown {
+            tx: std::sync::Arc::new(watch::Sender::new(Phase::Running)),
+        }
+    }
+
+    /// Moves to at least `phase`; returns whether the phase changed.
+    pub fn advance(&self, phase: Phase) -> bool {
+        self.tx.send_if_modified(|current| {
+            if phase > *current {
+                *current = phase;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.tx.borrow()
+    }
+
+    /// A watcher of this phase, for servers and connections.
+    pub fn signal(&self) -> ShutdownSignal {
+        ShutdownSignal { rx: self.tx.subscribe() }
+    }
+}
+
+/// Watches the phase: lets a server learn that it must stop accepting or drain.
+///
+/// Cheap to clone; every clone sees every change.
+///
+/// # Example
+/// ```
+/// # async fn example(listener: graceful_listener::GracefulListener) {
+/// let signal = listener.shutdown_signal();
+/// tokio::spawn(async move {
+///     signal.stopping().await;
+///     println!("draining: answer the next request with `Connection: close`");
+/// });
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShutdownSignal {
+    rx: watch::Receiver<Phase>,
+}
+
+impl ShutdownSignal {
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.rx.borrow()
+    }
+
+    /// Whether the worker is stopping (or past it).
+    pub fn is_stopping(&self) -> bool {
+        self.phase() >= Phase::Stopping
+    }
+
+    /// Resolves once the worker is stopping (at once if it already is).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
+    pub async fn stopping(&self) {
+        self.reached(Phase::Stopping).await
+    }
+
+    /// Resolves once the drain timeout has passed and connections are being forced closed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only observes.
+    pub async fn hammer(&self) {
+        self.reached(Phase::Hammer).await
+    }
+
+    async fn reached(&self, phase: Phase) {
+        let mut rx = self.rx.clone();
+        // An error means every `Shutdown` is gone: nobody can stop us any more, so wait forever.
+        if rx.wait_for(|p| *p >= phase).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn phases_only_move_forward_and_wake_watchers() {
+        let shutdown = Shutdown::new();
+        let signal = shutdown.signal();
+        assert!(!signal.is_stopping());
+        let waiter = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.stopping().await }
+        });
+        assert!(shutdown.advance(Phase::Stopping));
+        waiter.await.unwrap();
+        assert!(!shutdown.advance(Phase::Stopping));
+        assert!(shutdown.advance(Phase::Hammer));
+        assert!(!shutdown.advance(Phase::Running));
+        assert_eq!(signal.phase(), Phase::Hammer);
+        signal.stopping().await; // already past: resolves at once
+        signal.hammer().await;
+    }
+}

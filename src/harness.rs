@@ -1,0 +1,244 @@
+//! Child processes for tests: output captured line by line, killed and reaped on drop.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The cargo profile directory the running test binary was built into (`target/debug`).
+///
+/// Test binaries live in `target/<profile>/deps/`; examples in `target/<profile>/examples/`.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe has a parent").to_path_buf();
+    if dir.ends_with("deps") || dir.ends_with("examples") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary (`target/<profile>/<name>`), checked to exist.
+///
+/// # Panics
+/// When the binary has not been built: run `cargo build --workspace` (or `cargo test --workspace`).
+pub fn binary(name: &str) -> PathBuf {
+    existing(profile_dir().join(name))
+}
+
+/// Path of a built example (`target/<profile>/examples/<name>`), checked to exist.
+///
+/// # Panics
+/// When the example has not been built: run `cargo build --examples` (or `cargo test --workspace`).
+pub fn example(name: &str) -> PathBuf {
+    existing(profile_dir().join("examples").join(name))
+}
+
+fn existing(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (it builds every binary and example)",
+        path.display()
+    );
+    path
+}
+
+/// Lines a child wrote to stdout and stderr, in arrival order, with a way to wait for one.
+#[derive(Default)]
+struct Output {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running child process whose output is captured and which is killed and reaped on drop,
+/// together with every process it started (found through `/proc`), so that a failing test
+/// leaves nothing behind.
+pub struct Proc {
+    child: Child,
+    name: String,
+    output: Arc<Output>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr captured (stdin is null).
+    pub fn spawn(mut cmd: Command) -> std::io::Result<Proc> {
+        let name = cmd.get_program().to_string_lossy().into_owned();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let output = Arc::new(Output::default());
+        pump(child.stdout.take().expect("piped stdout"), output.clone());
+        pump(child.stderr.take().expect("piped stderr"), output.clone());
+        Ok(Proc {
+            child,
+            name,
+            output,
+            status: None,
+        })
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the child (an error if it is already reaped).
+    pub fn signal(&self, signal: Signal) -> nix::Result<()> {
+        if self.status.is_some() {
+            return Err(nix::errno::Errno::ESRCH);
+        }
+        kill(Pid::from_raw(self.pid()), signal)
+    }
+
+    /// Waits up to `timeout` for the child to exit; `None` if it is still running then.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The exit status if the child has exited (reaping it), without blocking.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Waits up to `timeout` for an output line containing `needle`; returns that line.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_for_lines(needle, 1, timeout)
+            .map(|mut v| v.pop().expect("one line"))
+    }
+
+    /// Waits up to `timeout` until `count` output lines contain `needle`; returns them.
+    pub fn wait_for_lines(&self, needle: &str, count: usize, timeout: Duration) -> Option<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.output.lines.lock().unwrap();
+        loop {
+            let found: Vec<String> = lines.iter().filter(|l| l.contains(needle)).cloned().collect();
+            if found.len() >= count {
+                return Some(found);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            lines = self.output.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// Everything the child has written so far, one line per line.
+    pub fn output(&self) -> String {
+        let lines = self.output.lines.lock().unwrap();
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
+    }
+
+    /// Number of output lines that contain `needle` so far.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        let lines = self.output.lines.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            // Descendants first: once the parent is gone they are reparented and
+            // can no longer be found from its pid.
+            for pid in descendants(self.pid()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- output of {} (pid {}) ----\n{}", self.name, self.pid(), self.output());
+        }
+    }
+}
+
+fn pump(stream: impl Read + Send + 'static, output: Arc<Output>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            output.lines.lock().unwrap().push(line);
+            output.grew.notify_all();
+        }
+    });
+}
+
+/// Every live descendant of `root` (children, grandchildren, ...), read from `/proc`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = parent_pid(pid) {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found: Vec<i32> = Vec::new();
+    let mut seen: HashSet<i32> = HashSet::from([root]);
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in &parents {
+            if ppid == parent && seen.insert(pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// The parent pid of `pid` from `/proc/<pid>/stat`, `None` if it is gone.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(1)?.parse().ok()
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
