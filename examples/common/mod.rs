@@ -1,0 +1,65 @@
+//! What every example shares: the command line of the examples' contract and logging.
+//!
+//! Contract (see the book): binds with `auto` unless `--bind SPEC` says otherwise (under
+//! Einhorn that is `einhorn@0`, else `127.0.0.1:8000`), `--drain-timeout SECS` bounds the
+//! drain, logs go to stderr through `tracing`, and the exit status is 0 after a graceful stop.
+
+use std::time::Duration;
+
+use graceful_listener::Bind;
+
+/// The options every example takes.
+#[derive(Debug, clap::Parser)]
+pub(crate) struct Args {
+    /// Where to listen: auto, einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH.
+    #[arg(long, default_value = "auto")]
+    pub(crate) bind: Bind,
+    /// Longest drain, in seconds, before open connections are forced closed.
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) drain_timeout: f64,
+}
+
+impl Args {
+    /// Parses the command line, exiting with a usage message on bad input.
+    pub(crate) fn parse() -> Args {
+        let args: Args = clap::Parser::parse();
+        if !(args.drain_timeout.is_finite() && args.drain_timeout >= 0.0) {
+            eprintln!("error: --drain-timeout {} is not a number of seconds", args.drain_timeout);
+            std::process::exit(2);
+        }
+        args
+    }
+
+    /// The drain timeout as a duration.
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout)
+    }
+}
+
+/// Logs to stderr at `info` (or as `RUST_LOG` says), every line tagged with this pid so
+/// that the lines of several workers under one master can be told apart.
+pub(crate) fn init_tracing() -> tracing::span::EnteredSpan {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    tracing::info_span!("worker", pid = std::process::id()).entered()
+}
+
+/// Turns the end of a run into the process's exit status, saying why on failure.
+pub(crate) fn exit_status(result: Result<graceful_listener::RunReport, graceful_listener::RunError>) -> std::process::ExitCode {
+    match result {
+        Ok(report) => {
+            tracing::info!(?report, "exiting");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
