@@ -22,7 +22,11 @@ impl Server for LineEcho {
                 let (read, mut write) = tokio::io::split(conn);
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if write.write_all(format!("pid={pid} {line}\n").as_bytes()).await.is_err() {
+                    if write
+                        .write_all(format!("pid={pid} {line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

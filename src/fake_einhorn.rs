@@ -115,7 +115,11 @@ impl FakeEinhorn {
             }
         };
         stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))))?;
+        stream.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))?;
         let mut bytes = Vec::new();
         stream.read_to_end(&mut bytes)?;
         Ok(bytes)

@@ -125,11 +125,20 @@ impl Proc {
     }
 
     /// Waits up to `timeout` until `count` output lines contain `needle`; returns them.
-    pub fn wait_for_lines(&self, needle: &str, count: usize, timeout: Duration) -> Option<Vec<String>> {
+    pub fn wait_for_lines(
+        &self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Option<Vec<String>> {
         let deadline = Instant::now() + timeout;
         let mut lines = self.output.lines.lock().unwrap();
         loop {
-            let found: Vec<String> = lines.iter().filter(|l| l.contains(needle)).cloned().collect();
+            let found: Vec<String> = lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .cloned()
+                .collect();
             if found.len() >= count {
                 return Some(found);
             }
@@ -168,7 +177,12 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- output of {} (pid {}) ----\n{}", self.name, self.pid(), self.output());
+            eprintln!(
+                "---- output of {} (pid {}) ----\n{}",
+                self.name,
+                self.pid(),
+                self.output()
+            );
         }
     }
 }
@@ -188,7 +202,11 @@ pub fn descendants(root: i32) -> Vec<i32> {
     let mut parents: Vec<(i32, i32)> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             if let Some(ppid) = parent_pid(pid) {

@@ -24,7 +24,10 @@ impl Args {
     pub(crate) fn parse() -> Args {
         let args: Args = clap::Parser::parse();
         if !(args.drain_timeout.is_finite() && args.drain_timeout >= 0.0) {
-            eprintln!("error: --drain-timeout {} is not a number of seconds", args.drain_timeout);
+            eprintln!(
+                "error: --drain-timeout {} is not a number of seconds",
+                args.drain_timeout
+            );
             std::process::exit(2);
         }
         args
@@ -50,7 +53,9 @@ pub(crate) fn init_tracing() -> tracing::span::EnteredSpan {
 }
 
 /// Turns the end of a run into the process's exit status, saying why on failure.
-pub(crate) fn exit_status(result: Result<graceful_listener::RunReport, graceful_listener::RunError>) -> std::process::ExitCode {
+pub(crate) fn exit_status(
+    result: Result<graceful_listener::RunReport, graceful_listener::RunError>,
+) -> std::process::ExitCode {
     match result {
         Ok(report) => {
             tracing::info!(?report, "exiting");

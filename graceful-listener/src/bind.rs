@@ -81,11 +81,14 @@ impl FromStr for Bind {
     fn from_str(spec: &str) -> Result<Bind, ParseBindError> {
         let number = |digits: &str, what: &str| -> Result<u64, ParseBindError> {
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ParseBindError::new(spec, format!("{digits:?} is not {what}")));
+                return Err(ParseBindError::new(
+                    spec,
+                    format!("{digits:?} is not {what}"),
+                ));
             }
-            digits
-                .parse()
-                .map_err(|_| ParseBindError::new(spec, format!("{digits:?} is too large for {what}")))
+            digits.parse().map_err(|_| {
+                ParseBindError::new(spec, format!("{digits:?} is too large for {what}"))
+            })
         };
         if spec == "auto" {
             return Ok(Bind::Auto);
@@ -98,9 +101,12 @@ impl FromStr for Bind {
         }
         if let Some(fd) = spec.strip_prefix("fd@") {
             let fd = number(fd, "a file descriptor number")?;
-            return RawFd::try_from(fd)
-                .map(Bind::Fd)
-                .map_err(|_| ParseBindError::new(spec, format!("{fd} is too large for a file descriptor number")));
+            return RawFd::try_from(fd).map(Bind::Fd).map_err(|_| {
+                ParseBindError::new(
+                    spec,
+                    format!("{fd} is too large for a file descriptor number"),
+                )
+            });
         }
         if let Some(path) = spec.strip_prefix("unix:") {
             if path.is_empty() {
@@ -121,18 +127,28 @@ impl FromStr for Bind {
             ));
         };
         let port = number(port, "a port number")?;
-        let port = u16::try_from(port).map_err(|_| ParseBindError::new(spec, format!("port {port} is above 65535")))?;
+        let port = u16::try_from(port)
+            .map_err(|_| ParseBindError::new(spec, format!("port {port} is above 65535")))?;
         if host.is_empty() {
             return Ok(Bind::Port(port));
         }
         if host.starts_with('[') || host.contains(':') {
-            return Err(ParseBindError::new(spec, format!("{host:?} is not an IPv6 address")));
+            return Err(ParseBindError::new(
+                spec,
+                format!("{host:?} is not an IPv6 address"),
+            ));
         }
-        let valid_name = host
-            .split('.')
-            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        let valid_name = host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
         if !valid_name {
-            return Err(ParseBindError::new(spec, format!("{host:?} is not a host name or IP address")));
+            return Err(ParseBindError::new(
+                spec,
+                format!("{host:?} is not a host name or IP address"),
+            ));
         }
         Ok(Bind::Host(host.to_owned(), port))
     }
@@ -231,12 +247,18 @@ impl Bind {
                 inherited(&resolved, fd, origin)
             }
             Bind::Fd(fd) => inherited(&resolved, *fd, format!("fd {fd}")),
-            Bind::Addr(addr) => Ok(RawListener::Tcp(tokio::net::TcpListener::bind(addr).await.map_err(io)?)),
+            Bind::Addr(addr) => Ok(RawListener::Tcp(
+                tokio::net::TcpListener::bind(addr).await.map_err(io)?,
+            )),
             Bind::Port(port) => Ok(RawListener::Tcp(
-                tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port)).await.map_err(io)?,
+                tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port))
+                    .await
+                    .map_err(io)?,
             )),
             Bind::Host(host, port) => Ok(RawListener::Tcp(
-                tokio::net::TcpListener::bind((host.as_str(), *port)).await.map_err(io)?,
+                tokio::net::TcpListener::bind((host.as_str(), *port))
+                    .await
+                    .map_err(io)?,
             )),
             Bind::Unix(path) => Ok(RawListener::Unix(bind_unix(path).map_err(io)?)),
             Bind::Auto => unreachable!("resolve_auto_in never returns Auto"),
@@ -290,13 +312,37 @@ mod tests {
             ("einhorn@0", Bind::Einhorn(0), "einhorn@0"),
             ("einhorn@12", Bind::Einhorn(12), "einhorn@12"),
             ("fd@3", Bind::Fd(3), "fd@3"),
-            ("127.0.0.1:8000", Bind::Addr("127.0.0.1:8000".parse().unwrap()), "127.0.0.1:8000"),
-            ("[::1]:80", Bind::Addr("[::1]:80".parse().unwrap()), "[::1]:80"),
+            (
+                "127.0.0.1:8000",
+                Bind::Addr("127.0.0.1:8000".parse().unwrap()),
+                "127.0.0.1:8000",
+            ),
+            (
+                "[::1]:80",
+                Bind::Addr("[::1]:80".parse().unwrap()),
+                "[::1]:80",
+            ),
             (":8080", Bind::Port(8080), ":8080"),
-            ("localhost:0", Bind::Host("localhost".into(), 0), "localhost:0"),
-            ("unix:/run/app.sock", Bind::Unix("/run/app.sock".into()), "unix:/run/app.sock"),
-            ("/run/app.sock", Bind::Unix("/run/app.sock".into()), "unix:/run/app.sock"),
-            ("./app.sock", Bind::Unix("./app.sock".into()), "unix:./app.sock"),
+            (
+                "localhost:0",
+                Bind::Host("localhost".into(), 0),
+                "localhost:0",
+            ),
+            (
+                "unix:/run/app.sock",
+                Bind::Unix("/run/app.sock".into()),
+                "unix:/run/app.sock",
+            ),
+            (
+                "/run/app.sock",
+                Bind::Unix("/run/app.sock".into()),
+                "unix:/run/app.sock",
+            ),
+            (
+                "./app.sock",
+                Bind::Unix("./app.sock".into()),
+                "unix:./app.sock",
+            ),
             ("auto", Bind::Auto, "auto"),
         ];
         for (spec, bind, printed) in cases {
@@ -309,20 +355,59 @@ mod tests {
     #[test]
     fn bad_specs_say_what_is_wrong() {
         let cases: &[(&str, &str)] = &[
-            ("einhorn@", "invalid bind spec \"einhorn@\": \"\" is not a listener index"),
-            ("einhorn@x", "invalid bind spec \"einhorn@x\": \"x\" is not a listener index"),
-            ("einhorn@-1", "invalid bind spec \"einhorn@-1\": \"-1\" is not a listener index"),
-            ("fd@abc", "invalid bind spec \"fd@abc\": \"abc\" is not a file descriptor number"),
-            ("fd@99999999999", "invalid bind spec \"fd@99999999999\": 99999999999 is too large for a file descriptor number"),
-            (":70000", "invalid bind spec \":70000\": port 70000 is above 65535"),
+            (
+                "einhorn@",
+                "invalid bind spec \"einhorn@\": \"\" is not a listener index",
+            ),
+            (
+                "einhorn@x",
+                "invalid bind spec \"einhorn@x\": \"x\" is not a listener index",
+            ),
+            (
+                "einhorn@-1",
+                "invalid bind spec \"einhorn@-1\": \"-1\" is not a listener index",
+            ),
+            (
+                "fd@abc",
+                "invalid bind spec \"fd@abc\": \"abc\" is not a file descriptor number",
+            ),
+            (
+                "fd@99999999999",
+                "invalid bind spec \"fd@99999999999\": 99999999999 is too large for a file descriptor number",
+            ),
+            (
+                ":70000",
+                "invalid bind spec \":70000\": port 70000 is above 65535",
+            ),
             (":", "invalid bind spec \":\": \"\" is not a port number"),
-            ("host:http", "invalid bind spec \"host:http\": \"http\" is not a port number"),
-            ("unix:", "invalid bind spec \"unix:\": the socket path is empty"),
-            ("8000", "invalid bind spec \"8000\": expected einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto"),
-            ("", "invalid bind spec \"\": expected einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto"),
-            ("::1:80", "invalid bind spec \"::1:80\": \"::1\" is not an IPv6 address"),
-            ("[::1:80", "invalid bind spec \"[::1:80\": \"[::1\" is not an IPv6 address"),
-            ("bad host:80", "invalid bind spec \"bad host:80\": \"bad host\" is not a host name or IP address"),
+            (
+                "host:http",
+                "invalid bind spec \"host:http\": \"http\" is not a port number",
+            ),
+            (
+                "unix:",
+                "invalid bind spec \"unix:\": the socket path is empty",
+            ),
+            (
+                "8000",
+                "invalid bind spec \"8000\": expected einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto",
+            ),
+            (
+                "",
+                "invalid bind spec \"\": expected einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto",
+            ),
+            (
+                "::1:80",
+                "invalid bind spec \"::1:80\": \"::1\" is not an IPv6 address",
+            ),
+            (
+                "[::1:80",
+                "invalid bind spec \"[::1:80\": \"[::1\" is not an IPv6 address",
+            ),
+            (
+                "bad host:80",
+                "invalid bind spec \"bad host:80\": \"bad host\" is not a host name or IP address",
+            ),
         ];
         for (spec, message) in cases {
             assert_eq!(parse(spec), Err(message.to_string()), "{spec}");
@@ -332,15 +417,26 @@ mod tests {
     #[test]
     fn auto_follows_the_environment() {
         let worker = EinhornEnv::from_vars(
-            [("EINHORN_MASTER_PID", "10"), ("EINHORN_FD_COUNT", "1"), ("EINHORN_FD_0", "3")],
+            [
+                ("EINHORN_MASTER_PID", "10"),
+                ("EINHORN_FD_COUNT", "1"),
+                ("EINHORN_FD_0", "3"),
+            ],
             10,
         );
         assert_eq!(Bind::Auto.resolve_auto_in(&worker), Bind::Einhorn(0));
         let grandchild = EinhornEnv::from_vars(
-            [("EINHORN_MASTER_PID", "10"), ("EINHORN_FD_COUNT", "1"), ("EINHORN_FD_0", "3")],
+            [
+                ("EINHORN_MASTER_PID", "10"),
+                ("EINHORN_FD_COUNT", "1"),
+                ("EINHORN_FD_0", "3"),
+            ],
             11,
         );
-        assert_eq!(Bind::Auto.resolve_auto_in(&grandchild), Bind::Addr(DEFAULT_ADDR));
+        assert_eq!(
+            Bind::Auto.resolve_auto_in(&grandchild),
+            Bind::Addr(DEFAULT_ADDR)
+        );
         let plain = EinhornEnv::from_vars(Vec::<(String, String)>::new(), 1);
         assert_eq!(Bind::Auto.resolve_auto_in(&plain), Bind::Addr(DEFAULT_ADDR));
         assert_eq!(Bind::Port(1).resolve_auto_in(&worker), Bind::Port(1));
@@ -349,11 +445,18 @@ mod tests {
     #[tokio::test]
     async fn einhorn_errors_name_the_variable_and_value() {
         let env = EinhornEnv::from_vars(
-            [("EINHORN_MASTER_PID", "10"), ("EINHORN_FD_COUNT", "1"), ("EINHORN_FD_0", "1000000")],
+            [
+                ("EINHORN_MASTER_PID", "10"),
+                ("EINHORN_FD_COUNT", "1"),
+                ("EINHORN_FD_0", "1000000"),
+            ],
             10,
         );
         let err = Bind::Einhorn(0).open(&env).await.unwrap_err();
-        assert_eq!(err.to_string(), "cannot take einhorn@0 (EINHORN_FD_0=1000000): fd 1000000 is not open");
+        assert_eq!(
+            err.to_string(),
+            "cannot take einhorn@0 (EINHORN_FD_0=1000000): fd 1000000 is not open"
+        );
         let err = Bind::Einhorn(1).open(&env).await.unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -371,7 +474,11 @@ mod tests {
         let bind = Bind::Unix(path.clone());
         let first = bind.open(&env).await.unwrap();
         let err = bind.open(&env).await.unwrap_err();
-        assert!(err.to_string().starts_with(&format!("cannot bind unix:{}", path.display())), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot bind unix:{}", path.display())),
+            "{err}"
+        );
         drop(first); // the file stays behind, as after a crash
         assert!(path.exists());
         bind.open(&env).await.expect("stale socket file replaced");

@@ -119,7 +119,9 @@ pub(crate) async fn ack_with(env: &EinhornEnv, retry_for: Duration) -> Result<()
                 tracing::info!(fd, "acked to the Einhorn master (EINHORN_SOCK_FD)");
                 return Ok(());
             }
-            Err(reason) => tracing::debug!(fd, %reason, "EINHORN_SOCK_FD unusable; using EINHORN_SOCK_PATH"),
+            Err(reason) => {
+                tracing::debug!(fd, %reason, "EINHORN_SOCK_FD unusable; using EINHORN_SOCK_PATH")
+            }
         }
     }
     let path = env.command_socket_path()?;
@@ -167,7 +169,8 @@ fn write_to_connected_fd(fd: RawFd, bytes: &[u8]) -> Result<(), String> {
     // SAFETY: open (checked above); borrowed only for the duration of this function.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let socket = SockRef::from(&borrowed);
-    let unix_stream = socket.domain().ok() == Some(Domain::UNIX) && socket.r#type().ok() == Some(Type::STREAM);
+    let unix_stream =
+        socket.domain().ok() == Some(Domain::UNIX) && socket.r#type().ok() == Some(Type::STREAM);
     if !unix_stream {
         return Err("not a Unix stream socket".into());
     }
@@ -175,7 +178,10 @@ fn write_to_connected_fd(fd: RawFd, bytes: &[u8]) -> Result<(), String> {
         return Err("not connected".into());
     }
     // Write through a duplicate so that closing ours leaves the inherited fd as it was.
-    let dup = borrowed.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+    let dup = borrowed
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| e.to_string())?;
     let mut stream = std::os::unix::net::UnixStream::from(dup);
     stream.write_all(bytes).map_err(|e| e.to_string())
 }
@@ -223,15 +229,20 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_master_is_a_clear_error() {
         let env = EinhornEnv::from_vars([("EINHORN_SOCK_PATH", "/nonexistent/einhorn.sock")], 1);
-        let err = ack_with(&env, Duration::from_millis(100)).await.unwrap_err();
+        let err = ack_with(&env, Duration::from_millis(100))
+            .await
+            .unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.starts_with("cannot ACK to the Einhorn master: EINHORN_SOCK_PATH=/nonexistent/einhorn.sock unreachable after"),
             "{msg}"
         );
-        let err = ack_with(&EinhornEnv::from_vars(Vec::<(String, String)>::new(), 1), Duration::ZERO)
-            .await
-            .unwrap_err();
+        let err = ack_with(
+            &EinhornEnv::from_vars(Vec::<(String, String)>::new(), 1),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "cannot ACK to the Einhorn master: EINHORN_SOCK_PATH is not set: this process was not started by an Einhorn master"
@@ -256,12 +267,18 @@ mod tests {
         let file = std::fs::File::create(dir.join("not-a-socket")).unwrap();
         let file_fd = std::os::fd::AsRawFd::as_raw_fd(&file);
         let env = EinhornEnv::from_vars(
-            [("EINHORN_SOCK_FD", file_fd.to_string()), ("EINHORN_SOCK_PATH", path.display().to_string())],
+            [
+                ("EINHORN_SOCK_FD", file_fd.to_string()),
+                ("EINHORN_SOCK_PATH", path.display().to_string()),
+            ],
             1,
         );
         ack_with(&env, Duration::from_secs(2)).await.unwrap();
         assert!(listener.accept().is_ok());
-        assert_eq!(std::fs::metadata(dir.join("not-a-socket")).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.join("not-a-socket")).unwrap().len(),
+            0
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -95,7 +95,10 @@ impl EinhornEnv {
         V: Into<String>,
     {
         EinhornEnv {
-            vars: vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            vars: vars
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             parent_pid,
         }
     }
@@ -177,10 +180,9 @@ impl EinhornEnv {
     /// # Errors
     /// [`EnvError::Missing`] when neither is set, [`EnvError::Invalid`] for an empty path.
     pub fn command_socket(&self) -> Result<CommandSocket, EnvError> {
-        if let Some(fd) = self.get(SOCK_FD).and_then(|v| v.trim().parse::<RawFd>().ok()) {
-            if fd >= 0 {
-                return Ok(CommandSocket::Fd(fd));
-            }
+        let sock_fd = self.get(SOCK_FD).and_then(|v| v.trim().parse::<RawFd>().ok());
+        if let Some(fd) = sock_fd.filter(|fd| *fd >= 0) {
+            return Ok(CommandSocket::Fd(fd));
         }
         self.command_socket_path().map(CommandSocket::Path)
     }
@@ -211,7 +213,11 @@ fn invalid(var: &str, value: &str, expected: &'static str) -> EnvError {
     }
 }
 
-fn parse<T: std::str::FromStr>(var: &str, value: &str, expected: &'static str) -> Result<T, EnvError> {
+fn parse<T: std::str::FromStr>(
+    var: &str,
+    value: &str,
+    expected: &'static str,
+) -> Result<T, EnvError> {
     // Einhorn writes plain decimal numbers; anything else is garbage, not a number to guess at.
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
         return Err(invalid(var, value, expected));
@@ -249,16 +255,27 @@ mod tests {
         assert_eq!(e.listener_fd(0), Ok(3));
         assert_eq!(e.listener_fd(1), Ok(7));
         assert_eq!(e.child_index(), Some(5));
-        assert_eq!(e.command_socket(), Ok(CommandSocket::Path("/tmp/einhorn.sock".into())));
+        assert_eq!(
+            e.command_socket(),
+            Ok(CommandSocket::Path("/tmp/einhorn.sock".into()))
+        );
     }
 
     #[test]
     fn an_empty_environment_is_not_a_worker() {
         let e = env(&[]);
         assert!(!e.is_worker_with_listeners());
-        assert_eq!(e.check_worker(), Err(EnvError::Missing { var: MASTER_PID.into() }));
+        assert_eq!(
+            e.check_worker(),
+            Err(EnvError::Missing {
+                var: MASTER_PID.into()
+            })
+        );
         let msg = e.listener_fd(0).unwrap_err().to_string();
-        assert_eq!(msg, "EINHORN_MASTER_PID is not set: this process was not started by an Einhorn master");
+        assert_eq!(
+            msg,
+            "EINHORN_MASTER_PID is not set: this process was not started by an Einhorn master"
+        );
     }
 
     #[test]
@@ -266,36 +283,90 @@ mod tests {
         let e = env(&[(MASTER_PID, "4242"), (FD_COUNT, "0")]);
         assert!(e.check_worker().is_ok());
         assert!(!e.is_worker_with_listeners());
-        assert_eq!(e.listener_fd(0), Err(EnvError::IndexOutOfRange { index: 0, count: 0 }));
+        assert_eq!(
+            e.listener_fd(0),
+            Err(EnvError::IndexOutOfRange { index: 0, count: 0 })
+        );
     }
 
     #[test]
     fn a_grandchild_is_not_a_worker() {
-        let e = EinhornEnv::from_vars([(MASTER_PID, "4242"), (FD_COUNT, "1"), ("EINHORN_FD_0", "3")], 999);
+        let e = EinhornEnv::from_vars(
+            [(MASTER_PID, "4242"), (FD_COUNT, "1"), ("EINHORN_FD_0", "3")],
+            999,
+        );
         assert!(!e.is_worker_with_listeners());
         let err = e.listener_fd(0).unwrap_err();
-        assert_eq!(err, EnvError::NotOurMaster { master_pid: 4242, parent_pid: 999 });
-        assert!(err.to_string().contains("EINHORN_MASTER_PID=4242 is not this process's parent (pid 999)"));
+        assert_eq!(
+            err,
+            EnvError::NotOurMaster {
+                master_pid: 4242,
+                parent_pid: 999
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("EINHORN_MASTER_PID=4242 is not this process's parent (pid 999)")
+        );
     }
 
     #[test]
     fn index_past_the_count_names_both() {
         let err = worker(&[]).listener_fd(2).unwrap_err();
-        assert_eq!(err.to_string(), "einhorn@2 is out of range: EINHORN_FD_COUNT=2 (indexes start at 0)");
+        assert_eq!(
+            err.to_string(),
+            "einhorn@2 is out of range: EINHORN_FD_COUNT=2 (indexes start at 0)"
+        );
     }
 
     #[test]
     fn garbage_values_are_named() {
         let cases: &[(&str, &str, &str)] = &[
-            ("EINHORN_FD_0", "abc", "EINHORN_FD_0=\"abc\" is not a file descriptor number"),
-            ("EINHORN_FD_0", "", "EINHORN_FD_0=\"\" is not a file descriptor number"),
-            ("EINHORN_FD_0", "-1", "EINHORN_FD_0=\"-1\" is not a file descriptor number"),
-            ("EINHORN_FD_0", "3 ", "EINHORN_FD_0=\"3 \" is not a file descriptor number"),
-            ("EINHORN_FD_0", "99999999999", "EINHORN_FD_0=\"99999999999\" is not a file descriptor number"),
-            (FD_COUNT, "two", "EINHORN_FD_COUNT=\"two\" is not a listener count"),
-            (FD_COUNT, "-2", "EINHORN_FD_COUNT=\"-2\" is not a listener count"),
-            (MASTER_PID, "0x10", "EINHORN_MASTER_PID=\"0x10\" is not a process id"),
-            (MASTER_PID, "0", "EINHORN_MASTER_PID=\"0\" is not a process id"),
+            (
+                "EINHORN_FD_0",
+                "abc",
+                "EINHORN_FD_0=\"abc\" is not a file descriptor number",
+            ),
+            (
+                "EINHORN_FD_0",
+                "",
+                "EINHORN_FD_0=\"\" is not a file descriptor number",
+            ),
+            (
+                "EINHORN_FD_0",
+                "-1",
+                "EINHORN_FD_0=\"-1\" is not a file descriptor number",
+            ),
+            (
+                "EINHORN_FD_0",
+                "3 ",
+                "EINHORN_FD_0=\"3 \" is not a file descriptor number",
+            ),
+            (
+                "EINHORN_FD_0",
+                "99999999999",
+                "EINHORN_FD_0=\"99999999999\" is not a file descriptor number",
+            ),
+            (
+                FD_COUNT,
+                "two",
+                "EINHORN_FD_COUNT=\"two\" is not a listener count",
+            ),
+            (
+                FD_COUNT,
+                "-2",
+                "EINHORN_FD_COUNT=\"-2\" is not a listener count",
+            ),
+            (
+                MASTER_PID,
+                "0x10",
+                "EINHORN_MASTER_PID=\"0x10\" is not a process id",
+            ),
+            (
+                MASTER_PID,
+                "0",
+                "EINHORN_MASTER_PID=\"0\" is not a process id",
+            ),
         ];
         for (var, value, message) in cases {
             let e = worker(&[(var, value)]);
@@ -307,20 +378,33 @@ mod tests {
     #[test]
     fn a_missing_listener_variable_is_named() {
         let e = env(&[(MASTER_PID, "4242"), (FD_COUNT, "1")]);
-        assert_eq!(e.listener_fd(0), Err(EnvError::Missing { var: "EINHORN_FD_0".into() }));
+        assert_eq!(
+            e.listener_fd(0),
+            Err(EnvError::Missing {
+                var: "EINHORN_FD_0".into()
+            })
+        );
     }
 
     #[test]
     fn sock_fd_wins_over_path_only_when_numeric() {
-        assert_eq!(worker(&[(SOCK_FD, "9")]).command_socket(), Ok(CommandSocket::Fd(9)));
+        assert_eq!(
+            worker(&[(SOCK_FD, "9")]).command_socket(),
+            Ok(CommandSocket::Fd(9))
+        );
         assert_eq!(
             worker(&[(SOCK_FD, "nine")]).command_socket(),
             Ok(CommandSocket::Path("/tmp/einhorn.sock".into()))
         );
         assert_eq!(
             env(&[(MASTER_PID, "4242")]).command_socket(),
-            Err(EnvError::Missing { var: SOCK_PATH.into() })
+            Err(EnvError::Missing {
+                var: SOCK_PATH.into()
+            })
         );
-        assert!(matches!(env(&[(SOCK_PATH, "")]).command_socket(), Err(EnvError::Invalid { .. })));
+        assert!(matches!(
+            env(&[(SOCK_PATH, "")]).command_socket(),
+            Err(EnvError::Invalid { .. })
+        ));
     }
 }

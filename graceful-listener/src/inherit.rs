@@ -171,10 +171,21 @@ mod tests {
         assert_eq!(taken.local_addr().unwrap(), addr);
         // SAFETY: reading the status flags of an fd we own.
         let flags = unsafe { libc::fcntl(taken.as_raw_fd(), libc::F_GETFL) };
-        assert_ne!(flags & libc::O_NONBLOCK, 0, "inherited listener must be non-blocking");
+        assert_ne!(
+            flags & libc::O_NONBLOCK,
+            0,
+            "inherited listener must be non-blocking"
+        );
         let fd_flags = unsafe { libc::fcntl(taken.as_raw_fd(), libc::F_GETFD) };
-        assert_ne!(fd_flags & libc::FD_CLOEXEC, 0, "inherited listener must be close-on-exec");
-        assert!(matches!(take_listener(fd), Err(InheritError::AlreadyTaken { .. })));
+        assert_ne!(
+            fd_flags & libc::FD_CLOEXEC,
+            0,
+            "inherited listener must be close-on-exec"
+        );
+        assert!(matches!(
+            take_listener(fd),
+            Err(InheritError::AlreadyTaken { .. })
+        ));
     }
 
     #[test]
@@ -193,13 +204,19 @@ mod tests {
     fn wrong_fds_are_named_and_left_alone() {
         let file = std::fs::File::open("/dev/null").unwrap();
         let err = take_listener(file.as_raw_fd()).unwrap_err();
-        assert_eq!(err.to_string(), format!("fd {} is not a socket", file.as_raw_fd()));
+        assert_eq!(
+            err.to_string(),
+            format!("fd {} is not a socket", file.as_raw_fd())
+        );
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let err = take_listener(udp.as_raw_fd()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("fd {} is a datagram socket, not a stream socket", udp.as_raw_fd())
+            format!(
+                "fd {} is a datagram socket, not a stream socket",
+                udp.as_raw_fd()
+            )
         );
 
         let unbound = socket2::Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -208,7 +225,10 @@ mod tests {
 
         // Still ours to use: nothing was closed or taken.
         assert!(udp.local_addr().is_ok());
-        assert!(matches!(take_listener(-1), Err(InheritError::NotOpen { fd: -1 })));
+        assert!(matches!(
+            take_listener(-1),
+            Err(InheritError::NotOpen { fd: -1 })
+        ));
     }
 
     #[test]
@@ -218,7 +238,10 @@ mod tests {
         drop(file);
         // Another test thread may reuse the number at once; only assert when it is free.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            assert!(matches!(take_listener(fd), Err(InheritError::NotOpen { .. })));
+            assert!(matches!(
+                take_listener(fd),
+                Err(InheritError::NotOpen { .. })
+            ));
         }
         let err = take_listener(1_000_000).unwrap_err();
         assert_eq!(err.to_string(), "fd 1000000 is not open");

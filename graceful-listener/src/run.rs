@@ -194,7 +194,10 @@ where
             }
         }
         if let Some(request) = early {
-            tracing::info!(signal = request.signal_name(), "stop requested before ready: not acking");
+            tracing::info!(
+                signal = request.signal_name(),
+                "stop requested before ready: not acking"
+            );
         }
         let request = match early {
             Some(request) => Some(request),
@@ -209,12 +212,18 @@ where
                 }
             },
         };
-        let cause = request.map_or(StopCause::ServerEnded, |r| StopCause::Signal(r.signal_name()));
+        let cause = request.map_or(StopCause::ServerEnded, |r| {
+            StopCause::Signal(r.signal_name())
+        });
 
         let stopped_at = Instant::now();
         handle.stop();
         let live_at_stop = handle.live();
-        tracing::info!(?cause, live = live_at_stop, "stopping: no longer accepting, draining");
+        tracing::info!(
+            ?cause,
+            live = live_at_stop,
+            "stopping: no longer accepting, draining"
+        );
         if let Some(on_stop) = self.on_stop {
             on_stop();
         }

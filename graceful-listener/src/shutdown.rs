@@ -54,7 +54,9 @@ impl Shutdown {
 
     /// A watcher of this phase, for servers and connections.
     pub fn signal(&self) -> ShutdownSignal {
-        ShutdownSignal { rx: self.tx.subscribe() }
+        ShutdownSignal {
+            rx: self.tx.subscribe(),
+        }
     }
 }
 

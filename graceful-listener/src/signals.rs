@@ -43,7 +43,12 @@ impl StopSignals {
             quit: signal(SignalKind::quit())?,
         };
         let mut set = SigSet::empty();
-        for s in [Signal::SIGUSR2, Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+        for s in [
+            Signal::SIGUSR2,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+        ] {
             set.add(s);
         }
         nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)?;

@@ -67,7 +67,10 @@ impl GracefulListener {
         GracefulListener::bind_in(bind, &EinhornEnv::from_process()).await
     }
 
-    pub(crate) async fn bind_in(bind: &Bind, env: &EinhornEnv) -> Result<GracefulListener, BindError> {
+    pub(crate) async fn bind_in(
+        bind: &Bind,
+        env: &EinhornEnv,
+    ) -> Result<GracefulListener, BindError> {
         Ok(GracefulListener::from_raw(bind.open(env).await?))
     }
 
@@ -171,7 +174,10 @@ enum Accepted {
 
 async fn accept_raw(listener: &RawListener) -> std::io::Result<(Accepted, Address)> {
     match listener {
-        RawListener::Tcp(l) => l.accept().await.map(|(s, a)| (Accepted::Tcp(s), Address::Tcp(a))),
+        RawListener::Tcp(l) => l
+            .accept()
+            .await
+            .map(|(s, a)| (Accepted::Tcp(s), Address::Tcp(a))),
         RawListener::Unix(l) => l
             .accept()
             .await
@@ -181,7 +187,10 @@ async fn accept_raw(listener: &RawListener) -> std::io::Result<(Accepted, Addres
 
 fn is_connection_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 impl ListenerHandle {
@@ -230,7 +239,9 @@ mod tests {
 
     #[tokio::test]
     async fn accepts_tracks_and_stops() {
-        let mut listener = GracefulListener::bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut listener = GracefulListener::bind(&"127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let addr = listener.local_addr().as_tcp().unwrap();
         let handle = listener.handle();
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -239,7 +250,10 @@ mod tests {
         assert_eq!((handle.live(), handle.accepted()), (1, 1));
 
         assert!(handle.stop());
-        assert!(listener.accept().await.is_none(), "accept ends once stopped");
+        assert!(
+            listener.accept().await.is_none(),
+            "accept ends once stopped"
+        );
         // Our socket is closed: new connections are refused (we are its only holder here).
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
         // The accepted connection still works.
@@ -248,12 +262,16 @@ mod tests {
         conn.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
         drop(conn);
-        tokio::time::timeout(Duration::from_secs(5), handle.drained()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), handle.drained())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn force_close_ends_a_pending_read() {
-        let mut listener = GracefulListener::bind(&"127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut listener = GracefulListener::bind(&"127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let addr = listener.local_addr().as_tcp().unwrap();
         let handle = listener.handle();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -266,9 +284,14 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(handle.force_close(), 1);
-        let n = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(n.unwrap(), 0, "a pending read sees end of file");
-        tokio::time::timeout(Duration::from_secs(5), handle.drained()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), handle.drained())
+            .await
+            .unwrap();
         assert!(handle.shutdown_signal().phase() == Phase::Hammer);
     }
 
@@ -278,7 +301,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("l.sock");
         let _ = std::fs::remove_file(&path);
-        let mut listener = GracefulListener::bind(&Bind::Unix(path.clone())).await.unwrap();
+        let mut listener = GracefulListener::bind(&Bind::Unix(path.clone()))
+            .await
+            .unwrap();
         assert_eq!(listener.local_addr(), &Address::Unix(Some(path.clone())));
         let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
         let (conn, peer) = listener.accept().await.unwrap();

@@ -142,9 +142,20 @@ mod tests {
         let _guard = tracker.track(server.as_raw_fd());
         assert_eq!(tracker.force_close(), 1);
         let mut buf = [0u8; 8];
-        assert_eq!(server.read(&mut buf).unwrap(), 0, "read after force close sees EOF");
-        assert!(server.write_all(b"late").is_err(), "write after force close fails");
-        assert_eq!(client.read(&mut buf).unwrap(), 0, "the client sees the close");
+        assert_eq!(
+            server.read(&mut buf).unwrap(),
+            0,
+            "read after force close sees EOF"
+        );
+        assert!(
+            server.write_all(b"late").is_err(),
+            "write after force close fails"
+        );
+        assert_eq!(
+            client.read(&mut buf).unwrap(),
+            0,
+            "the client sees the close"
+        );
         // A connection accepted after hammer time is cut at once.
         let _late_client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut late, _) = listener.accept().unwrap();

@@ -1,0 +1,208 @@
+//! Bad input from the environment: the worker exits non-zero with a message that names
+//! the variable and value at fault, and never panics.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use graceful_listener_suite::fake_einhorn::FakeEinhorn;
+use graceful_listener_suite::harness::{Proc, example};
+
+/// Runs `custom-server` under `master` with `args`, variables set and removed; returns
+/// what it printed after checking it failed cleanly.
+fn fails(master: &FakeEinhorn, args: &[&str], set: &[(&str, String)], remove: &[&str]) -> String {
+    let mut cmd = master.command(example("custom-server"));
+    cmd.args(args);
+    for (key, value) in set {
+        cmd.env(key, value);
+    }
+    for key in remove {
+        cmd.env_remove(key);
+    }
+    let mut worker = Proc::spawn(cmd).unwrap();
+    let status = worker
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the worker exits");
+    let output = worker.output();
+    assert_eq!(status.signal(), None, "{output}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status 1 on bad input\n{output}"
+    );
+    assert!(!output.contains("panicked"), "no panic\n{output}");
+    output
+}
+
+fn with_fd(fd: OwnedFd) -> (FakeEinhorn, i32) {
+    let mut master = FakeEinhorn::new().unwrap();
+    let index = master.add_fd(fd);
+    let raw = master.fd(index);
+    (master, raw)
+}
+
+fn assert_says(output: &str, message: &str) {
+    assert!(
+        output.contains(&format!("error: {message}")),
+        "expected {message:?} in:\n{output}"
+    );
+}
+
+#[test]
+fn garbage_in_einhorn_fd() {
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let out = fails(&master, &[], &[("EINHORN_FD_0", "three".into())], &[]);
+    assert_says(
+        &out,
+        "cannot take einhorn@0: EINHORN_FD_0=\"three\" is not a file descriptor number",
+    );
+}
+
+#[test]
+fn index_past_the_count() {
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let out = fails(&master, &["--bind", "einhorn@1"], &[], &[]);
+    assert_says(
+        &out,
+        "cannot take einhorn@1: einhorn@1 is out of range: EINHORN_FD_COUNT=1 (indexes start at 0)",
+    );
+}
+
+#[test]
+fn closed_fd() {
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let out = fails(&master, &[], &[("EINHORN_FD_0", "987".into())], &[]);
+    assert_says(
+        &out,
+        "cannot take einhorn@0 (EINHORN_FD_0=987): fd 987 is not open",
+    );
+}
+
+#[test]
+fn fd_that_is_a_file() {
+    let (master, fd) = with_fd(std::fs::File::open("/dev/null").unwrap().into());
+    let out = fails(&master, &[], &[], &[]);
+    assert_says(
+        &out,
+        &format!("cannot take einhorn@0 (EINHORN_FD_0={fd}): fd {fd} is not a socket"),
+    );
+}
+
+#[test]
+fn fd_that_is_a_udp_socket() {
+    let (master, fd) = with_fd(std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into());
+    let out = fails(&master, &[], &[], &[]);
+    assert_says(
+        &out,
+        &format!(
+            "cannot take einhorn@0 (EINHORN_FD_0={fd}): fd {fd} is a datagram socket, not a stream socket"
+        ),
+    );
+}
+
+#[test]
+fn fd_that_is_not_listening() {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let (master, fd) = with_fd(socket.into());
+    let out = fails(&master, &[], &[], &[]);
+    assert_says(
+        &out,
+        &format!(
+            "cannot take einhorn@0 (EINHORN_FD_0={fd}): fd {fd} is a socket that is not listening"
+        ),
+    );
+}
+
+#[test]
+fn fd_at_raw_number_that_is_a_file() {
+    let (master, fd) = with_fd(std::fs::File::open("/dev/null").unwrap().into());
+    let fd_spec = format!("fd@{fd}");
+    let out = fails(&master, &["--bind", &fd_spec], &[], &[]);
+    assert_says(
+        &out,
+        &format!("cannot take fd@{fd} (fd {fd}): fd {fd} is not a socket"),
+    );
+}
+
+#[test]
+fn missing_master_pid() {
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let out = fails(
+        &master,
+        &["--bind", "einhorn@0"],
+        &[],
+        &["EINHORN_MASTER_PID"],
+    );
+    assert_says(
+        &out,
+        "cannot take einhorn@0: EINHORN_MASTER_PID is not set: this process was not started by an Einhorn master",
+    );
+}
+
+#[test]
+fn master_pid_that_is_not_the_parent() {
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let out = fails(
+        &master,
+        &["--bind", "einhorn@0"],
+        &[("EINHORN_MASTER_PID", "1".into())],
+        &[],
+    );
+    assert!(
+        out.contains("EINHORN_MASTER_PID=1 is not this process's parent"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bad_bind_spec_is_a_usage_error() {
+    let master = FakeEinhorn::new().unwrap();
+    let mut worker = Proc::spawn({
+        let mut cmd = master.command(example("custom-server"));
+        cmd.args(["--bind", "einhorn@x"]);
+        cmd
+    })
+    .unwrap();
+    let status = worker.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(2), "clap's usage error status");
+    assert!(
+        worker
+            .output()
+            .contains("invalid bind spec \"einhorn@x\": \"x\" is not a listener index")
+    );
+}
+
+#[test]
+fn a_dead_command_socket_is_reported_after_bounded_retries() {
+    // A socket file nobody listens on: every connect is refused, as with a dead master.
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let dead = master.dir().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    let out = fails(
+        &master,
+        &[],
+        &[("EINHORN_SOCK_PATH", dead.display().to_string())],
+        &[],
+    );
+    assert!(
+        out.contains(&format!(
+            "error: cannot ACK to the Einhorn master: EINHORN_SOCK_PATH={} unreachable after",
+            dead.display()
+        )),
+        "{out}"
+    );
+}

@@ -1,0 +1,277 @@
+//! The worker's life under a master, with the `custom-server` example as a real child
+//! process: real inherited fds, a real command socket, real signals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use graceful_listener_suite::fake_einhorn::{FakeEinhorn, block_signals_at_exec};
+use graceful_listener_suite::harness::{Proc, example};
+use nix::sys::signal::Signal;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A line-echo client on one keep-alive connection.
+struct EchoClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl EchoClient {
+    fn connect(addr: SocketAddr) -> EchoClient {
+        let stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        EchoClient {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends `line` and returns the pid that echoed it.
+    fn echo(&mut self, line: &str) -> u32 {
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write");
+        let mut reply = String::new();
+        self.reader.read_line(&mut reply).expect("read echo");
+        let rest = reply
+            .strip_prefix("pid=")
+            .unwrap_or_else(|| panic!("bad echo {reply:?}"));
+        let (pid, echoed) = rest.trim_end().split_once(' ').expect("pid and line");
+        assert_eq!(echoed, line);
+        pid.parse().expect("numeric pid")
+    }
+
+    /// Reads until end of file; returns whether the server closed the connection.
+    fn sees_close(&mut self) -> bool {
+        let mut rest = String::new();
+        matches!(self.reader.read_line(&mut rest), Ok(0))
+    }
+}
+
+fn start_worker(master: &FakeEinhorn, args: &[&str]) -> Proc {
+    let mut cmd = master.command(example("custom-server"));
+    cmd.args(args);
+    Proc::spawn(cmd).expect("spawn custom-server")
+}
+
+fn acked(master: &FakeEinhorn, worker: &Proc) {
+    let ack = master
+        .recv_command(WAIT)
+        .expect("an ACK on the command socket");
+    assert_eq!(
+        String::from_utf8(ack).unwrap(),
+        format!("{{\"command\":\"worker:ack\",\"pid\":{}}}\n", worker.pid()),
+        "the ACK is exactly one line naming the worker's pid"
+    );
+}
+
+#[test]
+fn acks_with_the_exact_line_and_serves_the_inherited_socket() {
+    let mut master = FakeEinhorn::new().unwrap();
+    let addr = master.add_tcp_listener().unwrap();
+    let worker = start_worker(&master, &[]);
+    acked(&master, &worker);
+    assert_eq!(EchoClient::connect(addr).echo("hello"), worker.pid() as u32);
+    let listening = worker.wait_for_line("listening", WAIT).unwrap();
+    assert!(
+        listening.contains("bind=einhorn@0"),
+        "auto picks einhorn@0 under a master: {listening}"
+    );
+}
+
+#[test]
+fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker() {
+    let mut master = FakeEinhorn::new().unwrap();
+    let addr = master.add_tcp_listener().unwrap();
+    let mut old = start_worker(&master, &["--drain-timeout", "30"]);
+    acked(&master, &old);
+    let mut in_flight = EchoClient::connect(addr);
+    assert_eq!(in_flight.echo("before"), old.pid() as u32);
+
+    let new = start_worker(&master, &["--drain-timeout", "30"]);
+    acked(&master, &new);
+    old.signal(Signal::SIGUSR2).unwrap();
+    old.wait_for_line("on_stop", WAIT)
+        .expect("on_stop runs once accepting stopped");
+
+    // The connection that was open at the signal is still served by the old worker...
+    assert_eq!(in_flight.echo("during drain"), old.pid() as u32);
+    // ...while every new connection reaches the new one (the shared socket stays open).
+    for i in 0..20 {
+        assert_eq!(
+            EchoClient::connect(addr).echo(&format!("new {i}")),
+            new.pid() as u32
+        );
+    }
+    assert!(
+        old.try_wait().is_none(),
+        "the old worker waits for its open connection"
+    );
+
+    // Closing the last connection ends the drain: the worker exits at once, not at 30 s.
+    let closed_at = Instant::now();
+    drop(in_flight);
+    let status = old
+        .wait_timeout(Duration::from_secs(5))
+        .expect("old worker exits once drained");
+    assert!(status.success(), "graceful exit is status 0: {status:?}");
+    assert!(closed_at.elapsed() < Duration::from_secs(5));
+    assert_eq!(old.count_lines("on_stop"), 1, "on_stop runs exactly once");
+    let stopped = old.wait_for_line("stopped", WAIT).unwrap();
+    assert!(
+        stopped.contains("drained=1") && stopped.contains("forced=0"),
+        "{stopped}"
+    );
+}
+
+#[test]
+fn a_hung_connection_is_cut_at_the_drain_timeout() {
+    let mut master = FakeEinhorn::new().unwrap();
+    let addr = master.add_tcp_listener().unwrap();
+    let mut worker = start_worker(&master, &["--drain-timeout", "1"]);
+    acked(&master, &worker);
+    let mut hung = EchoClient::connect(addr);
+    assert_eq!(hung.echo("then silence"), worker.pid() as u32);
+
+    let signaled_at = Instant::now();
+    worker.signal(Signal::SIGUSR2).unwrap();
+    let status = worker
+        .wait_timeout(WAIT)
+        .expect("worker exits after the drain timeout");
+    let took = signaled_at.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "the drain timeout is an upper bound, not cut short: {took:?}"
+    );
+    assert!(
+        hung.sees_close(),
+        "the hung client sees its connection closed"
+    );
+    let forced = worker
+        .wait_for_line("forced connections closed", WAIT)
+        .expect("the force is logged");
+    assert!(forced.contains("forced=1"), "{forced}");
+}
+
+#[test]
+fn a_second_signal_cuts_the_drain_short() {
+    let mut master = FakeEinhorn::new().unwrap();
+    let addr = master.add_tcp_listener().unwrap();
+    let mut worker = start_worker(&master, &["--drain-timeout", "60"]);
+    acked(&master, &worker);
+    let mut hung = EchoClient::connect(addr);
+    hung.echo("hold");
+    worker.signal(Signal::SIGTERM).unwrap();
+    worker.wait_for_line("on_stop", WAIT).unwrap();
+    worker.signal(Signal::SIGINT).unwrap();
+    let status = worker
+        .wait_timeout(WAIT)
+        .expect("a second signal means now");
+    assert!(status.success(), "{status:?}");
+    assert!(worker.wait_for_line("second stop signal", WAIT).is_some());
+    assert!(hung.sees_close());
+}
+
+#[test]
+fn sigquit_stops_at_once() {
+    let mut master = FakeEinhorn::new().unwrap();
+    let addr = master.add_tcp_listener().unwrap();
+    let mut worker = start_worker(&master, &["--drain-timeout", "60"]);
+    acked(&master, &worker);
+    let mut hung = EchoClient::connect(addr);
+    hung.echo("hold");
+    worker.signal(Signal::SIGQUIT).unwrap();
+    let status = worker.wait_timeout(WAIT).expect("SIGQUIT stops at once");
+    assert!(status.success(), "{status:?}");
+    assert!(hung.sees_close());
+}
+
+#[test]
+fn sigusr2_right_after_spawn_is_never_fatal() {
+    // A master that starts workers with SIGUSR2 blocked (so a signal sent before main runs
+    // stays pending): the signal reaches our handler once it exists, and the worker stops
+    // cleanly, without ACKing a readiness it is giving up.
+    for _ in 0..5 {
+        let mut master = FakeEinhorn::new().unwrap();
+        master.add_tcp_listener().unwrap();
+        let mut cmd = master.command(example("custom-server"));
+        block_signals_at_exec(&mut cmd, &[Signal::SIGUSR2]);
+        let mut worker = Proc::spawn(cmd).unwrap();
+        worker.signal(Signal::SIGUSR2).unwrap();
+        let status = worker.wait_timeout(WAIT).expect("the worker exits");
+        assert_eq!(
+            status.signal(),
+            None,
+            "not killed by the signal: {status:?}"
+        );
+        assert!(status.success(), "{status:?}\n{}", worker.output());
+        assert!(
+            worker
+                .output()
+                .contains("stop requested before ready: not acking")
+        );
+        assert!(
+            master.recv_command(Duration::from_millis(100)).is_err(),
+            "no ACK after a stop"
+        );
+    }
+}
+
+#[test]
+fn sigusr2_while_the_ack_is_retrying_stops_cleanly() {
+    // The command socket does not exist yet (as while a master re-execs): the worker keeps
+    // retrying its ACK, and a stop signal in that window ends it cleanly.
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let mut cmd = master.command(example("custom-server"));
+    cmd.env("EINHORN_SOCK_PATH", master.dir().join("not-yet.sock"));
+    let mut worker = Proc::spawn(cmd).unwrap();
+    worker
+        .wait_for_line("listening", WAIT)
+        .expect("the worker is up");
+    worker.signal(Signal::SIGUSR2).unwrap();
+    let status = worker.wait_timeout(WAIT).expect("the worker exits");
+    assert!(status.success(), "{status:?}");
+    assert!(worker.output().contains("stop requested before ready"));
+}
+
+#[test]
+fn a_unix_listener_can_be_inherited_too() {
+    let mut master = FakeEinhorn::new().unwrap();
+    let path = master.dir().join("app.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    master.add_fd(listener.into());
+    let mut worker = start_worker(&master, &[]);
+    acked(&master, &worker);
+    let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    writer.write_all(b"over unix\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).unwrap();
+    assert_eq!(reply, format!("pid={} over unix\n", worker.pid()));
+    drop(writer);
+    worker.signal(Signal::SIGTERM).unwrap();
+    assert!(worker.wait_timeout(WAIT).expect("exits").success());
+}
+
+#[test]
+fn runs_without_a_master_on_its_own_address() {
+    let mut cmd = std::process::Command::new(example("custom-server"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("EINHORN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["--bind", "127.0.0.1:0"]);
+    let mut worker = Proc::spawn(cmd).unwrap();
+    let line = worker.wait_for_line("listening", WAIT).unwrap();
+    let addr: SocketAddr = line.split("addr=").nth(1).unwrap().trim().parse().unwrap();
+    assert_eq!(EchoClient::connect(addr).echo("solo"), worker.pid() as u32);
+    assert!(!worker.output().contains("acked"), "no master, no ACK");
+    worker.signal(Signal::SIGINT).unwrap();
+    assert!(worker.wait_timeout(WAIT).expect("exits").success());
+}
