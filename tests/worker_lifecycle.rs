@@ -56,6 +56,15 @@ fn start_worker(master: &FakeEinhorn, args: &[&str]) -> Proc {
     Proc::spawn(cmd).expect("spawn custom-server")
 }
 
+/// A fake master with one TCP listener and an ACKed `custom-server` worker on it.
+fn serving(args: &[&str]) -> (FakeEinhorn, SocketAddr, Proc) {
+    let mut master = FakeEinhorn::new().unwrap();
+    let addr = master.add_tcp_listener().unwrap();
+    let worker = start_worker(&master, args);
+    acked(&master, &worker);
+    (master, addr, worker)
+}
+
 fn acked(master: &FakeEinhorn, worker: &Proc) {
     let ack = master
         .recv_command(WAIT)
@@ -69,10 +78,7 @@ fn acked(master: &FakeEinhorn, worker: &Proc) {
 
 #[test]
 fn acks_with_the_exact_line_and_serves_the_inherited_socket() {
-    let mut master = FakeEinhorn::new().unwrap();
-    let addr = master.add_tcp_listener().unwrap();
-    let worker = start_worker(&master, &[]);
-    acked(&master, &worker);
+    let (_master, addr, worker) = serving(&[]);
     assert_eq!(EchoClient::connect(addr).echo("hello"), worker.pid() as u32);
     let listening = worker.wait_for_line("listening", WAIT).unwrap();
     assert!(
@@ -83,10 +89,7 @@ fn acks_with_the_exact_line_and_serves_the_inherited_socket() {
 
 #[test]
 fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker() {
-    let mut master = FakeEinhorn::new().unwrap();
-    let addr = master.add_tcp_listener().unwrap();
-    let mut old = start_worker(&master, &["--drain-timeout", "30"]);
-    acked(&master, &old);
+    let (master, addr, mut old) = serving(&["--drain-timeout", "30"]);
     let mut in_flight = EchoClient::connect(addr);
     assert_eq!(in_flight.echo("before"), old.pid() as u32);
 
@@ -128,10 +131,7 @@ fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker()
 
 #[test]
 fn a_hung_connection_is_cut_at_the_drain_timeout() {
-    let mut master = FakeEinhorn::new().unwrap();
-    let addr = master.add_tcp_listener().unwrap();
-    let mut worker = start_worker(&master, &["--drain-timeout", "1"]);
-    acked(&master, &worker);
+    let (_master, addr, mut worker) = serving(&["--drain-timeout", "1"]);
     let mut hung = EchoClient::connect(addr);
     assert_eq!(hung.echo("then silence"), worker.pid() as u32);
 
@@ -158,10 +158,7 @@ fn a_hung_connection_is_cut_at_the_drain_timeout() {
 
 #[test]
 fn a_second_signal_cuts_the_drain_short() {
-    let mut master = FakeEinhorn::new().unwrap();
-    let addr = master.add_tcp_listener().unwrap();
-    let mut worker = start_worker(&master, &["--drain-timeout", "60"]);
-    acked(&master, &worker);
+    let (_master, addr, mut worker) = serving(&["--drain-timeout", "60"]);
     let mut hung = EchoClient::connect(addr);
     hung.echo("hold");
     worker.signal(Signal::SIGTERM).unwrap();
@@ -177,10 +174,7 @@ fn a_second_signal_cuts_the_drain_short() {
 
 #[test]
 fn sigquit_stops_at_once() {
-    let mut master = FakeEinhorn::new().unwrap();
-    let addr = master.add_tcp_listener().unwrap();
-    let mut worker = start_worker(&master, &["--drain-timeout", "60"]);
-    acked(&master, &worker);
+    let (_master, addr, mut worker) = serving(&["--drain-timeout", "60"]);
     let mut hung = EchoClient::connect(addr);
     hung.echo("hold");
     worker.signal(Signal::SIGQUIT).unwrap();
