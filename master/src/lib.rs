@@ -1,1 +1,93 @@
-//! Placeholder: filled in by issue 3.
+//! `einhorn-master`: an Einhorn-compatible socket master, as a Rust library and binary.
+//!
+//! It binds the `-b` sockets once, runs N copies of a command with those sockets inherited and
+//! Einhorn's environment (`EINHORN_FD_COUNT`, `EINHORN_FD_<i>`, `EINHORN_SOCK_PATH`, ...), and
+//! upgrades them without dropping a connection: new workers start, and each one that ACKs
+//! retires one old worker with SIGUSR2. Its command socket speaks Einhorn's wire format, so
+//! `einhornsh` and any Einhorn client can drive it; [`client`] is a Rust one.
+//!
+//! ```text
+//! einhorn-master -b 127.0.0.1:8080,r -n 4 -m manual -d /tmp/app.sock -- ./server --flag
+//! einhorn-master ctl -d /tmp/app.sock upgrade        # waits for "Upgrade done"
+//! ```
+//!
+//! # Where is my port?
+//! With `-b 127.0.0.1:0` the kernel picks the port. The master reports every bound socket
+//! before it starts a worker, three ways:
+//! - a log line on stderr: `listening on 127.0.0.1:43117 (einhorn@0, fd 3)`;
+//! - with `--addr-file PATH`, a file written atomically with one line `INDEX ADDR` per socket
+//!   (`0 127.0.0.1:43117`);
+//! - the `state` command's `listeners` list.
+//!
+//! # Differences from Einhorn 0.8.2
+//! - A smooth upgrade is paced by ACKs: the next new worker starts when the previous one has
+//!   ACKed, so `-s` (default 0) is only a minimum spacing.
+//! - An upgrade during which no new worker ACKs for `--upgrade-timeout` seconds (default 60)
+//!   fails with an error reply; its unACKed workers get SIGUSR2 and the old workers keep
+//!   serving. Einhorn waits forever.
+//! - The master does not re-exec itself on upgrade; the command is looked up by path at each
+//!   spawn, so the new binary at that path is what runs.
+//! - `-b` accepts IPv6 literals (`[::1]:8080`) and host names.
+//! - Error replies carry `error: true` (clients that do not know the key ignore it).
+//! - Not implemented: `-p` preloading, `-g`, `--reexec-as`, `--nice`, and the commands
+//!   `reload`, `quieter`, `louder` (answered with an error).
+//!
+//! # Modules
+//! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
+//! and upgrade state machine), [`bind`]'s parser, [`cli`]. I/O: [`driver`] (the event loop),
+//! [`spawn`], [`socket`], [`pidfile`], [`client`], [`ctl`].
+
+pub mod bind;
+pub mod cli;
+pub mod client;
+pub mod command;
+pub mod ctl;
+pub mod driver;
+pub mod machine;
+pub mod pidfile;
+pub mod socket;
+pub mod spawn;
+pub mod wire;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use cli::Invocation;
+
+/// The `einhorn-master` program: parses `args` (program name first), then runs a master or
+/// the `ctl` client. Returns the process exit status.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let invocation = match cli::parse_args(args) {
+        Ok(invocation) => invocation,
+        // Prints usage errors to stderr (status 2) and --help/--version to stdout (status 0).
+        Err(e) => e.exit(),
+    };
+    match invocation {
+        Invocation::Ctl(args) => exit_code(ctl::run(&args)),
+        Invocation::Master(args) => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(false)
+                .with_max_level(args.log_level())
+                .init();
+            match driver::run(&args) {
+                Ok(code) => exit_code(code),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("einhorn-master: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,317 @@
+//! `-b HOST:PORT[,OPT...]`: parsing (pure) and binding the listening sockets.
+//!
+//! The master binds each socket once, keeps it open for its whole life and never accepts on
+//! it. The fd is not close-on-exec, so every worker inherits it under the same number.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::str::FromStr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// One `-b` option: an address and Einhorn's socket options.
+///
+/// ```
+/// use einhorn_master::bind::BindSpec;
+///
+/// let spec: BindSpec = "127.0.0.1:0,r".parse().unwrap();
+/// assert_eq!(spec.host, "127.0.0.1");
+/// assert_eq!(spec.port, 0);
+/// assert!(spec.reuse_addr && !spec.nonblock);
+///
+/// let spec: BindSpec = "[::1]:8080,n".parse().unwrap();
+/// assert_eq!(spec.host, "::1");
+/// assert_eq!(spec.to_string(), "[::1]:8080,n");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindSpec {
+    /// An IP literal (IPv6 without brackets) or a host name.
+    pub host: String,
+    /// The port; `0` lets the kernel pick one.
+    pub port: u16,
+    /// `r` / `so_reuseaddr`: set `SO_REUSEADDR`.
+    pub reuse_addr: bool,
+    /// `n` / `o_nonblock`: set `O_NONBLOCK` (on the open file, shared with every worker).
+    pub nonblock: bool,
+}
+
+/// Why a `-b` value is not a bind spec.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BindSpecError {
+    /// No `:PORT`.
+    #[error("bind address {0:?} has no port (expected HOST:PORT)")]
+    NoPort(String),
+    /// No host before the `:`.
+    #[error("bind address {0:?} has no host (expected HOST:PORT)")]
+    NoHost(String),
+    /// An IPv6 address without brackets.
+    #[error("bind address {0:?} is ambiguous: write IPv6 addresses in brackets, like [::1]:8080")]
+    BareIpv6(String),
+    /// The port is not a number in 0..=65535.
+    #[error("invalid port {port:?} in bind address {spec:?}")]
+    BadPort {
+        /// The whole value.
+        spec: String,
+        /// The port part.
+        port: String,
+    },
+    /// An option other than `r`, `so_reuseaddr`, `n`, `o_nonblock`.
+    #[error("unknown option {option:?} in bind address {spec:?} (known: r, so_reuseaddr, n, o_nonblock)")]
+    UnknownOption {
+        /// The whole value.
+        spec: String,
+        /// The option at fault.
+        option: String,
+    },
+}
+
+impl FromStr for BindSpec {
+    type Err = BindSpecError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let mut parts = spec.split(',');
+        let addr = parts.next().unwrap_or_default().trim();
+        let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+            let (host, port) = rest
+                .split_once("]:")
+                .ok_or_else(|| BindSpecError::NoPort(spec.to_string()))?;
+            (host, port)
+        } else {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| BindSpecError::NoPort(spec.to_string()))?;
+            if host.contains(':') {
+                return Err(BindSpecError::BareIpv6(spec.to_string()));
+            }
+            (host, port)
+        };
+        if host.is_empty() {
+            return Err(BindSpecError::NoHost(spec.to_string()));
+        }
+        let port = port.parse::<u16>().map_err(|_| BindSpecError::BadPort {
+            spec: spec.to_string(),
+            port: port.to_string(),
+        })?;
+        let mut out = BindSpec {
+            host: host.to_string(),
+            port,
+            reuse_addr: false,
+            nonblock: false,
+        };
+        for option in parts {
+            match option.trim() {
+                "r" | "so_reuseaddr" => out.reuse_addr = true,
+                "n" | "o_nonblock" => out.nonblock = true,
+                "" => {}
+                other => {
+                    return Err(BindSpecError::UnknownOption {
+                        spec: spec.to_string(),
+                        option: other.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for BindSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)?;
+        } else {
+            write!(f, "{}:{}", self.host, self.port)?;
+        }
+        if self.reuse_addr {
+            f.write_str(",r")?;
+        }
+        if self.nonblock {
+            f.write_str(",n")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a listening socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The host did not resolve to any address.
+    #[error("cannot resolve {host:?}: {source}")]
+    Resolve {
+        /// The host at fault.
+        host: String,
+        /// What the resolver said.
+        source: std::io::Error,
+    },
+    /// A socket call failed.
+    #[error("cannot {step} {spec}: {source}")]
+    Socket {
+        /// `bind`, `listen`, ...
+        step: &'static str,
+        /// The `-b` value at fault.
+        spec: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A bound, listening socket owned by the master.
+#[derive(Debug)]
+pub struct Bound {
+    /// What was asked for.
+    pub spec: BindSpec,
+    /// The real address (the kernel's port when `0` was asked for).
+    pub addr: SocketAddr,
+    socket: Socket,
+}
+
+impl Bound {
+    /// The fd workers inherit.
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl BindSpec {
+    /// The address to bind: the host as an IP literal, or its first resolved address (IPv4
+    /// first, as Einhorn binds IPv4).
+    ///
+    /// # Errors
+    /// [`BindError::Resolve`] when the host is not an IP literal and does not resolve.
+    pub fn resolve(&self) -> Result<SocketAddr, BindError> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        let resolve_error = |source| BindError::Resolve {
+            host: self.host.clone(),
+            source,
+        };
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(resolve_error)?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| {
+                resolve_error(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no addresses",
+                ))
+            })
+    }
+
+    /// Binds and listens, with the requested options, leaving the fd inheritable.
+    ///
+    /// # Errors
+    /// [`BindError`] naming the step and the spec.
+    pub fn bind(&self, backlog: i32) -> Result<Bound, BindError> {
+        let addr = self.resolve()?;
+        let fail = |step| {
+            let spec = self.to_string();
+            move |source| BindError::Socket { step, spec, source }
+        };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(fail("create a socket for"))?;
+        if self.reuse_addr {
+            socket
+                .set_reuse_address(true)
+                .map_err(fail("set SO_REUSEADDR on"))?;
+        }
+        socket.bind(&addr.into()).map_err(fail("bind"))?;
+        socket.listen(backlog).map_err(fail("listen on"))?;
+        if self.nonblock {
+            socket
+                .set_nonblocking(true)
+                .map_err(fail("set O_NONBLOCK on"))?;
+        }
+        // Inherited by every worker: that is the point of the master.
+        socket.set_cloexec(false).map_err(fail("clear FD_CLOEXEC on"))?;
+        let addr = socket
+            .local_addr()
+            .map_err(fail("read the address of"))?
+            .as_socket()
+            .unwrap_or(addr);
+        Ok(Bound {
+            spec: self.clone(),
+            addr,
+            socket,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<BindSpec, BindSpecError> {
+        s.parse()
+    }
+
+    #[test]
+    fn parses_einhorn_forms() {
+        assert_eq!(
+            parse("127.0.0.1:1234").unwrap(),
+            BindSpec {
+                host: "127.0.0.1".into(),
+                port: 1234,
+                reuse_addr: false,
+                nonblock: false
+            }
+        );
+        let spec = parse("0.0.0.0:80,r,n").unwrap();
+        assert!(spec.reuse_addr && spec.nonblock);
+        let spec = parse("localhost:80,so_reuseaddr,o_nonblock").unwrap();
+        assert!(spec.reuse_addr && spec.nonblock);
+        assert_eq!(spec.host, "localhost");
+    }
+
+    #[test]
+    fn parses_ipv6_in_brackets() {
+        let spec = parse("[::1]:0").unwrap();
+        assert_eq!(spec.host, "::1");
+        assert_eq!(spec.port, 0);
+        assert_eq!(spec.to_string(), "[::1]:0");
+        assert_eq!(parse("::1:80"), Err(BindSpecError::BareIpv6("::1:80".into())));
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        assert_eq!(parse("127.0.0.1"), Err(BindSpecError::NoPort("127.0.0.1".into())));
+        assert_eq!(parse(":80"), Err(BindSpecError::NoHost(":80".into())));
+        assert_eq!(
+            parse("127.0.0.1:99999"),
+            Err(BindSpecError::BadPort {
+                spec: "127.0.0.1:99999".into(),
+                port: "99999".into()
+            })
+        );
+        assert_eq!(
+            parse("127.0.0.1:80,x"),
+            Err(BindSpecError::UnknownOption {
+                spec: "127.0.0.1:80,x".into(),
+                option: "x".into()
+            })
+        );
+        assert_eq!(parse("[::1]"), Err(BindSpecError::NoPort("[::1]".into())));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in ["127.0.0.1:1,r", "[::1]:2,n", "h:3,r,n", "h:4"] {
+            assert_eq!(parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn binds_port_zero_and_leaves_the_fd_inheritable() {
+        let bound = parse("127.0.0.1:0,r").unwrap().bind(16).unwrap();
+        assert_ne!(bound.addr.port(), 0);
+        assert!(bound.addr.ip().is_loopback());
+        let flags = nix::fcntl::fcntl(&bound.socket, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_eq!(flags & libc::FD_CLOEXEC, 0);
+        std::net::TcpStream::connect(bound.addr).unwrap();
+    }
+}

@@ -1,0 +1,418 @@
+//! Command-line parsing: Einhorn's common flags for the master, and the `ctl` client.
+//!
+//! `einhorn-master ctl ...` runs the control client; anything else runs a master. To run a
+//! worker program that is itself named `ctl`, put `--` first: `einhorn-master -- ctl`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+use crate::bind::BindSpec;
+use crate::machine::AckMode;
+
+/// `einhorn-master`: an Einhorn-compatible socket master.
+///
+/// Binds the `-b` sockets once, runs N copies of COMMAND with them inherited (Einhorn's
+/// environment: `EINHORN_FD_COUNT`, `EINHORN_FD_<i>`, `EINHORN_SOCK_PATH`, ...), and upgrades
+/// them smoothly on `upgrade` or SIGHUP. `einhorn-master ctl -d SOCK COMMAND` talks to a running
+/// master.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "einhorn-master", version, max_term_width = 100)]
+pub struct MasterArgs {
+    /// Bind HOST:PORT and pass the socket to workers (repeatable; options `,r` SO_REUSEADDR,
+    /// `,n` O_NONBLOCK; IPv6 as `[::1]:PORT`; port 0 picks a free port).
+    #[arg(short = 'b', long = "bind", value_name = "ADDR")]
+    pub bind: Vec<BindSpec>,
+
+    /// Number of workers.
+    #[arg(short = 'n', long = "number", value_name = "N", default_value_t = 1)]
+    pub number: usize,
+
+    /// ACK mode: `manual` (workers send worker:ack) or SECONDS (alive that long = up).
+    #[arg(
+        short = 'm',
+        long = "ack-mode",
+        value_name = "MODE",
+        default_value = "1",
+        value_parser = parse_ack_mode
+    )]
+    pub ack_mode: AckMode,
+
+    /// Path of the command socket [default: $TMPDIR/einhorn[-NAME].sock].
+    #[arg(short = 'd', long = "socket-path", value_name = "PATH")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Lock file that keeps a second master off the same socket [default: SOCKET.lock].
+    #[arg(short = 'f', long = "lockfile", value_name = "PATH")]
+    pub lockfile: Option<PathBuf>,
+
+    /// Name for the master in `ps` and in the default socket path.
+    #[arg(short = 'c', long = "command-name", value_name = "NAME")]
+    pub command_name: Option<String>,
+
+    /// Minimum seconds between two spawns (a smooth upgrade is otherwise paced by ACKs).
+    #[arg(
+        short = 's',
+        long = "seconds",
+        value_name = "SECONDS",
+        default_value = "0",
+        value_parser = parse_seconds
+    )]
+    pub seconds: Duration,
+
+    /// SIGKILL a worker still alive SECONDS after the master signaled it to stop.
+    #[arg(short = 't', long = "signal-timeout", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub signal_timeout: Option<Duration>,
+
+    /// Workers get SIGUSR2 if the master dies (PR_SET_PDEATHSIG).
+    #[arg(short = 'k', long = "kill-children-on-exit")]
+    pub kill_children_on_exit: bool,
+
+    /// Listen backlog of the -b sockets.
+    #[arg(short = 'l', long = "backlog", value_name = "N", default_value_t = 100)]
+    pub backlog: i32,
+
+    /// Write the master's pid to this file (refused if it names a live process).
+    #[arg(short = 'e', long = "pidfile", value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Log less (repeatable).
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Log more (repeatable).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Fail an upgrade when no new worker ACKs for this many seconds; the old workers keep
+    /// serving.
+    #[arg(
+        long = "upgrade-timeout",
+        value_name = "SECONDS",
+        default_value = "60",
+        value_parser = parse_seconds
+    )]
+    pub upgrade_timeout: Duration,
+
+    /// Once bound, write one line `INDEX ADDR` per -b socket to this file (atomically).
+    #[arg(long = "addr-file", value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
+
+    /// The worker command and its arguments (resolved through PATH at every spawn, so an
+    /// upgrade runs whatever is at that path then).
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+impl MasterArgs {
+    /// The command socket path: `-d`, or `$TMPDIR/einhorn-NAME.sock` with `-c NAME`, or
+    /// `$TMPDIR/einhorn.sock`, as Einhorn picks it.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_path
+            .clone()
+            .unwrap_or_else(|| default_socket_path(self.command_name.as_deref()))
+    }
+
+    /// The lock file path: `-f`, or the socket path with `.lock` appended.
+    pub fn lockfile(&self) -> PathBuf {
+        self.lockfile.clone().unwrap_or_else(|| {
+            let mut path = self.socket_path().into_os_string();
+            path.push(".lock");
+            PathBuf::from(path)
+        })
+    }
+
+    /// The log level from `-q` and `-v` (info by default).
+    pub fn log_level(&self) -> tracing_subscriber::filter::LevelFilter {
+        use tracing_subscriber::filter::LevelFilter;
+        match i16::from(self.verbose) - i16::from(self.quiet) {
+            i16::MIN..=-3 => LevelFilter::OFF,
+            -2 => LevelFilter::ERROR,
+            -1 => LevelFilter::WARN,
+            0 => LevelFilter::INFO,
+            1 => LevelFilter::DEBUG,
+            2..=i16::MAX => LevelFilter::TRACE,
+        }
+    }
+}
+
+/// Einhorn's default command socket path.
+pub fn default_socket_path(command_name: Option<&str>) -> PathBuf {
+    let file = match command_name {
+        Some(name) => format!("einhorn-{name}.sock"),
+        None => "einhorn.sock".to_string(),
+    };
+    std::env::temp_dir().join(file)
+}
+
+/// `einhorn-master ctl`: send one command to a running master and print the replies.
+///
+/// Exits 0 when the last reply is not an error (for `upgrade`: when it is `Upgrade done`), 1 on
+/// an error reply, 2 when the master cannot be reached or does not answer in time.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "einhorn-master ctl", version, max_term_width = 100)]
+pub struct CtlArgs {
+    /// Path of the master's command socket [default: as the master picks it].
+    #[arg(short = 'd', long = "socket-path", value_name = "PATH")]
+    pub socket_path: Option<PathBuf>,
+
+    /// The master's `-c` name, to find its default socket path.
+    #[arg(short = 'c', long = "command-name", value_name = "NAME")]
+    pub command_name: Option<String>,
+
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    /// Print the reply lines as they came over the wire (escaped YAML) instead of messages.
+    #[arg(long)]
+    pub raw: bool,
+
+    /// The command (`ehlo`, `state`, `upgrade`, `set_workers`, ...).
+    #[arg(value_name = "COMMAND")]
+    pub command: String,
+
+    /// Its arguments.
+    #[arg(value_name = "ARGS", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+impl CtlArgs {
+    /// The socket path to connect to.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_path
+            .clone()
+            .unwrap_or_else(|| default_socket_path(self.command_name.as_deref()))
+    }
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug)]
+pub enum Invocation {
+    /// Run a master.
+    Master(Box<MasterArgs>),
+    /// Run the control client.
+    Ctl(CtlArgs),
+}
+
+/// Parses a whole command line (program name first).
+///
+/// # Errors
+/// clap's error, with usage; [`clap::Error::exit`] prints it (and `--help`/`--version`).
+///
+/// ```
+/// use einhorn_master::cli::{Invocation, parse_args};
+///
+/// let Invocation::Master(args) =
+///     parse_args(["einhorn-master", "-b", "127.0.0.1:0", "-n", "4", "-m", "manual", "--", "srv", "-x"])
+///         .unwrap()
+/// else { panic!() };
+/// assert_eq!(args.number, 4);
+/// assert_eq!(args.command, ["srv", "-x"]);
+///
+/// assert!(matches!(
+///     parse_args(["einhorn-master", "ctl", "-d", "/tmp/s", "upgrade"]).unwrap(),
+///     Invocation::Ctl(_)
+/// ));
+/// assert!(parse_args(["einhorn-master", "-X", "sleep", "1"]).is_err());
+/// ```
+pub fn parse_args<I, T>(args: I) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if args.get(1).is_some_and(|a| a == "ctl") {
+        let mut rest = args;
+        rest.remove(0);
+        return CtlArgs::try_parse_from(rest).map(Invocation::Ctl);
+    }
+    MasterArgs::try_parse_from(args).map(|a| Invocation::Master(Box::new(a)))
+}
+
+/// Why a number of seconds is not one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid number of seconds {0:?}: expected a non-negative number like 1 or 0.5")]
+pub struct SecondsError(pub String);
+
+/// Parses a non-negative, finite number of seconds (`1`, `0.25`).
+///
+/// # Errors
+/// [`SecondsError`] naming the input.
+///
+/// ```
+/// use std::time::Duration;
+/// use einhorn_master::cli::parse_seconds;
+/// assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+/// assert!(parse_seconds("-1").is_err());
+/// ```
+pub fn parse_seconds(text: &str) -> Result<Duration, SecondsError> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| SecondsError(text.to_string()))
+}
+
+/// Why an ACK mode is not one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid ack mode {0:?}: expected `manual` or a number of seconds")]
+pub struct AckModeError(pub String);
+
+/// Parses `-m`: `manual`, or seconds for a timer ACK.
+///
+/// # Errors
+/// [`AckModeError`] naming the input.
+///
+/// ```
+/// use std::time::Duration;
+/// use einhorn_master::cli::parse_ack_mode;
+/// use einhorn_master::machine::AckMode;
+/// assert_eq!(parse_ack_mode("manual").unwrap(), AckMode::Manual);
+/// assert_eq!(parse_ack_mode("2").unwrap(), AckMode::Timer(Duration::from_secs(2)));
+/// ```
+pub fn parse_ack_mode(text: &str) -> Result<AckMode, AckModeError> {
+    if text.trim() == "manual" {
+        return Ok(AckMode::Manual);
+    }
+    parse_seconds(text)
+        .map(AckMode::Timer)
+        .map_err(|_| AckModeError(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn master(args: &[&str]) -> Result<MasterArgs, clap::Error> {
+        let mut all = vec!["einhorn-master"];
+        all.extend_from_slice(args);
+        match parse_args(all)? {
+            Invocation::Master(m) => Ok(*m),
+            Invocation::Ctl(c) => panic!("parsed as ctl: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_einhorn() {
+        let args = master(&["sleep", "5"]).unwrap();
+        assert_eq!(args.number, 1);
+        assert_eq!(args.ack_mode, AckMode::Timer(Duration::from_secs(1)));
+        assert_eq!(args.seconds, Duration::ZERO);
+        assert_eq!(args.signal_timeout, None);
+        assert_eq!(args.backlog, 100);
+        assert_eq!(args.upgrade_timeout, Duration::from_secs(60));
+        assert!(!args.kill_children_on_exit);
+        assert!(args.bind.is_empty());
+        assert_eq!(args.command, ["sleep", "5"]);
+        assert_eq!(args.socket_path(), std::env::temp_dir().join("einhorn.sock"));
+        assert_eq!(args.log_level(), tracing_subscriber::filter::LevelFilter::INFO);
+    }
+
+    #[test]
+    fn every_flag() {
+        let args = master(&[
+            "-b", "127.0.0.1:0,r", "--bind", "[::1]:0", "-n", "4", "-m", "manual", "-d",
+            "/tmp/x.sock", "-c", "web", "-s", "0.5", "-t", "3", "-k", "-l", "64", "-e",
+            "/tmp/pid", "-q", "-v", "-v", "--upgrade-timeout", "10", "--addr-file", "/tmp/a",
+            "-f", "/tmp/lock", "--", "srv", "--port", "1",
+        ])
+        .unwrap();
+        assert_eq!(args.bind.len(), 2);
+        assert!(args.bind[0].reuse_addr);
+        assert_eq!(args.bind[1].host, "::1");
+        assert_eq!(args.number, 4);
+        assert_eq!(args.ack_mode, AckMode::Manual);
+        assert_eq!(args.socket_path(), PathBuf::from("/tmp/x.sock"));
+        assert_eq!(args.lockfile(), PathBuf::from("/tmp/lock"));
+        assert_eq!(args.command_name.as_deref(), Some("web"));
+        assert_eq!(args.seconds, Duration::from_millis(500));
+        assert_eq!(args.signal_timeout, Some(Duration::from_secs(3)));
+        assert!(args.kill_children_on_exit);
+        assert_eq!(args.backlog, 64);
+        assert_eq!(args.pidfile, Some(PathBuf::from("/tmp/pid")));
+        assert_eq!(args.log_level(), tracing_subscriber::filter::LevelFilter::DEBUG);
+        assert_eq!(args.upgrade_timeout, Duration::from_secs(10));
+        assert_eq!(args.addr_file, Some(PathBuf::from("/tmp/a")));
+        assert_eq!(args.command, ["srv", "--port", "1"]);
+    }
+
+    #[test]
+    fn command_without_double_dash_keeps_its_flags() {
+        let args = master(&["-n", "2", "sleep", "-x", "5"]).unwrap();
+        assert_eq!(args.command, ["sleep", "-x", "5"]);
+    }
+
+    #[test]
+    fn default_paths_follow_the_command_name() {
+        let args = master(&["-c", "api", "true"]).unwrap();
+        assert_eq!(args.socket_path(), std::env::temp_dir().join("einhorn-api.sock"));
+        assert_eq!(
+            args.lockfile(),
+            std::env::temp_dir().join("einhorn-api.sock.lock")
+        );
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let err = master(&["-X", "sleep"]).unwrap_err().to_string();
+        assert!(err.contains("-X"), "{err}");
+        assert!(master(&[]).is_err(), "a command is required");
+        let err = master(&["-b", "nope", "true"]).unwrap_err().to_string();
+        assert!(err.contains("has no port"), "{err}");
+        let err = master(&["-m", "sometimes", "true"]).unwrap_err().to_string();
+        assert!(err.contains("invalid ack mode"), "{err}");
+        let err = master(&["-s", "soon", "true"]).unwrap_err().to_string();
+        assert!(err.contains("invalid number of seconds \"soon\""), "{err}");
+        assert!(master(&["-s", "-1", "true"]).is_err());
+        let err = master(&["-t", "inf", "true"]).unwrap_err().to_string();
+        assert!(err.contains("seconds"), "{err}");
+        let err = master(&["-n", "x", "true"]).unwrap_err().to_string();
+        assert!(err.contains("-n"), "{err}");
+    }
+
+    #[test]
+    fn ctl_parses_its_own_flags() {
+        let Invocation::Ctl(ctl) = parse_args([
+            "einhorn-master",
+            "ctl",
+            "-d",
+            "/tmp/s",
+            "--timeout",
+            "5",
+            "set_workers",
+            "3",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(ctl.socket_path(), PathBuf::from("/tmp/s"));
+        assert_eq!(ctl.timeout, Duration::from_secs(5));
+        assert_eq!(ctl.command, "set_workers");
+        assert_eq!(ctl.args, ["3"]);
+        assert!(parse_args(["einhorn-master", "ctl"]).is_err());
+        // A worker named ctl runs with `--`.
+        assert!(matches!(
+            parse_args(["einhorn-master", "--", "ctl"]).unwrap(),
+            Invocation::Master(_)
+        ));
+    }
+
+    #[test]
+    fn seconds_and_ack_modes() {
+        assert_eq!(parse_seconds("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_seconds(" 1.5 ").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "x", "-0.1", "NaN", "inf", "1e400"] {
+            assert_eq!(parse_seconds(bad), Err(SecondsError(bad.into())), "{bad}");
+        }
+        assert_eq!(parse_ack_mode("0").unwrap(), AckMode::Timer(Duration::ZERO));
+        assert!(parse_ack_mode("Manual").is_err());
+    }
+}

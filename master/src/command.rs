@@ -1,0 +1,341 @@
+//! The commands the master understands, checked and typed from a [`Request`]. Pure: no I/O.
+
+use nix::sys::signal::Signal;
+
+use crate::wire::{Reply, Request, RequestId, parse_request};
+
+/// A checked command from the command socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `ehlo`: the greeting, with the client's user name when it sent one.
+    Ehlo {
+        /// The `user` key of the request.
+        user: Option<String>,
+    },
+    /// `help`: the list of commands.
+    Help,
+    /// `state`: a YAML dump of the master's state.
+    State,
+    /// `config`: a YAML dump of the master's configuration.
+    Config,
+    /// `upgrade` (smooth: one new worker at a time) or `upgrade_fleet` (all at once).
+    Upgrade {
+        /// `true` for `upgrade_fleet`.
+        fleet: bool,
+    },
+    /// `inc`: one more worker.
+    Inc,
+    /// `dec`: one worker fewer (never below one).
+    Dec,
+    /// `set_workers N`.
+    SetWorkers(usize),
+    /// `signal SIG...`: send signals to every worker.
+    Signal(Vec<Signal>),
+    /// `die [SIG]`: signal every worker (SIGUSR2 by default), stop respawning, exit when they
+    /// are gone.
+    Die(Signal),
+    /// `worker:ack`: a worker is serving.
+    WorkerAck {
+        /// The worker's pid, as it sent it.
+        pid: Option<i64>,
+    },
+    /// `worker:ping`: a worker is alive.
+    WorkerPing {
+        /// The worker's pid, as it sent it.
+        pid: Option<i64>,
+    },
+}
+
+/// Why a request is not a command the master can run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    /// No such command.
+    #[error("unrecognized command {0:?}")]
+    Unrecognized(String),
+    /// An Einhorn command this master does not implement.
+    #[error("command {0:?} is not supported by einhorn-master")]
+    Unsupported(String),
+    /// The command needs arguments and got none.
+    #[error("command {command:?} needs {needs}, got no args")]
+    NoArgs {
+        /// The command at fault.
+        command: String,
+        /// What it needs.
+        needs: &'static str,
+    },
+    /// The worker count is not an integer in `[1, 100]`.
+    #[error("invalid count {0:?}: must be an integer in [1, 100]")]
+    InvalidCount(String),
+    /// Not a signal name.
+    #[error("invalid signal {0:?}")]
+    InvalidSignal(String),
+}
+
+impl CommandError {
+    /// The reply message for this error. Unknown commands get the command list too, as in
+    /// Einhorn.
+    pub fn reply_message(&self) -> String {
+        match self {
+            CommandError::Unrecognized(name) => {
+                format!("Unrecognized command: {name:?}\n\n{}", help_text())
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Commands and their one-line descriptions, as `help` lists them.
+pub const COMMANDS: &[(&str, &str)] = &[
+    ("config", "Show the master's configuration"),
+    ("dec", "Decrement the number of workers"),
+    ("die", "[Takes 1 optional argument: the signal] Signal every worker (USR2 by default), then exit once they are gone"),
+    ("ehlo", "Print a welcome message"),
+    ("help", "Print out available commands"),
+    ("inc", "Increment the number of workers"),
+    ("set_workers", "[Takes 1 argument: the number of workers] Set the number of workers"),
+    ("signal", "[Takes 1 or more arguments: signals] Send signals to every worker"),
+    ("state", "Get a dump of the master's state"),
+    ("upgrade", "Upgrade all workers smoothly: start new ones one at a time, retire one old worker per new ACK"),
+    ("upgrade_fleet", "Upgrade all workers at once: start every new worker, retire the old ones once all have ACKed"),
+    ("worker:ack", "[Workers only] Tell the master this worker is serving"),
+    ("worker:ping", "[Workers only] Tell the master this worker is alive"),
+];
+
+/// The `help` text: one command per line.
+pub fn help_text() -> String {
+    let mut text = String::from(
+        "You are speaking to the einhorn-master command socket. You can run the following commands:\n\n",
+    );
+    for (name, description) in COMMANDS {
+        text.push_str(&format!("{name}: {description}\n"));
+    }
+    text
+}
+
+/// Checks a request and types it.
+///
+/// # Errors
+/// A [`CommandError`] naming the command or argument at fault.
+///
+/// # Example
+/// ```
+/// use einhorn_master::command::{Command, parse_command};
+/// use einhorn_master::wire::parse_request;
+///
+/// let request = parse_request(br#"{"command":"signal","args":["usr2","SIGTERM"]}"#).unwrap();
+/// let command = parse_command(&request).unwrap();
+/// assert_eq!(
+///     command,
+///     Command::Signal(vec![nix::sys::signal::Signal::SIGUSR2, nix::sys::signal::Signal::SIGTERM])
+/// );
+/// ```
+pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
+    let args = request.args.as_deref().unwrap_or_default();
+    let name = request.command.as_str();
+    Ok(match name {
+        "ehlo" => Command::Ehlo {
+            user: request.user.clone(),
+        },
+        "help" => Command::Help,
+        "state" => Command::State,
+        "config" => Command::Config,
+        "upgrade" => Command::Upgrade { fleet: false },
+        "upgrade_fleet" => Command::Upgrade { fleet: true },
+        "inc" => Command::Inc,
+        "dec" => Command::Dec,
+        "set_workers" => {
+            let count = args.first().ok_or_else(|| CommandError::NoArgs {
+                command: name.to_string(),
+                needs: "a worker count",
+            })?;
+            match count.trim().parse::<usize>() {
+                Ok(n @ 1..=100) => Command::SetWorkers(n),
+                _ => return Err(CommandError::InvalidCount(count.clone())),
+            }
+        }
+        "signal" => {
+            if args.is_empty() {
+                return Err(CommandError::NoArgs {
+                    command: name.to_string(),
+                    needs: "one or more signals",
+                });
+            }
+            Command::Signal(args.iter().map(|a| parse_signal(a)).collect::<Result<_, _>>()?)
+        }
+        "die" => Command::Die(match args.first() {
+            Some(sig) => parse_signal(sig)?,
+            None => Signal::SIGUSR2,
+        }),
+        "worker:ack" => Command::WorkerAck { pid: request.pid },
+        "worker:ping" => Command::WorkerPing { pid: request.pid },
+        "reload" | "quieter" | "louder" => {
+            return Err(CommandError::Unsupported(name.to_string()));
+        }
+        _ => return Err(CommandError::Unrecognized(name.to_string())),
+    })
+}
+
+/// Reads one request line (without its `\n`) into a command, or the error reply to send.
+///
+/// # Errors
+/// The [`Reply`] (with `error: true`) to send back: `Could not parse command: ...`,
+/// `Unrecognized command: ...`, an argument error.
+///
+/// ```
+/// use einhorn_master::command::{Command, decode};
+/// let (id, command) = decode(br#"{"command":"inc","id":3}"#).unwrap();
+/// assert_eq!(command, Command::Inc);
+/// assert_eq!(id.unwrap().as_i64(), Some(3));
+/// let reply = decode(b"garbage").unwrap_err();
+/// assert!(reply.error && reply.message.starts_with("Could not parse command"));
+/// ```
+pub fn decode(line: &[u8]) -> Result<(Option<RequestId>, Command), Reply> {
+    let request =
+        parse_request(line).map_err(|e| Reply::failure(e.reply_message(), None))?;
+    match parse_command(&request) {
+        Ok(command) => Ok((request.id, command)),
+        Err(e) => Err(Reply::failure(e.reply_message(), request.id)),
+    }
+}
+
+/// Parses a signal name the way Einhorn does: case-insensitive, with or without `SIG`
+/// (`USR2`, `sigusr2`, `SIGUSR2`).
+///
+/// # Errors
+/// [`CommandError::InvalidSignal`] naming the input.
+///
+/// ```
+/// use einhorn_master::command::parse_signal;
+/// use nix::sys::signal::Signal;
+/// assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
+/// assert!(parse_signal("SIGNOPE").is_err());
+/// ```
+pub fn parse_signal(name: &str) -> Result<Signal, CommandError> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| CommandError::InvalidSignal(name.to_string()))
+}
+
+/// A signal's name without the `SIG` prefix, as Einhorn prints it (`USR2`).
+pub fn signal_name(signal: Signal) -> &'static str {
+    let name = signal.as_str();
+    name.strip_prefix("SIG").unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::parse_request;
+
+    fn cmd(json: &str) -> Result<Command, CommandError> {
+        parse_command(&parse_request(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn simple_commands() {
+        assert_eq!(cmd(r#"{"command":"help"}"#), Ok(Command::Help));
+        assert_eq!(cmd(r#"{"command":"state"}"#), Ok(Command::State));
+        assert_eq!(cmd(r#"{"command":"config"}"#), Ok(Command::Config));
+        assert_eq!(cmd(r#"{"command":"inc"}"#), Ok(Command::Inc));
+        assert_eq!(cmd(r#"{"command":"dec"}"#), Ok(Command::Dec));
+        assert_eq!(
+            cmd(r#"{"command":"upgrade"}"#),
+            Ok(Command::Upgrade { fleet: false })
+        );
+        assert_eq!(
+            cmd(r#"{"command":"upgrade_fleet"}"#),
+            Ok(Command::Upgrade { fleet: true })
+        );
+        assert_eq!(
+            cmd(r#"{"command":"ehlo","user":"gdb"}"#),
+            Ok(Command::Ehlo {
+                user: Some("gdb".into())
+            })
+        );
+        assert_eq!(
+            cmd(r#"{"command":"worker:ack","pid":5}"#),
+            Ok(Command::WorkerAck { pid: Some(5) })
+        );
+        assert_eq!(
+            cmd(r#"{"command":"worker:ping"}"#),
+            Ok(Command::WorkerPing { pid: None })
+        );
+    }
+
+    #[test]
+    fn set_workers_checks_its_count() {
+        assert_eq!(
+            cmd(r#"{"command":"set_workers","args":["4"]}"#),
+            Ok(Command::SetWorkers(4))
+        );
+        assert_eq!(
+            cmd(r#"{"command":"set_workers","args":[100]}"#),
+            Ok(Command::SetWorkers(100))
+        );
+        for bad in ["0", "101", "-1", "four", ""] {
+            assert_eq!(
+                cmd(&format!(r#"{{"command":"set_workers","args":["{bad}"]}}"#)),
+                Err(CommandError::InvalidCount(bad.into()))
+            );
+        }
+        assert!(matches!(
+            cmd(r#"{"command":"set_workers"}"#),
+            Err(CommandError::NoArgs { .. })
+        ));
+    }
+
+    #[test]
+    fn signals_parse_like_einhorn() {
+        assert_eq!(
+            cmd(r#"{"command":"signal","args":["USR2","sigterm","Hup"]}"#),
+            Ok(Command::Signal(vec![
+                Signal::SIGUSR2,
+                Signal::SIGTERM,
+                Signal::SIGHUP
+            ]))
+        );
+        assert_eq!(
+            cmd(r#"{"command":"signal","args":["USR3"]}"#),
+            Err(CommandError::InvalidSignal("USR3".into()))
+        );
+        assert!(matches!(
+            cmd(r#"{"command":"signal","args":[]}"#),
+            Err(CommandError::NoArgs { .. })
+        ));
+        assert_eq!(
+            cmd(r#"{"command":"die"}"#),
+            Ok(Command::Die(Signal::SIGUSR2))
+        );
+        assert_eq!(
+            cmd(r#"{"command":"die","args":["TERM"]}"#),
+            Ok(Command::Die(Signal::SIGTERM))
+        );
+        assert_eq!(signal_name(Signal::SIGUSR2), "USR2");
+    }
+
+    #[test]
+    fn unknown_commands_list_the_known_ones() {
+        let err = cmd(r#"{"command":"frobnicate"}"#).unwrap_err();
+        assert_eq!(err, CommandError::Unrecognized("frobnicate".into()));
+        let message = err.reply_message();
+        assert!(message.starts_with("Unrecognized command: \"frobnicate\""));
+        assert!(message.contains("upgrade_fleet"));
+        assert_eq!(
+            cmd(r#"{"command":"reload"}"#),
+            Err(CommandError::Unsupported("reload".into()))
+        );
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = help_text();
+        for (name, _) in COMMANDS {
+            assert!(help.contains(&format!("{name}: ")), "{name}");
+        }
+    }
+}

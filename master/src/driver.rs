@@ -1,0 +1,410 @@
+//! The driver: processes, signals, the command socket and timers around the pure
+//! [`Machine`](crate::machine::Machine).
+//!
+//! It runs on a current-thread tokio runtime on the main thread. That matters for `-k`: the
+//! parent-death signal fires when the *thread* that forked the worker exits, and the main thread
+//! lives exactly as long as the master.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid as NixPid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::bind::{BindError, Bound};
+use crate::cli::MasterArgs;
+use crate::command;
+use crate::machine::{
+    Action, ConnId, Event, ListenerInfo, Machine, MachineConfig, MasterSignal, Pid,
+};
+use crate::pidfile::{Pidfile, PidfileError, write_atomically};
+use crate::socket::{CommandSocket, SocketError};
+use crate::spawn::WorkerCommand;
+use crate::wire::{Reply, encode_reply};
+
+/// Longest request line accepted on the command socket.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+/// Why the master could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The command socket could not be opened.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// A `-b` socket could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The pid file could not be written.
+    #[error(transparent)]
+    Pidfile(#[from] PidfileError),
+    /// The `--addr-file` could not be written.
+    #[error("cannot write address file {path}: {source}")]
+    AddrFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A path could not be made absolute.
+    #[error("invalid path {path}: {source}")]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The event loop (runtime, signal handlers, socket registration) could not be set up.
+    #[error("cannot set up the event loop: {0}")]
+    EventLoop(std::io::Error),
+}
+
+/// Runs a master until it exits; returns its exit status.
+///
+/// Binds everything first (so errors are reported before any worker starts), then spawns the
+/// workers and serves the command socket.
+///
+/// # Errors
+/// [`MasterError`] when the setup fails; once workers run, the master only exits on a signal
+/// or `die`.
+pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
+    let master_pid = std::process::id() as Pid;
+    if let Some(name) = &args.command_name {
+        // Best effort: `ps` shows it; a name with a NUL is just not applied.
+        if let Ok(name) = CString::new(name.as_bytes()) {
+            let _ = nix::sys::prctl::set_name(&name);
+        }
+    }
+    let pidfile = match &args.pidfile {
+        Some(path) => Some(Pidfile::create(path, master_pid)?),
+        None => None,
+    };
+    let absolute = |path: PathBuf| {
+        std::path::absolute(&path).map_err(|source| MasterError::Path { path, source })
+    };
+    let socket_path = absolute(args.socket_path())?;
+    let mut command_socket = CommandSocket::open(&socket_path, &absolute(args.lockfile())?)?;
+    let bound = args
+        .bind
+        .iter()
+        .map(|spec| spec.bind(args.backlog))
+        .collect::<Result<Vec<Bound>, _>>()?;
+    let listeners: Vec<ListenerInfo> = bound
+        .iter()
+        .enumerate()
+        .map(|(index, b)| ListenerInfo {
+            index,
+            addr: b.addr.to_string(),
+            fd: b.fd(),
+        })
+        .collect();
+    for l in &listeners {
+        tracing::info!(
+            "listening on {} (einhorn@{}, fd {})",
+            l.addr,
+            l.index,
+            l.fd
+        );
+    }
+    if let Some(path) = &args.addr_file {
+        let text: String = listeners
+            .iter()
+            .map(|l| format!("{} {}\n", l.index, l.addr))
+            .collect();
+        write_atomically(path, &text).map_err(|source| MasterError::AddrFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    tracing::info!(
+        "einhorn-master {master_pid}: command socket {}",
+        socket_path.display()
+    );
+    let (program, rest) = args
+        .command
+        .split_first()
+        .expect("clap requires a command");
+    let worker = WorkerCommand {
+        program: program.clone(),
+        args: rest.to_vec(),
+        master_pid,
+        fds: bound.iter().map(Bound::fd).collect(),
+        socket_path: socket_path.clone(),
+        kill_on_master_exit: args.kill_children_on_exit,
+    };
+    let machine = Machine::new(MachineConfig {
+        workers: args.number,
+        ack_mode: args.ack_mode,
+        spawn_spacing: args.seconds,
+        signal_timeout: args.signal_timeout,
+        upgrade_timeout: args.upgrade_timeout,
+        master_pid,
+        command_name: args.command_name.clone(),
+        socket_path: socket_path.display().to_string(),
+        command: args
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        listeners,
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(MasterError::EventLoop)?;
+    let listener = command_socket.take_listener();
+    let code = runtime.block_on(drive(machine, worker, listener))?;
+    drop(runtime);
+    if let Some(path) = &args.addr_file {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(bound);
+    drop(command_socket);
+    drop(pidfile);
+    Ok(code)
+}
+
+/// What a connection task tells the driver.
+enum ConnEvent {
+    Line { conn: ConnId, line: Vec<u8> },
+    TooLong { conn: ConnId },
+    Eof { conn: ConnId },
+}
+
+async fn drive(
+    mut machine: Machine,
+    worker: WorkerCommand,
+    listener: std::os::unix::net::UnixListener,
+) -> Result<i32, MasterError> {
+    let setup = MasterError::EventLoop;
+    listener.set_nonblocking(true).map_err(setup)?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(setup)?;
+    // Every handler is installed before the first worker exists: no exit is missed and no
+    // early signal kills the master.
+    let mut sigchld = signal(SignalKind::child()).map_err(setup)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(setup)?;
+    let mut sigusr2 = signal(SignalKind::user_defined2()).map_err(setup)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(setup)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(setup)?;
+    let mut sigquit = signal(SignalKind::quit()).map_err(setup)?;
+
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<ConnEvent>();
+    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<String>> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    let mut next_conn = 0u64;
+
+    let mut todo: VecDeque<Action> = machine.handle(Instant::now(), Event::Start).into();
+    loop {
+        while let Some(action) = todo.pop_front() {
+            match action {
+                Action::Spawn { id, index } => {
+                    let event = match worker.spawn(index) {
+                        Ok(pid) => Event::Spawned { id, pid },
+                        Err(e) => Event::SpawnFailed {
+                            id,
+                            error: format!("{}: {e}", worker.program.to_string_lossy()),
+                        },
+                    };
+                    todo.extend(machine.handle(Instant::now(), event));
+                }
+                Action::Signal { pid, signal } => send_signal(pid, signal),
+                Action::Reply { conn, reply } => send_reply(&conns, conn, &reply),
+                Action::Close { conn } => {
+                    conns.remove(&conn);
+                }
+                Action::Exit { code } => {
+                    // Let connections flush what they were sent, briefly.
+                    conns.clear();
+                    let flush = async { while tasks.join_next().await.is_some() {} };
+                    let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
+                    return Ok(code);
+                }
+            }
+        }
+
+        let deadline = machine.next_deadline();
+        let mut events = Vec::new();
+        tokio::select! {
+            _ = sigchld.recv() => reap(&mut events),
+            _ = sighup.recv() => events.push(Event::Signal(MasterSignal::Hup)),
+            _ = sigusr2.recv() => events.push(Event::Signal(MasterSignal::Usr2)),
+            _ = sigint.recv() => events.push(Event::Signal(MasterSignal::Int)),
+            _ = sigterm.recv() => events.push(Event::Signal(MasterSignal::Term)),
+            _ = sigquit.recv() => events.push(Event::Signal(MasterSignal::Quit)),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn = ConnId(next_conn);
+                    next_conn += 1;
+                    let (out_tx, out_rx) = mpsc::unbounded_channel();
+                    conns.insert(conn, out_tx);
+                    tasks.spawn(serve_conn(conn, stream, conn_tx.clone(), out_rx));
+                }
+                Err(e) => {
+                    // Out of fds, most likely: back off rather than spin.
+                    tracing::warn!("command socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(message) = conn_rx.recv() => match message {
+                ConnEvent::Line { conn, line } => match command::decode(&line) {
+                    Ok((id, command)) => events.push(Event::Request { conn, id, command }),
+                    Err(reply) => {
+                        tracing::warn!(
+                            "bad request {:?}: {}",
+                            String::from_utf8_lossy(&line),
+                            reply.message.lines().next().unwrap_or_default()
+                        );
+                        send_reply(&conns, conn, &reply);
+                    }
+                },
+                ConnEvent::TooLong { conn } => {
+                    let message = format!(
+                        "Could not parse command: request longer than {MAX_REQUEST_LINE} bytes"
+                    );
+                    tracing::warn!("{message}");
+                    send_reply(&conns, conn, &Reply::failure(message, None));
+                    conns.remove(&conn);
+                }
+                ConnEvent::Eof { conn } => {
+                    conns.remove(&conn);
+                }
+            },
+            Some(_) = tasks.join_next() => {}
+            _ = sleep_until(deadline), if deadline.is_some() => events.push(Event::Tick),
+        }
+        for event in events {
+            todo.extend(machine.handle(Instant::now(), event));
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(at) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+    }
+}
+
+/// Reaps every child that has exited.
+fn reap(events: &mut Vec<Event>) {
+    // Bounded: each round reaps one child, and there are only so many.
+    for _ in 0..100_000 {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => events.push(Event::Exited {
+                pid: pid.as_raw(),
+                status: format!("exit status {code}"),
+            }),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => events.push(Event::Exited {
+                pid: pid.as_raw(),
+                status: format!("killed by {}", signal.as_str()),
+            }),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!("waitpid failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn send_signal(pid: Pid, signal: Signal) {
+    match kill(NixPid::from_raw(pid), signal) {
+        Ok(()) => tracing::debug!("sent {} to {pid}", signal.as_str()),
+        Err(Errno::ESRCH) => tracing::debug!("{pid} is already gone; {} not sent", signal.as_str()),
+        Err(e) => tracing::warn!("cannot send {} to {pid}: {e}", signal.as_str()),
+    }
+}
+
+fn send_reply(conns: &HashMap<ConnId, mpsc::UnboundedSender<String>>, conn: ConnId, reply: &Reply) {
+    if let Some(out) = conns.get(&conn) {
+        // The connection may be gone already: then nobody is waiting for the reply.
+        let _ = out.send(encode_reply(reply));
+    }
+}
+
+/// One command-socket connection: lines in, replies out, until either side is done.
+async fn serve_conn(
+    conn: ConnId,
+    stream: UnixStream,
+    events: mpsc::UnboundedSender<ConnEvent>,
+    mut out: mpsc::UnboundedReceiver<String>,
+) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut partial = Vec::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            line = read_line(&mut reader, &mut partial), if reading => {
+                let event = match line {
+                    ReadLine::Line(line) => ConnEvent::Line { conn, line },
+                    ReadLine::TooLong => {
+                        reading = false;
+                        ConnEvent::TooLong { conn }
+                    }
+                    ReadLine::Eof => {
+                        reading = false;
+                        ConnEvent::Eof { conn }
+                    }
+                };
+                if events.send(event).is_err() {
+                    return;
+                }
+            }
+            message = out.recv() => match message {
+                Some(line) => {
+                    if write.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // The driver is done with this connection: closing it.
+                None => return,
+            },
+        }
+    }
+}
+
+enum ReadLine {
+    Line(Vec<u8>),
+    TooLong,
+    Eof,
+}
+
+/// Reads one `\n`-terminated line (without the `\n`), at most [`MAX_REQUEST_LINE`] bytes.
+///
+/// Cancel safe: it only awaits `fill_buf`, and keeps a partial line in `partial`.
+async fn read_line(reader: &mut BufReader<OwnedReadHalf>, partial: &mut Vec<u8>) -> ReadLine {
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(buf) => buf,
+            Err(_) => return ReadLine::Eof,
+        };
+        if buf.is_empty() {
+            // A last line without `\n` is dropped, as Einhorn drops it.
+            partial.clear();
+            return ReadLine::Eof;
+        }
+        let (take, complete) = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => (at, true),
+            None => (buf.len(), false),
+        };
+        partial.extend_from_slice(&buf[..take]);
+        reader.consume(if complete { take + 1 } else { take });
+        if partial.len() > MAX_REQUEST_LINE {
+            partial.clear();
+            return ReadLine::TooLong;
+        }
+        if complete {
+            return ReadLine::Line(std::mem::take(partial));
+        }
+    }
+}

@@ -1,0 +1,949 @@
+//! Unit tests for the state machine, stepping virtual time.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// A simulated driver: it starts a process for every spawn, with made-up pids, and keeps
+/// everything that came out.
+struct Sim {
+    m: Machine,
+    now: Instant,
+    next_pid: Pid,
+    live: BTreeSet<Pid>,
+    actions: Vec<Action>,
+}
+
+impl Sim {
+    fn new(config: MachineConfig) -> Sim {
+        Sim {
+            m: Machine::new(config),
+            now: Instant::now(),
+            next_pid: 100,
+            live: BTreeSet::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    fn manual(workers: usize) -> Sim {
+        Sim::new(MachineConfig {
+            ack_mode: AckMode::Manual,
+            ..MachineConfig::new(workers)
+        })
+    }
+
+    /// Starts and ACKs every worker; returns their pids.
+    fn started(workers: usize) -> (Sim, Vec<Pid>) {
+        let mut sim = Sim::manual(workers);
+        let pids = sim.start();
+        for &pid in &pids {
+            sim.ack(pid);
+        }
+        (sim, pids)
+    }
+
+    /// Feeds an event; spawns get pids at once, as the real driver does. Returns every action.
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut queue = vec![event];
+        let mut rounds = 0;
+        while let Some(event) = queue.pop() {
+            rounds += 1;
+            assert!(rounds < 10_000, "runaway feed");
+            for action in self.m.handle(self.now, event) {
+                match &action {
+                    Action::Spawn { id, .. } => {
+                        let pid = self.next_pid;
+                        self.next_pid += 1;
+                        self.live.insert(pid);
+                        queue.insert(0, Event::Spawned { id: *id, pid });
+                    }
+                    Action::Signal { pid, .. } => {
+                        assert!(self.live.contains(pid), "signal to dead pid {pid}: {action:?}");
+                    }
+                    _ => {}
+                }
+                out.push(action);
+            }
+        }
+        self.actions.extend(out.iter().cloned());
+        self.check_invariants();
+        out
+    }
+
+    fn check_invariants(&self) {
+        let current_serving = self
+            .m
+            .workers()
+            .filter(|w| w.version == self.m.version() && w.retired.is_none())
+            .count();
+        assert!(
+            current_serving <= self.m.target(),
+            "{current_serving} current workers > target {}",
+            self.m.target()
+        );
+        let mut indexes: Vec<usize> = self.m.workers().map(|w| w.index).collect();
+        let len = indexes.len();
+        indexes.sort_unstable();
+        indexes.dedup();
+        assert_eq!(indexes.len(), len, "duplicate worker index");
+        for w in self.m.workers() {
+            if let Some(pid) = w.pid {
+                assert!(self.live.contains(&pid), "machine knows dead pid {pid}");
+            }
+        }
+    }
+
+    /// Starts the machine; returns the pids of the first workers.
+    fn start(&mut self) -> Vec<Pid> {
+        let first = self.next_pid;
+        self.feed(Event::Start);
+        (first..self.next_pid).collect()
+    }
+
+    fn ack(&mut self, pid: Pid) -> Vec<Action> {
+        self.feed(Event::Request {
+            conn: ConnId(pid as u64 + 10_000),
+            id: None,
+            command: Command::WorkerAck {
+                pid: Some(pid.into()),
+            },
+        })
+    }
+
+    fn exit(&mut self, pid: Pid) -> Vec<Action> {
+        assert!(self.live.remove(&pid), "{pid} is not alive");
+        self.feed(Event::Exited {
+            pid,
+            status: "exit status 0".into(),
+        })
+    }
+
+    fn command(&mut self, conn: u64, command: Command) -> Vec<Action> {
+        self.feed(Event::Request {
+            conn: ConnId(conn),
+            id: Some(RequestId::from(conn as i64)),
+            command,
+        })
+    }
+
+    /// Lets `d` pass, handling every deadline on the way.
+    fn advance(&mut self, d: Duration) -> Vec<Action> {
+        let end = self.now + d;
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            match self.m.next_deadline() {
+                Some(at) if at <= end => {
+                    self.now = self.now.max(at);
+                    out.extend(self.feed(Event::Tick));
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        out
+    }
+
+    fn pids(&self, version: u64) -> Vec<Pid> {
+        self.m
+            .workers()
+            .filter(|w| w.version == version && w.retired.is_none())
+            .filter_map(|w| w.pid)
+            .collect()
+    }
+
+    fn retired(&self) -> Vec<Pid> {
+        self.m
+            .workers()
+            .filter(|w| w.retired.is_some())
+            .filter_map(|w| w.pid)
+            .collect()
+    }
+}
+
+fn spawns(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Spawn { .. }))
+        .count()
+}
+
+fn signals(actions: &[Action]) -> Vec<(Pid, Signal)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Signal { pid, signal } => Some((*pid, *signal)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(actions: &[Action], to: u64) -> Vec<Reply> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Reply { conn, reply } if conn.0 == to => Some(reply.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exit_code(actions: &[Action]) -> Option<i32> {
+    actions.iter().find_map(|a| match a {
+        Action::Exit { code } => Some(*code),
+        _ => None,
+    })
+}
+
+// ----- start and ACK -----
+
+#[test]
+fn start_spawns_every_worker_at_once_with_distinct_indexes() {
+    let mut sim = Sim::new(MachineConfig {
+        spawn_spacing: secs(5.0),
+        ..MachineConfig::new(3)
+    });
+    let actions = sim.feed(Event::Start);
+    let indexes: Vec<usize> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(indexes, vec![0, 1, 2]);
+    assert!(sim.feed(Event::Start).is_empty(), "a second start does nothing");
+}
+
+#[test]
+fn timer_ack_counts_a_worker_alive_after_the_timer() {
+    let mut sim = Sim::new(MachineConfig::new(2));
+    sim.feed(Event::Start);
+    assert!(sim.m.workers().all(|w| !w.acked));
+    assert_eq!(sim.m.next_deadline(), Some(sim.now + secs(1.0)));
+    sim.advance(secs(0.5));
+    assert!(sim.m.workers().all(|w| !w.acked));
+    sim.advance(secs(0.5));
+    assert!(sim.m.workers().all(|w| w.acked));
+    assert_eq!(sim.m.next_deadline(), None);
+}
+
+#[test]
+fn timer_ack_of_zero_acks_at_once() {
+    let mut sim = Sim::new(MachineConfig {
+        ack_mode: AckMode::Timer(Duration::ZERO),
+        ..MachineConfig::new(2)
+    });
+    sim.feed(Event::Start);
+    assert!(sim.m.workers().all(|w| w.acked));
+}
+
+#[test]
+fn manual_ack_in_timer_mode_is_ignored_and_closes_the_connection() {
+    let mut sim = Sim::new(MachineConfig::new(1));
+    let pid = sim.start()[0];
+    let actions = sim.ack(pid);
+    assert_eq!(
+        actions,
+        vec![Action::Close {
+            conn: ConnId(pid as u64 + 10_000)
+        }]
+    );
+    assert!(!sim.m.workers().next().unwrap().acked);
+}
+
+#[test]
+fn manual_acks_count_and_unknown_or_repeated_acks_are_harmless() {
+    let mut sim = Sim::manual(2);
+    let pids = sim.start();
+    assert_eq!(sim.m.next_deadline(), None, "manual mode has no timer");
+    sim.ack(pids[0]);
+    sim.ack(pids[0]);
+    sim.ack(99_999);
+    let actions = sim.feed(Event::Request {
+        conn: ConnId(1),
+        id: None,
+        command: Command::WorkerAck { pid: None },
+    });
+    assert_eq!(actions, vec![Action::Close { conn: ConnId(1) }]);
+    let acked: Vec<bool> = sim.m.workers().map(|w| w.acked).collect();
+    assert_eq!(acked, vec![true, false]);
+}
+
+#[test]
+fn worker_ping_closes_and_is_recorded() {
+    let (mut sim, pids) = Sim::started(1);
+    let actions = sim.feed(Event::Request {
+        conn: ConnId(7),
+        id: None,
+        command: Command::WorkerPing {
+            pid: Some(pids[0].into()),
+        },
+    });
+    assert_eq!(actions, vec![Action::Close { conn: ConnId(7) }]);
+    let state = sim.command(8, Command::State);
+    let message = &replies(&state, 8)[0].message;
+    assert!(message.contains("last_ping_seconds_ago: 0"), "{message}");
+}
+
+// ----- smooth upgrade -----
+
+#[test]
+fn smooth_upgrade_retires_one_old_worker_per_new_ack() {
+    let (mut sim, old) = Sim::started(4);
+    let actions = sim.command(1, Command::Upgrade { fleet: false });
+    let first = replies(&actions, 1);
+    assert_eq!(first[0].message, "Upgrading smoothly, as commanded");
+    assert!(first.iter().all(|r| r.wait && r.request_id == Some(RequestId::from(1))));
+    assert_eq!(spawns(&actions), 1, "one new worker at a time");
+    assert!(signals(&actions).is_empty());
+    assert_eq!(sim.m.version(), 1);
+
+    let mut retired = Vec::new();
+    for round in 0..4 {
+        let new = sim.pids(1);
+        let unacked: Vec<Pid> = sim
+            .m
+            .workers()
+            .filter(|w| w.version == 1 && !w.acked)
+            .filter_map(|w| w.pid)
+            .collect();
+        assert_eq!(unacked.len(), 1, "round {round}: one unACKed new worker");
+        assert_eq!(new.len(), round + 1);
+        let actions = sim.ack(unacked[0]);
+        let sent = signals(&actions);
+        if round < 3 {
+            assert_eq!(sent.len(), 1, "round {round}: {actions:?}");
+            assert_eq!(spawns(&actions), 1);
+            assert!(replies(&actions, 1).iter().all(|r| r.wait));
+        } else {
+            let last = replies(&actions, 1);
+            let done = last.last().unwrap();
+            assert_eq!(done.message, "Upgrade done");
+            assert!(!done.wait && !done.error);
+            assert_eq!(done.request_id, Some(RequestId::from(1)));
+            assert!(last[..last.len() - 1].iter().all(|r| r.wait));
+            assert_eq!(spawns(&actions), 0);
+        }
+        for (pid, signal) in sent {
+            assert_eq!(signal, Signal::SIGUSR2);
+            assert!(old.contains(&pid));
+            retired.push(pid);
+        }
+    }
+    retired.sort_unstable();
+    assert_eq!(retired, old, "every old worker retired exactly once");
+    assert!(!sim.m.is_upgrading());
+    // New workers' indexes are past the old ones while those still run.
+    let new_indexes: Vec<usize> = sim
+        .m
+        .workers()
+        .filter(|w| w.version == 1)
+        .map(|w| w.index)
+        .collect();
+    assert_eq!(new_indexes, vec![4, 5, 6, 7]);
+    for pid in old {
+        sim.exit(pid);
+    }
+    assert!(sim.advance(secs(100.0)).is_empty(), "steady: nothing more to do");
+}
+
+#[test]
+fn upgrade_done_comes_after_every_old_worker_is_signaled() {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(1, Command::Upgrade { fleet: false });
+    let new = sim.pids(1)[0];
+    sim.ack(new);
+    let new = sim.pids(1)[1];
+    let actions = sim.ack(new);
+    let done_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::Reply { reply, .. } if reply.message == "Upgrade done"))
+        .unwrap();
+    let last_signal = actions
+        .iter()
+        .rposition(|a| matches!(a, Action::Signal { .. }))
+        .unwrap();
+    assert!(last_signal < done_at);
+    assert_eq!(sim.retired().len(), old.len());
+}
+
+#[test]
+fn spacing_is_a_minimum_between_spawns() {
+    let mut sim = Sim::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        spawn_spacing: secs(2.0),
+        ..MachineConfig::new(2)
+    });
+    for pid in sim.start() {
+        sim.ack(pid);
+    }
+    sim.advance(secs(10.0));
+    let actions = sim.command(1, Command::Upgrade { fleet: false });
+    assert_eq!(spawns(&actions), 1, "the last spawn was long ago");
+    sim.advance(secs(0.5));
+    let actions = sim.ack(sim.pids(1)[0]);
+    assert_eq!(spawns(&actions), 0, "acked, but spacing not over");
+    assert_eq!(sim.m.next_deadline(), Some(sim.now + secs(1.5)));
+    let actions = sim.advance(secs(1.5));
+    assert_eq!(spawns(&actions), 1);
+}
+
+#[test]
+fn fleet_upgrade_spawns_all_and_retires_old_ones_when_all_acked() {
+    let (mut sim, old) = Sim::started(3);
+    let actions = sim.command(1, Command::Upgrade { fleet: true });
+    assert_eq!(replies(&actions, 1)[0].message, "Upgrading fleet, as commanded");
+    assert_eq!(spawns(&actions), 3);
+    let new = sim.pids(1);
+    assert!(signals(&sim.ack(new[0])).is_empty());
+    assert!(signals(&sim.ack(new[1])).is_empty());
+    let actions = sim.ack(new[2]);
+    let mut sent: Vec<Pid> = signals(&actions).into_iter().map(|(p, _)| p).collect();
+    sent.sort_unstable();
+    assert_eq!(sent, old);
+    assert_eq!(replies(&actions, 1).last().unwrap().message, "Upgrade done");
+}
+
+#[test]
+fn sighup_upgrades_without_a_requester() {
+    let (mut sim, old) = Sim::started(1);
+    let actions = sim.feed(Event::Signal(MasterSignal::Hup));
+    assert_eq!(spawns(&actions), 1);
+    let actions = sim.ack(sim.pids(1)[0]);
+    assert_eq!(signals(&actions), vec![(old[0], Signal::SIGUSR2)]);
+    assert!(!sim.m.is_upgrading());
+}
+
+#[test]
+fn upgrade_during_upgrade_starts_over_and_answers_both() {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(1, Command::Upgrade { fleet: false });
+    let first_new = sim.pids(1)[0];
+    sim.ack(first_new);
+    assert_eq!(sim.retired().len(), 1);
+    let actions = sim.command(2, Command::Upgrade { fleet: false });
+    assert!(replies(&actions, 1).iter().any(|r| r.message.contains("starting over")));
+    assert_eq!(sim.m.version(), 2);
+    for _ in 0..2 {
+        let pid = sim.pids(2).into_iter().find(|p| {
+            sim.m
+                .workers()
+                .any(|w| w.pid == Some(*p) && !w.acked)
+        });
+        sim.ack(pid.expect("an unacked version-2 worker"));
+    }
+    for conn in [1, 2] {
+        let all = replies(&sim.actions, conn);
+        assert_eq!(all.last().unwrap().message, "Upgrade done", "conn {conn}");
+    }
+    // Every worker of versions 0 and 1 is retired, the ACKed version-1 worker included.
+    let mut retired = sim.retired();
+    retired.sort_unstable();
+    let mut expected: Vec<Pid> = sim
+        .m
+        .workers()
+        .filter(|w| w.version < 2)
+        .filter_map(|w| w.pid)
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(retired, expected);
+    assert!(retired.contains(&first_new) && old.iter().all(|p| retired.contains(p)));
+}
+
+// ----- upgrade timeout -----
+
+#[test]
+fn an_upgrade_whose_workers_never_ack_fails_and_leaves_old_workers_serving() {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(1, Command::Upgrade { fleet: false });
+    let new = sim.pids(1)[0];
+    let actions = sim.advance(secs(59.0));
+    assert!(actions.is_empty());
+    let actions = sim.advance(secs(1.0));
+    let last = replies(&actions, 1);
+    let last = last.last().unwrap();
+    assert!(last.error && !last.wait, "{last:?}");
+    assert!(last.message.contains("Upgrade failed"), "{}", last.message);
+    assert_eq!(signals(&actions), vec![(new, Signal::SIGUSR2)]);
+    assert!(!sim.m.is_upgrading());
+    let serving: Vec<Pid> = sim
+        .m
+        .workers()
+        .filter(|w| w.retired.is_none())
+        .filter_map(|w| w.pid)
+        .collect();
+    assert_eq!(serving, old);
+    sim.exit(new);
+    assert!(sim.advance(secs(120.0)).is_empty(), "no respawn, no retirement");
+}
+
+#[test]
+fn each_new_ack_restarts_the_upgrade_timeout() {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(1, Command::Upgrade { fleet: false });
+    sim.advance(secs(50.0));
+    let first = sim.pids(1)[0];
+    sim.ack(first);
+    sim.advance(secs(50.0));
+    assert!(sim.m.is_upgrading(), "50 s since the last ACK only");
+    let actions = sim.advance(secs(10.0));
+    let last = replies(&actions, 1);
+    assert!(last.last().unwrap().error);
+    // The acked new worker and the remaining old one keep serving.
+    let mut serving: Vec<Pid> = sim
+        .m
+        .workers()
+        .filter(|w| w.retired.is_none())
+        .filter_map(|w| w.pid)
+        .collect();
+    serving.sort_unstable();
+    assert_eq!(serving.len(), 2);
+    assert!(serving.contains(&first));
+    assert!(old.iter().any(|p| serving.contains(p)));
+}
+
+#[test]
+fn new_workers_crashing_before_ack_are_respawned_with_backoff_during_upgrade() {
+    let mut sim = Sim::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        upgrade_timeout: secs(3600.0),
+        ..MachineConfig::new(1)
+    });
+    let old = sim.start();
+    sim.ack(old[0]);
+    sim.command(1, Command::Upgrade { fleet: false });
+    let mut delays = Vec::new();
+    for _ in 0..12 {
+        let pid = sim.pids(1)[0];
+        sim.exit(pid);
+        let wait = sim.m.next_deadline().unwrap() - sim.now;
+        delays.push(wait.as_secs_f64());
+        let actions = sim.advance(wait);
+        assert_eq!(spawns(&actions), 1);
+    }
+    assert!(
+        (delays[0] - 1.0).abs() < 1e-6 && (delays[1] - 1.5).abs() < 1e-6,
+        "{delays:?}"
+    );
+    assert!(delays.windows(2).all(|w| w[1] >= w[0]));
+    assert!((delays[11] - 30.0).abs() < 1e-6, "{delays:?}");
+}
+
+// ----- crashes and backoff -----
+
+#[test]
+fn an_acked_worker_that_crashes_is_respawned_at_once() {
+    let (mut sim, pids) = Sim::started(2);
+    let actions = sim.exit(pids[0]);
+    assert_eq!(
+        spawns(&actions),
+        1,
+        "no backoff after a crash of a worker that had ACKed"
+    );
+    let respawned: Vec<usize> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(respawned, vec![0], "the freed index is reused");
+}
+
+#[test]
+fn workers_dying_before_ack_back_off_by_half_each_time_up_to_30s() {
+    let mut sim = Sim::manual(1);
+    sim.feed(Event::Start);
+    let mut expected = 1.0f64;
+    for _ in 0..15 {
+        let pid = sim.pids(0)[0];
+        let actions = sim.exit(pid);
+        assert_eq!(spawns(&actions), 0, "backoff first");
+        assert!((sim.m.spawn_interval().as_secs_f64() - expected).abs() < 1e-6);
+        sim.advance(sim.m.spawn_interval() - secs(0.001));
+        assert!(sim.pids(0).is_empty(), "not before the backoff");
+        assert_eq!(spawns(&sim.advance(secs(0.001))), 1);
+        expected = (expected * 1.5).min(30.0);
+    }
+    // An ACK resets the backoff.
+    let pid = sim.pids(0)[0];
+    sim.ack(pid);
+    assert_eq!(sim.m.spawn_interval(), Duration::ZERO);
+    assert_eq!(spawns(&sim.exit(pid)), 1);
+}
+
+#[test]
+fn a_failed_spawn_counts_as_a_failure() {
+    let mut m = Machine::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        ..MachineConfig::new(1)
+    });
+    let t0 = Instant::now();
+    let actions = m.handle(t0, Event::Start);
+    let Action::Spawn { id, .. } = actions[0] else {
+        panic!("{actions:?}")
+    };
+    let actions = m.handle(
+        t0,
+        Event::SpawnFailed {
+            id,
+            error: "no such file".into(),
+        },
+    );
+    assert!(actions.is_empty());
+    assert_eq!(m.next_deadline(), Some(t0 + secs(1.0)));
+    let actions = m.handle(t0 + secs(1.0), Event::Tick);
+    assert!(matches!(actions[..], [Action::Spawn { .. }]));
+}
+
+// ----- signal timeout -----
+
+#[test]
+fn signal_timeout_escalates_to_kill_once() {
+    let mut sim = Sim::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        signal_timeout: Some(secs(3.0)),
+        ..MachineConfig::new(1)
+    });
+    let old = sim.start()[0];
+    sim.ack(old);
+    sim.command(1, Command::Upgrade { fleet: false });
+    let actions = sim.ack(sim.pids(1)[0]);
+    assert_eq!(signals(&actions), vec![(old, Signal::SIGUSR2)]);
+    assert!(signals(&sim.advance(secs(2.9))).is_empty());
+    let actions = sim.advance(secs(0.1));
+    assert_eq!(signals(&actions), vec![(old, Signal::SIGKILL)]);
+    assert!(signals(&sim.advance(secs(100.0))).is_empty(), "KILL only once");
+    sim.exit(old);
+}
+
+#[test]
+fn without_signal_timeout_nothing_is_ever_killed() {
+    let (mut sim, pids) = Sim::started(1);
+    sim.feed(Event::Signal(MasterSignal::Usr2));
+    assert!(signals(&sim.advance(secs(3600.0))).is_empty());
+    assert!(!sim.m.is_done());
+    assert_eq!(exit_code(&sim.exit(pids[0])), Some(0));
+}
+
+// ----- stopping -----
+
+#[test]
+fn usr2_and_int_stop_gracefully_and_exit_when_workers_are_gone() {
+    for signal in [MasterSignal::Usr2, MasterSignal::Int] {
+        let (mut sim, pids) = Sim::started(3);
+        let actions = sim.feed(Event::Signal(signal));
+        let sent: Vec<(Pid, Signal)> = pids.iter().map(|&p| (p, Signal::SIGUSR2)).collect();
+        assert_eq!(signals(&actions), sent);
+        assert!(sim.m.is_stopping());
+        assert!(sim.m.next_deadline().is_none());
+        // A second signal does not signal again.
+        assert!(signals(&sim.feed(Event::Signal(signal))).is_empty());
+        let actions = sim.exit(pids[0]);
+        assert_eq!(spawns(&actions), 0, "no respawn while stopping");
+        assert_eq!(exit_code(&actions), None);
+        sim.exit(pids[1]);
+        let actions = sim.exit(pids[2]);
+        assert_eq!(exit_code(&actions), Some(0));
+        assert!(sim.m.is_done());
+        assert!(sim.feed(Event::Signal(MasterSignal::Hup)).is_empty());
+    }
+}
+
+#[test]
+fn term_is_forwarded_and_quit_exits_at_once() {
+    let (mut sim, pids) = Sim::started(2);
+    let actions = sim.feed(Event::Signal(MasterSignal::Term));
+    assert!(signals(&actions).iter().all(|&(_, s)| s == Signal::SIGTERM));
+    assert_eq!(signals(&actions).len(), 2);
+
+    let (mut sim, _) = Sim::started(2);
+    let actions = sim.feed(Event::Signal(MasterSignal::Quit));
+    assert!(signals(&actions).iter().all(|&(_, s)| s == Signal::SIGQUIT));
+    assert_eq!(exit_code(&actions), Some(0));
+    assert!(sim.m.is_done());
+    assert_eq!(sim.m.next_deadline(), None);
+    let _ = pids;
+}
+
+#[test]
+fn stopping_with_no_workers_exits_at_once() {
+    let mut sim = Sim::manual(0);
+    sim.feed(Event::Start);
+    assert_eq!(exit_code(&sim.feed(Event::Signal(MasterSignal::Int))), Some(0));
+}
+
+#[test]
+fn stopping_aborts_an_upgrade_and_refuses_new_ones() {
+    let (mut sim, _) = Sim::started(2);
+    sim.command(1, Command::Upgrade { fleet: false });
+    let actions = sim.feed(Event::Signal(MasterSignal::Usr2));
+    let last = replies(&actions, 1);
+    assert!(last.last().unwrap().error);
+    assert_eq!(signals(&actions).len(), 3, "two old and one new worker");
+    let actions = sim.command(2, Command::Upgrade { fleet: false });
+    let reply = &replies(&actions, 2)[0];
+    assert!(reply.error && reply.message.contains("stopping"));
+    assert_eq!(spawns(&actions), 0);
+}
+
+#[test]
+fn die_signals_every_worker_and_exits_when_they_are_gone() {
+    let (mut sim, pids) = Sim::started(2);
+    let actions = sim.command(1, Command::Die(Signal::SIGTERM));
+    let reply = &replies(&actions, 1)[0];
+    assert!(reply.message.starts_with("Einhorn is going down! Successfully sent TERMs to 2 processes"));
+    assert_eq!(signals(&actions).len(), 2);
+    sim.exit(pids[0]);
+    assert_eq!(exit_code(&sim.exit(pids[1])), Some(0));
+}
+
+// ----- worker count -----
+
+#[test]
+fn inc_dec_and_set_workers_change_the_pool() {
+    let (mut sim, pids) = Sim::started(2);
+    let actions = sim.command(1, Command::Inc);
+    assert_eq!(
+        replies(&actions, 1)[0].message,
+        "Incrementing number of workers from 2 -> 3"
+    );
+    assert_eq!(spawns(&actions), 1);
+    let newest = sim.pids(0)[2];
+
+    // dec retires the unACKed worker first.
+    let actions = sim.command(2, Command::Dec);
+    assert_eq!(
+        replies(&actions, 2)[0].message,
+        "Decrementing number of workers from 3 -> 2"
+    );
+    assert_eq!(signals(&actions), vec![(newest, Signal::SIGUSR2)]);
+    sim.exit(newest);
+
+    // Then the highest index.
+    let actions = sim.command(3, Command::SetWorkers(1));
+    assert!(replies(&actions, 3)[0].message.contains("2 -> 1"));
+    assert_eq!(signals(&actions), vec![(pids[1], Signal::SIGUSR2)]);
+    sim.exit(pids[1]);
+
+    let actions = sim.command(4, Command::Dec);
+    let reply = &replies(&actions, 4)[0];
+    assert!(reply.error && reply.message.starts_with("Can't decrease"));
+    assert_eq!(sim.m.target(), 1);
+
+    let actions = sim.command(5, Command::SetWorkers(1));
+    assert!(!replies(&actions, 5)[0].error);
+    let actions = sim.command(6, Command::SetWorkers(3));
+    assert_eq!(spawns(&actions), 2);
+}
+
+#[test]
+fn signal_command_sends_to_all_without_retiring() {
+    let (mut sim, pids) = Sim::started(2);
+    let actions = sim.command(
+        1,
+        Command::Signal(vec![Signal::SIGUSR1, Signal::SIGWINCH]),
+    );
+    assert_eq!(signals(&actions).len(), 4);
+    let message = &replies(&actions, 1)[0].message;
+    assert_eq!(
+        message,
+        &format!(
+            "Successfully sent USR1s to 2 processes: {pids:?}\nSuccessfully sent WINCHs to 2 processes: {pids:?}"
+        )
+    );
+    assert!(sim.retired().is_empty());
+    // A worker that exits on such a signal is replaced.
+    assert_eq!(spawns(&sim.exit(pids[0])), 1);
+}
+
+// ----- informational commands -----
+
+#[test]
+fn ehlo_help_state_and_config_answer() {
+    let mut sim = Sim::new(MachineConfig {
+        master_pid: 4242,
+        command_name: Some("web".into()),
+        listeners: vec![ListenerInfo {
+            index: 0,
+            addr: "127.0.0.1:8080".into(),
+            fd: 3,
+        }],
+        ..MachineConfig::new(1)
+    });
+    sim.feed(Event::Start);
+    let ehlo = sim.command(
+        1,
+        Command::Ehlo {
+            user: Some("gdb".into()),
+        },
+    );
+    assert!(replies(&ehlo, 1)[0]
+        .message
+        .starts_with("Welcome, gdb! You are speaking to Einhorn Master Process 4242 (web)."));
+    let help = sim.command(2, Command::Help);
+    assert!(replies(&help, 2)[0].message.contains("upgrade_fleet"));
+    let state = sim.command(3, Command::State);
+    let state = &replies(&state, 3)[0].message;
+    let parsed: serde_norway::Value = serde_norway::from_str(state).unwrap();
+    assert_eq!(parsed["listeners"][0]["addr"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(parsed["workers"][0]["pid"].as_i64(), Some(100));
+    assert_eq!(parsed["target_workers"].as_i64(), Some(1));
+    let config = sim.command(4, Command::Config);
+    assert!(replies(&config, 4)[0].message.contains("upgrade_timeout_seconds: 60"));
+}
+
+// ----- pending spawns -----
+
+#[test]
+fn a_worker_retired_while_its_spawn_is_pending_is_signaled_once_it_runs() {
+    let mut m = Machine::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        ..MachineConfig::new(1)
+    });
+    let t0 = Instant::now();
+    let actions = m.handle(t0, Event::Start);
+    let Action::Spawn { id, .. } = actions[0] else {
+        panic!()
+    };
+    let actions = m.handle(t0, Event::Signal(MasterSignal::Usr2));
+    assert!(actions.is_empty(), "nothing to signal yet: {actions:?}");
+    let actions = m.handle(t0, Event::Spawned { id, pid: 55 });
+    assert_eq!(
+        actions,
+        vec![Action::Signal {
+            pid: 55,
+            signal: Signal::SIGUSR2
+        }]
+    );
+    let actions = m.handle(
+        t0,
+        Event::Exited {
+            pid: 55,
+            status: "signal SIGUSR2".into(),
+        },
+    );
+    assert_eq!(actions, vec![Action::Exit { code: 0 }]);
+}
+
+// ----- random sequences -----
+
+/// A tiny deterministic generator (xorshift), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_event_sequences_keep_the_invariants_and_converge() {
+    for seed in 1..=300u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let workers = 1 + rng.below(4) as usize;
+        let manual = rng.below(2) == 0;
+        let mut sim = Sim::new(MachineConfig {
+            ack_mode: if manual {
+                AckMode::Manual
+            } else {
+                AckMode::Timer(secs(1.0))
+            },
+            spawn_spacing: secs(rng.below(3) as f64 * 0.5),
+            signal_timeout: if rng.below(2) == 0 { Some(secs(5.0)) } else { None },
+            upgrade_timeout: secs(30.0),
+            ..MachineConfig::new(workers)
+        });
+        sim.feed(Event::Start);
+        let mut conn = 0;
+        for _ in 0..150 {
+            let live: Vec<Pid> = sim.live.iter().copied().collect();
+            match rng.below(10) {
+                0 | 1 if !live.is_empty() => {
+                    let pid = live[rng.below(live.len() as u64) as usize];
+                    sim.ack(pid);
+                }
+                2 if !live.is_empty() => {
+                    let pid = live[rng.below(live.len() as u64) as usize];
+                    sim.exit(pid);
+                }
+                3 => {
+                    conn += 1;
+                    sim.command(conn, Command::Upgrade { fleet: rng.below(3) == 0 });
+                }
+                4 => {
+                    conn += 1;
+                    let command = match rng.below(3) {
+                        0 => Command::Inc,
+                        1 => Command::Dec,
+                        _ => Command::SetWorkers(1 + rng.below(4) as usize),
+                    };
+                    sim.command(conn, command);
+                }
+                5 => {
+                    // Retired workers eventually exit.
+                    for pid in sim.retired() {
+                        if rng.below(2) == 0 {
+                            sim.exit(pid);
+                        }
+                    }
+                }
+                _ => {
+                    sim.advance(secs(rng.below(4000) as f64 / 1000.0));
+                }
+            }
+        }
+        // Calm: retired workers exit, live ones ACK, time passes. The pool must settle on the
+        // target count, all of the current version, ACKed, and any upgrade must be answered.
+        for _ in 0..50 {
+            for pid in sim.retired() {
+                sim.exit(pid);
+            }
+            let live: Vec<Pid> = sim.live.iter().copied().collect();
+            for pid in live {
+                if manual {
+                    sim.ack(pid);
+                }
+            }
+            sim.advance(secs(31.0));
+        }
+        assert!(!sim.m.is_upgrading(), "seed {seed}: upgrade never finished");
+        let workers: Vec<WorkerView> = sim.m.workers().collect();
+        assert_eq!(workers.len(), sim.m.target(), "seed {seed}: {workers:?}");
+        assert!(
+            workers
+                .iter()
+                .all(|w| w.acked && w.version == sim.m.version() && w.retired.is_none()),
+            "seed {seed}: {workers:?}"
+        );
+        // Every upgrade requester got exactly one final reply.
+        for c in 1..=conn {
+            let all = replies(&sim.actions, c);
+            if all.iter().any(|r| r.message.ends_with("as commanded")) {
+                let finals = all.iter().filter(|r| !r.wait).count();
+                assert_eq!(finals, 1, "seed {seed} conn {c}: {all:?}");
+            }
+        }
+        // Then a graceful stop ends it.
+        sim.feed(Event::Signal(MasterSignal::Int));
+        let live: Vec<Pid> = sim.live.iter().copied().collect();
+        let mut code = None;
+        for pid in live {
+            code = code.or(exit_code(&sim.exit(pid)));
+        }
+        assert!(sim.m.is_done(), "seed {seed}");
+        let _ = code;
+    }
+}

@@ -1,0 +1,171 @@
+//! The command socket's file: a lock against a second master, stale-socket removal, mode 0600.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::{Mode, umask};
+
+/// Why the command socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The lock file could not be opened.
+    #[error("cannot open lock file {path}: {source}")]
+    LockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another master holds the lock.
+    #[error("another master is running on {socket} (lock {lock} is held)")]
+    Locked {
+        /// The socket path.
+        socket: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// Something that is not a socket is in the way.
+    #[error("{0} exists and is not a socket; not removing it")]
+    NotASocket(PathBuf),
+    /// Removing a stale socket, binding or setting the mode failed.
+    #[error("cannot {step} command socket {path}: {source}")]
+    Io {
+        /// What failed.
+        step: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The bound command socket. Dropping it removes the socket file, then releases the lock.
+#[derive(Debug)]
+pub struct CommandSocket {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+    // Released after the socket file is gone (fields drop after `Drop::drop`).
+    _lock: Flock<File>,
+}
+
+impl CommandSocket {
+    /// Takes the lock at `lock`, removes a stale socket at `path` (only a socket, and only
+    /// while holding the lock, so never a live master's), and binds a fresh one with mode 0600.
+    ///
+    /// # Errors
+    /// [`SocketError`] naming the path and the step at fault.
+    pub fn open(path: &Path, lock: &Path) -> Result<CommandSocket, SocketError> {
+        let io = |step, source| SocketError::Io {
+            step,
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(lock)
+            .map_err(|source| SocketError::LockFile {
+                path: lock.to_path_buf(),
+                source,
+            })?;
+        let lock_guard = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            SocketError::Locked {
+                socket: path.to_path_buf(),
+                lock: lock.to_path_buf(),
+            }
+        })?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                tracing::info!("removing stale command socket {}", path.display());
+                std::fs::remove_file(path).map_err(|e| io("remove stale", e))?;
+            }
+            Ok(_) => return Err(SocketError::NotASocket(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("inspect", e)),
+        }
+        // Created 0600 from the start: no window in which others could connect. The umask
+        // is process-wide; this runs before any thread or worker exists.
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        umask(old);
+        let listener = bound.map_err(|e| io("bind", e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("chmod", e))?;
+        Ok(CommandSocket {
+            listener: Some(listener),
+            path: path.to_path_buf(),
+            _lock: lock_guard,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the listener out (to hand it to the async driver). The file stays ours: it is
+    /// still removed when this is dropped.
+    ///
+    /// # Panics
+    /// When called twice.
+    pub fn take_listener(&mut self) -> UnixListener {
+        self.listener.take().expect("listener taken once")
+    }
+}
+
+impl Drop for CommandSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn opens_with_mode_0600_and_removes_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let socket = CommandSocket::open(&path, &dir.path().join("m.lock")).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        UnixStream::connect(&path).unwrap();
+        drop(socket);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_second_master_is_refused_and_a_stale_socket_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.lock");
+        let first = CommandSocket::open(&path, &lock).unwrap();
+        let err = CommandSocket::open(&path, &lock).unwrap_err();
+        assert!(matches!(err, SocketError::Locked { .. }), "{err}");
+        assert!(path.exists(), "the live master's socket is untouched");
+        drop(first);
+        // A stale socket (its master died without cleaning up) is replaced.
+        let stale = UnixListener::bind(&path).unwrap();
+        drop(stale);
+        assert!(path.exists());
+        let _second = CommandSocket::open(&path, &lock).unwrap();
+        UnixStream::connect(&path).unwrap();
+    }
+
+    #[test]
+    fn a_regular_file_is_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        std::fs::write(&path, "data").unwrap();
+        let err = CommandSocket::open(&path, &dir.path().join("m.lock")).unwrap_err();
+        assert!(matches!(err, SocketError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "data");
+    }
+}

@@ -1,0 +1,174 @@
+//! Starting a worker: Einhorn's environment, its own process group, default signal
+//! dispositions, and optionally a parent-death signal.
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+
+use crate::machine::Pid;
+
+/// Everything needed to start workers, fixed for the master's life.
+#[derive(Clone, Debug)]
+pub struct WorkerCommand {
+    /// The program, looked up through `PATH` at each spawn (so "new code" is whatever is at
+    /// that path at upgrade time).
+    pub program: OsString,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// The master's pid (`EINHORN_MASTER_PID`).
+    pub master_pid: Pid,
+    /// The listening fds, in `-b` order.
+    pub fds: Vec<RawFd>,
+    /// The command socket's path (`EINHORN_SOCK_PATH`).
+    pub socket_path: PathBuf,
+    /// Give workers SIGUSR2 when the master dies (`-k`).
+    pub kill_on_master_exit: bool,
+}
+
+impl WorkerCommand {
+    /// The `EINHORN_*` variables a worker with `index` gets, in a fixed order. Pure.
+    ///
+    /// ```
+    /// use einhorn_master::spawn::WorkerCommand;
+    ///
+    /// let command = WorkerCommand {
+    ///     program: "srv".into(),
+    ///     args: vec![],
+    ///     master_pid: 10,
+    ///     fds: vec![3, 7],
+    ///     socket_path: "/tmp/e.sock".into(),
+    ///     kill_on_master_exit: false,
+    /// };
+    /// let env = command.env(2);
+    /// assert!(env.contains(&("EINHORN_FD_1".to_string(), "7".to_string())));
+    /// assert!(env.contains(&("EINHORN_FDS".to_string(), "3 7".to_string())));
+    /// assert!(env.contains(&("EINHORN_CHILD_INDEX".to_string(), "2".to_string())));
+    /// ```
+    pub fn env(&self, index: usize) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("EINHORN_MASTER_PID".to_string(), self.master_pid.to_string()),
+            ("EINHORN_FD_COUNT".to_string(), self.fds.len().to_string()),
+        ];
+        for (i, fd) in self.fds.iter().enumerate() {
+            env.push((format!("EINHORN_FD_{i}"), fd.to_string()));
+        }
+        env.push((
+            "EINHORN_SOCK_PATH".to_string(),
+            self.socket_path.to_string_lossy().into_owned(),
+        ));
+        env.push(("EINHORN_CHILD_INDEX".to_string(), index.to_string()));
+        let fds: Vec<String> = self.fds.iter().map(|fd| fd.to_string()).collect();
+        env.push(("EINHORN_FDS".to_string(), fds.join(" ")));
+        env
+    }
+
+    /// Starts worker `index`; returns its pid. The child is not waited for here: the driver
+    /// reaps every child with `waitpid`.
+    ///
+    /// # Errors
+    /// The OS error when the program cannot be started (not found, not executable, ...).
+    pub fn spawn(&self, index: usize) -> std::io::Result<Pid> {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        // Einhorn variables inherited from an outer master would only confuse the worker.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("EINHORN_") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(self.env(index));
+        command.process_group(0);
+        let kill_on_master_exit = self.kill_on_master_exit;
+        let master_pid = self.master_pid;
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe calls (sigaction, sigprocmask, prctl, getppid, kill); it
+        // allocates nothing.
+        unsafe {
+            command.pre_exec(move || child_setup(kill_on_master_exit, master_pid));
+        }
+        let child = command.spawn()?;
+        // Dropping `Child` neither waits nor kills; the driver reaps by pid.
+        Pid::try_from(child.id()).map_err(std::io::Error::other)
+    }
+}
+
+/// In the child, between fork and exec: default signal dispositions, nothing blocked, and the
+/// parent-death signal.
+fn child_setup(kill_on_master_exit: bool, master_pid: Pid) -> std::io::Result<()> {
+    // Handlers are reset by exec anyway; ignored signals are not. The master (or whatever
+    // started it, like `nohup`) may ignore some: give the worker the defaults. This covers the
+    // real-time signals too, which `Signal` does not list.
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: resetting a disposition to the default is async-signal-safe; failures (for
+        // signals the C library reserves) are harmless.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    if kill_on_master_exit {
+        // Delivered when the thread that forked us exits: the driver spawns from the main
+        // thread, which lives as long as the master.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGUSR2)?;
+        // The master may have died between fork and prctl: then no signal would ever come.
+        if nix::unistd::getppid().as_raw() != master_pid {
+            nix::sys::signal::raise(Signal::SIGUSR2)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_has_exactly_einhorns_variables() {
+        let command = WorkerCommand {
+            program: "true".into(),
+            args: vec![],
+            master_pid: 42,
+            fds: vec![5],
+            socket_path: "/run/e.sock".into(),
+            kill_on_master_exit: false,
+        };
+        assert_eq!(
+            command.env(0),
+            vec![
+                ("EINHORN_MASTER_PID".into(), "42".into()),
+                ("EINHORN_FD_COUNT".into(), "1".into()),
+                ("EINHORN_FD_0".into(), "5".into()),
+                ("EINHORN_SOCK_PATH".into(), "/run/e.sock".into()),
+                ("EINHORN_CHILD_INDEX".into(), "0".into()),
+                ("EINHORN_FDS".into(), "5".into()),
+            ]
+        );
+        let none = WorkerCommand {
+            fds: vec![],
+            ..command
+        };
+        let env = none.env(3);
+        assert!(env.contains(&("EINHORN_FD_COUNT".into(), "0".into())));
+        assert!(env.contains(&("EINHORN_FDS".into(), String::new())));
+    }
+
+    #[test]
+    fn a_missing_program_is_an_error() {
+        let command = WorkerCommand {
+            program: "/nonexistent/einhorn-master-test".into(),
+            args: vec![],
+            master_pid: std::process::id() as Pid,
+            fds: vec![],
+            socket_path: "/tmp/x".into(),
+            kill_on_master_exit: false,
+        };
+        assert!(command.spawn(0).is_err());
+    }
+}
