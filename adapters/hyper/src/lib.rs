@@ -1,1 +1,43 @@
-//! Placeholder: filled in by issue 4.
+//! Serve HTTP with hyper under a socket manager such as Einhorn, and upgrade without a single
+//! client noticing, keep-alive ones included.
+//!
+//! This is the HTTP engine of [`graceful_listener`]: a connection loop on hyper-util's auto
+//! builder (HTTP/1.1 and HTTP/2) over a [`graceful_listener::GracefulListener`], serving any
+//! hyper service, with a drain made for keep-alive clients (see [`HttpServer`]):
+//! `Connection: close` on every response once stopping, an idle grace for idle connections,
+//! GOAWAY for HTTP/2, upgraded connections waited for until the drain timeout, and staged
+//! closes that never turn into resets.
+//!
+//! `einhorn-axum` and `einhorn-warp` are thin layers on this crate.
+//!
+//! # Example
+//! Under Einhorn: `einhorn -m manual -b 127.0.0.1:8000 -- ./hello`.
+//! ```no_run
+//! use std::convert::Infallible;
+//! use http_body_util::Full;
+//! use hyper::{Request, Response, body::{Bytes, Incoming}, service::service_fn};
+//!
+//! async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+//!     Ok(Response::new(Full::new(Bytes::from("hello\n"))))
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), graceful_listener::RunError> {
+//!     let report = einhorn_hyper::run(service_fn(hello), 0).await?;
+//!     eprintln!("{report:?}");
+//!     Ok(())
+//! }
+//! ```
+
+mod config;
+mod io;
+mod make;
+mod run;
+mod server;
+mod service;
+mod state;
+
+pub use config::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig};
+pub use make::{ConnectionInfo, MakeService, Shared};
+pub use run::{HttpRun, run};
+pub use server::HttpServer;

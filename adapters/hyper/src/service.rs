@@ -1,0 +1,117 @@
+//! The service wrapper: counts requests in flight and, once the worker stops, makes every
+//! HTTP/1 response the connection's last (`Connection: close`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use graceful_listener::ShutdownSignal;
+use http::header::{CONNECTION, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::state::{ConnState, RequestGuard};
+
+/// Wraps a connection's service.
+#[derive(Debug, Clone)]
+pub(crate) struct DrainService<S> {
+    pub(crate) inner: S,
+    pub(crate) state: Arc<ConnState>,
+    pub(crate) signal: ShutdownSignal,
+}
+
+impl<S, ReqBody, ResBody> hyper::service::Service<Request<ReqBody>> for DrainService<S>
+where
+    S: hyper::service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<DrainBody<ResBody>>;
+    type Error = S::Error;
+    type Future = DrainFuture<S::Future>;
+
+    fn call(&self, req: Request<ReqBody>) -> Self::Future {
+        let guard = self.state.begin_request();
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 {
+            self.state.mark_h2();
+        }
+        // A successful CONNECT turns the connection into a tunnel: it has no next request.
+        let may_close = http1 && req.method() != Method::CONNECT;
+        DrainFuture {
+            inner: self.inner.call(req),
+            guard: Some(guard),
+            signal: self.signal.clone(),
+            may_close,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of a [`DrainService`].
+    pub(crate) struct DrainFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<RequestGuard>,
+        signal: ShutdownSignal,
+        may_close: bool,
+    }
+}
+
+impl<F, B, E> Future for DrainFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<DrainBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        // Decided when the head is ready, just before hyper writes it: a stop before this
+        // point makes this response the connection's last.
+        if *this.may_close
+            && this.signal.is_stopping()
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            tracing::trace!("stopping: response carries Connection: close");
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let guard = this.guard.take();
+        Poll::Ready(Ok(response.map(|body| DrainBody { inner: body, guard })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until it has been sent.
+    pub(crate) struct DrainBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<RequestGuard>,
+    }
+}
+
+impl<B: Body> Body for DrainBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            this.guard.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
