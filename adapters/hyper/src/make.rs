@@ -1,6 +1,7 @@
 //! Making a service for each connection: [`MakeService`], [`Shared`], [`ConnectionInfo`].
 
 use std::future::{Future, Ready, ready};
+use std::task::{Context, Poll};
 
 use graceful_listener::Address;
 
@@ -118,6 +119,13 @@ pub trait MakeService: Send + 'static {
     type Service;
     /// Resolves to the service.
     type Future: Future<Output = Self::Service> + Send + 'static;
+
+    /// Whether [`MakeService::make_service`] may be called; the accept loop waits for this
+    /// before each call, as tower's `poll_ready`. Always ready unless overridden.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = cx;
+        Poll::Ready(())
+    }
 
     /// Makes the service for the connection `info` describes. Called in the accept loop, so it
     /// should return quickly; the future runs on the connection's own task.

@@ -1,1 +1,136 @@
-//! Placeholder: filled in by issue 4.
+//! Run a warp filter under a socket manager such as Einhorn, and upgrade it without a single
+//! client noticing, keep-alive ones included.
+//!
+//! [`run`] serves a filter through [`warp::service`] on the HTTP engine of [`einhorn_hyper`]:
+//! it ACKs to the master once serving, and on SIGUSR2 stops accepting, answers with
+//! `Connection: close`, gives idle keep-alive connections a grace, and exits as soon as every
+//! connection has finished (or at the drain timeout, cutting what is left).
+//!
+//! # Example
+//! Under Einhorn: `einhorn -m manual -b 127.0.0.1:8000 -- ./app`.
+//! ```no_run
+//! use std::time::Duration;
+//! use warp::Filter;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), graceful_listener::RunError> {
+//!     let hello = warp::path::end().map(|| "hello\n");
+//!     let report = einhorn_warp::run(hello, 0)
+//!         .drain_timeout(Duration::from_secs(10))
+//!         .on_stop(|| eprintln!("draining"))
+//!         .await?;
+//!     eprintln!("{report:?}");
+//!     Ok(())
+//! }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+
+use einhorn_hyper::{HttpRun, HttpServer, Shared};
+use graceful_listener::Bind;
+use hyper::Request;
+use hyper::body::Incoming;
+use warp::{Filter, Reply};
+
+pub use einhorn_hyper::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig, HttpRun as Run,
+};
+
+/// Serves a warp filter on Einhorn's listener number `fd_index` until a stop signal, then
+/// drains without a keep-alive client noticing.
+///
+/// The returned [`Run`] is a builder with every option of the core and of the HTTP engine;
+/// `.await` it.
+///
+/// # Example
+/// ```no_run
+/// use std::time::Duration;
+/// use warp::Filter;
+///
+/// # async fn example() -> Result<(), graceful_listener::RunError> {
+/// let routes = warp::path!("hello" / String).map(|name| format!("hello {name}\n"));
+/// let report = einhorn_warp::run(routes, 0)
+///     .drain_timeout(Duration::from_secs(10))
+///     .idle_grace(Duration::from_millis(500))
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn run<F>(filter: F, fd_index: usize) -> HttpRun<Shared<WarpService<F>>>
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: Reply,
+{
+    serve(filter).bind(Bind::Einhorn(fd_index))
+}
+
+/// Like [`run`], bound with [`Bind::Auto`] (Einhorn's first listener when run by Einhorn, else
+/// `127.0.0.1:8000`); set another spec with `.bind(..)`.
+///
+/// # Example
+/// ```no_run
+/// use warp::Filter;
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let hello = warp::any().map(|| "hello\n");
+/// einhorn_warp::serve(hello).bind("127.0.0.1:3030".parse()?).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn serve<F>(filter: F) -> HttpRun<Shared<WarpService<F>>>
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: Reply,
+{
+    HttpRun::new(HttpServer::new(WarpService::new(filter)))
+}
+
+/// A warp filter as a [`hyper::service::Service`] (through [`warp::service`]), for
+/// [`einhorn_hyper::HttpServer`].
+///
+/// # Example
+/// ```
+/// use warp::Filter;
+///
+/// let service = einhorn_warp::WarpService::new(warp::any().map(|| "hello"));
+/// let server = einhorn_hyper::HttpServer::new(service);
+/// ```
+#[derive(Debug, Clone)]
+pub struct WarpService<F> {
+    filter: F,
+}
+
+impl<F> WarpService<F>
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: Reply,
+{
+    /// Serves `filter`.
+    ///
+    /// # Example
+    /// See [`WarpService`].
+    pub fn new(filter: F) -> WarpService<F> {
+        WarpService { filter }
+    }
+}
+
+/// The response future of a [`WarpService`] (warp's own future type cannot be named).
+pub type WarpFuture =
+    Pin<Box<dyn Future<Output = Result<warp::reply::Response, Infallible>> + Send>>;
+
+impl<F> hyper::service::Service<Request<Incoming>> for WarpService<F>
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: Reply,
+{
+    type Response = warp::reply::Response;
+    type Error = Infallible;
+    type Future = WarpFuture;
+
+    fn call(&self, req: Request<Incoming>) -> WarpFuture {
+        let mut service = warp::service(self.filter.clone());
+        Box::pin(tower_service::Service::call(&mut service, req))
+    }
+}
