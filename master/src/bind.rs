@@ -56,7 +56,9 @@ pub enum BindSpecError {
         port: String,
     },
     /// An option other than `r`, `so_reuseaddr`, `n`, `o_nonblock`.
-    #[error("unknown option {option:?} in bind address {spec:?} (known: r, so_reuseaddr, n, o_nonblock)")]
+    #[error(
+        "unknown option {option:?} in bind address {spec:?} (known: r, so_reuseaddr, n, o_nonblock)"
+    )]
     UnknownOption {
         /// The whole value.
         spec: String,
@@ -228,7 +230,9 @@ impl BindSpec {
                 .map_err(fail("set O_NONBLOCK on"))?;
         }
         // Inherited by every worker: that is the point of the master.
-        socket.set_cloexec(false).map_err(fail("clear FD_CLOEXEC on"))?;
+        socket
+            .set_cloexec(false)
+            .map_err(fail("clear FD_CLOEXEC on"))?;
         let addr = socket
             .local_addr()
             .map_err(fail("read the address of"))?
@@ -274,12 +278,18 @@ mod tests {
         assert_eq!(spec.host, "::1");
         assert_eq!(spec.port, 0);
         assert_eq!(spec.to_string(), "[::1]:0");
-        assert_eq!(parse("::1:80"), Err(BindSpecError::BareIpv6("::1:80".into())));
+        assert_eq!(
+            parse("::1:80"),
+            Err(BindSpecError::BareIpv6("::1:80".into()))
+        );
     }
 
     #[test]
     fn names_what_is_wrong() {
-        assert_eq!(parse("127.0.0.1"), Err(BindSpecError::NoPort("127.0.0.1".into())));
+        assert_eq!(
+            parse("127.0.0.1"),
+            Err(BindSpecError::NoPort("127.0.0.1".into()))
+        );
         assert_eq!(parse(":80"), Err(BindSpecError::NoHost(":80".into())));
         assert_eq!(
             parse("127.0.0.1:99999"),

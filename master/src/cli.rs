@@ -312,17 +312,53 @@ mod tests {
         assert!(!args.kill_children_on_exit);
         assert!(args.bind.is_empty());
         assert_eq!(args.command, ["sleep", "5"]);
-        assert_eq!(args.socket_path(), std::env::temp_dir().join("einhorn.sock"));
-        assert_eq!(args.log_level(), tracing_subscriber::filter::LevelFilter::INFO);
+        assert_eq!(
+            args.socket_path(),
+            std::env::temp_dir().join("einhorn.sock")
+        );
+        assert_eq!(
+            args.log_level(),
+            tracing_subscriber::filter::LevelFilter::INFO
+        );
     }
 
     #[test]
     fn every_flag() {
         let args = master(&[
-            "-b", "127.0.0.1:0,r", "--bind", "[::1]:0", "-n", "4", "-m", "manual", "-d",
-            "/tmp/x.sock", "-c", "web", "-s", "0.5", "-t", "3", "-k", "-l", "64", "-e",
-            "/tmp/pid", "-q", "-v", "-v", "--upgrade-timeout", "10", "--addr-file", "/tmp/a",
-            "-f", "/tmp/lock", "--", "srv", "--port", "1",
+            "-b",
+            "127.0.0.1:0,r",
+            "--bind",
+            "[::1]:0",
+            "-n",
+            "4",
+            "-m",
+            "manual",
+            "-d",
+            "/tmp/x.sock",
+            "-c",
+            "web",
+            "-s",
+            "0.5",
+            "-t",
+            "3",
+            "-k",
+            "-l",
+            "64",
+            "-e",
+            "/tmp/pid",
+            "-q",
+            "-v",
+            "-v",
+            "--upgrade-timeout",
+            "10",
+            "--addr-file",
+            "/tmp/a",
+            "-f",
+            "/tmp/lock",
+            "--",
+            "srv",
+            "--port",
+            "1",
         ])
         .unwrap();
         assert_eq!(args.bind.len(), 2);
@@ -338,7 +374,10 @@ mod tests {
         assert!(args.kill_children_on_exit);
         assert_eq!(args.backlog, 64);
         assert_eq!(args.pidfile, Some(PathBuf::from("/tmp/pid")));
-        assert_eq!(args.log_level(), tracing_subscriber::filter::LevelFilter::DEBUG);
+        assert_eq!(
+            args.log_level(),
+            tracing_subscriber::filter::LevelFilter::DEBUG
+        );
         assert_eq!(args.upgrade_timeout, Duration::from_secs(10));
         assert_eq!(args.addr_file, Some(PathBuf::from("/tmp/a")));
         assert_eq!(args.command, ["srv", "--port", "1"]);
@@ -353,7 +392,10 @@ mod tests {
     #[test]
     fn default_paths_follow_the_command_name() {
         let args = master(&["-c", "api", "true"]).unwrap();
-        assert_eq!(args.socket_path(), std::env::temp_dir().join("einhorn-api.sock"));
+        assert_eq!(
+            args.socket_path(),
+            std::env::temp_dir().join("einhorn-api.sock")
+        );
         assert_eq!(
             args.lockfile(),
             std::env::temp_dir().join("einhorn-api.sock.lock")
@@ -367,7 +409,9 @@ mod tests {
         assert!(master(&[]).is_err(), "a command is required");
         let err = master(&["-b", "nope", "true"]).unwrap_err().to_string();
         assert!(err.contains("has no port"), "{err}");
-        let err = master(&["-m", "sometimes", "true"]).unwrap_err().to_string();
+        let err = master(&["-m", "sometimes", "true"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid ack mode"), "{err}");
         let err = master(&["-s", "soon", "true"]).unwrap_err().to_string();
         assert!(err.contains("invalid number of seconds \"soon\""), "{err}");

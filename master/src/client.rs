@@ -20,6 +20,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::state::MasterState;
 use crate::wire::{Reply, ReplyError, RequestId, decode_reply, encode_request};
 
 /// Longest reply line accepted (a `state` dump of many workers fits easily).
@@ -59,6 +60,9 @@ pub enum ClientError {
     /// A reply line was longer than [`MAX_REPLY_LINE`].
     #[error("reply line longer than {MAX_REPLY_LINE} bytes")]
     TooLong,
+    /// The `state` reply could not be parsed.
+    #[error("cannot parse the state reply: {0}")]
+    State(String),
     /// The master answered with an error.
     #[error("{command:?} failed: {message}")]
     Failed {
@@ -217,6 +221,16 @@ impl Client {
         Ok(replies)
     }
 
+    /// Asks for `state` and parses it.
+    ///
+    /// # Errors
+    /// As [`Client::call`], plus [`ClientError::State`].
+    pub fn state(&mut self, timeout: Duration) -> Result<MasterState, ClientError> {
+        let replies = self.call("state", &[], timeout)?;
+        let message = &replies.last().expect("at least one reply").message;
+        serde_norway::from_str(message).map_err(|e| ClientError::State(e.to_string()))
+    }
+
     /// [`Client::call_with`] without a progress callback.
     ///
     /// # Errors
@@ -281,6 +295,14 @@ pub fn command(
     timeout: Duration,
 ) -> Result<Vec<Reply>, ClientError> {
     Client::connect(socket)?.call(command, args, timeout)
+}
+
+/// Connects and asks for `state`.
+///
+/// # Errors
+/// As [`Client::state`].
+pub fn state(socket: impl AsRef<Path>, timeout: Duration) -> Result<MasterState, ClientError> {
+    Client::connect(socket)?.state(timeout)
 }
 
 /// Sends a worker's ACK for `pid`, the way a worker does: one line, then close, no reply.

@@ -88,17 +88,38 @@ impl CommandError {
 pub const COMMANDS: &[(&str, &str)] = &[
     ("config", "Show the master's configuration"),
     ("dec", "Decrement the number of workers"),
-    ("die", "[Takes 1 optional argument: the signal] Signal every worker (USR2 by default), then exit once they are gone"),
+    (
+        "die",
+        "[Takes 1 optional argument: the signal] Signal every worker (USR2 by default), then exit once they are gone",
+    ),
     ("ehlo", "Print a welcome message"),
     ("help", "Print out available commands"),
     ("inc", "Increment the number of workers"),
-    ("set_workers", "[Takes 1 argument: the number of workers] Set the number of workers"),
-    ("signal", "[Takes 1 or more arguments: signals] Send signals to every worker"),
+    (
+        "set_workers",
+        "[Takes 1 argument: the number of workers] Set the number of workers",
+    ),
+    (
+        "signal",
+        "[Takes 1 or more arguments: signals] Send signals to every worker",
+    ),
     ("state", "Get a dump of the master's state"),
-    ("upgrade", "Upgrade all workers smoothly: start new ones one at a time, retire one old worker per new ACK"),
-    ("upgrade_fleet", "Upgrade all workers at once: start every new worker, retire the old ones once all have ACKed"),
-    ("worker:ack", "[Workers only] Tell the master this worker is serving"),
-    ("worker:ping", "[Workers only] Tell the master this worker is alive"),
+    (
+        "upgrade",
+        "Upgrade all workers smoothly: start new ones one at a time, retire one old worker per new ACK",
+    ),
+    (
+        "upgrade_fleet",
+        "Upgrade all workers at once: start every new worker, retire the old ones once all have ACKed",
+    ),
+    (
+        "worker:ack",
+        "[Workers only] Tell the master this worker is serving",
+    ),
+    (
+        "worker:ping",
+        "[Workers only] Tell the master this worker is alive",
+    ),
 ];
 
 /// The `help` text: one command per line.
@@ -160,7 +181,11 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
                     needs: "one or more signals",
                 });
             }
-            Command::Signal(args.iter().map(|a| parse_signal(a)).collect::<Result<_, _>>()?)
+            Command::Signal(
+                args.iter()
+                    .map(|a| parse_signal(a))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         "die" => Command::Die(match args.first() {
             Some(sig) => parse_signal(sig)?,
@@ -190,8 +215,7 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
 /// assert!(reply.error && reply.message.starts_with("Could not parse command"));
 /// ```
 pub fn decode(line: &[u8]) -> Result<(Option<RequestId>, Command), Reply> {
-    let request =
-        parse_request(line).map_err(|e| Reply::failure(e.reply_message(), None))?;
+    let request = parse_request(line).map_err(|e| Reply::failure(e.reply_message(), None))?;
     match parse_command(&request) {
         Ok(command) => Ok((request.id, command)),
         Err(e) => Err(Reply::failure(e.reply_message(), request.id)),

@@ -1,5 +1,5 @@
 //! The driver: processes, signals, the command socket and timers around the pure
-//! [`Machine`](crate::machine::Machine).
+//! [`Machine`].
 //!
 //! It runs on a current-thread tokio runtime on the main thread. That matters for `-k`: the
 //! parent-death signal fires when the *thread* that forked the worker exits, and the main thread
@@ -78,6 +78,9 @@ pub enum MasterError {
 /// or `die`.
 pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     let master_pid = std::process::id() as Pid;
+    if let Err(e) = crate::spawn::cloexec_inherited_fds() {
+        tracing::warn!("cannot mark inherited fds close-on-exec; workers may inherit them: {e}");
+    }
     if let Some(name) = &args.command_name {
         // Best effort: `ps` shows it; a name with a NUL is just not applied.
         if let Ok(name) = CString::new(name.as_bytes()) {
@@ -108,12 +111,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         })
         .collect();
     for l in &listeners {
-        tracing::info!(
-            "listening on {} (einhorn@{}, fd {})",
-            l.addr,
-            l.index,
-            l.fd
-        );
+        tracing::info!("listening on {} (einhorn@{}, fd {})", l.addr, l.index, l.fd);
     }
     if let Some(path) = &args.addr_file {
         let text: String = listeners
@@ -129,10 +127,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         "einhorn-master {master_pid}: command socket {}",
         socket_path.display()
     );
-    let (program, rest) = args
-        .command
-        .split_first()
-        .expect("clap requires a command");
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
     let worker = WorkerCommand {
         program: program.clone(),
         args: rest.to_vec(),

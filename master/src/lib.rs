@@ -28,13 +28,15 @@
 //! - The master does not re-exec itself on upgrade; the command is looked up by path at each
 //!   spawn, so the new binary at that path is what runs.
 //! - `-b` accepts IPv6 literals (`[::1]:8080`) and host names.
+//! - Workers inherit stdio and the `-b` sockets only: fds the master itself inherited are made
+//!   close-on-exec (Einhorn passes them through).
 //! - Error replies carry `error: true` (clients that do not know the key ignore it).
 //! - Not implemented: `-p` preloading, `-g`, `--reexec-as`, `--nice`, and the commands
 //!   `reload`, `quieter`, `louder` (answered with an error).
 //!
 //! # Modules
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
-//! and upgrade state machine), [`bind`]'s parser, [`cli`]. I/O: [`driver`] (the event loop),
+//! and upgrade state machine), [`bind`]'s parser, [`cli`], [`state`]. I/O: [`driver`] (the event loop),
 //! [`spawn`], [`socket`], [`pidfile`], [`client`], [`ctl`].
 
 pub mod bind;
@@ -47,6 +49,7 @@ pub mod machine;
 pub mod pidfile;
 pub mod socket;
 pub mod spawn;
+pub mod state;
 pub mod wire;
 
 use std::ffi::OsString;

@@ -42,9 +42,10 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, help_text, signal_name};
+use crate::state::{MasterState, WorkerState};
 use crate::wire::{Reply, RequestId};
 
 /// A process id.
@@ -77,7 +78,7 @@ impl std::fmt::Display for AckMode {
 }
 
 /// A listening socket, as `state` reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerInfo {
     /// Position among the `-b` options (`EINHORN_FD_<index>`).
     pub index: usize,
@@ -351,10 +352,12 @@ impl Machine {
                     .filter_map(|w| w.retired.map(|(_, at)| at + after)),
             );
         }
-        if self.phase == Phase::Running && self.started && self.wants_spawn() {
-            if let Some(ready) = self.spawn_ready_at() {
-                deadlines.push(ready);
-            }
+        if self.phase == Phase::Running
+            && self.started
+            && self.wants_spawn()
+            && let Some(ready) = self.spawn_ready_at()
+        {
+            deadlines.push(ready);
         }
         deadlines.into_iter().min()
     }
@@ -466,10 +469,7 @@ impl Machine {
         let worker = self.workers.remove(i);
         let note = if worker.retired.is_none() && !worker.acked {
             self.failures += 1;
-            format!(
-                " before it ACKed ({} consecutive failures)",
-                self.failures
-            )
+            format!(" before it ACKed ({} consecutive failures)", self.failures)
         } else if worker.retired.is_none() {
             " unexpectedly".to_string()
         } else {
@@ -480,10 +480,7 @@ impl Machine {
         } else {
             tracing::Level::INFO
         };
-        self.progress_level(
-            level,
-            format!("===> Exited worker {pid}{note} ({status})"),
-        );
+        self.progress_level(level, format!("===> Exited worker {pid}{note} ({status})"));
     }
 
     fn master_signal(&mut self, now: Instant, signal: MasterSignal) {
@@ -531,7 +528,10 @@ impl Machine {
             Command::Inc => {
                 let old = self.target;
                 self.target += 1;
-                let message = format!("Incrementing number of workers from {old} -> {}", self.target);
+                let message = format!(
+                    "Incrementing number of workers from {old} -> {}",
+                    self.target
+                );
                 tracing::info!("{message}");
                 self.actions.push(reply(message));
             }
@@ -549,7 +549,10 @@ impl Machine {
                 }
                 let old = self.target;
                 self.target -= 1;
-                let message = format!("Decrementing number of workers from {old} -> {}", self.target);
+                let message = format!(
+                    "Decrementing number of workers from {old} -> {}",
+                    self.target
+                );
                 tracing::info!("{message}");
                 self.actions.push(reply(message));
             }
@@ -703,7 +706,10 @@ impl Machine {
     /// signaled.
     fn stop(&mut self, now: Instant, signal: Signal) -> Vec<Pid> {
         if let Some(up) = self.upgrade.take() {
-            self.finish(up, Reply::failure("Upgrade aborted: the master is stopping", None));
+            self.finish(
+                up,
+                Reply::failure("Upgrade aborted: the master is stopping", None),
+            );
         }
         if self.phase == Phase::Running {
             tracing::info!(
@@ -720,7 +726,10 @@ impl Machine {
 
     fn quit(&mut self) {
         if let Some(up) = self.upgrade.take() {
-            self.finish(up, Reply::failure("Upgrade aborted: the master is quitting", None));
+            self.finish(
+                up,
+                Reply::failure("Upgrade aborted: the master is quitting", None),
+            );
         }
         tracing::info!("quitting: sending QUIT to every worker and exiting now");
         let pids: Vec<Pid> = self.workers.iter().filter_map(|w| w.pid).collect();
@@ -840,7 +849,12 @@ impl Machine {
             .collect();
         if current.len() > self.target {
             // Retire unACKed workers first, then the highest indexes.
-            current.sort_by_key(|&i| (self.workers[i].acked, std::cmp::Reverse(self.workers[i].index)));
+            current.sort_by_key(|&i| {
+                (
+                    self.workers[i].acked,
+                    std::cmp::Reverse(self.workers[i].index),
+                )
+            });
             let excess: Vec<usize> = current[..current.len() - self.target].to_vec();
             self.progress(format!(
                 "Have too many workers at the current version, so killing off {} of them.",
@@ -880,10 +894,8 @@ impl Machine {
             if !self.wants_spawn() {
                 return;
             }
-            if let Some(ready) = self.spawn_ready_at() {
-                if now < ready {
-                    return;
-                }
+            if self.spawn_ready_at().is_some_and(|ready| now < ready) {
+                return;
             }
             self.spawn(now);
         }
@@ -1023,51 +1035,28 @@ impl Machine {
     }
 
     fn state_yaml(&self, now: Instant) -> String {
-        #[derive(Serialize)]
-        struct WorkerDump {
-            pid: Option<Pid>,
-            index: usize,
-            version: u64,
-            acked: bool,
-            retired: Option<&'static str>,
-            age_seconds: f64,
-            last_ping_seconds_ago: Option<f64>,
-        }
-        #[derive(Serialize)]
-        struct StateDump<'a> {
-            master_pid: Pid,
-            command_name: Option<&'a str>,
-            version: u64,
-            target_workers: usize,
-            ack_mode: String,
-            upgrading: Option<&'static str>,
-            stopping: bool,
-            consecutive_failures: u32,
-            listeners: &'a [ListenerInfo],
-            workers: Vec<WorkerDump>,
-        }
-        let dump = StateDump {
+        let dump = MasterState {
             master_pid: self.config.master_pid,
-            command_name: self.config.command_name.as_deref(),
+            command_name: self.config.command_name.clone(),
             version: self.version,
             target_workers: self.target,
             ack_mode: self.config.ack_mode.to_string(),
             upgrading: self
                 .upgrade
                 .as_ref()
-                .map(|up| if up.fleet { "fleet" } else { "smooth" }),
+                .map(|up| if up.fleet { "fleet" } else { "smooth" }.to_string()),
             stopping: self.phase != Phase::Running,
             consecutive_failures: self.failures,
-            listeners: &self.config.listeners,
+            listeners: self.config.listeners.clone(),
             workers: self
                 .workers
                 .iter()
-                .map(|w| WorkerDump {
+                .map(|w| WorkerState {
                     pid: w.pid,
                     index: w.index,
                     version: w.version,
                     acked: w.acked,
-                    retired: w.retired.map(|(s, _)| signal_name(s)),
+                    retired: w.retired.map(|(s, _)| signal_name(s).to_string()),
                     age_seconds: now.saturating_duration_since(w.spawned_at).as_secs_f64(),
                     last_ping_seconds_ago: w
                         .last_ping

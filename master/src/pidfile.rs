@@ -38,15 +38,18 @@ impl Pidfile {
     /// # Errors
     /// [`PidfileError`] naming the file.
     pub fn create(path: &Path, pid: i32) -> Result<Pidfile, PidfileError> {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(old) = text.trim().parse::<i32>() {
-                if old > 0 && old != pid && kill(Pid::from_raw(old), None).is_ok() {
-                    return Err(PidfileError::Alive {
-                        path: path.to_path_buf(),
-                        pid: old,
-                    });
-                }
-            }
+        let old = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok());
+        if let Some(old) = old
+            && old > 0
+            && old != pid
+            && kill(Pid::from_raw(old), None).is_ok()
+        {
+            return Err(PidfileError::Alive {
+                path: path.to_path_buf(),
+                pid: old,
+            });
         }
         write_atomically(path, &format!("{pid}\n")).map_err(|source| PidfileError::Write {
             path: path.to_path_buf(),

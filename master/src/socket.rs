@@ -88,14 +88,25 @@ impl CommandSocket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("inspect", e)),
         }
-        // Created 0600 from the start: no window in which others could connect. The umask
-        // is process-wide; this runs before any thread or worker exists.
+        // Bound under a temporary name and renamed into place once listening, so the path
+        // only ever names a socket that accepts. Created 0600 from the start: no window in
+        // which others could connect. The umask is process-wide; this runs before any thread
+        // or worker exists.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
         let old = umask(Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
+        let bound = UnixListener::bind(&tmp);
         umask(old);
         let listener = bound.map_err(|e| io("bind", e))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io("chmod", e))?;
+        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("chmod", e))
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io("rename", e)));
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         Ok(CommandSocket {
             listener: Some(listener),
             path: path.to_path_buf(),

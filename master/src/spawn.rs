@@ -50,7 +50,10 @@ impl WorkerCommand {
     /// ```
     pub fn env(&self, index: usize) -> Vec<(String, String)> {
         let mut env = vec![
-            ("EINHORN_MASTER_PID".to_string(), self.master_pid.to_string()),
+            (
+                "EINHORN_MASTER_PID".to_string(),
+                self.master_pid.to_string(),
+            ),
             ("EINHORN_FD_COUNT".to_string(), self.fds.len().to_string()),
         ];
         for (i, fd) in self.fds.iter().enumerate() {
@@ -96,20 +99,41 @@ impl WorkerCommand {
     }
 }
 
+/// Marks every fd above stderr that this process inherited close-on-exec, so workers get
+/// stdio and the `-b` sockets and nothing else (a build tool's jobserver pipe, a supervisor's
+/// stray fds). Einhorn passes such fds through; we do not. Call it before binding anything.
+///
+/// # Errors
+/// When `/proc/self/fd` cannot be read.
+pub fn cloexec_inherited_fds() -> std::io::Result<()> {
+    // Collect first: the directory handle is itself an fd (close-on-exec already).
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only touch the descriptor flags; a number that is no longer
+        // open (the directory handle) just fails with EBADF, which is ignored.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// In the child, between fork and exec: default signal dispositions, nothing blocked, and the
 /// parent-death signal.
 fn child_setup(kill_on_master_exit: bool, master_pid: Pid) -> std::io::Result<()> {
     // Handlers are reset by exec anyway; ignored signals are not. The master (or whatever
-    // started it, like `nohup`) may ignore some: give the worker the defaults. This covers the
-    // real-time signals too, which `Signal` does not list.
-    for signal in 1..=libc::SIGRTMAX() {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: resetting a disposition to the default is async-signal-safe; failures (for
-        // signals the C library reserves) are harmless.
-        unsafe {
-            libc::signal(signal, libc::SIG_DFL);
+    // started it, like `nohup`) may ignore some: give the worker the defaults, real-time
+    // signals included.
+    for signal in 1..=64 {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            reset_to_default(signal);
         }
     }
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
@@ -123,6 +147,56 @@ fn child_setup(kill_on_master_exit: bool, master_pid: Pid) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+/// The kernel's `struct sigaction` (handler, flags, restorer, mask) on x86_64 and aarch64.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::c_ulong,
+    flags: libc::c_ulong,
+    restorer: libc::c_ulong,
+    mask: u64,
+}
+
+/// Sets `signal` to its default action. Through the raw system call where we know its layout,
+/// because the C library refuses to touch the signals it reserves for itself (32 and 33 in
+/// glibc), and those can be inherited ignored too.
+fn reset_to_default(signal: libc::c_int) {
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    {
+        let action = KernelSigaction {
+            handler: libc::SIG_DFL as libc::c_ulong,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: rt_sigaction with a valid action, no old action, and the kernel's sigset
+        // size; async-signal-safe. Errors (invalid numbers) are harmless and ignored.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                libc::c_long::from(signal),
+                &action as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    // SAFETY: async-signal-safe; failures are harmless.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+    }
 }
 
 #[cfg(test)]

@@ -336,8 +336,8 @@ pub fn encode_request(command: &str, args: &[&str], id: Option<&RequestId>) -> S
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
     }
-    let json = serde_json::to_string(&Out { command, args, id })
-        .expect("a request always serializes");
+    let json =
+        serde_json::to_string(&Out { command, args, id }).expect("a request always serializes");
     let mut line = escape(&json);
     line.push('\n');
     line
@@ -452,7 +452,10 @@ mod tests {
 
     #[test]
     fn a_trailing_carriage_return_is_ignored() {
-        assert_eq!(parse_request(b"{\"command\":\"ehlo\"}\r").unwrap().command, "ehlo");
+        assert_eq!(
+            parse_request(b"{\"command\":\"ehlo\"}\r").unwrap().command,
+            "ehlo"
+        );
     }
 
     #[test]
@@ -462,7 +465,10 @@ mod tests {
             Err(RequestError::NotMapping(_))
         ));
         assert!(matches!(parse_request(b"{"), Err(RequestError::NotYaml(_))));
-        assert!(matches!(parse_request(b""), Err(RequestError::NotMapping(_))));
+        assert!(matches!(
+            parse_request(b""),
+            Err(RequestError::NotMapping(_))
+        ));
         assert!(matches!(
             parse_request(b"[1, 2]"),
             Err(RequestError::NotMapping(_))
@@ -495,7 +501,10 @@ mod tests {
 
     #[test]
     fn requests_encode_as_escaped_json() {
-        assert_eq!(encode_request("ehlo", &[], None), "{\"command\":\"ehlo\",\"args\":[]}\n");
+        assert_eq!(
+            encode_request("ehlo", &[], None),
+            "{\"command\":\"ehlo\",\"args\":[]}\n"
+        );
         let line = encode_request("signal", &["100%\n"], Some(&RequestId::from(2)));
         assert_eq!(
             line,

@@ -63,7 +63,10 @@ impl Sim {
                         queue.insert(0, Event::Spawned { id: *id, pid });
                     }
                     Action::Signal { pid, .. } => {
-                        assert!(self.live.contains(pid), "signal to dead pid {pid}: {action:?}");
+                        assert!(
+                            self.live.contains(pid),
+                            "signal to dead pid {pid}: {action:?}"
+                        );
                     }
                     _ => {}
                 }
@@ -216,7 +219,10 @@ fn start_spawns_every_worker_at_once_with_distinct_indexes() {
         })
         .collect();
     assert_eq!(indexes, vec![0, 1, 2]);
-    assert!(sim.feed(Event::Start).is_empty(), "a second start does nothing");
+    assert!(
+        sim.feed(Event::Start).is_empty(),
+        "a second start does nothing"
+    );
 }
 
 #[test]
@@ -298,7 +304,11 @@ fn smooth_upgrade_retires_one_old_worker_per_new_ack() {
     let actions = sim.command(1, Command::Upgrade { fleet: false });
     let first = replies(&actions, 1);
     assert_eq!(first[0].message, "Upgrading smoothly, as commanded");
-    assert!(first.iter().all(|r| r.wait && r.request_id == Some(RequestId::from(1))));
+    assert!(
+        first
+            .iter()
+            .all(|r| r.wait && r.request_id == Some(RequestId::from(1)))
+    );
     assert_eq!(spawns(&actions), 1, "one new worker at a time");
     assert!(signals(&actions).is_empty());
     assert_eq!(sim.m.version(), 1);
@@ -349,7 +359,10 @@ fn smooth_upgrade_retires_one_old_worker_per_new_ack() {
     for pid in old {
         sim.exit(pid);
     }
-    assert!(sim.advance(secs(100.0)).is_empty(), "steady: nothing more to do");
+    assert!(
+        sim.advance(secs(100.0)).is_empty(),
+        "steady: nothing more to do"
+    );
 }
 
 #[test]
@@ -397,7 +410,10 @@ fn spacing_is_a_minimum_between_spawns() {
 fn fleet_upgrade_spawns_all_and_retires_old_ones_when_all_acked() {
     let (mut sim, old) = Sim::started(3);
     let actions = sim.command(1, Command::Upgrade { fleet: true });
-    assert_eq!(replies(&actions, 1)[0].message, "Upgrading fleet, as commanded");
+    assert_eq!(
+        replies(&actions, 1)[0].message,
+        "Upgrading fleet, as commanded"
+    );
     assert_eq!(spawns(&actions), 3);
     let new = sim.pids(1);
     assert!(signals(&sim.ack(new[0])).is_empty());
@@ -427,14 +443,17 @@ fn upgrade_during_upgrade_starts_over_and_answers_both() {
     sim.ack(first_new);
     assert_eq!(sim.retired().len(), 1);
     let actions = sim.command(2, Command::Upgrade { fleet: false });
-    assert!(replies(&actions, 1).iter().any(|r| r.message.contains("starting over")));
+    assert!(
+        replies(&actions, 1)
+            .iter()
+            .any(|r| r.message.contains("starting over"))
+    );
     assert_eq!(sim.m.version(), 2);
     for _ in 0..2 {
-        let pid = sim.pids(2).into_iter().find(|p| {
-            sim.m
-                .workers()
-                .any(|w| w.pid == Some(*p) && !w.acked)
-        });
+        let pid = sim
+            .pids(2)
+            .into_iter()
+            .find(|p| sim.m.workers().any(|w| w.pid == Some(*p) && !w.acked));
         sim.ack(pid.expect("an unacked version-2 worker"));
     }
     for conn in [1, 2] {
@@ -479,7 +498,10 @@ fn an_upgrade_whose_workers_never_ack_fails_and_leaves_old_workers_serving() {
         .collect();
     assert_eq!(serving, old);
     sim.exit(new);
-    assert!(sim.advance(secs(120.0)).is_empty(), "no respawn, no retirement");
+    assert!(
+        sim.advance(secs(120.0)).is_empty(),
+        "no respawn, no retirement"
+    );
 }
 
 #[test]
@@ -618,7 +640,10 @@ fn signal_timeout_escalates_to_kill_once() {
     assert!(signals(&sim.advance(secs(2.9))).is_empty());
     let actions = sim.advance(secs(0.1));
     assert_eq!(signals(&actions), vec![(old, Signal::SIGKILL)]);
-    assert!(signals(&sim.advance(secs(100.0))).is_empty(), "KILL only once");
+    assert!(
+        signals(&sim.advance(secs(100.0))).is_empty(),
+        "KILL only once"
+    );
     sim.exit(old);
 }
 
@@ -675,7 +700,10 @@ fn term_is_forwarded_and_quit_exits_at_once() {
 fn stopping_with_no_workers_exits_at_once() {
     let mut sim = Sim::manual(0);
     sim.feed(Event::Start);
-    assert_eq!(exit_code(&sim.feed(Event::Signal(MasterSignal::Int))), Some(0));
+    assert_eq!(
+        exit_code(&sim.feed(Event::Signal(MasterSignal::Int))),
+        Some(0)
+    );
 }
 
 #[test]
@@ -697,7 +725,11 @@ fn die_signals_every_worker_and_exits_when_they_are_gone() {
     let (mut sim, pids) = Sim::started(2);
     let actions = sim.command(1, Command::Die(Signal::SIGTERM));
     let reply = &replies(&actions, 1)[0];
-    assert!(reply.message.starts_with("Einhorn is going down! Successfully sent TERMs to 2 processes"));
+    assert!(
+        reply
+            .message
+            .starts_with("Einhorn is going down! Successfully sent TERMs to 2 processes")
+    );
     assert_eq!(signals(&actions).len(), 2);
     sim.exit(pids[0]);
     assert_eq!(exit_code(&sim.exit(pids[1])), Some(0));
@@ -745,10 +777,7 @@ fn inc_dec_and_set_workers_change_the_pool() {
 #[test]
 fn signal_command_sends_to_all_without_retiring() {
     let (mut sim, pids) = Sim::started(2);
-    let actions = sim.command(
-        1,
-        Command::Signal(vec![Signal::SIGUSR1, Signal::SIGWINCH]),
-    );
+    let actions = sim.command(1, Command::Signal(vec![Signal::SIGUSR1, Signal::SIGWINCH]));
     assert_eq!(signals(&actions).len(), 4);
     let message = &replies(&actions, 1)[0].message;
     assert_eq!(
@@ -783,19 +812,28 @@ fn ehlo_help_state_and_config_answer() {
             user: Some("gdb".into()),
         },
     );
-    assert!(replies(&ehlo, 1)[0]
-        .message
-        .starts_with("Welcome, gdb! You are speaking to Einhorn Master Process 4242 (web)."));
+    assert!(
+        replies(&ehlo, 1)[0]
+            .message
+            .starts_with("Welcome, gdb! You are speaking to Einhorn Master Process 4242 (web).")
+    );
     let help = sim.command(2, Command::Help);
     assert!(replies(&help, 2)[0].message.contains("upgrade_fleet"));
     let state = sim.command(3, Command::State);
     let state = &replies(&state, 3)[0].message;
     let parsed: serde_norway::Value = serde_norway::from_str(state).unwrap();
-    assert_eq!(parsed["listeners"][0]["addr"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(
+        parsed["listeners"][0]["addr"].as_str(),
+        Some("127.0.0.1:8080")
+    );
     assert_eq!(parsed["workers"][0]["pid"].as_i64(), Some(100));
     assert_eq!(parsed["target_workers"].as_i64(), Some(1));
     let config = sim.command(4, Command::Config);
-    assert!(replies(&config, 4)[0].message.contains("upgrade_timeout_seconds: 60"));
+    assert!(
+        replies(&config, 4)[0]
+            .message
+            .contains("upgrade_timeout_seconds: 60")
+    );
 }
 
 // ----- pending spawns -----
@@ -862,7 +900,11 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
                 AckMode::Timer(secs(1.0))
             },
             spawn_spacing: secs(rng.below(3) as f64 * 0.5),
-            signal_timeout: if rng.below(2) == 0 { Some(secs(5.0)) } else { None },
+            signal_timeout: if rng.below(2) == 0 {
+                Some(secs(5.0))
+            } else {
+                None
+            },
             upgrade_timeout: secs(30.0),
             ..MachineConfig::new(workers)
         });
@@ -881,7 +923,12 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
                 }
                 3 => {
                     conn += 1;
-                    sim.command(conn, Command::Upgrade { fleet: rng.below(3) == 0 });
+                    sim.command(
+                        conn,
+                        Command::Upgrade {
+                            fleet: rng.below(3) == 0,
+                        },
+                    );
                 }
                 4 => {
                     conn += 1;

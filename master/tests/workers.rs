@@ -1,0 +1,346 @@
+//! Workers under the real master, with `sleep` and `sh` as workers: environment, fds, signal
+//! dispositions, ACKs, respawn, signals, `-t`, `-k`, upgrade timeout.
+
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use einhorn_master::client::{self, ClientError};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::unistd::Pid;
+use support::{Master, WAIT, environ, is_alive, open_fds, path_str, status_field, wait_until};
+
+fn env_of(pid: i32, key: &str) -> Option<String> {
+    environ(pid)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+#[test]
+fn workers_get_einhorns_environment_their_fds_and_nothing_else() {
+    let mut flags = vec![
+        "-n",
+        "2",
+        "-m",
+        "0",
+        "-b",
+        "127.0.0.1:0,r",
+        "-b",
+        "127.0.0.1:0",
+    ];
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    if ipv6 {
+        flags.extend(["-b", "[::1]:0"]);
+    }
+    let count = if ipv6 { 3 } else { 2 };
+    // The master itself starts with signals ignored and blocked (as under `nohup` or a
+    // careless supervisor): workers must not inherit that.
+    let master = Master::start_with(&flags, &["sleep", "1000"], |cmd| unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+            libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGWINCH);
+            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+            Ok(())
+        });
+    });
+    let pids = master.wait_serving(2);
+    assert_eq!(
+        status_field(master.pid(), "SigIgn")
+            .as_deref()
+            .map(|m| m != "0000000000000000"),
+        Some(true),
+        "the master does ignore something"
+    );
+    let mut indexes = Vec::new();
+    for &pid in &pids {
+        assert_eq!(
+            env_of(pid, "EINHORN_MASTER_PID"),
+            Some(master.pid().to_string())
+        );
+        assert_eq!(env_of(pid, "EINHORN_FD_COUNT"), Some(count.to_string()));
+        assert_eq!(
+            env_of(pid, "EINHORN_SOCK_PATH").as_deref(),
+            Some(path_str(&master.socket))
+        );
+        indexes.push(env_of(pid, "EINHORN_CHILD_INDEX").unwrap());
+        let fds: Vec<i32> = (0..count)
+            .map(|i| {
+                env_of(pid, &format!("EINHORN_FD_{i}"))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let listed: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
+        assert_eq!(env_of(pid, "EINHORN_FDS"), Some(listed.join(" ")));
+        // Exactly stdio and the listening sockets: no command socket, lock file or other fd.
+        let open = open_fds(pid);
+        let numbers: Vec<i32> = open.iter().map(|(fd, _)| *fd).collect();
+        let mut expected = vec![0, 1, 2];
+        expected.extend(&fds);
+        expected.sort_unstable();
+        assert_eq!(numbers, expected, "{open:?}");
+        for fd in &fds {
+            let (_, target) = open.iter().find(|(n, _)| n == fd).unwrap();
+            assert!(target.starts_with("socket:"), "fd {fd} is {target}");
+        }
+        // Default dispositions, nothing blocked.
+        assert_eq!(
+            status_field(pid, "SigIgn").as_deref(),
+            Some("0000000000000000")
+        );
+        assert_eq!(
+            status_field(pid, "SigBlk").as_deref(),
+            Some("0000000000000000")
+        );
+        // Its own process group.
+        assert_eq!(
+            nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+                .unwrap()
+                .as_raw(),
+            pid
+        );
+    }
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1"]);
+}
+
+#[test]
+fn manual_acks_are_counted_and_timer_mode_ignores_them() {
+    let master = Master::start(&["-n", "2", "-m", "manual"], &["sleep", "1000"]);
+    let state = master.wait_state("two workers", |s| s.all_pids().len() == 2);
+    assert!(state.workers.iter().all(|w| !w.acked));
+    for pid in state.all_pids() {
+        client::ack(&master.socket, pid as u32).unwrap();
+    }
+    master.wait_serving(2);
+    master.wait_for_line("ACKed");
+
+    let timer = Master::start(&["-n", "1", "-m", "0.2"], &["sleep", "1000"]);
+    let pid = timer.wait_serving(1)[0];
+    client::ack(&timer.socket, pid as u32).unwrap();
+    timer.wait_for_line("but the ACK mode is timer (0.2s); ignoring it");
+}
+
+#[test]
+fn a_killed_worker_is_respawned() {
+    let master = Master::start(&["-n", "2", "-m", "0"], &["sleep", "1000"]);
+    let pids = master.wait_serving(2);
+    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    let state = master.wait_state("a replacement", |s| {
+        s.serving_pids().len() == 2 && !s.all_pids().contains(&pids[0])
+    });
+    assert!(state.all_pids().contains(&pids[1]));
+    assert!(
+        wait_until(WAIT, || !is_alive(pids[0])),
+        "the killed worker is reaped"
+    );
+    master.wait_for_line(&format!("Exited worker {}", pids[0]));
+}
+
+#[test]
+fn signal_timeout_kills_a_worker_that_ignores_usr2() {
+    // `exec` keeps the pid: the process the master forked is the one ignoring USR2.
+    let mut master = Master::start(
+        &["-n", "1", "-m", "0", "-t", "1"],
+        &["sh", "-c", "trap '' USR2; exec sleep 1000"],
+    );
+    let pid = master.wait_serving(1)[0];
+    assert!(wait_until(WAIT, || status_field(pid, "Name").as_deref()
+        == Some("sleep")));
+    assert_ne!(
+        status_field(pid, "SigIgn").as_deref(),
+        Some("0000000000000000")
+    );
+    master.signal(Signal::SIGINT);
+    let status = master
+        .wait_exit(WAIT)
+        .expect("the master exits once the worker is killed");
+    assert_eq!(status.code(), Some(0));
+    assert!(!is_alive(pid));
+    let line = master.wait_for_line("sending KILL");
+    assert!(line.contains(&pid.to_string()), "{line}");
+}
+
+#[test]
+fn kill_children_on_exit_sends_usr2_when_the_master_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = |name: &str| {
+        let file = dir.path().join(name);
+        format!(
+            "trap 'echo usr2 > {}; exit 0' USR2; while :; do sleep 0.05; done",
+            file.display()
+        )
+    };
+    let with_k = worker("with-k");
+    let without_k = worker("without-k");
+    let mut a = Master::start(&["-n", "1", "-m", "0", "-k"], &["sh", "-c", &with_k]);
+    let mut b = Master::start(&["-n", "1", "-m", "0"], &["sh", "-c", &without_k]);
+    let a_worker = a.wait_serving(1)[0];
+    let b_worker = b.wait_serving(1)[0];
+    a.orphans.push(a_worker);
+    b.orphans.push(b_worker);
+    a.signal(Signal::SIGKILL);
+    b.signal(Signal::SIGKILL);
+    assert!(a.wait_exit(WAIT).is_some() && b.wait_exit(WAIT).is_some());
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(dir.path().join("with-k"))
+            .is_ok_and(|s| s == "usr2\n")),
+        "the -k worker got SIGUSR2"
+    );
+    assert!(wait_until(WAIT, || !is_alive(a_worker)));
+    // The other master's worker, orphaned just as long, got nothing.
+    assert!(is_alive(b_worker));
+    assert!(!dir.path().join("without-k").exists());
+}
+
+#[test]
+fn sigterm_is_forwarded_and_the_master_exits_after_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("term");
+    let script = format!(
+        "trap 'echo term >> {}; exit 0' TERM; while :; do sleep 0.05; done",
+        file.display()
+    );
+    let mut master = Master::start(&["-n", "2", "-m", "0"], &["sh", "-c", &script]);
+    let pids = master.wait_serving(2);
+    master.signal(Signal::SIGTERM);
+    let status = master.wait_exit(WAIT).expect("master exits");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "term\nterm\n");
+    assert!(pids.iter().all(|&p| !is_alive(p)));
+    assert!(!master.socket.exists(), "socket removed on exit");
+}
+
+#[test]
+fn sigquit_stops_now_and_die_stops_gracefully() {
+    let mut master = Master::start(&["-n", "2", "-m", "0"], &["sleep", "1000"]);
+    let pids = master.wait_serving(2);
+    master.orphans.extend(&pids);
+    master.signal(Signal::SIGQUIT);
+    assert!(master.wait_exit(WAIT).is_some());
+    assert!(
+        wait_until(WAIT, || pids.iter().all(|&p| !is_alive(p))),
+        "QUIT reached the workers"
+    );
+
+    let mut master = Master::start(&["-n", "2", "-m", "0"], &["sleep", "1000"]);
+    let pids = master.wait_serving(2);
+    let replies = client::command(&master.socket, "die", &[], WAIT).unwrap();
+    assert!(
+        replies[0]
+            .message
+            .starts_with("Einhorn is going down! Successfully sent USR2s to 2 processes")
+    );
+    let status = master.wait_exit(WAIT).expect("master exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(pids.iter().all(|&p| !is_alive(p)));
+}
+
+#[test]
+fn an_upgrade_whose_workers_never_ack_times_out_and_old_workers_keep_serving() {
+    let master = Master::start(
+        &["-n", "2", "-m", "manual", "--upgrade-timeout", "1"],
+        &["sleep", "1000"],
+    );
+    let old = master
+        .wait_state("two workers", |s| s.all_pids().len() == 2)
+        .all_pids();
+    for &pid in &old {
+        client::ack(&master.socket, pid as u32).unwrap();
+    }
+    master.wait_serving(2);
+    let err = master.upgrade().unwrap_err();
+    let ClientError::Failed {
+        message, replies, ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert!(
+        message.starts_with("Upgrade failed: no new worker ACKed within 1s"),
+        "{message}"
+    );
+    assert!(replies.last().unwrap().error);
+    let state = master.wait_state("the unACKed new worker gone", |s| s.workers.len() == 2);
+    assert!(state.upgrading.is_none());
+    let mut serving = state.serving_pids();
+    serving.sort_unstable();
+    let mut expected = old.clone();
+    expected.sort_unstable();
+    assert_eq!(serving, expected);
+    assert!(old.iter().all(|&p| is_alive(p)));
+
+    // ctl reports it with a non-zero status.
+    let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+        .args(["ctl", "-d", path_str(&master.socket), "upgrade"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Upgrade failed"));
+}
+
+#[test]
+fn pidfile_is_written_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("master.pid");
+    let mut master = Master::start(
+        &["-n", "1", "-m", "0", "-e", path_str(&pidfile)],
+        &["sleep", "1000"],
+    );
+    master.wait_serving(1);
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{}\n", master.pid())
+    );
+    master.signal(Signal::SIGUSR2);
+    assert_eq!(master.wait_exit(WAIT).and_then(|s| s.code()), Some(0));
+    assert!(!pidfile.exists());
+}
+
+#[test]
+fn setup_errors_are_reported_before_any_worker_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+        .args([
+            "-d",
+            path_str(&dir.path().join("s.sock")),
+            "-b",
+            &addr,
+            "--",
+        ])
+        .args(["sh", "-c", &format!("touch {}", marker.display())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot bind {addr}")), "{stderr}");
+    assert!(!marker.exists());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+        .args(["--no-such-flag", "sleep", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+}
+
+#[test]
+fn a_missing_program_is_retried_with_backoff_not_in_a_loop() {
+    let master = Master::start(&["-n", "1", "-m", "0"], &["/nonexistent/worker-binary"]);
+    master.wait_for_line("could not start worker");
+    let state = master.wait_state("a failure counted", |s| s.consecutive_failures >= 1);
+    assert!(state.workers.len() <= 1);
+    // Still answering.
+    assert!(
+        master.state().consecutive_failures <= 5,
+        "backoff, not a hot loop"
+    );
+}
