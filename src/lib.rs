@@ -7,3 +7,4 @@
 
 pub mod fake_einhorn;
 pub mod harness;
+pub mod load;

@@ -1,0 +1,40 @@
+//! An axum app under Einhorn, following the examples' contract: `GET /` answers with this
+//! worker's pid, `GET /sleep/<ms>` answers after that long.
+//!
+//! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/axum-hello`
+//! On its own:    `cargo run --example axum-hello -- --bind 127.0.0.1:8000`
+//! Try it:        `curl localhost:8000/`, then upgrade the master while a load runs: no
+//!                request fails, and the pid in the answers changes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path};
+use axum::routing::get;
+
+async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
+    format!("hello from axum pid={} to {peer}\n", std::process::id())
+}
+
+async fn sleep(Path(ms): Path<u64>) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms}ms pid={}\n", std::process::id())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = common::Args::parse();
+    let _span = common::init_tracing();
+    let app = Router::new()
+        .route("/", get(hello))
+        .route("/sleep/{ms}", get(sleep));
+    let result = einhorn_axum::serve(app.into_make_service_with_connect_info::<SocketAddr>())
+        .bind(args.bind.clone())
+        .drain_timeout(args.drain_timeout())
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
+        .await;
+    common::exit_status(result)
+}

@@ -1,0 +1,29 @@
+//! A warp filter under Einhorn, following the examples' contract: `GET /` answers with this
+//! worker's pid, `GET /sleep/<ms>` answers after that long.
+//!
+//! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/warp-hello`
+//! On its own:    `cargo run --example warp-hello -- --bind 127.0.0.1:8000`
+
+mod common;
+
+use std::time::Duration;
+
+use warp::Filter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = common::Args::parse();
+    let _span = common::init_tracing();
+    let hello = warp::path::end().map(|| format!("hello from warp pid={}\n", std::process::id()));
+    let sleep = warp::path!("sleep" / u64).then(|ms| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        format!("slept {ms}ms pid={}\n", std::process::id())
+    });
+    let routes = warp::get().and(hello.or(sleep));
+    let result = einhorn_warp::serve(routes)
+        .bind(args.bind.clone())
+        .drain_timeout(args.drain_timeout())
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
+        .await;
+    common::exit_status(result)
+}
