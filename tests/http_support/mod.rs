@@ -1,0 +1,218 @@
+//! Helpers for the `http_*` tests: the three framework examples (`axum-hello`, `warp-hello`,
+//! `hyper-hello`) as real workers, under a fake master or the real `einhorn-master`, and a
+//! one-shot HTTP client.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use einhorn_master::client::{self, Client};
+use einhorn_master::state::MasterState;
+use graceful_listener_suite::fake_einhorn::FakeEinhorn;
+use graceful_listener_suite::harness::{Proc, binary, example};
+
+/// Generous: the machine is small and shared; waits end as soon as the event happens.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// One `#[test]` per framework example for each listed function `fn(example: &str)`, in a
+/// module named after the function: `serves::axum`, `serves::warp`, `serves::hyper`.
+#[macro_export]
+macro_rules! for_each_framework {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[test]
+                fn axum() {
+                    super::$test("axum-hello")
+                }
+                #[test]
+                fn warp() {
+                    super::$test("warp-hello")
+                }
+                #[test]
+                fn hyper() {
+                    super::$test("hyper-hello")
+                }
+            }
+        )*
+    };
+}
+
+/// A worker example run by a [`FakeEinhorn`] (one inherited listener, a command socket).
+pub struct Worker {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub einhorn: FakeEinhorn,
+}
+
+impl Worker {
+    /// Starts `example_name` with `args`; returns once it has ACKed with exactly the line
+    /// Einhorn expects.
+    pub fn start(example_name: &str, args: &[&str]) -> Worker {
+        let mut einhorn = FakeEinhorn::new().expect("fake einhorn");
+        let addr = einhorn.add_tcp_listener().expect("listener");
+        let mut cmd = einhorn.command(example(example_name));
+        cmd.args(args);
+        let proc = Proc::spawn(cmd).expect("spawn worker");
+        let ack = einhorn
+            .recv_command(WAIT)
+            .unwrap_or_else(|e| panic!("no ACK ({e}):\n{}", proc.output()));
+        assert_eq!(
+            String::from_utf8(ack).unwrap(),
+            format!("{{\"command\":\"worker:ack\",\"pid\":{}}}\n", proc.pid()),
+            "the ACK is exactly one line naming the worker's pid"
+        );
+        Worker {
+            proc,
+            addr,
+            einhorn,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid() as u32
+    }
+}
+
+/// A response, as the tests look at it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// The head, lower-cased.
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn pid(&self) -> Option<u32> {
+        graceful_listener_suite::load::parse_pid(self.body.as_bytes())
+    }
+}
+
+/// `GET path` on a fresh connection with `Connection: close`; reads to the end.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no response head in {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    Ok(Answer {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    })
+}
+
+/// `einhorn-master -b 127.0.0.1:0 -m manual -n WORKERS -- EXAMPLE WORKER_ARGS`, with its
+/// command socket in a temporary directory.
+pub struct HttpMaster {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpMaster {
+    pub fn start(example_name: &str, workers: usize, worker_args: &[&str]) -> HttpMaster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("master.sock");
+        let mut cmd = Command::new(binary("einhorn-master"));
+        cmd.arg("-d")
+            .arg(&socket)
+            .args([
+                "-b",
+                "127.0.0.1:0",
+                "-m",
+                "manual",
+                "-n",
+                &workers.to_string(),
+            ])
+            .arg("--")
+            .arg(example(example_name))
+            .args(worker_args);
+        let proc = Proc::spawn(cmd).expect("spawn einhorn-master");
+        // The master logs `listening on 127.0.0.1:PORT (einhorn@0, fd N)` before any worker.
+        let line = proc
+            .wait_for_line("listening on ", WAIT)
+            .unwrap_or_else(|| panic!("no address line:\n{}", proc.output()));
+        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
+        let addr = rest
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        HttpMaster {
+            proc,
+            socket,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn state(&self) -> MasterState {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(state) = Client::connect(&self.socket).and_then(|mut c| c.state(WAIT)) {
+                return state;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no state:\n{}",
+                self.proc.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until exactly `n` workers run, all ACKed and current; returns their pids, sorted.
+    pub fn wait_serving(&self, n: usize) -> Vec<u32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let state = self.state();
+            let mut pids: Vec<u32> = state.serving_pids().into_iter().map(|p| p as u32).collect();
+            if state.workers.len() == n && pids.len() == n {
+                pids.sort_unstable();
+                return pids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} serving workers; state: {state:#?}\n{}",
+                self.proc.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A smooth upgrade; returns when the master says `Upgrade done`.
+    pub fn upgrade(&self) {
+        let replies = client::upgrade(&self.socket, WAIT)
+            .unwrap_or_else(|e| panic!("upgrade failed: {e}\n{}", self.proc.output()));
+        assert_eq!(
+            replies.last().map(|r| r.message.as_str()),
+            Some("Upgrade done"),
+            "{replies:#?}"
+        );
+    }
+
+    /// Waits until the master has reaped `pid`; returns its exit line.
+    pub fn wait_exited(&self, pid: u32) -> String {
+        self.proc
+            .wait_for_line(&format!("Exited worker {pid} "), WAIT)
+            .unwrap_or_else(|| panic!("worker {pid} did not exit:\n{}", self.proc.output()))
+    }
+}
