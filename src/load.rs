@@ -518,3 +518,61 @@ mod tests {
         assert_eq!(LoadReport::default().p50(), None);
     }
 }
+
+/// Windows of a run: what happened between two snapshots, and sums of such windows.
+impl LoadReport {
+    /// What happened after `earlier` (an earlier snapshot of the same run) up to this one:
+    /// counts subtracted, and the latencies of the requests completed in between.
+    pub fn since(&self, earlier: &LoadReport) -> LoadReport {
+        let mut failures = self.failures.clone();
+        for (kind, n) in &earlier.failures {
+            if let Some(count) = failures.get_mut(kind) {
+                *count = count.saturating_sub(*n);
+            }
+        }
+        failures.retain(|_, n| *n > 0);
+        let mut pids = self.pids.clone();
+        for (pid, n) in &earlier.pids {
+            if let Some(count) = pids.get_mut(pid) {
+                *count = count.saturating_sub(*n);
+            }
+        }
+        pids.retain(|_, n| *n > 0);
+        LoadReport {
+            ok: self.ok.saturating_sub(earlier.ok),
+            failures,
+            connects: self.connects.saturating_sub(earlier.connects),
+            server_closes: self.server_closes.saturating_sub(earlier.server_closes),
+            pids,
+            first_errors: self
+                .first_errors
+                .get(earlier.first_errors.len()..)
+                .unwrap_or_default()
+                .to_vec(),
+            elapsed: self.elapsed.saturating_sub(earlier.elapsed),
+            // Latencies are appended in completion order, so the newer ones are a suffix.
+            latencies_us: self
+                .latencies_us
+                .get(earlier.latencies_us.len()..)
+                .unwrap_or_default()
+                .to_vec(),
+        }
+    }
+
+    /// Adds `other`'s counts and latencies to this report (to sum up disjoint windows).
+    pub fn absorb(&mut self, other: LoadReport) {
+        self.ok += other.ok;
+        for (kind, n) in other.failures {
+            *self.failures.entry(kind).or_default() += n;
+        }
+        for (pid, n) in other.pids {
+            *self.pids.entry(pid).or_default() += n;
+        }
+        self.connects += other.connects;
+        self.server_closes += other.server_closes;
+        let room = KEPT_ERRORS.saturating_sub(self.first_errors.len());
+        self.first_errors.extend(other.first_errors.into_iter().take(room));
+        self.elapsed += other.elapsed;
+        self.latencies_us.extend(other.latencies_us);
+    }
+}
