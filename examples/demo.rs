@@ -495,14 +495,16 @@ impl Progress {
 /// The side-by-side summary.
 fn render(summary: &Summary) -> String {
     let mut out = String::new();
+    let results = &summary.results;
+    let width = results.iter().map(|r| r.title.len()).max().unwrap_or(0) + 3;
     let mut row = |label: &str, values: Vec<String>| {
         out.push_str(&format!("{label:<34}"));
         for value in values {
-            out.push_str(&format!("{value:<50}"));
+            out.push_str(&format!("{value:<width$}"));
         }
+        out.truncate(out.trim_end().len());
         out.push('\n');
     };
-    let results = &summary.results;
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     row("", results.iter().map(|r| r.title.to_owned()).collect());
     row(
