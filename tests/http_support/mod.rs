@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use einhorn_master::client::{self, Client};
 use einhorn_master::state::MasterState;
 use graceful_listener_suite::fake_einhorn::FakeEinhorn;
 use graceful_listener_suite::harness::{Proc, binary, example};
+use graceful_listener_suite::load::{self, LoadConfig, LoadReport};
 
 /// Generous: the machine is small and shared; waits end as soon as the event happens.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -214,5 +216,115 @@ impl HttpMaster {
         self.proc
             .wait_for_line(&format!("Exited worker {pid} "), WAIT)
             .unwrap_or_else(|| panic!("worker {pid} did not exit:\n{}", self.proc.output()))
+    }
+}
+
+/// Upgrades under load: what to run.
+#[derive(Debug, Clone)]
+pub struct UpgradePlan {
+    pub workers: usize,
+    pub upgrades: usize,
+    /// Keep-alive connections of the load client.
+    pub connections: usize,
+    /// Load time before each upgrade, and after the last.
+    pub pause: Duration,
+    /// Send a `/sleep/1500` request just before the first upgrade and check it is answered
+    /// by an old worker.
+    pub slow_request: bool,
+}
+
+/// What [`upgrades_under_load`] saw.
+pub struct UpgradeOutcome {
+    pub report: LoadReport,
+    /// The serving pids of each generation, the first one included.
+    pub generations: Vec<Vec<u32>>,
+    pub master: HttpMaster,
+}
+
+/// Runs `example` under `einhorn-master` and upgrades it `plan.upgrades` times while the
+/// load client runs; checks that every upgrade replaced every pid, that the new workers
+/// answer, and that the old ones exit 0.
+pub fn upgrades_under_load(example: &str, plan: &UpgradePlan) -> UpgradeOutcome {
+    let master = HttpMaster::start(example, plan.workers, &["--drain-timeout", "10"]);
+    let mut current = master.wait_serving(plan.workers);
+    let mut generations = vec![current.clone()];
+    // Bounded in time in any case; stopped as soon as the upgrades are done.
+    let load = load::start(
+        LoadConfig::new(master.addr)
+            .connections(plan.connections)
+            .duration(Duration::from_secs(300))
+            .timeout(Duration::from_secs(10)),
+    );
+    let answered = |pids: &[u32]| {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if load.snapshot().pids.keys().any(|p| pids.contains(p)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    assert!(
+        answered(&current),
+        "the first workers never answered:\n{}",
+        master.proc.output()
+    );
+
+    for round in 1..=plan.upgrades {
+        // A slow request on an accepted keep-alive connection, in flight at the upgrade.
+        let slow = (plan.slow_request && round == 1).then(|| {
+            let mut conn = TcpStream::connect_timeout(&master.addr, WAIT).unwrap();
+            conn.set_read_timeout(Some(WAIT)).unwrap();
+            conn.write_all(b"GET /sleep/1500 HTTP/1.1\r\nhost: test\r\n\r\n")
+                .unwrap();
+            std::thread::spawn(move || {
+                let mut response = Vec::new();
+                conn.read_to_end(&mut response)
+                    .map(|_| String::from_utf8_lossy(&response).into_owned())
+            })
+        });
+        std::thread::sleep(plan.pause);
+        master.upgrade();
+        let new = master.wait_serving(plan.workers);
+        assert!(
+            new.iter().all(|p| !current.contains(p)),
+            "round {round}: old {current:?}, new {new:?}"
+        );
+        assert!(
+            answered(&new),
+            "round {round}: no new worker answered:\n{}",
+            master.proc.output()
+        );
+        for pid in &current {
+            let exit = master.wait_exited(*pid);
+            assert!(
+                exit.contains("(exit status 0)"),
+                "round {round}: {exit}\n{}",
+                master.proc.output()
+            );
+        }
+        if let Some(slow) = slow {
+            let response = slow.join().unwrap().expect("the slow request is answered");
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            let pid = load::parse_pid(response.as_bytes()).unwrap();
+            assert!(
+                current.contains(&pid),
+                "answered by {pid}, not an old worker {current:?}"
+            );
+        }
+        current = new;
+        generations.push(current.clone());
+    }
+    std::thread::sleep(plan.pause);
+    let report = load.stop();
+    let all: BTreeSet<u32> = generations.iter().flatten().copied().collect();
+    for pid in report.pids.keys() {
+        assert!(all.contains(pid), "answer from unknown pid {pid}: {report}");
+    }
+    UpgradeOutcome {
+        report,
+        generations,
+        master,
     }
 }
