@@ -234,6 +234,7 @@ impl fmt::Display for LoadReport {
 /// upgrade the server meanwhile.
 #[derive(Debug)]
 pub struct Load {
+    started: Instant,
     shared: Arc<Mutex<LoadReport>>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<LoadReport>,
@@ -267,9 +268,11 @@ pub fn start(config: LoadConfig) -> Load {
 }
 
 impl Load {
-    /// What the run has seen so far.
+    /// What the run has seen so far (`elapsed`: since the run started).
     pub fn snapshot(&self) -> LoadReport {
-        lock(&self.shared).clone()
+        let mut report = lock(&self.shared).clone();
+        report.elapsed = self.started.elapsed();
+        report
     }
 
     /// Ends the run early (requests in flight complete) and returns its report.
@@ -571,7 +574,8 @@ impl LoadReport {
         self.connects += other.connects;
         self.server_closes += other.server_closes;
         let room = KEPT_ERRORS.saturating_sub(self.first_errors.len());
-        self.first_errors.extend(other.first_errors.into_iter().take(room));
+        self.first_errors
+            .extend(other.first_errors.into_iter().take(room));
         self.elapsed += other.elapsed;
         self.latencies_us.extend(other.latencies_us);
     }

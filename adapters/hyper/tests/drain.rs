@@ -14,7 +14,29 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-async fn handler(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handler(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/upgrade" {
+        // An echo protocol after `101 Switching Protocols`, as a WebSocket would be.
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut read, mut write) =
+                    tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            }
+        });
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        response.headers_mut().insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("echo"),
+        );
+        return Ok(response);
+    }
     if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
@@ -221,6 +243,53 @@ async fn http2_connection_gets_goaway_and_finishes_its_stream() {
         .await
         .unwrap()
         .unwrap()
+        .unwrap();
+    tokio::time::timeout(LIMIT, handle.drained()).await.unwrap();
+}
+
+#[tokio::test]
+async fn upgraded_connection_is_waited_for_until_it_is_cut() {
+    let (addr, handle) = start(HttpConfig::default().idle_grace(Duration::from_millis(200))).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nhost: test\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(client.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101") && !head.contains("close"),
+        "{head}"
+    );
+    let echo = async |client: &mut TcpStream, text: &[u8]| {
+        client.write_all(text).await.unwrap();
+        let mut back = vec![0u8; text.len()];
+        tokio::time::timeout(LIMIT, client.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, text);
+    };
+    echo(&mut client, b"before the stop").await;
+
+    handle.stop();
+    // Long past the idle grace, the upgraded connection still works and is still counted.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    echo(&mut client, b"during the drain").await;
+    assert_eq!(handle.live(), 1);
+
+    // Hammer time (the drain timeout, in `run`): cut.
+    assert_eq!(handle.force_close(), 1);
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, client.read_to_end(&mut rest))
+        .await
         .unwrap();
     tokio::time::timeout(LIMIT, handle.drained()).await.unwrap();
 }
