@@ -247,6 +247,7 @@ pub struct Load {
 pub fn start(config: LoadConfig) -> Load {
     let shared = Arc::new(Mutex::new(LoadReport::default()));
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
     let thread = std::thread::Builder::new()
         .name("load".to_owned())
         .spawn({
@@ -261,6 +262,7 @@ pub fn start(config: LoadConfig) -> Load {
         })
         .expect("load thread");
     Load {
+        started,
         shared,
         stop,
         thread,
