@@ -8,7 +8,7 @@
 //! connections a grace, and exits as soon as every connection has finished (or at the drain
 //! timeout, cutting what is left).
 //!
-//! For code that keeps [`axum::serve`], [`ServeListener`] is a
+//! For code that keeps [`axum::serve()`], [`ServeListener`] is a
 //! [`GracefulListener`](graceful_listener::GracefulListener) that `axum::serve` accepts.
 //!
 //! # Example

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use graceful_listener::{Address, Connection, GracefulListener};
 
-/// A [`GracefulListener`] that [`axum::serve`] accepts, for code that keeps `axum::serve`.
+/// A [`GracefulListener`] that [`axum::serve()`] accepts, for code that keeps `axum::serve`.
 ///
 /// Connections are tracked, so [`graceful_listener::run`] still waits for them, ACKs and
 /// honours the drain timeout. Once the worker stops, `accept` never returns again: hook
