@@ -37,6 +37,15 @@ async fn handler(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
         );
         return Ok(response);
     }
+    if req.uri().path() == "/stopping" {
+        let signal = req
+            .extensions()
+            .get::<graceful_listener::ShutdownSignal>()
+            .expect("the stop signal");
+        return Ok(Response::new(Full::new(Bytes::from(
+            signal.is_stopping().to_string(),
+        ))));
+    }
     if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
@@ -108,17 +117,18 @@ async fn expect_clean_close(stream: &mut TcpStream) {
 async fn idle_keep_alive_connection_gets_one_more_request_after_the_stop() {
     let (addr, handle) = start(HttpConfig::default().idle_grace(Duration::from_millis(800))).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
-    let (head, body) = get(&mut client, "/").await;
+    let (head, body) = get(&mut client, "/stopping").await;
     assert!(
         head.starts_with("http/1.1 200") && !head.contains("connection: close"),
         "{head}"
     );
-    assert_eq!(body, "ok");
+    assert_eq!(body, "false");
 
     handle.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Idle for 300 ms after the stop: still served, and told to go away.
-    let (head, _) = get(&mut client, "/").await;
+    let (head, body) = get(&mut client, "/stopping").await;
+    assert_eq!(body, "true", "handlers see the stop");
     assert!(
         head.starts_with("http/1.1 200") && head.contains("connection: close"),
         "{head}"
