@@ -37,7 +37,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 async fn main() -> std::process::ExitCode {
     let args = common::Args::parse();
     let _span = common::init_tracing();
-    let result = einhorn_hyper::HttpRun::new(einhorn_hyper::HttpServer::new(service_fn(handle)))
+    let result = einhorn_hyper::serve(service_fn(handle))
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))

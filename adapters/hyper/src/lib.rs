@@ -39,5 +39,5 @@ mod state;
 
 pub use config::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig};
 pub use make::{ConnectionInfo, MakeService, Shared};
-pub use run::{HttpRun, run};
+pub use run::{HttpRun, run, serve};
 pub use server::HttpServer;

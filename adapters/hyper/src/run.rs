@@ -43,7 +43,31 @@ pub fn run<S>(service: S, fd_index: usize) -> HttpRun<Shared<S>>
 where
     HttpServer<Shared<S>>: Server,
 {
-    HttpRun::new(HttpServer::new(service)).bind(Bind::Einhorn(fd_index))
+    serve(service).bind(Bind::Einhorn(fd_index))
+}
+
+/// Like [`run`], bound with [`Bind::Auto`] (Einhorn's first listener when run by Einhorn, else
+/// `127.0.0.1:8000`); set another spec with `.bind(..)`.
+///
+/// # Example
+/// ```no_run
+/// use std::convert::Infallible;
+/// use http_body_util::Full;
+/// use hyper::{Request, Response, body::{Bytes, Incoming}, service::service_fn};
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let hello = service_fn(|_req: Request<Incoming>| async {
+///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello\n"))))
+/// });
+/// einhorn_hyper::serve(hello).bind("127.0.0.1:3000".parse()?).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn serve<S>(service: S) -> HttpRun<Shared<S>>
+where
+    HttpServer<Shared<S>>: Server,
+{
+    HttpRun::new(HttpServer::new(service))
 }
 
 /// A worker serving HTTP: [`graceful_listener::Run`] plus the HTTP options of [`HttpConfig`].
