@@ -171,11 +171,11 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if !args.no_build {
-        if let Err(e) = build_binaries() {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    if !args.no_build
+        && let Err(e) = build_binaries()
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
     }
     let contenders: Vec<Contender> = match args.only {
         Only::Both => vec![OURS, BASELINE],
@@ -521,7 +521,8 @@ fn render(summary: &Summary) -> String {
             .map(|r| r.counts.failed.to_string())
             .collect(),
     );
-    let kinds: [(&str, fn(&Counts) -> u64); 6] = [
+    type Field = fn(&Counts) -> u64;
+    let kinds: [(&str, Field); 6] = [
         ("  connect errors", |c| c.connect_errors),
         ("  write errors", |c| c.write_errors),
         ("  read errors (reset, closed)", |c| c.read_errors),

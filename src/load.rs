@@ -500,30 +500,6 @@ fn classify(error: &hyper::Error) -> (FailureKind, String) {
     (kind, error.to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_pids() {
-        assert_eq!(parse_pid(b"hello from axum pid=1234\n"), Some(1234));
-        assert_eq!(parse_pid(b"pid=7"), Some(7));
-        assert_eq!(parse_pid(b"pid=x"), None);
-        assert_eq!(parse_pid(b"no pid here"), None);
-    }
-
-    #[test]
-    fn quantiles() {
-        let report = LoadReport {
-            latencies_us: (1..=100).collect(),
-            ..LoadReport::default()
-        };
-        assert_eq!(report.p50(), Some(Duration::from_micros(51)));
-        assert_eq!(report.p99(), Some(Duration::from_micros(99)));
-        assert_eq!(LoadReport::default().p50(), None);
-    }
-}
-
 /// Windows of a run: what happened between two snapshots, and sums of such windows.
 impl LoadReport {
     /// What happened after `earlier` (an earlier snapshot of the same run) up to this one:
@@ -580,5 +556,29 @@ impl LoadReport {
             .extend(other.first_errors.into_iter().take(room));
         self.elapsed += other.elapsed;
         self.latencies_us.extend(other.latencies_us);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pids() {
+        assert_eq!(parse_pid(b"hello from axum pid=1234\n"), Some(1234));
+        assert_eq!(parse_pid(b"pid=7"), Some(7));
+        assert_eq!(parse_pid(b"pid=x"), None);
+        assert_eq!(parse_pid(b"no pid here"), None);
+    }
+
+    #[test]
+    fn quantiles() {
+        let report = LoadReport {
+            latencies_us: (1..=100).collect(),
+            ..LoadReport::default()
+        };
+        assert_eq!(report.p50(), Some(Duration::from_micros(51)));
+        assert_eq!(report.p99(), Some(Duration::from_micros(99)));
+        assert_eq!(LoadReport::default().p50(), None);
     }
 }

@@ -180,7 +180,9 @@ impl EinhornEnv {
     /// # Errors
     /// [`EnvError::Missing`] when neither is set, [`EnvError::Invalid`] for an empty path.
     pub fn command_socket(&self) -> Result<CommandSocket, EnvError> {
-        let sock_fd = self.get(SOCK_FD).and_then(|v| v.trim().parse::<RawFd>().ok());
+        let sock_fd = self
+            .get(SOCK_FD)
+            .and_then(|v| v.trim().parse::<RawFd>().ok());
         if let Some(fd) = sock_fd.filter(|fd| *fd >= 0) {
             return Ok(CommandSocket::Fd(fd));
         }
