@@ -4,6 +4,8 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::bind::{Bind, BindError};
 use crate::einhorn::{ACK_RETRY_FOR, AckError, ack_with};
 use crate::env::EinhornEnv;
@@ -179,7 +181,8 @@ where
         let listener = GracefulListener::bind_in(&bind, &env).await?;
         tracing::info!(%bind, addr = %listener.local_addr(), "listening");
         let handle = listener.handle();
-        let mut serve = tokio::spawn(self.server.serve(listener));
+        // The server's task, and the tasks it spawns in the current span, log in the caller's span.
+        let mut serve = tokio::spawn(self.server.serve(listener).in_current_span());
 
         let mut early = None;
         if self.ack.unwrap_or_else(|| env.check_worker().is_ok()) {

@@ -11,6 +11,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tracing::Instrument;
 
 use crate::config::HttpConfig;
 use crate::io::WatchedIo;
@@ -160,10 +161,13 @@ where
                 .make
                 .make_service(&ConnectionInfo::new(peer, local.clone()));
             let (builder, config, signal) = (builder.clone(), config.clone(), signal.clone());
-            tokio::spawn(async move {
-                let service = make.await;
-                serve_connection(&builder, conn, service, signal, &config).await;
-            });
+            tokio::spawn(
+                async move {
+                    let service = make.await;
+                    serve_connection(&builder, conn, service, signal, &config).await;
+                }
+                .in_current_span(),
+            );
         }
         Ok(())
     }
@@ -184,7 +188,7 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let fd = raw_fd(&conn);
+    let fd = Some(conn.as_raw_fd());
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(WatchedIo::new(conn, state.clone(), config.linger));
     let service = DrainService {
@@ -255,12 +259,6 @@ where
 /// How soon to look again at a connection whose next request was arriving as its idle grace
 /// ended.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(5);
-
-fn raw_fd(conn: &Connection) -> Option<RawFd> {
-    conn.as_tcp()
-        .map(AsRawFd::as_raw_fd)
-        .or_else(|| conn.as_unix().map(AsRawFd::as_raw_fd))
-}
 
 /// Whether the client has sent bytes that nobody has read yet: the next request may be
 /// in the socket's buffer though hyper has not seen it.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -122,6 +123,21 @@ impl Connection {
             Stream::Tcp(s) => s.local_addr().map(Address::Tcp),
             Stream::Unix(s) => s.local_addr().map(|a| Address::from_unix(&a)),
         }
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.stream {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
     }
 }
 
