@@ -9,7 +9,9 @@ use std::process::Command;
 use einhorn_master::client::{self, ClientError};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::Pid;
-use support::{Master, WAIT, environ, is_alive, open_fds, path_str, status_field, wait_until};
+use support::{
+    Master, WAIT, environ, is_alive, open_fds, path_str, status_field, wait_catching, wait_until,
+};
 
 fn env_of(pid: i32, key: &str) -> Option<String> {
     environ(pid)
@@ -78,12 +80,16 @@ fn workers_get_einhorns_environment_their_fds_and_nothing_else() {
         let listed: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
         assert_eq!(env_of(pid, "EINHORN_FDS"), Some(listed.join(" ")));
         // Exactly stdio and the listening sockets: no command socket, lock file or other fd.
-        let open = open_fds(pid);
-        let numbers: Vec<i32> = open.iter().map(|(fd, _)| *fd).collect();
+        // (Waited for: `sleep` itself opens locale files for a moment while it starts.)
         let mut expected = vec![0, 1, 2];
         expected.extend(&fds);
         expected.sort_unstable();
-        assert_eq!(numbers, expected, "{open:?}");
+        let mut open = Vec::new();
+        let settled = wait_until(WAIT, || {
+            open = open_fds(pid);
+            open.iter().map(|(fd, _)| *fd).eq(expected.iter().copied())
+        });
+        assert!(settled, "{open:?}, expected fds {expected:?}");
         for fd in &fds {
             let (_, target) = open.iter().find(|(n, _)| n == fd).unwrap();
             assert!(target.starts_with("socket:"), "fd {fd} is {target}");
@@ -184,6 +190,8 @@ fn kill_children_on_exit_sends_usr2_when_the_master_dies() {
     let b_worker = b.wait_serving(1)[0];
     a.orphans.push(a_worker);
     b.orphans.push(b_worker);
+    // `-m 0` counts them up at once: wait for the shells to have run their `trap`.
+    wait_catching(&[a_worker, b_worker], Signal::SIGUSR2);
     a.signal(Signal::SIGKILL);
     b.signal(Signal::SIGKILL);
     assert!(a.wait_exit(WAIT).is_some() && b.wait_exit(WAIT).is_some());
@@ -208,6 +216,7 @@ fn sigterm_is_forwarded_and_the_master_exits_after_its_workers() {
     );
     let mut master = Master::start(&["-n", "2", "-m", "0"], &["sh", "-c", &script]);
     let pids = master.wait_serving(2);
+    wait_catching(&pids, Signal::SIGTERM);
     master.signal(Signal::SIGTERM);
     let status = master.wait_exit(WAIT).expect("master exits");
     assert_eq!(status.code(), Some(0));

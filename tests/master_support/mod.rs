@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use einhorn_master::client::{self, Client};
 use einhorn_master::state::MasterState;
 use graceful_listener_suite::harness::{Proc, binary, example};
+use nix::sys::signal::Signal;
 
 /// Generous: the machine is small and shared; waits end as soon as the event happens.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -158,7 +159,40 @@ impl EchoClient {
     }
 }
 
-/// Whether `pid` is a child of `parent` that has exited and not been reaped.
+impl Drop for Master {
+    fn drop(&mut self) {
+        teardown(&mut self.proc, &self.socket);
+    }
+}
+
+/// Ends a master without leaving anything behind. Killing a master outright orphans its
+/// workers (and, where pid 1 does not reap, leaves zombies); killing workers first lets a
+/// live master respawn them. So: ask it to stop (after which it never respawns), kill its
+/// workers, and let it reap them and exit. If that fails, freeze it so `Proc`'s drop can
+/// kill everything without a respawn racing it.
+fn teardown(proc: &mut Proc, socket: &std::path::Path) {
+    if proc.try_wait().is_some() {
+        return;
+    }
+    let _ = proc.signal(Signal::SIGINT);
+    let stopping = wait_until(Duration::from_secs(5), || {
+        proc.try_wait().is_some()
+            || Client::connect(socket)
+                .and_then(|mut c| c.state(Duration::from_secs(1)))
+                .is_ok_and(|s| s.stopping)
+    });
+    if stopping {
+        for pid in graceful_listener_suite::harness::descendants(proc.pid()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if proc.wait_timeout(Duration::from_secs(5)).is_some() {
+            return;
+        }
+    }
+    let _ = proc.signal(Signal::SIGSTOP);
+}
+
+/// Children of `parent` that have exited and were not reaped (zombies).
 pub fn zombie_children(parent: i32) -> Vec<i32> {
     graceful_listener_suite::harness::descendants(parent)
         .into_iter()

@@ -821,13 +821,16 @@ fn ehlo_help_state_and_config_answer() {
     assert!(replies(&help, 2)[0].message.contains("upgrade_fleet"));
     let state = sim.command(3, Command::State);
     let state = &replies(&state, 3)[0].message;
-    let parsed: serde_norway::Value = serde_norway::from_str(state).unwrap();
-    assert_eq!(
-        parsed["listeners"][0]["addr"].as_str(),
-        Some("127.0.0.1:8080")
-    );
-    assert_eq!(parsed["workers"][0]["pid"].as_i64(), Some(100));
-    assert_eq!(parsed["target_workers"].as_i64(), Some(1));
+    let parsed: crate::state::MasterState = serde_norway::from_str(state).unwrap();
+    assert_eq!(parsed.master_pid, 4242);
+    assert_eq!(parsed.listeners[0].addr, "127.0.0.1:8080");
+    assert_eq!(parsed.listeners[0].fd, 3);
+    assert_eq!(parsed.workers[0].pid, Some(100));
+    assert!(!parsed.workers[0].acked);
+    assert_eq!(parsed.target_workers, 1);
+    assert_eq!(parsed.ack_mode, "timer (1s)");
+    assert!(parsed.serving_pids().is_empty());
+    assert_eq!(parsed.all_pids(), vec![100]);
     let config = sim.command(4, Command::Config);
     assert!(
         replies(&config, 4)[0]

@@ -202,6 +202,26 @@ impl Drop for Master {
     fn drop(&mut self) {
         let mut victims = self.orphans.clone();
         if self.try_wait().is_none() {
+            // Killing the master outright would orphan its workers (zombies where pid 1 does
+            // not reap); killing workers first would let it respawn them. So: ask it to stop
+            // (it never respawns after that), kill its workers, let it reap them and exit.
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGINT);
+            let stopping = wait_until(Duration::from_secs(5), || {
+                self.try_wait().is_some()
+                    || Client::connect(&self.socket)
+                        .and_then(|mut c| c.state(Duration::from_secs(1)))
+                        .is_ok_and(|s| s.stopping)
+            });
+            if stopping {
+                for pid in children(self.pid()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                let _ = self.wait_exit(Duration::from_secs(5));
+            }
+        }
+        if self.try_wait().is_none() {
+            // Frozen first, so it cannot spawn a worker we would then miss.
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGSTOP);
             victims.extend(children(self.pid()));
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -263,6 +283,21 @@ pub fn status_field(pid: i32, field: &str) -> Option<String> {
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .map(|v| v.trim().to_string())
+}
+
+/// Whether `pid` has a handler installed for `signal` (`SigCgt` in `/proc/<pid>/status`).
+pub fn catches(pid: i32, signal: Signal) -> bool {
+    status_field(pid, "SigCgt")
+        .and_then(|mask| u64::from_str_radix(&mask, 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
+}
+
+/// Waits until every pid has a handler for `signal`: a shell worker has run its `trap`.
+pub fn wait_catching(pids: &[i32], signal: Signal) {
+    assert!(
+        wait_until(WAIT, || pids.iter().all(|&p| catches(p, signal))),
+        "workers {pids:?} never installed a handler for {signal:?}"
+    );
 }
 
 /// The fds a process has open, with what they point to.
