@@ -168,8 +168,9 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if self.try_wait().is_none() {
-            // Descendants first: once the parent is gone they are reparented and
-            // can no longer be found from its pid.
+            // Freeze the process first, so that a master cannot respawn the workers killed
+            // below; then its descendants, found while they are still its descendants.
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGSTOP);
             for pid in descendants(self.pid()) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }

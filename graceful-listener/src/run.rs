@@ -175,7 +175,7 @@ where
     S: Server + Send + 'static,
 {
     async fn execute(self) -> Result<RunReport, RunError> {
-        let mut signals = StopSignals::install().map_err(RunError::Signals)?;
+        let (mut signals, stop_pending) = StopSignals::install().map_err(RunError::Signals)?;
         let env = EinhornEnv::from_process();
         let bind = self.bind.resolve_auto_in(&env);
         let listener = GracefulListener::bind_in(&bind, &env).await?;
@@ -185,7 +185,11 @@ where
         let mut serve = tokio::spawn(self.server.serve(listener).in_current_span());
 
         let mut early = None;
-        if self.ack.unwrap_or_else(|| env.check_worker().is_ok()) {
+        if stop_pending {
+            // Sent before we could handle it (a master started us with it blocked): it is on
+            // its way to `signals`, and we must not ACK a readiness we are giving up.
+            early = Some(signals.recv().await);
+        } else if self.ack.unwrap_or_else(|| env.check_worker().is_ok()) {
             tokio::select! {
                 biased;
                 request = signals.recv() => early = Some(request),
