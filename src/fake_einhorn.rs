@@ -141,3 +141,14 @@ pub fn block_signals_at_exec(cmd: &mut Command, signals: &[Signal]) {
         });
     }
 }
+
+/// Makes `cmd`'s process send itself `signal` just before exec, with it blocked: the signal
+/// is pending when the program starts, exactly as one that arrived before `main` could run
+/// (a pending signal survives exec). Deterministic, unlike racing a `kill` against startup.
+pub fn signal_before_exec(cmd: &mut Command, signal: Signal) {
+    block_signals_at_exec(cmd, &[signal]);
+    // SAFETY: raise is async-signal-safe; the signal stays pending (blocked just above).
+    unsafe {
+        cmd.pre_exec(move || nix::sys::signal::raise(signal).map_err(std::io::Error::from));
+    }
+}

@@ -52,7 +52,14 @@ fn existing(path: PathBuf) -> PathBuf {
 struct Output {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+    /// Streams (stdout, stderr) not yet at end of file.
+    open: Mutex<usize>,
+    closed: Condvar,
 }
+
+/// After the child exits, how long to wait for the rest of its output. Its descendants may
+/// hold the pipes open longer (a master's workers share its stdio), so this is bounded.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// A running child process whose output is captured and which is killed and reaped on drop,
 /// together with every process it started (found through `/proc`), so that a failing test
@@ -73,6 +80,7 @@ impl Proc {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let output = Arc::new(Output::default());
+        *output.open.lock().unwrap() = 2;
         pump(child.stdout.take().expect("piped stdout"), output.clone());
         pump(child.stderr.take().expect("piped stderr"), output.clone());
         Ok(Proc {
@@ -111,11 +119,25 @@ impl Proc {
     }
 
     /// The exit status if the child has exited (reaping it), without blocking.
+    ///
+    /// Once it has exited, the output it wrote before exiting is all in [`Proc::output`].
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self.child.try_wait().expect("try_wait");
+            if self.status.is_some() {
+                self.drain_output();
+            }
         }
         self.status
+    }
+
+    /// Waits (bounded) until the output pipes reach end of file.
+    fn drain_output(&self) {
+        let open = self.output.open.lock().unwrap();
+        let _ = self
+            .output
+            .closed
+            .wait_timeout_while(open, OUTPUT_DRAIN, |open| *open > 0);
     }
 
     /// Waits up to `timeout` for an output line containing `needle`; returns that line.
@@ -195,6 +217,8 @@ fn pump(stream: impl Read + Send + 'static, output: Arc<Output>) {
             output.lines.lock().unwrap().push(line);
             output.grew.notify_all();
         }
+        *output.open.lock().unwrap() -= 1;
+        output.closed.notify_all();
     });
 }
 
