@@ -11,14 +11,13 @@
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use graceful_listener_suite::harness::{Proc, binary, example, is_alive, wait_until};
+use graceful_listener_suite::harness::{example, is_alive, wait_until};
 use graceful_listener_suite::load::{self, FailureKind, LoadConfig, LoadReport};
-use nix::sys::signal::Signal;
+use graceful_listener_suite::master::Master;
 use serde::Serialize;
 
 #[derive(Debug, clap::Parser)]
@@ -246,99 +245,52 @@ fn build_binaries() -> Result<(), String> {
     Ok(())
 }
 
-/// A master with its workers, stopped and reaped on drop.
-struct Master {
-    proc: Proc,
-    socket: PathBuf,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 
-impl Master {
-    fn start(contender: &Contender, workers: usize) -> Result<Master, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-        let socket = dir.path().join("master.sock");
-        let addr_file = dir.path().join("addrs");
-        let mut cmd = Command::new(binary("einhorn-master"));
-        cmd.args([
-            "-b",
-            "127.0.0.1:0",
-            "-n",
-            &workers.to_string(),
-            "-m",
-            "manual",
-            "-q",
-        ])
-        .arg("-d")
-        .arg(&socket)
-        .arg("--addr-file")
-        .arg(&addr_file)
-        .arg("--")
-        .arg(example(contender.example))
-        .args(["--drain-timeout", "10"])
-        .env("RUST_LOG", "warn");
-        let proc = Proc::spawn(cmd).map_err(|e| format!("cannot start einhorn-master: {e}"))?;
-        let mut addr = None;
-        wait_until(Duration::from_secs(30), || {
-            addr = std::fs::read_to_string(&addr_file)
-                .ok()
-                .and_then(|text| text.lines().next()?.split_whitespace().nth(1)?.parse().ok());
-            addr.is_some()
-        });
-        let addr =
-            addr.ok_or_else(|| format!("einhorn-master reported no address:\n{}", proc.output()))?;
-        let master = Master {
-            proc,
-            socket,
-            addr,
-            _dir: dir,
-        };
-        let up = wait_until(Duration::from_secs(30), || {
-            master
-                .serving_pids()
-                .is_ok_and(|pids| pids.len() == workers)
-        });
-        if !up {
-            return Err(format!(
-                "the workers did not all ACK:\n{}",
-                master.proc.output()
-            ));
-        }
-        Ok(master)
-    }
+/// `einhorn-master -b 127.0.0.1:0 -n WORKERS -m manual -- WORKER --drain-timeout 10`, once
+/// every worker has ACKed.
+fn start_master(contender: &Contender, workers: usize) -> Master {
+    let n = workers.to_string();
+    let worker = [
+        example(contender.example).into_os_string(),
+        "--drain-timeout".into(),
+        "10".into(),
+    ];
+    let flags = ["-b", "127.0.0.1:0", "-n", &n, "-m", "manual", "-q"];
+    let master = Master::start_with(&flags, &worker, |cmd| {
+        cmd.env("RUST_LOG", "warn");
+    });
+    master.wait_serving(workers);
+    master
+}
 
-    fn serving_pids(&self) -> Result<Vec<i32>, String> {
-        let state = einhorn_master::client::state(&self.socket, CONTROL_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        let mut pids = state.serving_pids();
-        pids.sort_unstable();
-        Ok(pids)
-    }
+/// The pids of the workers serving now, sorted.
+fn serving_pids(master: &Master) -> Result<Vec<i32>, String> {
+    let state = einhorn_master::client::state(&master.socket, CONTROL_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    let mut pids = state.serving_pids();
+    pids.sort_unstable();
+    Ok(pids)
+}
 
-    /// Stops the master gracefully (SIGINT: every worker drains) and waits for it.
-    fn stop(mut self) -> Result<(), String> {
-        self.proc
-            .signal(Signal::SIGINT)
-            .map_err(|e| format!("signal master: {e}"))?;
-        match self.proc.wait_timeout(Duration::from_secs(30)) {
-            Some(status) if status.success() => Ok(()),
-            Some(status) => Err(format!(
-                "einhorn-master exited with {status}:\n{}",
-                self.proc.output()
-            )),
-            None => Err("einhorn-master did not stop within 30 s".into()),
-        }
+/// Stops the master gracefully (SIGINT: every worker drains) and waits for it.
+fn stop_master(mut master: Master) -> Result<(), String> {
+    match master.stop(Duration::from_secs(30)) {
+        Some(status) if status.success() => Ok(()),
+        Some(status) => Err(format!(
+            "einhorn-master exited with {status}:\n{}",
+            master.output()
+        )),
+        None => Err("einhorn-master did not stop within 30 s".into()),
     }
 }
 
 fn run_contender(contender: &Contender, args: &Args) -> Result<ContenderResult, String> {
-    let master = Master::start(contender, args.workers)?;
+    let master = start_master(contender, args.workers);
     let interval = Duration::from_secs_f64(args.interval);
     let started = Instant::now();
     let load = load::start(
-        LoadConfig::new(master.addr)
+        LoadConfig::new(master.addr(0))
             .connections(args.connections)
             .duration(Duration::from_secs(3600))
             .timeout(Duration::from_secs(5)),
@@ -370,11 +322,11 @@ fn run_contender(contender: &Contender, args: &Args) -> Result<ContenderResult, 
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
     // The last gap shows whether only the newest workers answered at the end.
-    if let (Some(last), Ok(serving)) = (upgrades.last_mut(), master.serving_pids()) {
+    if let (Some(last), Ok(serving)) = (upgrades.last_mut(), serving_pids(&master)) {
         let after_last: BTreeSet<i32> = end.since(&mark).pids.keys().map(|&p| p as i32).collect();
         last.replaced_every_pid &= after_last.iter().all(|pid| serving.contains(pid));
     }
-    master.stop()?;
+    stop_master(master)?;
     Ok(ContenderResult {
         key: contender.key,
         title: contender.title,
@@ -389,7 +341,7 @@ fn run_contender(contender: &Contender, args: &Args) -> Result<ContenderResult, 
 
 /// Performs one smooth upgrade and waits for every old worker to exit.
 fn upgrade(master: &Master, load: &load::Load, before: &LoadReport) -> UpgradeResult {
-    let old_pids = master.serving_pids().unwrap_or_default();
+    let old_pids = serving_pids(master).unwrap_or_default();
     let started = Instant::now();
     let outcome = einhorn_master::client::upgrade(&master.socket, CONTROL_TIMEOUT);
     let acked_ms = started.elapsed().as_millis() as u64;
@@ -401,7 +353,7 @@ fn upgrade(master: &Master, load: &load::Load, before: &LoadReport) -> UpgradeRe
     if !exited && error.is_none() {
         error = Some("old workers still alive 30 s after the upgrade".into());
     }
-    let new_pids = master.serving_pids().unwrap_or_default();
+    let new_pids = serving_pids(master).unwrap_or_default();
     // Once the old workers are gone, only new ones may answer.
     let settled = load.snapshot();
     let recent = settled.since(before);

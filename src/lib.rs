@@ -1,10 +1,14 @@
 //! Support shared by the workspace's examples, integration tests, benchmarks and demo.
 //!
 //! Nothing here is published: it is the test bench of the `graceful-listener` crates.
-//! [`harness`] starts real processes and guarantees they are reaped; [`fake_einhorn`]
-//! plays the part of an Einhorn master for a single worker (inherited fds, a real
-//! command socket) so the core can be tested without any master binary.
+//! - [`harness`] starts real processes and guarantees they are reaped;
+//! - [`fake_einhorn`] plays the part of an Einhorn master for a single worker (inherited
+//!   fds, a real command socket), so the core can be tested without any master binary;
+//! - [`master`] runs the real `einhorn-master`;
+//! - [`load`] is a keep-alive HTTP/1.1 load client; [`echo`] a client for the line echo.
 
+pub mod echo;
 pub mod fake_einhorn;
 pub mod harness;
 pub mod load;
+pub mod master;

@@ -25,7 +25,7 @@ fn upgrades_under_keep_alive_load_lose_nothing(example: &str) {
         master,
     } = upgrades_under_load(example, &plan);
     eprintln!("{example}: {plan:?}: {report}");
-    assert_eq!(report.failed(), 0, "{report}\n{}", master.proc.output());
+    assert_eq!(report.failed(), 0, "{report}\n{}", master.master.output());
     assert!(
         report.ok >= 100,
         "too little traffic to mean anything: {report}"

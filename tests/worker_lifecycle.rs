@@ -2,10 +2,11 @@
 //! process: real inherited fds, a real command socket, real signals.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
+use graceful_listener_suite::echo::EchoClient;
 use graceful_listener_suite::fake_einhorn::{
     FakeEinhorn, block_signals_at_exec, signal_before_exec,
 };
@@ -13,44 +14,6 @@ use graceful_listener_suite::harness::{Proc, example};
 use nix::sys::signal::Signal;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A line-echo client on one keep-alive connection.
-struct EchoClient {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl EchoClient {
-    fn connect(addr: SocketAddr) -> EchoClient {
-        let stream = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        EchoClient {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-        }
-    }
-
-    /// Sends `line` and returns the pid that echoed it.
-    fn echo(&mut self, line: &str) -> u32 {
-        self.writer
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("write");
-        let mut reply = String::new();
-        self.reader.read_line(&mut reply).expect("read echo");
-        let rest = reply
-            .strip_prefix("pid=")
-            .unwrap_or_else(|| panic!("bad echo {reply:?}"));
-        let (pid, echoed) = rest.trim_end().split_once(' ').expect("pid and line");
-        assert_eq!(echoed, line);
-        pid.parse().expect("numeric pid")
-    }
-
-    /// Reads until end of file; returns whether the server closed the connection.
-    fn sees_close(&mut self) -> bool {
-        let mut rest = String::new();
-        matches!(self.reader.read_line(&mut rest), Ok(0))
-    }
-}
 
 fn start_worker(master: &FakeEinhorn, args: &[&str]) -> Proc {
     let mut cmd = master.command(example("custom-server"));
@@ -81,7 +44,7 @@ fn acked(master: &FakeEinhorn, worker: &Proc) {
 #[test]
 fn acks_with_the_exact_line_and_serves_the_inherited_socket() {
     let (_master, addr, worker) = serving(&[]);
-    assert_eq!(EchoClient::connect(addr).echo("hello"), worker.pid() as u32);
+    assert_eq!(EchoClient::connect(addr).echo("hello"), worker.pid());
     let listening = worker.wait_for_line("listening", WAIT).unwrap();
     assert!(
         listening.contains("bind=einhorn@0"),
@@ -93,7 +56,7 @@ fn acks_with_the_exact_line_and_serves_the_inherited_socket() {
 fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker() {
     let (master, addr, mut old) = serving(&["--drain-timeout", "30"]);
     let mut in_flight = EchoClient::connect(addr);
-    assert_eq!(in_flight.echo("before"), old.pid() as u32);
+    assert_eq!(in_flight.echo("before"), old.pid());
 
     let new = start_worker(&master, &["--drain-timeout", "30"]);
     acked(&master, &new);
@@ -102,12 +65,12 @@ fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker()
         .expect("on_stop runs once accepting stopped");
 
     // The connection that was open at the signal is still served by the old worker...
-    assert_eq!(in_flight.echo("during drain"), old.pid() as u32);
+    assert_eq!(in_flight.echo("during drain"), old.pid());
     // ...while every new connection reaches the new one (the shared socket stays open).
     for i in 0..20 {
         assert_eq!(
             EchoClient::connect(addr).echo(&format!("new {i}")),
-            new.pid() as u32
+            new.pid()
         );
     }
     assert!(
@@ -135,7 +98,7 @@ fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker()
 fn a_hung_connection_is_cut_at_the_drain_timeout() {
     let (_master, addr, mut worker) = serving(&["--drain-timeout", "1"]);
     let mut hung = EchoClient::connect(addr);
-    assert_eq!(hung.echo("then silence"), worker.pid() as u32);
+    assert_eq!(hung.echo("then silence"), worker.pid());
 
     let signaled_at = Instant::now();
     worker.signal(Signal::SIGUSR2).unwrap();
@@ -287,7 +250,7 @@ fn runs_without_a_master_on_its_own_address() {
     let mut worker = Proc::spawn(cmd).unwrap();
     let line = worker.wait_for_line("listening", WAIT).unwrap();
     let addr: SocketAddr = line.split("addr=").nth(1).unwrap().trim().parse().unwrap();
-    assert_eq!(EchoClient::connect(addr).echo("solo"), worker.pid() as u32);
+    assert_eq!(EchoClient::connect(addr).echo("solo"), worker.pid());
     assert!(!worker.output().contains("acked"), "no master, no ACK");
     worker.signal(Signal::SIGINT).unwrap();
     assert!(worker.wait_timeout(WAIT).expect("exits").success());

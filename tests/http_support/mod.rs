@@ -7,15 +7,12 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use einhorn_master::client::{self, Client};
-use einhorn_master::state::MasterState;
 use graceful_listener_suite::fake_einhorn::FakeEinhorn;
-use graceful_listener_suite::harness::{Proc, binary, example};
+use graceful_listener_suite::harness::{Proc, example};
 use graceful_listener_suite::load::{self, LoadConfig, LoadReport};
+use graceful_listener_suite::master::Master;
 
 /// Generous: the machine is small and shared; waits end as soon as the event happens.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -120,90 +117,39 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
     })
 }
 
-/// `einhorn-master -b 127.0.0.1:0 -m manual -n WORKERS -- EXAMPLE WORKER_ARGS`, with its
-/// command socket in a temporary directory.
+/// `einhorn-master -b 127.0.0.1:0 -m manual -n WORKERS -- EXAMPLE WORKER_ARGS` (the master
+/// process is the test bench's [`Master`]).
 pub struct HttpMaster {
-    pub proc: Proc,
-    pub socket: PathBuf,
+    pub master: Master,
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
 }
 
 impl HttpMaster {
     pub fn start(example_name: &str, workers: usize, worker_args: &[&str]) -> HttpMaster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("master.sock");
-        let mut cmd = Command::new(binary("einhorn-master"));
-        cmd.arg("-d")
-            .arg(&socket)
-            .args([
-                "-b",
-                "127.0.0.1:0",
-                "-m",
-                "manual",
-                "-n",
-                &workers.to_string(),
-            ])
-            .arg("--")
-            .arg(example(example_name))
-            .args(worker_args);
-        let proc = Proc::spawn(cmd).expect("spawn einhorn-master");
-        // The master logs `listening on 127.0.0.1:PORT (einhorn@0, fd N)` before any worker.
-        let line = proc
-            .wait_for_line("listening on ", WAIT)
-            .unwrap_or_else(|| panic!("no address line:\n{}", proc.output()));
-        let rest = &line[line.find("listening on ").unwrap() + "listening on ".len()..];
-        let addr = rest
-            .split_whitespace()
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        HttpMaster {
-            proc,
-            socket,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    pub fn state(&self) -> MasterState {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(state) = Client::connect(&self.socket).and_then(|mut c| c.state(WAIT)) {
-                return state;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no state:\n{}",
-                self.proc.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let workers = workers.to_string();
+        let flags = ["-b", "127.0.0.1:0", "-m", "manual", "-n", &workers];
+        let mut command = vec![example(example_name).into_os_string()];
+        command.extend(worker_args.iter().map(Into::into));
+        let master = Master::start(&flags, &command);
+        let addr = master.addr(0);
+        HttpMaster { master, addr }
     }
 
     /// Waits until exactly `n` workers run, all ACKed and current; returns their pids, sorted.
     pub fn wait_serving(&self, n: usize) -> Vec<u32> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let state = self.state();
-            let mut pids: Vec<u32> = state.serving_pids().into_iter().map(|p| p as u32).collect();
-            if state.workers.len() == n && pids.len() == n {
-                pids.sort_unstable();
-                return pids;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {n} serving workers; state: {state:#?}\n{}",
-                self.proc.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.master
+            .wait_serving(n)
+            .into_iter()
+            .map(|p| p as u32)
+            .collect()
     }
 
     /// A smooth upgrade; returns when the master says `Upgrade done`.
     pub fn upgrade(&self) {
-        let replies = client::upgrade(&self.socket, WAIT)
-            .unwrap_or_else(|e| panic!("upgrade failed: {e}\n{}", self.proc.output()));
+        let replies = self
+            .master
+            .upgrade()
+            .unwrap_or_else(|e| panic!("upgrade failed: {e}\n{}", self.master.output()));
         assert_eq!(
             replies.last().map(|r| r.message.as_str()),
             Some("Upgrade done"),
@@ -213,9 +159,7 @@ impl HttpMaster {
 
     /// Waits until the master has reaped `pid`; returns its exit line.
     pub fn wait_exited(&self, pid: u32) -> String {
-        self.proc
-            .wait_for_line(&format!("Exited worker {pid} "), WAIT)
-            .unwrap_or_else(|| panic!("worker {pid} did not exit:\n{}", self.proc.output()))
+        self.master.wait_exited(pid as i32)
     }
 }
 
@@ -268,7 +212,7 @@ pub fn upgrades_under_load(example: &str, plan: &UpgradePlan) -> UpgradeOutcome 
     assert!(
         answered(&current),
         "the first workers never answered:\n{}",
-        master.proc.output()
+        master.master.output()
     );
 
     for round in 1..=plan.upgrades {
@@ -294,14 +238,14 @@ pub fn upgrades_under_load(example: &str, plan: &UpgradePlan) -> UpgradeOutcome 
         assert!(
             answered(&new),
             "round {round}: no new worker answered:\n{}",
-            master.proc.output()
+            master.master.output()
         );
         for pid in &current {
             let exit = master.wait_exited(*pid);
             assert!(
                 exit.contains("(exit status 0)"),
                 "round {round}: {exit}\n{}",
-                master.proc.output()
+                master.master.output()
             );
         }
         if let Some(slow) = slow {
