@@ -530,13 +530,21 @@ fn render(summary: &Summary) -> String {
     );
     for r in results {
         out.push_str(&format!("\n{}: per upgrade\n", r.title));
-        out.push_str("  #  old pids -> new pids                         all new ACKed  all old exited  failed\n");
-        for (i, u) in r.upgrades.iter().enumerate() {
-            let pids = |p: &[i32]| p.iter().map(i32::to_string).collect::<Vec<_>>().join(" ");
+        let pids = |p: &[i32]| p.iter().map(i32::to_string).collect::<Vec<_>>().join(" ");
+        let changes: Vec<String> = r
+            .upgrades
+            .iter()
+            .map(|u| format!("{} -> {}", pids(&u.old_pids), pids(&u.new_pids)))
+            .collect();
+        let w = changes.iter().map(String::len).max().unwrap_or(0).max(20);
+        out.push_str(&format!(
+            "  #  {:<w$} all new ACKed  all old exited  failed\n",
+            "old pids -> new pids"
+        ));
+        for (i, (u, change)) in r.upgrades.iter().zip(&changes).enumerate() {
             out.push_str(&format!(
-                "  {:<2} {:<44} {:>10} ms  {:>11} ms  {:>6}{}\n",
+                "  {:<2} {change:<w$} {:>10} ms  {:>11} ms  {:>6}{}\n",
                 i + 1,
-                format!("{} -> {}", pids(&u.old_pids), pids(&u.new_pids)),
                 u.acked_ms,
                 u.old_exited_ms,
                 u.failed_requests,
