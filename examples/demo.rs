@@ -488,32 +488,19 @@ fn render(summary: &Summary) -> String {
             results.iter().map(|r| get(&r.counts).to_string()).collect(),
         );
     }
-    row(
-        "p50 / p99 ms, outside upgrades",
-        results
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} / {}",
-                    ms(r.latency_outside_upgrades.p50_ms),
-                    ms(r.latency_outside_upgrades.p99_ms)
-                )
-            })
-            .collect(),
-    );
-    row(
-        "p50 / p99 ms, during upgrades",
-        results
-            .iter()
-            .map(|r| {
-                format!(
-                    "{} / {}",
-                    ms(r.latency_during_upgrades.p50_ms),
-                    ms(r.latency_during_upgrades.p99_ms)
-                )
-            })
-            .collect(),
-    );
+    type Window = fn(&ContenderResult) -> &Latency;
+    let latency: [(&str, Window); 2] = [
+        ("p50 / p99 ms, outside upgrades", |r| {
+            &r.latency_outside_upgrades
+        }),
+        ("p50 / p99 ms, during upgrades", |r| {
+            &r.latency_during_upgrades
+        }),
+    ];
+    for (label, get) in latency {
+        let cell = |r: &ContenderResult| format!("{} / {}", ms(get(r).p50_ms), ms(get(r).p99_ms));
+        row(label, results.iter().map(cell).collect());
+    }
     row(
         "every upgrade replaced every pid",
         results

@@ -75,12 +75,7 @@ fn serves_acks_and_drains_a_slow_request(example: &str) {
         "{response}"
     );
 
-    let status = worker
-        .proc
-        .wait_timeout(WAIT)
-        .unwrap_or_else(|| panic!("worker still running:\n{}", worker.proc.output()));
-    let took = stopped.elapsed();
-    assert!(status.success(), "{status:?}\n{}", worker.proc.output());
+    let took = exits_cleanly(&mut worker, stopped);
     // Drained when the slow request was done (1.3 s after the stop), not at the 30 s timeout.
     assert!(
         took >= Duration::from_millis(1000),
@@ -118,12 +113,7 @@ fn a_hung_connection_is_cut_at_the_drain_timeout(example: &str) {
     let stopped = Instant::now();
     worker.proc.signal(Signal::SIGUSR2).unwrap();
 
-    let status = worker
-        .proc
-        .wait_timeout(WAIT)
-        .unwrap_or_else(|| panic!("worker still running:\n{}", worker.proc.output()));
-    let took = stopped.elapsed();
-    assert!(status.success(), "{status:?}\n{}", worker.proc.output());
+    let took = exits_cleanly(&mut worker, stopped);
     assert!(
         took >= Duration::from_millis(900),
         "cut before the drain timeout: {took:?}"
@@ -143,4 +133,15 @@ fn a_hung_connection_is_cut_at_the_drain_timeout(example: &str) {
         let mut rest = Vec::new();
         let _ = conn.read_to_end(&mut rest);
     }
+}
+
+/// Waits for the worker to exit, checks it exited 0, and returns how long after `since`.
+fn exits_cleanly(worker: &mut Worker, since: Instant) -> Duration {
+    let status = worker
+        .proc
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|| panic!("worker still running:\n{}", worker.proc.output()));
+    let took = since.elapsed();
+    assert!(status.success(), "{status:?}\n{}", worker.proc.output());
+    took
 }
