@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use graceful_listener_suite::echo::EchoClient;
@@ -148,24 +149,36 @@ fn sigquit_stops_at_once() {
     assert!(hung.sees_close());
 }
 
+/// Runs `custom-server` under a fresh fake master, `prepare`d before and `poke`d right after
+/// spawn; checks it exited cleanly (status 0, not killed by a signal).
+fn exits_cleanly(
+    prepare: impl FnOnce(&mut Command),
+    poke: impl FnOnce(&Proc),
+) -> (FakeEinhorn, Proc) {
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let mut cmd = master.command(example("custom-server"));
+    prepare(&mut cmd);
+    let mut worker = Proc::spawn(cmd).unwrap();
+    poke(&worker);
+    let status = worker.wait_timeout(WAIT).expect("the worker exits");
+    assert_eq!(
+        status.signal(),
+        None,
+        "not killed by the signal: {status:?}"
+    );
+    assert!(status.success(), "{status:?}\n{}", worker.output());
+    (master, worker)
+}
+
 #[test]
 fn sigusr2_before_main_stops_the_worker_cleanly_without_an_ack() {
     // A SIGUSR2 that arrived before the worker could install its handlers (a master started
     // it blocked, so it stayed pending instead of killing): it reaches our handler once it
     // exists, and the worker stops cleanly without ACKing a readiness it is giving up.
     for _ in 0..3 {
-        let mut master = FakeEinhorn::new().unwrap();
-        master.add_tcp_listener().unwrap();
-        let mut cmd = master.command(example("custom-server"));
-        signal_before_exec(&mut cmd, Signal::SIGUSR2);
-        let mut worker = Proc::spawn(cmd).unwrap();
-        let status = worker.wait_timeout(WAIT).expect("the worker exits");
-        assert_eq!(
-            status.signal(),
-            None,
-            "not killed by the signal: {status:?}"
-        );
-        assert!(status.success(), "{status:?}\n{}", worker.output());
+        let (master, worker) =
+            exits_cleanly(|cmd| signal_before_exec(cmd, Signal::SIGUSR2), |_| {});
         assert!(
             worker
                 .output()
@@ -184,19 +197,10 @@ fn sigusr2_right_after_spawn_is_never_fatal() {
     // handlers (pending, then handled) or after the ACK (a normal stop). Either way the
     // worker exits cleanly.
     for _ in 0..5 {
-        let mut master = FakeEinhorn::new().unwrap();
-        master.add_tcp_listener().unwrap();
-        let mut cmd = master.command(example("custom-server"));
-        block_signals_at_exec(&mut cmd, &[Signal::SIGUSR2]);
-        let mut worker = Proc::spawn(cmd).unwrap();
-        worker.signal(Signal::SIGUSR2).unwrap();
-        let status = worker.wait_timeout(WAIT).expect("the worker exits");
-        assert_eq!(
-            status.signal(),
-            None,
-            "not killed by the signal: {status:?}"
+        exits_cleanly(
+            |cmd| block_signals_at_exec(cmd, &[Signal::SIGUSR2]),
+            |worker| worker.signal(Signal::SIGUSR2).unwrap(),
         );
-        assert!(status.success(), "{status:?}\n{}", worker.output());
     }
 }
 
