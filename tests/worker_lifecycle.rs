@@ -244,7 +244,7 @@ fn a_unix_listener_can_be_inherited_too() {
 
 #[test]
 fn runs_without_a_master_on_its_own_address() {
-    let mut cmd = std::process::Command::new(example("custom-server"));
+    let mut cmd = Command::new(example("custom-server"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("EINHORN_") {
             cmd.env_remove(key);

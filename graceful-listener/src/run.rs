@@ -200,24 +200,29 @@ where
                 },
             }
         }
-        if let Some(request) = early {
+        // Once the server's result has been taken its JoinHandle is gone (`None`): a
+        // JoinHandle must not be polled again after it completed.
+        let (request, serve) = if let Some(request) = early {
             tracing::info!(
                 signal = request.signal_name(),
                 "stop requested before ready: not acking"
             );
-        }
-        let request = match early {
-            Some(request) => Some(request),
-            None => tokio::select! {
-                request = signals.recv() => Some(request),
+            (Some(request), Some(serve))
+        } else {
+            tokio::select! {
+                request = signals.recv() => (Some(request), Some(serve)),
                 ended = &mut serve => {
-                    if let Ok(Err(e)) = ended {
-                        handle.force_close();
-                        return Err(RunError::Serve(e));
+                    match ended {
+                        Ok(Err(e)) => {
+                            handle.force_close();
+                            return Err(RunError::Serve(e));
+                        }
+                        Ok(Ok(())) => tracing::info!("server ended on its own"),
+                        Err(e) => tracing::error!(error = %e, "server task failed"),
                     }
-                    None
+                    (None, None)
                 }
-            },
+            }
         };
         let cause = request.map_or(StopCause::ServerEnded, |r| {
             StopCause::Signal(r.signal_name())
@@ -261,12 +266,16 @@ where
             0
         };
         let drain_time = stopped_at.elapsed();
-        match tokio::time::timeout(AFTER_FORCE_GRACE, &mut serve).await {
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "server failed while stopping"),
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!("server did not return after its listener stopped; abandoning it");
-                serve.abort();
+        if let Some(mut serve) = serve {
+            match tokio::time::timeout(AFTER_FORCE_GRACE, &mut serve).await {
+                Ok(Ok(Err(e))) => tracing::error!(error = %e, "server failed while stopping"),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        "server did not return after its listener stopped; abandoning it"
+                    );
+                    serve.abort();
+                }
             }
         }
         let report = RunReport {
