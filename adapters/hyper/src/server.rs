@@ -188,7 +188,7 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let fd = Some(conn.as_raw_fd());
+    let fd = conn.as_raw_fd();
     let state = Arc::new(ConnState::new());
     let io = TokioIo::new(WatchedIo::new(conn, state.clone(), config.linger));
     let service = DrainService {
@@ -214,7 +214,7 @@ async fn serve_connection<S, B>(
 async fn drain<I, S, B>(
     mut conn: Pin<&mut auto::UpgradeableConnection<'_, I, DrainService<S>, TokioExecutor>>,
     state: &ConnState,
-    fd: Option<RawFd>,
+    fd: RawFd,
     config: &HttpConfig,
 ) -> Result<(), BoxError>
 where
@@ -262,8 +262,7 @@ const RECHECK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Whether the client has sent bytes that nobody has read yet: the next request may be
 /// in the socket's buffer though hyper has not seen it.
-fn has_unread_bytes(fd: Option<RawFd>) -> bool {
-    let Some(fd) = fd else { return false };
+fn has_unread_bytes(fd: RawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: `fd` belongs to the connection that hyper owns inside the connection future,
     // which the caller holds and has not completed: the fd is open and still this socket.
