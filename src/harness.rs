@@ -261,15 +261,17 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
     after.split(' ').nth(1)?.parse().ok()
 }
 
+/// The state letter of a process (`R`, `S`, `Z` for a zombie, ...) from `/proc/<pid>/stat`;
+/// `None` if it is gone.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    stat.get(stat.rfind(')')? + 2..)?.chars().next()
+}
+
 /// Whether a process with this pid exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat.get(i + 2..i + 3))
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    process_state(pid).is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.

@@ -41,10 +41,12 @@ pub enum InheritError {
         fd: RawFd,
     },
     /// The socket's family is neither IPv4, IPv6 nor Unix.
-    #[error("fd {fd} is a socket of an unsupported address family")]
+    #[error("fd {fd} is a socket of address family {family}, not IPv4, IPv6 or Unix")]
     UnsupportedFamily {
         /// The fd number.
         fd: RawFd,
+        /// The family, as the system numbers it (`AF_*`).
+        family: libc::c_int,
     },
     /// This fd was already taken by this process: each inherited listener can be taken once.
     #[error("fd {fd} was already taken: an inherited listener can be taken only once")]
@@ -131,7 +133,10 @@ fn check(fd: RawFd, socket: SockRef<'_>) -> Result<Domain, InheritError> {
     }
     let domain = socket.domain().map_err(io)?;
     if ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
-        return Err(InheritError::UnsupportedFamily { fd });
+        return Err(InheritError::UnsupportedFamily {
+            fd,
+            family: domain.into(),
+        });
     }
     if !socket.is_listener().map_err(io)? {
         return Err(InheritError::NotListening { fd });

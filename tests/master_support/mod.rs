@@ -68,12 +68,6 @@ impl DerefMut for Master {
 pub fn zombie_children(parent: i32) -> Vec<i32> {
     graceful_listener_suite::harness::descendants(parent)
         .into_iter()
-        .filter(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rfind(')')
-                    .and_then(|i| stat.get(i + 2..i + 3))
-                    .is_some_and(|s| s == "Z")
-            })
-        })
+        .filter(|&pid| graceful_listener_suite::harness::process_state(pid) == Some('Z'))
         .collect()
 }
