@@ -45,7 +45,8 @@ impl ConnState {
     pub(crate) fn on_read(&self, bytes: &[u8]) {
         self.bytes_read
             .fetch_add(bytes.len() as u64, Ordering::AcqRel);
-        if !self.sniffed.swap(true, Ordering::AcqRel) {
+        // A load first: after the first read this is all the hot path pays.
+        if !self.sniffed.load(Ordering::Acquire) && !self.sniffed.swap(true, Ordering::AcqRel) {
             // A first read too short to tell is taken as HTTP/1; the first HTTP/2 request
             // corrects it (see `mark_h2`).
             if bytes.starts_with(H2_PREFACE_START) {
