@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::env::{EinhornEnv, EnvError};
-use crate::inherit::{InheritError, InheritedListener, take_listener};
+use crate::inherit::{InheritError, take_listener};
+use crate::socket::{self, StdListener};
 
 /// Where `auto` binds when no socket manager passed a listener.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
@@ -201,13 +202,6 @@ pub enum BindError {
     },
 }
 
-/// A listening socket, ready for tokio.
-#[derive(Debug)]
-pub(crate) enum RawListener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
 impl Bind {
     /// Whether this spec takes a socket a manager passed down rather than binding one.
     pub fn is_inherited(&self) -> bool {
@@ -230,8 +224,7 @@ impl Bind {
     }
 
     /// Opens the listener: takes the inherited socket, or binds a new one.
-    /// Must be called within a tokio runtime.
-    pub(crate) async fn open(&self, env: &EinhornEnv) -> Result<RawListener, BindError> {
+    pub(crate) fn open_std(&self, env: &EinhornEnv) -> Result<StdListener, BindError> {
         let resolved = self.clone().resolve_auto_in(env);
         let io = |source| BindError::Io {
             bind: resolved.clone(),
@@ -247,55 +240,27 @@ impl Bind {
                 inherited(&resolved, fd, origin)
             }
             Bind::Fd(fd) => inherited(&resolved, *fd, format!("fd {fd}")),
-            Bind::Addr(addr) => Ok(RawListener::Tcp(
-                tokio::net::TcpListener::bind(addr).await.map_err(io)?,
-            )),
-            Bind::Port(port) => Ok(RawListener::Tcp(
-                tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port))
-                    .await
-                    .map_err(io)?,
-            )),
-            Bind::Host(host, port) => Ok(RawListener::Tcp(
-                tokio::net::TcpListener::bind((host.as_str(), *port))
-                    .await
-                    .map_err(io)?,
-            )),
-            Bind::Unix(path) => Ok(RawListener::Unix(bind_unix(path).map_err(io)?)),
+            Bind::Addr(addr) => socket::bind_tcp(*addr).map(StdListener::Tcp).map_err(io),
+            Bind::Port(port) => {
+                socket::bind_tcp(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))
+                    .map(StdListener::Tcp)
+                    .map_err(io)
+            }
+            Bind::Host(host, port) => socket::bind_host(host, *port)
+                .map(StdListener::Tcp)
+                .map_err(io),
+            Bind::Unix(path) => socket::bind_unix(path).map(StdListener::Unix).map_err(io),
             Bind::Auto => unreachable!("resolve_auto_in never returns Auto"),
         }
     }
 }
 
-fn inherited(bind: &Bind, fd: RawFd, origin: String) -> Result<RawListener, BindError> {
-    let err = |source| BindError::Inherit {
+fn inherited(bind: &Bind, fd: RawFd, origin: String) -> Result<StdListener, BindError> {
+    take_listener(fd).map_err(|source| BindError::Inherit {
         bind: bind.clone(),
-        origin: origin.clone(),
+        origin,
         source,
-    };
-    let listener = match take_listener(fd).map_err(err)? {
-        InheritedListener::Tcp(l) => tokio::net::TcpListener::from_std(l).map(RawListener::Tcp),
-        InheritedListener::Unix(l) => tokio::net::UnixListener::from_std(l).map(RawListener::Unix),
-    };
-    listener.map_err(|source| err(InheritError::Io { fd, source }))
-}
-
-/// Binds a Unix socket, replacing a stale socket file that nobody listens on any more
-/// (left by a crashed process), but never one that is still served.
-fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    match tokio::net::UnixListener::bind(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            let is_socket = std::fs::symlink_metadata(path)
-                .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-                .unwrap_or(false);
-            let served = std::os::unix::net::UnixStream::connect(path).is_ok();
-            if !is_socket || served {
-                return Err(e);
-            }
-            std::fs::remove_file(path)?;
-            tokio::net::UnixListener::bind(path)
-        }
-        other => other,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -442,8 +407,8 @@ mod tests {
         assert_eq!(Bind::Port(1).resolve_auto_in(&worker), Bind::Port(1));
     }
 
-    #[tokio::test]
-    async fn einhorn_errors_name_the_variable_and_value() {
+    #[test]
+    fn einhorn_errors_name_the_variable_and_value() {
         let env = EinhornEnv::from_vars(
             [
                 ("EINHORN_MASTER_PID", "10"),
@@ -452,36 +417,33 @@ mod tests {
             ],
             10,
         );
-        let err = Bind::Einhorn(0).open(&env).await.unwrap_err();
+        let err = Bind::Einhorn(0).open_std(&env).unwrap_err();
         assert_eq!(
             err.to_string(),
             "cannot take einhorn@0 (EINHORN_FD_0=1000000): fd 1000000 is not open"
         );
-        let err = Bind::Einhorn(1).open(&env).await.unwrap_err();
+        let err = Bind::Einhorn(1).open_std(&env).unwrap_err();
         assert_eq!(
             err.to_string(),
             "cannot take einhorn@1: einhorn@1 is out of range: EINHORN_FD_COUNT=1 (indexes start at 0)"
         );
     }
 
-    #[tokio::test]
-    async fn a_stale_unix_socket_file_is_replaced_but_a_served_one_is_not() {
+    #[test]
+    fn a_unix_bind_error_names_the_spec() {
         let dir = std::env::temp_dir().join(format!("gl-bind-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("app.sock");
         let _ = std::fs::remove_file(&path);
         let env = EinhornEnv::from_vars(Vec::<(String, String)>::new(), 1);
         let bind = Bind::Unix(path.clone());
-        let first = bind.open(&env).await.unwrap();
-        let err = bind.open(&env).await.unwrap_err();
+        let _first = bind.open_std(&env).unwrap();
+        let err = bind.open_std(&env).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with(&format!("cannot bind unix:{}", path.display())),
             "{err}"
         );
-        drop(first); // the file stays behind, as after a crash
-        assert!(path.exists());
-        bind.open(&env).await.expect("stale socket file replaced");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,6 +10,8 @@ use std::sync::Mutex;
 
 use socket2::{Domain, SockRef, Type};
 
+use crate::socket::StdListener;
+
 /// An inherited fd is not a listening stream socket we can use.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -64,15 +66,6 @@ pub enum InheritError {
     },
 }
 
-/// The kind of listening socket an inherited fd turned out to be.
-#[derive(Debug)]
-pub(crate) enum InheritedListener {
-    /// An IPv4 or IPv6 TCP listener.
-    Tcp(std::net::TcpListener),
-    /// A Unix stream listener.
-    Unix(std::os::unix::net::UnixListener),
-}
-
 /// Fd numbers taken so far. A number stays here for the life of the process: once our copy
 /// is closed the number may name something else, and taking it again would be a lie.
 static TAKEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
@@ -87,7 +80,7 @@ static TAKEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 /// # Errors
 /// An [`InheritError`] naming the fd and what is wrong with it. On error the fd is left
 /// untouched and not taken.
-pub(crate) fn take_listener(fd: RawFd) -> Result<InheritedListener, InheritError> {
+pub(crate) fn take_listener(fd: RawFd) -> Result<StdListener, InheritError> {
     if fd < 0 {
         return Err(InheritError::NotOpen { fd });
     }
@@ -107,9 +100,9 @@ pub(crate) fn take_listener(fd: RawFd) -> Result<InheritedListener, InheritError
     // (recorded in TAKEN, so no second OwnedFd can be made from it).
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(if domain == Domain::UNIX {
-        InheritedListener::Unix(owned.into())
+        StdListener::Unix(owned.into())
     } else {
-        InheritedListener::Tcp(owned.into())
+        StdListener::Tcp(owned.into())
     })
 }
 
@@ -170,7 +163,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let fd = unique_fd(listener.into_raw_fd());
-        let InheritedListener::Tcp(taken) = take_listener(fd).unwrap() else {
+        let StdListener::Tcp(taken) = take_listener(fd).unwrap() else {
             panic!("expected a TCP listener");
         };
         assert_eq!(taken.local_addr().unwrap(), addr);
@@ -201,7 +194,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let fd = unique_fd(listener.into_raw_fd());
-        assert!(matches!(take_listener(fd), Ok(InheritedListener::Unix(_))));
+        assert!(matches!(take_listener(fd), Ok(StdListener::Unix(_))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -11,7 +11,10 @@
 //! - [`GracefulListener`]: accepts [`Connection`]s that stay counted until closed, stops
 //!   accepting on request, and can force-close what is left;
 //! - [`Server`]: anything that serves a `GracefulListener` (Go's `Serve(net.Listener)`);
-//! - [`run`]: signals, ACK, drain with a timeout, `on_stop`, and a [`RunReport`].
+//! - [`run`]: signals, ACK, drain with a timeout, `on_stop`, and a [`RunReport`];
+//! - [`Worker`]: the same life in pieces, for hosts that accept connections on their own
+//!   (actix-web): signals, [`StdListener`]s, a [`ConnectionGuard`] per connection, the ACK,
+//!   the stop, the drain.
 //!
 //! HTTP frameworks plug in through thin adapter crates (`einhorn-axum`, `einhorn-warp`,
 //! `einhorn-hyper`) whose drain no keep-alive client notices.
@@ -49,16 +52,24 @@ pub mod einhorn;
 pub mod env;
 mod inherit;
 mod listener;
+mod options;
+mod report;
 mod run;
 mod server;
 mod shutdown;
 mod signals;
+mod socket;
+mod worker;
 
 pub use bind::{Bind, BindError, DEFAULT_ADDR, ParseBindError};
 pub use einhorn::AckError;
 pub use env::EnvError;
 pub use inherit::InheritError;
-pub use listener::{Address, Connection, GracefulListener, ListenerHandle};
-pub use run::{DEFAULT_DRAIN_TIMEOUT, Run, RunError, RunReport, StopCause, run};
+pub use listener::{Address, Connection, ConnectionGuard, GracefulListener, ListenerHandle};
+pub use options::{DEFAULT_DRAIN_TIMEOUT, WorkerOptions};
+pub use report::{RunError, RunReport, StopCause};
+pub use run::{Run, run};
 pub use server::Server;
 pub use shutdown::{Phase, Shutdown, ShutdownSignal};
+pub use socket::StdListener;
+pub use worker::{Stop, Worker};

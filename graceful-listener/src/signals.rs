@@ -45,6 +45,7 @@ fn stop_signal_pending() -> std::io::Result<bool> {
 
 /// Handlers for the stop signals. Once installed, their default action (death) never
 /// applies again to this process, even after this value is dropped.
+#[derive(Debug)]
 pub(crate) struct StopSignals {
     usr2: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,

@@ -1,7 +1,7 @@
 //! Run an axum app under a socket manager such as Einhorn, and upgrade it without a single
 //! client noticing, keep-alive ones included.
 //!
-//! [`run`] serves a [`Router`] (or `app.into_make_service()`, or
+//! [`run`] serves a [`Router`](axum::Router) (or `app.into_make_service()`, or
 //! `app.into_make_service_with_connect_info::<SocketAddr>()`) on Einhorn's listener with the
 //! keep-alive-safe drain of [`einhorn_hyper`]: it ACKs to the master once serving, and on
 //! SIGUSR2 stops accepting, answers with `Connection: close`, gives idle keep-alive
@@ -19,7 +19,7 @@
 //! use axum::{Router, extract::ConnectInfo, routing::get};
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), graceful_listener::RunError> {
+//! async fn main() -> Result<(), einhorn_axum::RunError> {
 //!     let app = Router::new().route(
 //!         "/",
 //!         get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { format!("hello {peer}\n") }),
@@ -33,36 +33,45 @@
 //! }
 //! ```
 
+mod app;
 mod listener;
 mod make;
 
-use std::convert::Infallible;
-
-use axum::Router;
 use einhorn_hyper::{HttpRun, HttpServer};
-use graceful_listener::{Bind, Server};
 
+pub use app::App;
 pub use einhorn_hyper::{
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig, HttpRun as Run,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig,
+};
+pub use graceful_listener::{
+    Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
 };
 pub use listener::ServeListener;
 pub use make::{AxumMakeService, IncomingConnection};
 
+/// The builder [`run`] and [`serve`] return: every option of the worker and of the HTTP
+/// engine; `.await` it.
+pub type Run<M> = HttpRun<AxumMakeService<M>>;
+
 /// Serves an axum app on Einhorn's listener number `fd_index` until a stop signal, then drains
 /// without a keep-alive client noticing.
 ///
-/// `app` is a [`Router`], `app.into_make_service()`, or
-/// `app.into_make_service_with_connect_info::<C>()` for any `C` that is
-/// [`Connected`](axum::extract::connect_info::Connected) to an [`IncomingConnection`]
-/// (`SocketAddr` and [`graceful_listener::Address`] are). The returned [`Run`] is a builder
-/// with every option of the core and of the HTTP engine; `.await` it.
+/// `app` is a [`Router`](axum::Router) (with its state given: `Router<()>`),
+/// `app.into_make_service()`, or `app.into_make_service_with_connect_info::<C>()` for any
+/// `C` that is [`Connected`](axum::extract::connect_info::Connected) to an
+/// [`IncomingConnection`] (`SocketAddr` and [`graceful_listener::Address`] are): see [`App`].
+///
+/// `fd_index` is the position of the socket in the master's `-b` list (`0` for the first,
+/// `EINHORN_FD_0`): this expects a socket manager. [`serve`] binds by itself when there is
+/// none. The returned [`Run`] is a builder with every option of the core and of the HTTP
+/// engine; `.await` it.
 ///
 /// # Example
 /// ```no_run
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
 ///
-/// # async fn example() -> Result<(), graceful_listener::RunError> {
+/// # async fn example() -> Result<(), einhorn_axum::RunError> {
 /// let app = Router::new().route("/", get(|| async { "hello\n" }));
 /// let report = einhorn_axum::run(app, 0)
 ///     .drain_timeout(Duration::from_secs(10))
@@ -72,15 +81,12 @@ pub use make::{AxumMakeService, IncomingConnection};
 /// # Ok(())
 /// # }
 /// ```
-pub fn run<M>(app: M, fd_index: usize) -> HttpRun<AxumMakeService<M>>
-where
-    HttpServer<AxumMakeService<M>>: Server,
-{
+pub fn run<M: App>(app: M, fd_index: usize) -> Run<M> {
     serve(app).bind(Bind::Einhorn(fd_index))
 }
 
-/// Like [`run`], bound with [`Bind::Auto`] (Einhorn's first listener when run by Einhorn, else
-/// `127.0.0.1:8000`); set another spec with `.bind(..)`.
+/// Like [`run`], bound with [`Bind::Auto`] (the socket a manager passed when there is one,
+/// else `127.0.0.1:8000`); set another spec with `.bind(..)`.
 ///
 /// # Example
 /// ```no_run
@@ -92,27 +98,28 @@ where
 /// # Ok(())
 /// # }
 /// ```
-pub fn serve<M>(app: M) -> HttpRun<AxumMakeService<M>>
-where
-    HttpServer<AxumMakeService<M>>: Server,
-{
-    HttpRun::new(HttpServer::from_make_service(AxumMakeService::new(app)))
+pub fn serve<M: App>(app: M) -> Run<M> {
+    HttpRun::from(server(app))
 }
 
-/// A router is its own make-service: each connection gets a clone.
-impl tower_service::Service<IncomingConnection> for Router<()> {
-    type Response = Router<()>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Router<()>, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _conn: IncomingConnection) -> Self::Future {
-        std::future::ready(Ok(self.clone()))
-    }
+/// The HTTP server for an axum app, to serve beside the main one on another listener with
+/// [`Run::also_serve`](einhorn_hyper::HttpRun::also_serve) (an admin router on `einhorn@1`,
+/// say).
+///
+/// # Example
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use einhorn_axum::Bind;
+///
+/// # async fn example() -> Result<(), einhorn_axum::RunError> {
+/// let app = Router::new().route("/", get(|| async { "hello\n" }));
+/// let admin = Router::new().route("/metrics", get(|| async { "requests 1\n" }));
+/// einhorn_axum::run(app, 0)
+///     .also_serve(Bind::Einhorn(1), einhorn_axum::server(admin))
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn server<M: App>(app: M) -> HttpServer<AxumMakeService<M>> {
+    HttpServer::from_make_service(AxumMakeService::new(app))
 }

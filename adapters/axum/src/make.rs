@@ -9,6 +9,8 @@ use std::task::{Context, Poll, ready};
 use axum::extract::connect_info::Connected;
 use einhorn_hyper::{ConnectionInfo, MakeService};
 use graceful_listener::Address;
+
+use crate::App;
 use hyper_util::service::TowerToHyperService;
 
 /// A connection as axum's make-services see it: what
@@ -94,6 +96,8 @@ impl Connected<IncomingConnection> for Address {
 ///
 /// let app: Router = Router::new().route("/", get(|| async { "hello" }));
 /// let server = einhorn_hyper::HttpServer::from_make_service(AxumMakeService::new(app));
+/// // the same as
+/// let server = einhorn_axum::server(Router::new().route("/", get(|| async { "hello" })));
 /// ```
 #[derive(Debug, Clone)]
 pub struct AxumMakeService<M>(M);
@@ -112,9 +116,7 @@ impl<M> AxumMakeService<M> {
 
 impl<M, S> MakeService for AxumMakeService<M>
 where
-    M: tower_service::Service<IncomingConnection, Response = S, Error = Infallible>
-        + Send
-        + 'static,
+    M: App + tower_service::Service<IncomingConnection, Response = S, Error = Infallible>,
     M::Future: Send + 'static,
 {
     type Service = TowerToHyperService<S>;

@@ -70,8 +70,9 @@ where
     HttpRun::new(HttpServer::new(service))
 }
 
-/// A worker serving HTTP: [`graceful_listener::Run`] plus the HTTP options of [`HttpConfig`].
-/// Made by [`run`] (or the adapters' `run`); `.await` it.
+/// A worker serving HTTP: the options of [`graceful_listener::Run`] plus the HTTP options of
+/// [`HttpConfig`]. Made by [`run`] or [`serve`] (or the adapters' `run` and `serve`); `.await`
+/// it.
 ///
 /// # Example
 /// ```no_run
@@ -96,10 +97,7 @@ pub struct HttpRun<M> {
     run: Run<HttpServer<M>>,
 }
 
-impl<M> HttpRun<M>
-where
-    HttpServer<M>: Server,
-{
+impl<M> HttpRun<M> {
     /// A worker for `server`, bound with [`Bind::Auto`] (Einhorn's first listener when run by
     /// Einhorn, else `127.0.0.1:8000`).
     ///
@@ -111,10 +109,11 @@ where
     /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
     /// let worker = einhorn_hyper::HttpRun::new(einhorn_hyper::HttpServer::new(service));
     /// ```
-    pub fn new(server: HttpServer<M>) -> HttpRun<M> {
-        HttpRun {
-            run: Run::new(server),
-        }
+    pub fn new(server: HttpServer<M>) -> HttpRun<M>
+    where
+        HttpServer<M>: Server,
+    {
+        HttpRun::from(server)
     }
 
     /// Where to listen. See [`Bind`] for the specs.
@@ -125,7 +124,7 @@ where
     /// # use http_body_util::Empty;
     /// # use hyper::{Response, body::Bytes, service::service_fn};
     /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
-    /// let worker = einhorn_hyper::run(service, 0).bind("unix:/tmp/app.sock".parse().unwrap());
+    /// let worker = einhorn_hyper::serve(service).bind("unix:/tmp/app.sock".parse().unwrap());
     /// ```
     pub fn bind(self, bind: Bind) -> HttpRun<M> {
         HttpRun {
@@ -133,9 +132,9 @@ where
         }
     }
 
-    /// The longest the drain may take; connections still open then are forced closed, and
-    /// the force is logged. An upper bound, never a sleep. Default
-    /// [`graceful_listener::DEFAULT_DRAIN_TIMEOUT`].
+    /// Serves another server on another listener of the same worker (an admin or metrics
+    /// endpoint on `einhorn@1`, say): one ACK once all serve, one drain, one report. See
+    /// [`Run::also_serve`].
     ///
     /// # Example
     /// ```
@@ -143,47 +142,27 @@ where
     /// # use http_body_util::Empty;
     /// # use hyper::{Response, body::Bytes, service::service_fn};
     /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
-    /// let worker = einhorn_hyper::run(service, 0).drain_timeout(std::time::Duration::from_secs(5));
+    /// # let admin = service.clone();
+    /// use graceful_listener::Bind;
+    /// use einhorn_hyper::HttpServer;
+    ///
+    /// let worker = einhorn_hyper::run(service, 0).also_serve(Bind::Einhorn(1), HttpServer::new(admin));
     /// ```
-    pub fn drain_timeout(self, timeout: Duration) -> HttpRun<M> {
+    pub fn also_serve<T>(self, bind: Bind, server: T) -> HttpRun<M>
+    where
+        T: Server + Send + 'static,
+    {
         HttpRun {
-            run: self.run.drain_timeout(timeout),
+            run: self.run.also_serve(bind, server),
         }
     }
 
-    /// A callback run once, after accepting has stopped and before the drain (Go's
-    /// `OnStopCallback`).
-    ///
-    /// # Example
-    /// ```
-    /// # use std::convert::Infallible;
-    /// # use http_body_util::Empty;
-    /// # use hyper::{Response, body::Bytes, service::service_fn};
-    /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
-    /// let worker = einhorn_hyper::run(service, 0).on_stop(|| eprintln!("draining"));
-    /// ```
-    pub fn on_stop(self, callback: impl FnOnce() + Send + 'static) -> HttpRun<M> {
-        HttpRun {
-            run: self.run.on_stop(callback),
-        }
-    }
-
-    /// Whether to ACK to the Einhorn master once serving; by default, exactly when this
-    /// process is an Einhorn worker.
-    ///
-    /// # Example
-    /// ```
-    /// # use std::convert::Infallible;
-    /// # use http_body_util::Empty;
-    /// # use hyper::{Response, body::Bytes, service::service_fn};
-    /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
-    /// let worker = einhorn_hyper::run(service, 0).ack(false);
-    /// ```
-    pub fn ack(self, ack: bool) -> HttpRun<M> {
-        HttpRun {
-            run: self.run.ack(ack),
-        }
-    }
+    graceful_listener::__worker_options_methods!(
+        field = run,
+        core = "graceful_listener",
+        setup = "# use std::convert::Infallible;\n# use http_body_util::Empty;\n# use hyper::{Response, body::Bytes, service::service_fn};\n# let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });\n",
+        builder = "einhorn_hyper::run(service, 0)",
+    );
 
     /// Once stopping, how long an idle HTTP/1 keep-alive connection may still send one more
     /// request; see [`HttpConfig::idle_grace`]. Default [`crate::DEFAULT_IDLE_GRACE`].
@@ -272,6 +251,15 @@ where
     /// ```
     pub fn into_run(self) -> Run<HttpServer<M>> {
         self.run
+    }
+}
+
+/// A worker for `server`, as [`HttpRun::new`], for code generic over the server.
+impl<M> From<HttpServer<M>> for HttpRun<M> {
+    fn from(server: HttpServer<M>) -> HttpRun<M> {
+        HttpRun {
+            run: Run::for_server(server),
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! use warp::Filter;
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), graceful_listener::RunError> {
+//! async fn main() -> Result<(), einhorn_warp::RunError> {
 //!     let hello = warp::path::end().map(|| "hello\n");
 //!     let report = einhorn_warp::run(hello, 0)
 //!         .drain_timeout(Duration::from_secs(10))
@@ -29,19 +29,27 @@ use std::future::Future;
 use std::pin::Pin;
 
 use einhorn_hyper::{HttpRun, HttpServer, Shared};
-use graceful_listener::Bind;
 use hyper::Request;
 use hyper::body::Incoming;
 use warp::{Filter, Reply};
 
 pub use einhorn_hyper::{
-    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig, HttpRun as Run,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig,
 };
+pub use graceful_listener::{
+    Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
+};
+
+/// The builder [`run`] and [`serve`] return: every option of the worker and of the HTTP
+/// engine; `.await` it.
+pub type Run<F> = HttpRun<Shared<WarpService<F>>>;
 
 /// Serves a warp filter on Einhorn's listener number `fd_index` until a stop signal, then
 /// drains without a keep-alive client noticing.
 ///
-/// The returned [`Run`] is a builder with every option of the core and of the HTTP engine;
+/// `fd_index` is the position of the socket in the master's `-b` list (`0` for the first,
+/// `EINHORN_FD_0`): this expects a socket manager. [`serve`] binds by itself when there is
+/// none. The returned [`Run`] is a builder with every option of the core and of the HTTP engine;
 /// `.await` it.
 ///
 /// # Example
@@ -49,7 +57,7 @@ pub use einhorn_hyper::{
 /// use std::time::Duration;
 /// use warp::Filter;
 ///
-/// # async fn example() -> Result<(), graceful_listener::RunError> {
+/// # async fn example() -> Result<(), einhorn_warp::RunError> {
 /// let routes = warp::path!("hello" / String).map(|name| format!("hello {name}\n"));
 /// let report = einhorn_warp::run(routes, 0)
 ///     .drain_timeout(Duration::from_secs(10))
@@ -58,7 +66,7 @@ pub use einhorn_hyper::{
 /// # Ok(())
 /// # }
 /// ```
-pub fn run<F>(filter: F, fd_index: usize) -> HttpRun<Shared<WarpService<F>>>
+pub fn run<F>(filter: F, fd_index: usize) -> Run<F>
 where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: Reply,
@@ -66,8 +74,8 @@ where
     serve(filter).bind(Bind::Einhorn(fd_index))
 }
 
-/// Like [`run`], bound with [`Bind::Auto`] (Einhorn's first listener when run by Einhorn, else
-/// `127.0.0.1:8000`); set another spec with `.bind(..)`.
+/// Like [`run`], bound with [`Bind::Auto`] (the socket a manager passed when there is one,
+/// else `127.0.0.1:8000`); set another spec with `.bind(..)`.
 ///
 /// # Example
 /// ```no_run
@@ -79,12 +87,37 @@ where
 /// # Ok(())
 /// # }
 /// ```
-pub fn serve<F>(filter: F) -> HttpRun<Shared<WarpService<F>>>
+pub fn serve<F>(filter: F) -> Run<F>
 where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: Reply,
 {
-    HttpRun::new(HttpServer::new(WarpService::new(filter)))
+    HttpRun::from(server(filter))
+}
+
+/// The HTTP server for a warp filter, to serve beside the main one on another listener with
+/// [`Run::also_serve`](einhorn_hyper::HttpRun::also_serve) (admin routes on `einhorn@1`, say).
+///
+/// # Example
+/// ```no_run
+/// use einhorn_warp::Bind;
+/// use warp::Filter;
+///
+/// # async fn example() -> Result<(), einhorn_warp::RunError> {
+/// let app = warp::path::end().map(|| "hello\n");
+/// let admin = warp::path("metrics").map(|| "requests 1\n");
+/// einhorn_warp::run(app, 0)
+///     .also_serve(Bind::Einhorn(1), einhorn_warp::server(admin))
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn server<F>(filter: F) -> HttpServer<Shared<WarpService<F>>>
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: Reply,
+{
+    HttpServer::new(WarpService::new(filter))
 }
 
 /// A warp filter as a [`hyper::service::Service`] (through [`warp::service`]), for

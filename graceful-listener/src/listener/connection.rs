@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::tracker::TrackGuard;
+use super::tracker::ConnectionGuard;
 
 /// The address of either end of a connection, or of a listener.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,7 +54,7 @@ impl fmt::Display for Address {
 pub struct Connection {
     // Field order matters: the guard must leave the registry before the stream closes the
     // fd (fields drop in declaration order), so hammer time never touches a reused fd number.
-    _guard: TrackGuard,
+    _guard: ConnectionGuard,
     stream: Stream,
 }
 
@@ -73,14 +73,14 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn tcp(guard: TrackGuard, stream: TcpStream) -> Connection {
+    pub(crate) fn tcp(guard: ConnectionGuard, stream: TcpStream) -> Connection {
         Connection {
             _guard: guard,
             stream: Stream::Tcp(stream),
         }
     }
 
-    pub(crate) fn unix(guard: TrackGuard, stream: UnixStream) -> Connection {
+    pub(crate) fn unix(guard: ConnectionGuard, stream: UnixStream) -> Connection {
         Connection {
             _guard: guard,
             stream: Stream::Unix(stream),

@@ -3,16 +3,25 @@
 mod connection;
 mod tracker;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use connection::{Address, Connection};
+pub use tracker::ConnectionGuard;
 use tracker::Tracker;
 
-use crate::bind::{Bind, BindError, RawListener};
+use crate::bind::{Bind, BindError};
 use crate::env::EinhornEnv;
 use crate::shutdown::{Phase, Shutdown, ShutdownSignal};
+use crate::socket::StdListener;
+
+/// A listening socket registered with tokio.
+#[derive(Debug)]
+enum RawListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
 
 /// How long accept backs off after an error that is not about one connection (out of file
 /// descriptors, typically): long enough for the condition to clear, short enough to recover.
@@ -49,8 +58,11 @@ pub struct GracefulListener {
     signal: ShutdownSignal,
 }
 
-/// Controls a [`GracefulListener`] from outside its accept loop: stop it, watch its live
-/// connections drain, cut them. Cheap to clone.
+/// Controls a worker's listeners from outside their accept loops: stop them, count and
+/// track connections, watch them drain, cut them. Cheap to clone.
+///
+/// Every listener a [`Worker`](crate::Worker) opens shares its worker's handle: one stop,
+/// one live count, one drain. A [`GracefulListener`] made on its own has its own handle.
 #[derive(Debug, Clone)]
 pub struct ListenerHandle {
     tracker: Arc<Tracker>,
@@ -71,35 +83,62 @@ impl GracefulListener {
         bind: &Bind,
         env: &EinhornEnv,
     ) -> Result<GracefulListener, BindError> {
-        Ok(GracefulListener::from_raw(bind.open(env).await?))
+        let listener = bind.open_std(env)?;
+        GracefulListener::from_std_with(listener, ListenerHandle::new()).map_err(|source| {
+            BindError::Io {
+                bind: bind.clone().resolve_auto_in(env),
+                source,
+            }
+        })
+    }
+
+    /// Wraps a listening socket taken or bound without a runtime (see [`StdListener`]).
+    ///
+    /// # Errors
+    /// When the socket cannot be registered with tokio.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[track_caller]
+    pub fn from_std(listener: StdListener) -> std::io::Result<GracefulListener> {
+        GracefulListener::from_std_with(listener, ListenerHandle::new())
+    }
+
+    #[track_caller]
+    pub(crate) fn from_std_with(
+        listener: StdListener,
+        handle: ListenerHandle,
+    ) -> std::io::Result<GracefulListener> {
+        // Every StdListener is non-blocking already, as tokio requires.
+        let raw = match listener {
+            StdListener::Tcp(l) => RawListener::Tcp(tokio::net::TcpListener::from_std(l)?),
+            StdListener::Unix(l) => RawListener::Unix(tokio::net::UnixListener::from_std(l)?),
+        };
+        Ok(GracefulListener::from_raw(raw, handle))
     }
 
     /// Wraps a bound tokio TCP listener.
     pub fn from_tcp(listener: tokio::net::TcpListener) -> GracefulListener {
-        GracefulListener::from_raw(RawListener::Tcp(listener))
+        GracefulListener::from_raw(RawListener::Tcp(listener), ListenerHandle::new())
     }
 
     /// Wraps a bound tokio Unix listener.
     pub fn from_unix(listener: tokio::net::UnixListener) -> GracefulListener {
-        GracefulListener::from_raw(RawListener::Unix(listener))
+        GracefulListener::from_raw(RawListener::Unix(listener), ListenerHandle::new())
     }
 
-    fn from_raw(listener: RawListener) -> GracefulListener {
+    fn from_raw(listener: RawListener, handle: ListenerHandle) -> GracefulListener {
         let local_addr = match &listener {
             RawListener::Tcp(l) => l.local_addr().map(Address::Tcp),
             RawListener::Unix(l) => l.local_addr().map(|a| Address::from_unix(&a)),
         }
         // A bound listener always knows its address; fall back rather than fail for a log field.
         .unwrap_or(Address::Unix(None));
-        let shutdown = Shutdown::new();
         GracefulListener {
             listener: Some(listener),
             local_addr,
-            signal: shutdown.signal(),
-            handle: ListenerHandle {
-                tracker: Tracker::new(),
-                shutdown,
-            },
+            signal: handle.shutdown.signal(),
+            handle,
         }
     }
 
@@ -194,7 +233,40 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 impl ListenerHandle {
-    /// Stops accepting: the listener's `accept` returns `None` and its socket is closed.
+    pub(crate) fn new() -> ListenerHandle {
+        ListenerHandle {
+            tracker: Tracker::new(),
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// Counts a connection accepted by a host that accepts on its own (actix-web's accept
+    /// thread, a blocking accept loop): it stays live, drained for, and cut at hammer time,
+    /// until the returned guard is dropped. Connections from a [`GracefulListener`] are
+    /// counted already.
+    ///
+    /// Hammer time shuts the socket down (`shutdown(2)`) wherever its task is; it first
+    /// checks that `fd` is still the same socket, so a guard that outlives its connection
+    /// never cuts another file that reused the number.
+    ///
+    /// # Example
+    /// ```
+    /// use std::os::fd::AsFd;
+    ///
+    /// # fn serve(_: std::net::TcpStream) {}
+    /// fn on_accept(handle: &graceful_listener::ListenerHandle, stream: std::net::TcpStream) {
+    ///     let guard = handle.track(stream.as_fd());
+    ///     std::thread::spawn(move || {
+    ///         let _guard = guard; // counted until this thread is done with the stream
+    ///         serve(stream);
+    ///     });
+    /// }
+    /// ```
+    pub fn track(&self, fd: BorrowedFd<'_>) -> ConnectionGuard {
+        self.tracker.track_external(fd.as_raw_fd())
+    }
+
+    /// Stops accepting: every listener's `accept` returns `None` and its socket is closed.
     /// Connections already accepted carry on. Returns whether this call did the stopping.
     pub fn stop(&self) -> bool {
         self.shutdown.advance(Phase::Stopping)

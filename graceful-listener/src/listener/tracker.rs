@@ -23,8 +23,18 @@ pub(crate) struct Tracker {
 #[derive(Debug, Default)]
 struct Registry {
     next_id: u64,
-    fds: HashMap<u64, RawFd>,
+    fds: HashMap<u64, Tracked>,
     forced: bool,
+}
+
+/// A live connection's socket, as hammer time needs it.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    fd: RawFd,
+    /// For a connection whose fd a host closes on its own schedule (not through a
+    /// [`Connection`](super::Connection), which drops its guard first): the socket's inode,
+    /// checked before shutting the fd down, in case the number now names another file.
+    inode: Option<u64>,
 }
 
 impl Tracker {
@@ -36,19 +46,33 @@ impl Tracker {
         })
     }
 
-    /// Registers a connection; it stays counted until the returned guard is dropped.
-    pub(crate) fn track(self: &Arc<Tracker>, fd: RawFd) -> TrackGuard {
+    /// Registers a connection whose guard is dropped before its fd is closed (a
+    /// [`Connection`](super::Connection)); it stays counted until the guard is dropped.
+    pub(crate) fn track(self: &Arc<Tracker>, fd: RawFd) -> ConnectionGuard {
+        self.register(Tracked { fd, inode: None })
+    }
+
+    /// Registers a connection a host closes itself, in any order with the guard: hammer
+    /// time checks the socket's identity before shutting it down.
+    pub(crate) fn track_external(self: &Arc<Tracker>, fd: RawFd) -> ConnectionGuard {
+        self.register(Tracked {
+            fd,
+            inode: inode(fd),
+        })
+    }
+
+    fn register(self: &Arc<Tracker>, tracked: Tracked) -> ConnectionGuard {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         let mut registry = self.lock();
         let id = registry.next_id;
         registry.next_id += 1;
         if registry.forced {
             // Accepted after hammer time (a race with the stop): it gets no service either.
-            shutdown_socket(fd);
+            shutdown_tracked(tracked);
         }
-        registry.fds.insert(id, fd);
+        registry.fds.insert(id, tracked);
         self.live.send_replace(registry.fds.len());
-        TrackGuard {
+        ConnectionGuard {
             tracker: self.clone(),
             id,
         }
@@ -60,8 +84,8 @@ impl Tracker {
         registry.forced = true;
         // The lock is held while shutting down: a connection being dropped meanwhile waits in
         // its guard's drop, before its fd is closed, so no fd number here can have been reused.
-        for &fd in registry.fds.values() {
-            shutdown_socket(fd);
+        for &tracked in registry.fds.values() {
+            shutdown_tracked(tracked);
         }
         registry.fds.len()
     }
@@ -85,22 +109,44 @@ impl Tracker {
     }
 }
 
-fn shutdown_socket(fd: RawFd) {
-    // SAFETY: `fd` is a connected socket owned by a live `Connection` (see force_close).
+fn shutdown_tracked(tracked: Tracked) {
+    if tracked.inode.is_some() && inode(tracked.fd) != tracked.inode {
+        // The host closed this connection and the number was reused: not ours to cut.
+        return;
+    }
+    // SAFETY: `fd` is a connected socket still open (see force_close and the inode check).
     // Errors (ENOTCONN when the peer is gone already) need no handling: the goal is met.
     unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::shutdown(tracked.fd, libc::SHUT_RDWR);
     }
 }
 
-/// Keeps a connection counted. Must be dropped before the connection's fd is closed.
+/// The inode of the file at `fd` (sockets have unique ones while open); `None` if closed.
+fn inode(fd: RawFd) -> Option<u64> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the struct it is given; it is read only on success.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful fstat above.
+    Some(unsafe { stat.assume_init() }.st_ino)
+}
+
+/// Keeps a connection counted by its worker until dropped: the live count, the drain, and
+/// hammer time (which shuts the connection's socket down) all see it.
+///
+/// Made by [`ListenerHandle::track`](super::ListenerHandle::track) for a connection accepted
+/// by a host that accepts on its own (actix-web, a thread); every
+/// [`Connection`](super::Connection) a [`GracefulListener`](super::GracefulListener) hands
+/// out holds one already. Keep it exactly as long as the connection is open.
 #[derive(Debug)]
-pub(crate) struct TrackGuard {
+#[must_use = "the connection is counted only while its guard lives"]
+pub struct ConnectionGuard {
     tracker: Arc<Tracker>,
     id: u64,
 }
 
-impl Drop for TrackGuard {
+impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let mut registry = self.tracker.lock();
         registry.fds.remove(&self.id);
@@ -161,5 +207,40 @@ mod tests {
         let (mut late, _) = listener.accept().unwrap();
         let _late_guard = tracker.track(late.as_raw_fd());
         assert_eq!(late.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_external_guard_never_cuts_a_reused_fd_number() {
+        /// A number no other test uses, so that reusing it here is safe.
+        const FD: RawFd = 850;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        // SAFETY: dup2 onto a number only this test uses.
+        assert_eq!(unsafe { libc::dup2(server.as_raw_fd(), FD) }, FD);
+        drop(server);
+        let tracker = Tracker::new();
+        let guard = tracker.track_external(FD);
+        // The host closes the connection but keeps the guard (an order `Connection` rules
+        // out), and the number is reused by another connection.
+        // SAFETY: closing the dup this test made.
+        unsafe { libc::close(FD) };
+        let mut other_client = std::net::TcpStream::connect(addr).unwrap();
+        let (other, _) = listener.accept().unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::dup2(other.as_raw_fd(), FD) }, FD);
+        drop(other);
+        assert_eq!(tracker.force_close(), 1);
+        // The unrelated connection at that number was not cut.
+        // SAFETY: FD is open (the dup above) and owned by this test from here on.
+        let mut reused =
+            unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(FD) };
+        other_client.write_all(b"ok").unwrap();
+        let mut buf = [0u8; 2];
+        reused.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ok");
+        drop(guard);
+        assert_eq!(tracker.live(), 0);
     }
 }

@@ -1,0 +1,133 @@
+//! What a worker's life ends with: a [`RunReport`], or a [`RunError`].
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::bind::BindError;
+use crate::einhorn::AckError;
+
+/// Why a worker stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopCause {
+    /// A signal, by name: `SIGUSR2`, `SIGTERM`, `SIGINT` or `SIGQUIT`.
+    Signal(&'static str),
+    /// The server's `serve` returned on its own.
+    ServerEnded,
+    /// The application asked, through [`ListenerHandle::stop`](crate::ListenerHandle::stop).
+    Requested,
+}
+
+impl fmt::Display for StopCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopCause::Signal(name) => f.write_str(name),
+            StopCause::ServerEnded => f.write_str("server ended"),
+            StopCause::Requested => f.write_str("stop requested"),
+        }
+    }
+}
+
+/// What happened during a worker's life, returned by [`run`](crate::run) and
+/// [`Worker::drain`](crate::Worker::drain).
+///
+/// # Example
+/// ```no_run
+/// # async fn example(server: impl graceful_listener::Server + Send + 'static) -> Result<(), graceful_listener::RunError> {
+/// let report = graceful_listener::run(server, 0).await?;
+/// if report.forced > 0 {
+///     eprintln!("the drain was cut: {} connections forced closed", report.forced);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// Why it stopped.
+    pub cause: StopCause,
+    /// Connections accepted over the worker's life, on every listener.
+    pub served: u64,
+    /// Connections open at the stop that finished on their own.
+    pub drained: u64,
+    /// Connections force-closed at the drain timeout or on a second signal.
+    pub forced: u64,
+    /// Time from the stop to the end of the drain.
+    pub drain_time: Duration,
+}
+
+impl RunReport {
+    /// Whether every connection finished on its own: nothing was cut.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn example(server: impl graceful_listener::Server + Send + 'static) -> Result<(), graceful_listener::RunError> {
+    /// let report = graceful_listener::run(server, 0).await?;
+    /// std::process::exit(if report.is_clean() { 0 } else { 3 });
+    /// # }
+    /// ```
+    pub fn is_clean(&self) -> bool {
+        self.forced == 0
+    }
+}
+
+/// A worker could not run.
+///
+/// Its `Debug` form is its message, so that `fn main() -> Result<(), RunError>` prints what
+/// went wrong in words (`{:#?}` gives the structure).
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The listener could not be taken or bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The master could not be told we are ready.
+    #[error(transparent)]
+    Ack(#[from] AckError),
+    /// The server failed.
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl fmt::Debug for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            // Every message here already says its cause.
+            return write!(f, "{self}");
+        }
+        match self {
+            RunError::Signals(e) => f.debug_tuple("Signals").field(e).finish(),
+            RunError::Bind(e) => f.debug_tuple("Bind").field(e).finish(),
+            RunError::Ack(e) => f.debug_tuple("Ack").field(e).finish(),
+            RunError::Serve(e) => f.debug_tuple("Serve").field(e).finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bind::Bind;
+    use crate::env::EnvError;
+
+    #[test]
+    fn debug_is_the_message_a_user_can_read() {
+        let err = RunError::Bind(BindError::Env {
+            bind: Bind::Einhorn(0),
+            source: EnvError::Missing {
+                var: "EINHORN_MASTER_PID".into(),
+            },
+        });
+        assert_eq!(
+            format!("{err:?}"),
+            "cannot take einhorn@0: EINHORN_MASTER_PID is not set: this process was not started by an Einhorn master"
+        );
+        assert!(
+            format!("{err:#?}").starts_with("Bind(\n    Env {"),
+            "{err:#?}"
+        );
+    }
+}

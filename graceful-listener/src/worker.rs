@@ -1,0 +1,350 @@
+//! [`Worker`]: a worker's life as pieces any host can drive, whoever accepts the connections.
+//!
+//! [`run`](crate::run) is built on these pieces for servers that serve a
+//! [`GracefulListener`] on tokio. A host that accepts on its own threads (actix-web) or runs
+//! its own loop drives them itself: [`Worker::new`] (signals first), [`Worker::listen_std`],
+//! [`ListenerHandle::track`] per connection, [`Worker::ready`], [`Worker::stopped`], then
+//! [`Worker::drain`].
+
+use std::time::{Duration, Instant};
+
+use crate::bind::{Bind, BindError};
+use crate::einhorn::{ACK_RETRY_FOR, AckError, ack_with};
+use crate::env::EinhornEnv;
+use crate::listener::{GracefulListener, ListenerHandle};
+use crate::options::{OnStop, WorkerOptions};
+use crate::report::{RunError, RunReport, StopCause};
+use crate::shutdown::ShutdownSignal;
+use crate::signals::{StopRequest, StopSignals};
+use crate::socket::StdListener;
+
+/// After a force close, how long to wait for connection tasks to notice and finish.
+pub(crate) const AFTER_FORCE_GRACE: Duration = Duration::from_secs(1);
+
+/// Why and how a worker is to stop: what [`Worker::stopped`] returns and [`Worker::drain`]
+/// takes.
+///
+/// # Example
+/// ```
+/// use graceful_listener::{Stop, StopCause};
+///
+/// let stop = Stop::server_ended();
+/// assert_eq!(stop.cause(), StopCause::ServerEnded);
+/// assert!(!stop.is_immediate());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop {
+    cause: StopCause,
+    immediate: bool,
+}
+
+impl Stop {
+    /// The stop of a worker whose server ended on its own: a graceful drain of what is left.
+    pub fn server_ended() -> Stop {
+        Stop {
+            cause: StopCause::ServerEnded,
+            immediate: false,
+        }
+    }
+
+    /// Why the worker stops.
+    pub fn cause(&self) -> StopCause {
+        self.cause
+    }
+
+    /// Whether the stop is "now" (SIGQUIT): no drain, every connection is cut at once.
+    pub fn is_immediate(&self) -> bool {
+        self.immediate
+    }
+}
+
+impl From<StopRequest> for Stop {
+    fn from(request: StopRequest) -> Stop {
+        Stop {
+            cause: StopCause::Signal(request.signal_name()),
+            immediate: matches!(request, StopRequest::Immediate(_)),
+        }
+    }
+}
+
+/// The life of one worker process, in pieces: stop signals, listeners, readiness (the ACK),
+/// the stop, and a bounded drain that ends in a [`RunReport`].
+///
+/// Every listener a worker opens shares one [`ListenerHandle`]: one stop, one live count, one
+/// drain, one report, however many sockets it serves.
+///
+/// # Example
+/// A host with an accept loop of its own (as actix-web has):
+/// ```no_run
+/// use graceful_listener::{Bind, ListenerHandle, StdListener, Worker, WorkerOptions};
+///
+/// # struct MyServer;
+/// # impl MyServer {
+/// #     fn start(_: StdListener, _: ListenerHandle) -> MyServer { MyServer }
+/// #     fn stop_accepting(&self) {}
+/// # }
+/// # async fn example() -> Result<(), graceful_listener::RunError> {
+/// // First: from here on, SIGUSR2 / SIGTERM / SIGINT / SIGQUIT only ask the worker to stop.
+/// let mut worker = Worker::new(WorkerOptions::default())?;
+/// let listener = worker.listen_std(&Bind::Einhorn(0))?;
+/// // The server calls `handle.track(fd)` for each connection it accepts, and keeps the
+/// // guard as long as the connection is open.
+/// let server = MyServer::start(listener, worker.handle());
+/// worker.ready().await?; // ACK: we accept
+/// let stop = worker.stopped().await;
+/// server.stop_accepting();
+/// let report = worker.drain(stop).await;
+/// eprintln!("{report:?}");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "a Worker does nothing until driven"]
+pub struct Worker {
+    options: WorkerOptions,
+    signals: StopSignals,
+    /// A stop signal was pending when the handlers were installed.
+    stop_pending: bool,
+    /// A stop seen before readiness, for [`Worker::stopped`] to return.
+    early: Option<Stop>,
+    readied: bool,
+    env: EinhornEnv,
+    handle: ListenerHandle,
+}
+
+impl Worker {
+    /// Starts a worker's life: installs the handlers for the stop signals, then unblocks
+    /// them. Call it before anything can signal the process, that is before ACKing and before
+    /// starting anything slow: until then SIGUSR2 (Einhorn's stop) kills the process.
+    ///
+    /// | signal | asks for |
+    /// | --- | --- |
+    /// | SIGUSR2, SIGTERM, SIGINT | a graceful stop: stop accepting, drain |
+    /// | SIGQUIT, or a second signal while draining | stop now: cut every connection |
+    ///
+    /// # Errors
+    /// [`RunError::Signals`] when the handlers cannot be installed.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with IO enabled (actix-web's runtime is one).
+    pub fn new(options: WorkerOptions) -> Result<Worker, RunError> {
+        let (signals, stop_pending) = StopSignals::install().map_err(RunError::Signals)?;
+        Ok(Worker {
+            options,
+            signals,
+            stop_pending,
+            early: None,
+            readied: false,
+            env: EinhornEnv::from_process(),
+            handle: ListenerHandle::new(),
+        })
+    }
+
+    /// The handle every listener of this worker shares: counts connections
+    /// ([`ListenerHandle::track`] for hosts that accept on their own), stops, cuts.
+    pub fn handle(&self) -> ListenerHandle {
+        self.handle.clone()
+    }
+
+    /// A watcher of the stop, for servers and request handlers.
+    pub fn shutdown_signal(&self) -> ShutdownSignal {
+        self.handle.shutdown_signal()
+    }
+
+    /// Opens a bind spec as a tokio listener whose connections this worker tracks, and whose
+    /// `accept` ends when the worker stops.
+    ///
+    /// # Errors
+    /// A [`BindError`] naming the spec and, for inherited sockets, the variable and value at
+    /// fault.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[track_caller]
+    pub fn listen(&self, bind: &Bind) -> Result<GracefulListener, BindError> {
+        let resolved = bind.clone().resolve_auto_in(&self.env);
+        let listener = self.open(&resolved)?;
+        GracefulListener::from_std_with(listener, self.handle.clone()).map_err(|source| {
+            BindError::Io {
+                bind: resolved,
+                source,
+            }
+        })
+    }
+
+    /// Opens a bind spec as a std listener (non-blocking, close-on-exec) for a host that
+    /// accepts on its own; the host counts each connection with [`ListenerHandle::track`]
+    /// and stops accepting when [`Worker::stopped`] returns.
+    ///
+    /// # Errors
+    /// As [`Worker::listen`].
+    pub fn listen_std(&self, bind: &Bind) -> Result<StdListener, BindError> {
+        let resolved = bind.clone().resolve_auto_in(&self.env);
+        self.open(&resolved)
+    }
+
+    fn open(&self, bind: &Bind) -> Result<StdListener, BindError> {
+        let listener = bind.open_std(&self.env)?;
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(%bind, %addr, "listening"),
+            Err(_) => tracing::info!(%bind, "listening"),
+        }
+        Ok(listener)
+    }
+
+    /// Says the worker is ready: ACKs to the Einhorn master (when this process is a worker,
+    /// or as [`WorkerOptions::ack`] says). Call it once every listener really accepts.
+    ///
+    /// A stop that arrives first (or was pending at [`Worker::new`]) cancels the ACK: a
+    /// master must not count as ready a worker that is leaving. [`Worker::stopped`] then
+    /// returns that stop at once.
+    ///
+    /// # Errors
+    /// An [`AckError`] when the master's command socket stays unreachable: the host should
+    /// stop serving and exit non-zero.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: an ACK may be cut half written.
+    pub async fn ready(&mut self) -> Result<(), AckError> {
+        if std::mem::replace(&mut self.readied, true) {
+            return Ok(());
+        }
+        if self.stop_pending {
+            // Sent before we could handle it (a master started us with it blocked): it is on
+            // its way to `signals`, and we must not ACK a readiness we are giving up.
+            let request = self.signals.recv().await;
+            self.stopped_before_ready(request);
+            return Ok(());
+        }
+        if !self
+            .options
+            .ack
+            .unwrap_or_else(|| self.env.check_worker().is_ok())
+        {
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            request = self.signals.recv() => {
+                self.stopped_before_ready(request);
+                Ok(())
+            }
+            acked = ack_with(&self.env, ACK_RETRY_FOR) => acked,
+        }
+    }
+
+    fn stopped_before_ready(&mut self, request: StopRequest) {
+        tracing::info!(
+            signal = request.signal_name(),
+            "stop requested before ready: not acking"
+        );
+        self.early = Some(request.into());
+    }
+
+    /// Waits for a stop: a stop signal, or [`ListenerHandle::stop`] called by the
+    /// application. Listeners keep accepting until [`Worker::drain`] begins.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a signal that arrives meanwhile is kept for the next call.
+    pub async fn stopped(&mut self) -> Stop {
+        if let Some(stop) = self.early.take() {
+            return stop;
+        }
+        let signal = self.handle.shutdown_signal();
+        tokio::select! {
+            request = self.signals.recv() => request.into(),
+            () = signal.stopping() => Stop { cause: StopCause::Requested, immediate: false },
+        }
+    }
+
+    /// Drains: stops accepting on every listener (closing only this process's copy of a
+    /// shared socket), runs `on_stop`, and waits for every tracked connection to close, up to
+    /// the drain timeout; then, or at once for an immediate stop or on a second signal,
+    /// force-closes what is left and says so. Returns the report.
+    ///
+    /// A host that has its own way to stop (actix-web's `ServerHandle::stop`) runs it beside
+    /// this future; watch [`Worker::shutdown_signal`] for the hammer.
+    pub async fn drain(mut self, stop: Stop) -> RunReport {
+        let stopped_at = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
+        self.handle.stop();
+        let live_at_stop = self.handle.live();
+        tracing::info!(
+            cause = %stop.cause,
+            live = live_at_stop,
+            "stopping: no longer accepting, draining"
+        );
+        let mut on_stop = match self.options.on_stop.take() {
+            Some(OnStop::Sync(callback)) => {
+                callback();
+                None
+            }
+            Some(OnStop::Async(callback)) => Some(callback()),
+            None => None,
+        };
+
+        let must_force = stop.immediate
+            || {
+                let drained = self.handle.drained();
+                let mut drained = std::pin::pin!(drained);
+                let mut is_drained = false;
+                loop {
+                    if is_drained && on_stop.is_none() {
+                        break false;
+                    }
+                    tokio::select! {
+                        () = &mut drained, if !is_drained => is_drained = true,
+                        () = async { on_stop.as_mut().expect("checked").await }, if on_stop.is_some() => {
+                            on_stop = None;
+                        }
+                        () = tokio::time::sleep_until(deadline) => {
+                            tracing::warn!(
+                                timeout = ?self.options.drain_timeout,
+                                live = self.handle.live(),
+                                on_stop_done = on_stop.is_none(),
+                                "drain timeout"
+                            );
+                            break true;
+                        }
+                        second = self.signals.recv() => {
+                            tracing::warn!(
+                                signal = second.signal_name(),
+                                live = self.handle.live(),
+                                "second stop signal: stopping now"
+                            );
+                            break true;
+                        }
+                    }
+                }
+            };
+        let forced = if must_force {
+            let forced = self.handle.force_close();
+            if forced > 0 {
+                tracing::warn!(forced, "forced connections closed");
+            }
+            // Forced connections fail their next read or write; give their tasks a moment.
+            let _ = tokio::time::timeout(AFTER_FORCE_GRACE, self.handle.drained()).await;
+            forced
+        } else {
+            0
+        };
+        if on_stop.is_some() {
+            tracing::warn!("on_stop did not finish before the drain ended; abandoned");
+        }
+        let report = RunReport {
+            cause: stop.cause,
+            served: self.handle.accepted(),
+            drained: (live_at_stop as u64).saturating_sub(forced as u64),
+            forced: forced as u64,
+            drain_time: stopped_at.elapsed(),
+        };
+        tracing::info!(
+            served = report.served,
+            drained = report.drained,
+            forced = report.forced,
+            drain_ms = report.drain_time.as_millis() as u64,
+            "stopped"
+        );
+        report
+    }
+}
