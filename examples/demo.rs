@@ -5,6 +5,8 @@
 //! through the master's command socket, and prints what the clients saw. Then it does the
 //! same with `axum-baseline` (the Einhorn fd taken by hand, a manual ACK, and
 //! `axum::serve(..).with_graceful_shutdown(SIGUSR2)`): same master, same load, same upgrades.
+//! With `--framework actix`, the same with `actix-hello` beside `actix-baseline` (actix's own
+//! graceful stop on SIGUSR2).
 //!
 //! The workers and the master are the workspace's own binaries; when run through `cargo run`,
 //! the demo builds them first (same profile) unless `--no-build` is given.
@@ -40,6 +42,9 @@ struct Args {
     /// Which workers to run: both (ours, then the baseline), ours, or baseline.
     #[arg(long, value_enum, default_value = "both")]
     only: Only,
+    /// Which framework the workers are written with.
+    #[arg(long, value_enum, default_value = "axum")]
+    framework: Framework,
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -55,24 +60,59 @@ enum Only {
     Baseline,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Framework {
+    Axum,
+    Actix,
+}
+
+impl Framework {
+    fn name(self) -> &'static str {
+        match self {
+            Framework::Axum => "axum",
+            Framework::Actix => "actix-web",
+        }
+    }
+
+    /// Ours, then the baseline.
+    fn contenders(self) -> [Contender; 2] {
+        match self {
+            Framework::Axum => [
+                Contender {
+                    key: "ours",
+                    title: "graceful-listener (einhorn-axum)",
+                    example: "axum-hello",
+                },
+                Contender {
+                    key: "baseline",
+                    title: "baseline (axum::serve + with_graceful_shutdown)",
+                    example: "axum-baseline",
+                },
+            ],
+            Framework::Actix => [
+                Contender {
+                    key: "ours",
+                    title: "graceful-listener (einhorn-actix)",
+                    example: "actix-hello",
+                },
+                Contender {
+                    key: "baseline",
+                    title: "baseline (HttpServer::listen + stop(true))",
+                    example: "actix-baseline",
+                },
+            ],
+        }
+    }
+}
+
 /// One kind of worker to put under the master.
+#[derive(Clone, Copy)]
 struct Contender {
     key: &'static str,
     title: &'static str,
     example: &'static str,
 }
-
-const OURS: Contender = Contender {
-    key: "ours",
-    title: "graceful-listener (einhorn-axum)",
-    example: "axum-hello",
-};
-
-const BASELINE: Contender = Contender {
-    key: "baseline",
-    title: "baseline (axum::serve + with_graceful_shutdown)",
-    example: "axum-baseline",
-};
 
 /// What one upgrade did.
 #[derive(Debug, Serialize)]
@@ -86,6 +126,9 @@ struct UpgradeResult {
     /// Every pid was replaced: new pids all fresh, old ones all gone, and once the old ones
     /// were gone only new pids answered.
     replaced_every_pid: bool,
+    /// Pids that answered in this upgrade's window (or, for the last, after it) that were
+    /// neither its old nor its new workers.
+    unexpected_pids: Vec<i32>,
     failed_requests: u64,
     error: Option<String>,
 }
@@ -153,6 +196,7 @@ struct ContenderResult {
 
 #[derive(Debug, Serialize)]
 struct Summary {
+    framework: Framework,
     workers: usize,
     upgrades: usize,
     connections: usize,
@@ -170,20 +214,24 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let [ours, baseline] = args.framework.contenders();
     if !args.no_build
-        && let Err(e) = build_binaries()
+        && let Err(e) = build_binaries(&[ours, baseline])
     {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
     let contenders: Vec<Contender> = match args.only {
-        Only::Both => vec![OURS, BASELINE],
-        Only::Ours => vec![OURS],
-        Only::Baseline => vec![BASELINE],
+        Only::Both => vec![ours, baseline],
+        Only::Ours => vec![ours],
+        Only::Baseline => vec![baseline],
     };
     eprintln!(
-        "demo: {} axum workers under einhorn-master on 127.0.0.1, {} keep-alive connections, {} upgrades each",
-        args.workers, args.connections, args.upgrades
+        "demo: {} {} workers under einhorn-master on 127.0.0.1, {} keep-alive connections, {} upgrades each",
+        args.workers,
+        args.framework.name(),
+        args.connections,
+        args.upgrades
     );
     let mut results = Vec::new();
     for contender in &contenders {
@@ -196,6 +244,7 @@ fn main() -> ExitCode {
         }
     }
     let summary = Summary {
+        framework: args.framework,
         workers: args.workers,
         upgrades: args.upgrades,
         connections: args.connections,
@@ -212,15 +261,16 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Builds the master and both workers with the profile this demo was built with, through the
-/// cargo that runs us (`cargo run` sets `CARGO`).
-fn build_binaries() -> Result<(), String> {
+/// Builds the master and the contenders' workers with the profile this demo was built with,
+/// through the cargo that runs us (`cargo run` sets `CARGO`).
+fn build_binaries(contenders: &[Contender]) -> Result<(), String> {
     let Some(cargo) = std::env::var_os("CARGO") else {
         // Not run by cargo: the binaries must be there already; `example`/`binary` say so if not.
         return Ok(());
     };
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    eprintln!("demo: building einhorn-master, axum-hello and axum-baseline");
+    let examples: Vec<&str> = contenders.iter().map(|c| c.example).collect();
+    eprintln!("demo: building einhorn-master, {}", examples.join(" and "));
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--quiet")
@@ -230,14 +280,8 @@ fn build_binaries() -> Result<(), String> {
         cmd.arg("--release");
     }
     cmd.args(["-p", "graceful-listener-suite", "-p", "einhorn-master"])
-        .args([
-            "--example",
-            OURS.example,
-            "--example",
-            BASELINE.example,
-            "--bin",
-            "einhorn-master",
-        ]);
+        .args(examples.iter().flat_map(|e| ["--example", e]))
+        .args(["--bin", "einhorn-master"]);
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err(format!("building the demo's binaries failed ({status})"));
@@ -323,8 +367,15 @@ fn run_contender(contender: &Contender, args: &Args) -> Result<ContenderResult, 
     progress.finish();
     // The last gap shows whether only the newest workers answered at the end.
     if let (Some(last), Ok(serving)) = (upgrades.last_mut(), serving_pids(&master)) {
+        // Old workers exit only once their last response is sent, but the client may read it
+        // after the mark: an answer from the last old generation is not a stray.
         let after_last: BTreeSet<i32> = end.since(&mark).pids.keys().map(|&p| p as i32).collect();
-        last.replaced_every_pid &= after_last.iter().all(|pid| serving.contains(pid));
+        let strays: Vec<i32> = after_last
+            .into_iter()
+            .filter(|pid| !serving.contains(pid) && !last.old_pids.contains(pid))
+            .collect();
+        last.replaced_every_pid &= strays.is_empty();
+        last.unexpected_pids.extend(strays);
     }
     stop_master(master)?;
     Ok(ContenderResult {
@@ -359,12 +410,15 @@ fn upgrade(master: &Master, load: &load::Load, before: &LoadReport) -> UpgradeRe
     let recent = settled.since(before);
     let fresh =
         new_pids.len() == old_pids.len() && new_pids.iter().all(|pid| !old_pids.contains(pid));
-    let answered_by_known = recent
+    let unexpected_pids: Vec<i32> = recent
         .pids
         .keys()
-        .all(|&pid| old_pids.contains(&(pid as i32)) || new_pids.contains(&(pid as i32)));
+        .map(|&pid| pid as i32)
+        .filter(|pid| !old_pids.contains(pid) && !new_pids.contains(pid))
+        .collect();
     UpgradeResult {
-        replaced_every_pid: fresh && exited && answered_by_known,
+        replaced_every_pid: fresh && exited && unexpected_pids.is_empty(),
+        unexpected_pids,
         old_pids,
         new_pids,
         acked_ms,

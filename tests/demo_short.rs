@@ -8,8 +8,18 @@ use std::time::Duration;
 use graceful_listener_suite::harness::{Proc, example};
 
 #[test]
-fn ours_loses_no_request_and_every_upgrade_replaces_every_pid() {
+fn axum_ours_loses_no_request_and_every_upgrade_replaces_every_pid() {
+    ours_loses_no_request_and_every_upgrade_replaces_every_pid("axum");
+}
+
+#[test]
+fn actix_ours_loses_no_request_and_every_upgrade_replaces_every_pid() {
+    ours_loses_no_request_and_every_upgrade_replaces_every_pid("actix");
+}
+
+fn ours_loses_no_request_and_every_upgrade_replaces_every_pid(framework: &str) {
     let mut cmd = Command::new(example("demo"));
+    cmd.args(["--framework", framework]);
     cmd.args([
         "--no-build",
         "--json",
@@ -56,5 +66,9 @@ fn ours_loses_no_request_and_every_upgrade_replaces_every_pid() {
         .iter()
         .find(|r| r["key"] == "baseline")
         .expect("baseline ran");
-    eprintln!("baseline failed requests: {}", baseline["counts"]["failed"]);
+    assert_eq!(summary["framework"], framework);
+    eprintln!(
+        "{framework} baseline failed requests: {}",
+        baseline["counts"]["failed"]
+    );
 }

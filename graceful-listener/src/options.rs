@@ -171,10 +171,10 @@ macro_rules! __worker_options_methods {
         ///
         /// # Example
         #[doc = concat!("```\n", $setup, "let worker = ", $builder, "\n    .on_stop_async(|| async {\n        // deregister from the service registry here\n    });\n```")]
-        pub fn on_stop_async<F, Fut>(mut self, callback: F) -> Self
+        pub fn on_stop_async<OnStopFn, OnStopFut>(mut self, callback: OnStopFn) -> Self
         where
-            F: FnOnce() -> Fut + Send + 'static,
-            Fut: ::std::future::Future<Output = ()> + Send + 'static,
+            OnStopFn: FnOnce() -> OnStopFut + Send + 'static,
+            OnStopFut: ::std::future::Future<Output = ()> + Send + 'static,
         {
             self.$field = self.$field.on_stop_async(callback);
             self

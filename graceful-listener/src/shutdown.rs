@@ -1,9 +1,13 @@
 //! The stop state every part of a worker watches: running, stopping (drain), hammer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use tokio::sync::watch;
 
 /// Where a worker is in its life. Phases only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Phase {
     /// Accepting and serving.
     Running,
@@ -13,12 +17,25 @@ pub enum Phase {
     Hammer,
 }
 
+impl Phase {
+    fn from_u8(value: u8) -> Phase {
+        match value {
+            0 => Phase::Running,
+            1 => Phase::Stopping,
+            _ => Phase::Hammer,
+        }
+    }
+}
+
 /// Sets the phase. Held by whoever decides when to stop: [`run`](crate::run), or you.
 ///
 /// Cloning gives another handle on the same phase.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    tx: std::sync::Arc<watch::Sender<Phase>>,
+    tx: Arc<watch::Sender<Phase>>,
+    /// The phase again, for readers on a hot path (a check per response): a load, where the
+    /// watch channel takes a lock.
+    phase: Arc<AtomicU8>,
 }
 
 impl Default for Shutdown {
@@ -31,7 +48,8 @@ impl Shutdown {
     /// A new phase, [`Phase::Running`].
     pub fn new() -> Shutdown {
         Shutdown {
-            tx: std::sync::Arc::new(watch::Sender::new(Phase::Running)),
+            tx: Arc::new(watch::Sender::new(Phase::Running)),
+            phase: Arc::new(AtomicU8::new(Phase::Running as u8)),
         }
     }
 
@@ -40,6 +58,8 @@ impl Shutdown {
         self.tx.send_if_modified(|current| {
             if phase > *current {
                 *current = phase;
+                // Set while the channel's lock is held, so it never runs behind the channel.
+                self.phase.store(phase as u8, Ordering::Release);
                 true
             } else {
                 false
@@ -49,13 +69,14 @@ impl Shutdown {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        *self.tx.borrow()
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
     /// A watcher of this phase, for servers and connections.
     pub fn signal(&self) -> ShutdownSignal {
         ShutdownSignal {
             rx: self.tx.subscribe(),
+            phase: self.phase.clone(),
         }
     }
 }
@@ -77,12 +98,13 @@ impl Shutdown {
 #[derive(Debug, Clone)]
 pub struct ShutdownSignal {
     rx: watch::Receiver<Phase>,
+    phase: Arc<AtomicU8>,
 }
 
 impl ShutdownSignal {
-    /// The current phase.
+    /// The current phase: one atomic load, cheap enough for a check per request.
     pub fn phase(&self) -> Phase {
-        *self.rx.borrow()
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
     /// Whether the worker is stopping (or past it).

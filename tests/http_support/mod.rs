@@ -1,5 +1,5 @@
-//! Helpers for the `http_*` tests: the three framework examples (`axum-hello`, `warp-hello`,
-//! `hyper-hello`) as real workers, under a fake master or the real `einhorn-master`, and a
+//! Helpers for the `http_*` tests: the four framework examples (`axum-hello`, `warp-hello`,
+//! `hyper-hello`, `actix-hello`) as real workers, under a fake master or the real `einhorn-master`, and a
 //! one-shot HTTP client.
 
 #![allow(dead_code, unreachable_pub)]
@@ -18,7 +18,8 @@ use graceful_listener_suite::master::Master;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// One `#[test]` per framework example for each listed function `fn(example: &str)`, in a
-/// module named after the function: `serves::axum`, `serves::warp`, `serves::hyper`.
+/// module named after the function: `serves::axum`, `serves::warp`, `serves::hyper`,
+/// `serves::actix`.
 #[macro_export]
 macro_rules! for_each_framework {
     ($($test:ident),* $(,)?) => {
@@ -35,6 +36,10 @@ macro_rules! for_each_framework {
                 #[test]
                 fn hyper() {
                     super::$test("hyper-hello")
+                }
+                #[test]
+                fn actix() {
+                    super::$test("actix-hello")
                 }
             }
         )*

@@ -1,0 +1,82 @@
+//! Per connection: a [`ConnectionGuard`] so the worker counts, drains and can cut it, and the
+//! worker's [`ShutdownSignal`] for handlers ([`StopSignal`]).
+
+use std::any::Any;
+use std::future::{Ready, ready};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use actix_web::dev::{Extensions, Payload};
+use actix_web::{FromRequest, HttpRequest};
+use graceful_listener::{ConnectionGuard, ListenerHandle, ShutdownSignal};
+
+/// A callback actix runs for each new connection (`HttpServer::on_connect`).
+pub(crate) type OnConnect = Arc<dyn Fn(&dyn Any, &mut Extensions) + Send + Sync>;
+
+/// Kept in the connection's data, so it lives as long as actix's dispatcher for it.
+struct Tracked(#[allow(dead_code)] ConnectionGuard);
+
+/// Our `on_connect`: tracks the connection, hands its requests the worker's signal, then
+/// runs the user's own callback, if any.
+pub(crate) fn on_connect(
+    handle: ListenerHandle,
+    signal: ShutdownSignal,
+    user: Option<OnConnect>,
+) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
+    move |io, data| {
+        if let Some(fd) = socket_fd(io) {
+            data.insert(Tracked(handle.track(fd)));
+        } else {
+            tracing::warn!("connection of an unknown kind: not tracked by the drain");
+        }
+        data.insert(signal.clone());
+        if let Some(user) = &user {
+            user(io, data);
+        }
+    }
+}
+
+/// The socket of a connection as actix hands it to `on_connect`.
+fn socket_fd(io: &dyn Any) -> Option<BorrowedFd<'_>> {
+    if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        return Some(tcp.as_fd());
+    }
+    io.downcast_ref::<actix_web::rt::net::UnixStream>()
+        .map(|unix| unix.as_fd())
+}
+
+/// The worker's [`ShutdownSignal`], as a handler argument: for handlers that must end
+/// something themselves when the worker stops (an event stream, a long poll).
+///
+/// Available on every request served by [`start`](crate::start); elsewhere extracting it
+/// fails with a 500 error.
+///
+/// # Example
+/// ```
+/// use actix_web::{HttpResponse, get};
+/// use einhorn_actix::StopSignal;
+///
+/// #[get("/poll")]
+/// async fn long_poll(StopSignal(signal): StopSignal) -> HttpResponse {
+///     tokio::select! {
+///         () = signal.stopping() => HttpResponse::ServiceUnavailable().body("worker stopping\n"),
+///         () = tokio::time::sleep(std::time::Duration::from_secs(30)) => HttpResponse::Ok().body("nothing new\n"),
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct StopSignal(pub ShutdownSignal);
+
+impl FromRequest for StopSignal {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<StopSignal, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(match req.conn_data::<ShutdownSignal>() {
+            Some(signal) => Ok(StopSignal(signal.clone())),
+            None => Err(actix_web::error::ErrorInternalServerError(
+                "StopSignal is only available under einhorn_actix::start",
+            )),
+        })
+    }
+}

@@ -1,0 +1,430 @@
+//! [`start`] and [`Start`]: an actix-web app's whole life as a worker, driven by the core's
+//! [`Worker`] pieces.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_http::body::MessageBody;
+use actix_http::{Request, Response};
+use actix_service::{IntoServiceFactory, Service, ServiceFactory};
+use actix_web::HttpServer;
+use actix_web::dev::{AppConfig, Extensions, ServerHandle};
+use graceful_listener::{
+    Bind, BindError, ListenerHandle, Phase, RunError, RunReport, ShutdownSignal, StdListener, Stop,
+    Worker, WorkerOptions,
+};
+
+use crate::connect::{OnConnect, on_connect};
+use crate::drain::DrainApp;
+
+/// Once stopping, how long an idle keep-alive connection may still send one more request,
+/// by default.
+pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// The app factory actix runs in each of its worker threads: the one given to [`start`],
+/// wrapped. Leaked once per [`start`] (it must outlive every actix worker thread anyway), so
+/// that [`ActixServer`] is a type a closure can be written for.
+pub type AppFactory<S, B> = &'static (dyn Fn() -> DrainApp<S, B> + Send + Sync);
+
+/// The [`HttpServer`] that [`Start::configure`] receives: yours, with the app wrapped.
+pub type ActixServer<S, B> = HttpServer<AppFactory<S, B>, DrainApp<S, B>, DrainApp<S, B>, B>;
+
+type Configure<S, B> = Box<dyn FnOnce(ActixServer<S, B>) -> ActixServer<S, B>>;
+
+/// Serves an actix-web app on Einhorn's listener number `fd_index` until a stop signal, then
+/// drains without a keep-alive client noticing.
+///
+/// `factory` is what [`HttpServer::new`] takes: a closure making the app (`|| App::new()...`),
+/// run once per actix worker thread. `fd_index` is the position of the socket in the
+/// master's `-b` list (`0` for the first, `EINHORN_FD_0`): this expects a socket manager;
+/// [`serve`](crate::serve) binds by itself when there is none. The returned [`Start`] is a
+/// builder: set options, then `.await` it inside an actix runtime (`#[actix_web::main]`), or
+/// call [`Start::run`] from a plain `fn main`.
+///
+/// The life it runs:
+/// 1. installs the stop signals' handlers (actix's own are turned off);
+/// 2. takes the listener and hands it to actix (`HttpServer::listen`, or `listen_uds`);
+/// 3. starts actix, and ACKs once every actix worker has built the app and actix accepts;
+/// 4. on SIGUSR2, SIGTERM or SIGINT: pauses accepting, marks every response
+///    `Connection: close`, gives idle keep-alive connections the idle grace, then has actix
+///    stop gracefully (in-flight requests finish);
+/// 5. ends as soon as every connection has closed, or cuts what is left at the drain timeout
+///    (or on a second signal, or SIGQUIT), and says which in the [`RunReport`].
+///
+/// # Example
+/// ```no_run
+/// use actix_web::{App, HttpResponse, web};
+///
+/// fn main() -> Result<(), einhorn_actix::RunError> {
+///     let report = einhorn_actix::start(
+///         || App::new().route("/", web::get().to(|| async { HttpResponse::Ok().body("hello\n") })),
+///         0,
+///     )
+///     .drain_timeout(std::time::Duration::from_secs(10))
+///     .configure(|server| server.workers(2))
+///     .run()?;
+///     eprintln!("{report:?}");
+///     Ok(())
+/// }
+/// ```
+pub fn start<F, I, S, B>(factory: F, fd_index: usize) -> Start<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request> + 'static,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    S::Future: 'static,
+    S::Service: 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    serve(factory).bind(Bind::Einhorn(fd_index))
+}
+
+/// Like [`start`], bound with [`Bind::Auto`] (the socket a manager passed when there is
+/// one, else `127.0.0.1:8000`); set another spec with `.bind(..)`.
+///
+/// # Example
+/// ```no_run
+/// use actix_web::{App, web};
+///
+/// #[actix_web::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     einhorn_actix::serve(|| App::new().route("/", web::get().to(|| async { "hello\n" })))
+///         .bind("127.0.0.1:3000".parse()?)
+///         .await?;
+///     Ok(())
+/// }
+/// ```
+pub fn serve<F, I, S, B>(factory: F) -> Start<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request> + 'static,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    S::Future: 'static,
+    S::Service: 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    Start {
+        factory,
+        binds: vec![Bind::Auto],
+        options: WorkerOptions::default(),
+        idle_grace: DEFAULT_IDLE_GRACE,
+        configure: None,
+        on_connect: None,
+        _app: PhantomData,
+    }
+}
+
+/// An actix-web worker to run: the app factory, where it listens, the worker's options and
+/// actix's. Made by [`start`] or [`serve`]; `.await` it in an actix runtime, or [`Start::run`]
+/// it.
+#[must_use = "a Start does nothing until it is awaited or run"]
+pub struct Start<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request> + 'static,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    S::Future: 'static,
+    S::Service: 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    factory: F,
+    /// The first is [`Start::bind`]'s, the others [`Start::also_bind`]'s.
+    binds: Vec<Bind>,
+    options: WorkerOptions,
+    idle_grace: Duration,
+    configure: Option<Configure<S, B>>,
+    on_connect: Option<OnConnect>,
+    _app: PhantomData<fn() -> I>,
+}
+
+impl<F, I, S, B> Start<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request> + 'static,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    S::Future: 'static,
+    S::Service: 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    /// Where to listen. See [`Bind`] for the specs.
+    ///
+    /// # Example
+    /// ```
+    /// # use actix_web::App;
+    /// let worker = einhorn_actix::serve(|| App::new()).bind("unix:/tmp/app.sock".parse().unwrap());
+    /// ```
+    pub fn bind(mut self, bind: Bind) -> Self {
+        self.binds[0] = bind;
+        self
+    }
+
+    /// Serves the app on another listener too (actix listens on every one): `einhorn@1`
+    /// beside `einhorn@0`, say. One ACK once all are served, one drain, one report.
+    ///
+    /// # Example
+    /// ```
+    /// # use actix_web::App;
+    /// use einhorn_actix::Bind;
+    ///
+    /// let worker = einhorn_actix::start(|| App::new(), 0).also_bind(Bind::Einhorn(1));
+    /// ```
+    pub fn also_bind(mut self, bind: Bind) -> Self {
+        self.binds.push(bind);
+        self
+    }
+
+    graceful_listener::__worker_options_methods!(
+        field = options,
+        core = "graceful_listener",
+        setup = "# use actix_web::App;\n",
+        builder = "einhorn_actix::start(|| App::new(), 0)",
+    );
+
+    /// Once stopping, how long an idle keep-alive connection may still send one more request
+    /// (answered with `Connection: close`) before actix closes it. Requests in flight are not
+    /// hurried: only idle connections wait for this. Default [`DEFAULT_IDLE_GRACE`].
+    ///
+    /// A client that reuses a keep-alive connection at the moment the server closes it sees
+    /// an error; the grace makes that moment come only after the client has been idle this
+    /// long. `Duration::ZERO` is actix's own behaviour: idle connections closed at once.
+    ///
+    /// # Example
+    /// ```
+    /// # use actix_web::App;
+    /// let worker = einhorn_actix::start(|| App::new(), 0)
+    ///     .idle_grace(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.idle_grace = grace;
+        self
+    }
+
+    /// Sets actix's own options on its [`HttpServer`]: `workers`, `keep_alive`, `backlog`,
+    /// `max_connections`, `client_request_timeout`, ... Runs before the listeners are added.
+    ///
+    /// Leave signals, `shutdown_timeout` and `on_connect` alone (the worker sets them; use
+    /// [`Start::on_connect`]), and bind with [`Start::bind`] and [`Start::also_bind`], not
+    /// here: sockets added here are not drained.
+    ///
+    /// # Example
+    /// ```
+    /// # use actix_web::App;
+    /// use std::time::Duration;
+    ///
+    /// let worker = einhorn_actix::start(|| App::new(), 0)
+    ///     .configure(|server| server.workers(4).keep_alive(Duration::from_secs(75)).backlog(2048));
+    /// ```
+    pub fn configure(
+        mut self,
+        configure: impl FnOnce(ActixServer<S, B>) -> ActixServer<S, B> + 'static,
+    ) -> Self {
+        self.configure = Some(Box::new(configure));
+        self
+    }
+
+    /// A callback for each new connection, as [`HttpServer::on_connect`] (which the worker
+    /// uses itself to track connections: set yours here).
+    ///
+    /// # Example
+    /// ```
+    /// # use actix_web::App;
+    /// use actix_web::rt::net::TcpStream;
+    ///
+    /// let worker = einhorn_actix::start(|| App::new(), 0).on_connect(|io, data| {
+    ///     if let Some(tcp) = io.downcast_ref::<TcpStream>() {
+    ///         data.insert(tcp.peer_addr().ok());
+    ///     }
+    /// });
+    /// ```
+    pub fn on_connect(
+        mut self,
+        callback: impl Fn(&dyn std::any::Any, &mut Extensions) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_connect = Some(std::sync::Arc::new(callback));
+        self
+    }
+
+    /// Runs the worker to its end on an actix runtime of its own, from a plain `fn main`.
+    /// Inside an async runtime (`#[actix_web::main]`), `.await` the builder instead.
+    ///
+    /// # Errors
+    /// As `.await`: a [`RunError`] when the signals, a listener, the ACK or actix fail.
+    ///
+    /// # Panics
+    /// When called from within an async runtime.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use actix_web::App;
+    /// fn main() -> Result<(), einhorn_actix::RunError> {
+    ///     einhorn_actix::start(|| App::new(), 0).run()?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn run(self) -> Result<RunReport, RunError> {
+        actix_web::rt::System::new().block_on(self.into_future())
+    }
+
+    async fn execute(self) -> Result<RunReport, RunError> {
+        // actix's own shutdown timeout is only a backstop: the worker cuts at its deadline,
+        // and reports it.
+        let actix_timeout = self.options.get_drain_timeout().as_secs().saturating_add(2);
+        let mut worker = Worker::new(self.options)?;
+        let mut listeners = Vec::with_capacity(self.binds.len());
+        for bind in &self.binds {
+            listeners.push((bind, worker.listen_std(bind)?));
+        }
+        let handle = worker.handle();
+        let signal = worker.shutdown_signal();
+
+        let user_factory = Mutex::new(self.factory);
+        let app_signal = signal.clone();
+        let app: AppFactory<S, B> = Box::leak(Box::new(move || {
+            let make = user_factory.lock().unwrap_or_else(|e| e.into_inner());
+            DrainApp::new(make().into_factory(), app_signal.clone())
+        }));
+        let mut server = HttpServer::new(app);
+        if let Some(configure) = self.configure {
+            server = configure(server);
+        }
+        let mut server = server
+            .disable_signals()
+            .shutdown_timeout(actix_timeout)
+            .on_connect(on_connect(handle.clone(), signal.clone(), self.on_connect));
+        for (bind, listener) in listeners {
+            let listened = match listener {
+                StdListener::Tcp(l) => server.listen(l),
+                StdListener::Unix(l) => server.listen_uds(l),
+                _ => unreachable!("StdListener has two kinds"),
+            };
+            server = listened.map_err(|source| BindError::Io {
+                bind: bind.clone(),
+                source,
+            })?;
+        }
+        let server = server.run();
+        let actix = server.handle();
+        let mut serving = spawn_until_started(server).await;
+        if serving.is_finished() {
+            return Err(RunError::Serve(server_result(serving.await).unwrap_err()));
+        }
+
+        if let Err(e) = worker.ready().await {
+            handle.force_close();
+            tokio::spawn(actix.stop(false));
+            return Err(e.into());
+        }
+        let stop = tokio::select! {
+            stop = worker.stopped() => stop,
+            ended = &mut serving => {
+                if let Err(e) = server_result(ended) {
+                    handle.force_close();
+                    return Err(RunError::Serve(e));
+                }
+                tracing::info!("actix server ended on its own");
+                Stop::server_ended()
+            }
+        };
+        // Stop accepting. (actix keeps its copy of the socket until it stops; a master holds
+        // the shared socket anyway, and other workers take the new connections.)
+        actix.pause().await;
+        let (report, ()) = tokio::join!(
+            worker.drain(stop),
+            stop_actix(actix, stop, self.idle_grace, handle, signal)
+        );
+        Ok(report)
+    }
+}
+
+impl<F, I, S, B> IntoFuture for Start<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request> + 'static,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    S::Future: 'static,
+    S::Service: 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    type Output = Result<RunReport, RunError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.execute())
+    }
+}
+
+/// Starts actix and returns once it accepts: its server future's first poll starts every
+/// actix worker, waits until each has built the app, then starts the accept thread.
+async fn spawn_until_started(
+    server: actix_web::dev::Server,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let mut started_tx = Some(started_tx);
+    let mut server = Box::pin(server);
+    let task = tokio::spawn(std::future::poll_fn(move |cx| {
+        let polled = server.as_mut().poll(cx);
+        if let Some(tx) = started_tx.take() {
+            let _ = tx.send(());
+        }
+        polled
+    }));
+    let _ = started.await;
+    task
+}
+
+fn server_result(
+    ended: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> std::io::Result<()> {
+    match ended {
+        Ok(result) => result,
+        Err(e) => Err(std::io::Error::other(format!(
+            "actix server task failed: {e}"
+        ))),
+    }
+}
+
+/// actix's side of the drain: idle keep-alive connections get the grace (responses in it
+/// carry `Connection: close`, so busy connections close themselves), then actix stops
+/// gracefully, closing idle connections and letting in-flight requests finish. The worker's
+/// drain decides when it is over; actix's own stop is not waited for.
+async fn stop_actix(
+    actix: ServerHandle,
+    stop: Stop,
+    grace: Duration,
+    handle: ListenerHandle,
+    signal: ShutdownSignal,
+) {
+    if !stop.is_immediate() {
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            () = handle.drained() => {}
+            () = signal.hammer() => {}
+        }
+    }
+    let graceful = !stop.is_immediate() && signal.phase() < Phase::Hammer;
+    tokio::spawn(actix.stop(graceful));
+}
