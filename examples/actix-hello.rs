@@ -1,5 +1,6 @@
 //! An actix-web app under Einhorn, following the examples' contract: `GET /` answers with
-//! this worker's pid, `GET /sleep/<ms>` answers after that long.
+//! this worker's pid, `GET /sleep/<ms>` answers after that long, `GET /until-stop` answers
+//! when the worker stops.
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/actix-hello`
 //! On its own:    `cargo run --example actix-hello -- --bind 127.0.0.1:8000`
@@ -11,6 +12,7 @@ mod common;
 use std::time::Duration;
 
 use actix_web::{App, HttpRequest, web};
+use einhorn_actix::StopSignal;
 
 async fn hello(req: HttpRequest) -> String {
     let peer = req
@@ -25,6 +27,11 @@ async fn sleep(ms: web::Path<u64>) -> String {
     format!("slept {ms}ms pid={}\n", std::process::id())
 }
 
+async fn until_stop(StopSignal(signal): StopSignal) -> String {
+    signal.stopping().await;
+    format!("stopping pid={}\n", std::process::id())
+}
+
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let args = common::Args::parse();
@@ -33,6 +40,7 @@ async fn main() -> std::process::ExitCode {
         App::new()
             .route("/", web::get().to(hello))
             .route("/sleep/{ms}", web::get().to(sleep))
+            .route("/until-stop", web::get().to(until_stop))
     };
     let result = einhorn_actix::serve(app)
         .bind(args.bind.clone())

@@ -1,5 +1,6 @@
 //! An axum app under Einhorn, following the examples' contract: `GET /` answers with this
-//! worker's pid, `GET /sleep/<ms>` answers after that long.
+//! worker's pid, `GET /sleep/<ms>` answers after that long, `GET /until-stop` answers when the
+//! worker stops.
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/axum-hello`
 //! On its own:    `cargo run --example axum-hello -- --bind 127.0.0.1:8000`
@@ -14,6 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{ConnectInfo, Path};
 use axum::routing::get;
+use einhorn_axum::StopSignal;
 
 async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
     format!("hello from axum pid={} to {peer}\n", std::process::id())
@@ -24,13 +26,19 @@ async fn sleep(Path(ms): Path<u64>) -> String {
     format!("slept {ms}ms pid={}\n", std::process::id())
 }
 
+async fn until_stop(StopSignal(signal): StopSignal) -> String {
+    signal.stopping().await;
+    format!("stopping pid={}\n", std::process::id())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = common::Args::parse();
     let _span = common::init_tracing();
     let app = Router::new()
         .route("/", get(hello))
-        .route("/sleep/{ms}", get(sleep));
+        .route("/sleep/{ms}", get(sleep))
+        .route("/until-stop", get(until_stop));
     let result = einhorn_axum::serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())

@@ -1,5 +1,6 @@
 //! A plain hyper service under Einhorn, following the examples' contract: `GET /` answers
-//! with this worker's pid, `GET /sleep/<ms>` answers after that long.
+//! with this worker's pid, `GET /sleep/<ms>` answers after that long, `GET /until-stop`
+//! answers when the worker stops.
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/hyper-hello`
 //! On its own:    `cargo run --example hyper-hello -- --bind 127.0.0.1:8000`
@@ -9,6 +10,7 @@ mod common;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use einhorn_hyper::ShutdownSignal;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
@@ -25,6 +27,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         (StatusCode::OK, format!("slept {ms}ms pid={pid}\n"))
+    } else if path == "/until-stop" {
+        ShutdownSignal::current().stopping().await;
+        (StatusCode::OK, format!("stopping pid={pid}\n"))
     } else {
         (StatusCode::NOT_FOUND, "not found\n".to_owned())
     };

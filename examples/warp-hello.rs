@@ -1,5 +1,6 @@
 //! A warp filter under Einhorn, following the examples' contract: `GET /` answers with this
-//! worker's pid, `GET /sleep/<ms>` answers after that long.
+//! worker's pid, `GET /sleep/<ms>` answers after that long, `GET /until-stop` answers when the
+//! worker stops.
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/warp-hello`
 //! On its own:    `cargo run --example warp-hello -- --bind 127.0.0.1:8000`
@@ -19,7 +20,13 @@ async fn main() -> std::process::ExitCode {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         format!("slept {ms}ms pid={}\n", std::process::id())
     });
-    let routes = warp::get().and(hello.or(sleep));
+    let until_stop = warp::path!("until-stop")
+        .and(einhorn_warp::stop_signal())
+        .then(|signal: einhorn_warp::ShutdownSignal| async move {
+            signal.stopping().await;
+            format!("stopping pid={}\n", std::process::id())
+        });
+    let routes = warp::get().and(hello.or(sleep).or(until_stop));
     let result = einhorn_warp::serve(routes)
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())

@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 for_each_framework!(
     serves_acks_and_drains_a_slow_request,
     a_hung_connection_is_cut_at_the_drain_timeout,
+    a_handler_waiting_for_the_stop_sees_it,
 );
 
 /// A keep-alive connection that has been accepted and served one request.
@@ -133,6 +134,42 @@ fn a_hung_connection_is_cut_at_the_drain_timeout(example: &str) {
         let mut rest = Vec::new();
         let _ = conn.read_to_end(&mut rest);
     }
+}
+
+fn a_handler_waiting_for_the_stop_sees_it(example: &str) {
+    let mut worker = Worker::start(example, &["--drain-timeout", "30"]);
+    let mut waiting = served_connection(worker.addr);
+    waiting
+        .write_all(b"GET /until-stop HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    let waiting = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        waiting
+            .read_to_end(&mut rest)
+            .map(|_| String::from_utf8_lossy(&rest).to_ascii_lowercase())
+    });
+    // The request is in its handler once the worker has read it; nothing answers it before
+    // the stop.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "answered before the stop");
+    let stopped = Instant::now();
+    worker.proc.signal(Signal::SIGUSR2).unwrap();
+    let response = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting request is answered");
+    assert!(response.starts_with("http/1.1 200"), "{response}");
+    assert!(
+        response.contains(&format!("stopping pid={}", worker.pid())),
+        "{response}"
+    );
+    assert!(response.contains("connection: close"), "{response}");
+    let took = exits_cleanly(&mut worker, stopped);
+    assert!(
+        took < Duration::from_secs(5),
+        "the stream ended itself, no drain timeout: {took:?}\n{}",
+        worker.proc.output()
+    );
 }
 
 /// Waits for the worker to exit, checks it exited 0, and returns how long after `since`.

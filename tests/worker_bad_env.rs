@@ -1,5 +1,6 @@
 //! Bad input from the environment: the worker exits non-zero with a message that names
-//! the variable and value at fault, and never panics.
+//! the variable and value at fault, and never panics; for a custom server on the core, and
+//! for actix-web, which drives the core's pieces itself.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
@@ -8,10 +9,49 @@ use std::time::Duration;
 use graceful_listener_suite::fake_einhorn::FakeEinhorn;
 use graceful_listener_suite::harness::{Proc, example};
 
-/// Runs `custom-server` under `master` with `args`, variables set and removed; returns
-/// what it printed after checking it failed cleanly.
-fn fails(master: &FakeEinhorn, args: &[&str], set: &[(&str, String)], remove: &[&str]) -> String {
-    let mut cmd = master.command(example("custom-server"));
+/// One `#[test]` per worker example for each listed function `fn(worker: &str)`, in a module
+/// named after the function: `closed_fd::custom`, `closed_fd::actix`.
+macro_rules! for_each_worker {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[test]
+                fn custom() {
+                    super::$test("custom-server")
+                }
+                #[test]
+                fn actix() {
+                    super::$test("actix-hello")
+                }
+            }
+        )*
+    };
+}
+
+for_each_worker!(
+    garbage_in_einhorn_fd,
+    index_past_the_count,
+    closed_fd,
+    fd_that_is_a_file,
+    fd_that_is_a_udp_socket,
+    fd_that_is_not_listening,
+    fd_at_raw_number_that_is_a_file,
+    missing_master_pid,
+    master_pid_that_is_not_the_parent,
+    a_bad_bind_spec_is_a_usage_error,
+    a_dead_command_socket_is_reported_after_bounded_retries,
+);
+
+/// Runs `worker` under `master` with `args`, variables set and removed; returns what it
+/// printed after checking it failed cleanly.
+fn fails(
+    worker: &str,
+    master: &FakeEinhorn,
+    args: &[&str],
+    set: &[(&str, String)],
+    remove: &[&str],
+) -> String {
+    let mut cmd = master.command(example(worker));
     cmd.args(args);
     for (key, value) in set {
         cmd.env(key, value);
@@ -19,11 +59,11 @@ fn fails(master: &FakeEinhorn, args: &[&str], set: &[(&str, String)], remove: &[
     for key in remove {
         cmd.env_remove(key);
     }
-    let mut worker = Proc::spawn(cmd).unwrap();
-    let status = worker
+    let mut process = Proc::spawn(cmd).unwrap();
+    let status = process
         .wait_timeout(Duration::from_secs(30))
         .expect("the worker exits");
-    let output = worker.output();
+    let output = process.output();
     assert_eq!(status.signal(), None, "{output}");
     assert_eq!(
         status.code(),
@@ -48,53 +88,54 @@ fn assert_says(output: &str, message: &str) {
     );
 }
 
-#[test]
-fn garbage_in_einhorn_fd() {
+fn garbage_in_einhorn_fd(worker: &str) {
     let mut master = FakeEinhorn::new().unwrap();
     master.add_tcp_listener().unwrap();
-    let out = fails(&master, &[], &[("EINHORN_FD_0", "three".into())], &[]);
+    let out = fails(
+        worker,
+        &master,
+        &[],
+        &[("EINHORN_FD_0", "three".into())],
+        &[],
+    );
     assert_says(
         &out,
         "cannot take einhorn@0: EINHORN_FD_0=\"three\" is not a file descriptor number",
     );
 }
 
-#[test]
-fn index_past_the_count() {
+fn index_past_the_count(worker: &str) {
     let mut master = FakeEinhorn::new().unwrap();
     master.add_tcp_listener().unwrap();
-    let out = fails(&master, &["--bind", "einhorn@1"], &[], &[]);
+    let out = fails(worker, &master, &["--bind", "einhorn@1"], &[], &[]);
     assert_says(
         &out,
         "cannot take einhorn@1: einhorn@1 is out of range: EINHORN_FD_COUNT=1 (indexes start at 0)",
     );
 }
 
-#[test]
-fn closed_fd() {
+fn closed_fd(worker: &str) {
     let mut master = FakeEinhorn::new().unwrap();
     master.add_tcp_listener().unwrap();
-    let out = fails(&master, &[], &[("EINHORN_FD_0", "987".into())], &[]);
+    let out = fails(worker, &master, &[], &[("EINHORN_FD_0", "987".into())], &[]);
     assert_says(
         &out,
         "cannot take einhorn@0 (EINHORN_FD_0=987): fd 987 is not open",
     );
 }
 
-#[test]
-fn fd_that_is_a_file() {
+fn fd_that_is_a_file(worker: &str) {
     let (master, fd) = with_fd(std::fs::File::open("/dev/null").unwrap().into());
-    let out = fails(&master, &[], &[], &[]);
+    let out = fails(worker, &master, &[], &[], &[]);
     assert_says(
         &out,
         &format!("cannot take einhorn@0 (EINHORN_FD_0={fd}): fd {fd} is not a socket"),
     );
 }
 
-#[test]
-fn fd_that_is_a_udp_socket() {
+fn fd_that_is_a_udp_socket(worker: &str) {
     let (master, fd) = with_fd(std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into());
-    let out = fails(&master, &[], &[], &[]);
+    let out = fails(worker, &master, &[], &[], &[]);
     assert_says(
         &out,
         &format!(
@@ -103,8 +144,7 @@ fn fd_that_is_a_udp_socket() {
     );
 }
 
-#[test]
-fn fd_that_is_not_listening() {
+fn fd_that_is_not_listening(worker: &str) {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket
         .bind(
@@ -115,7 +155,7 @@ fn fd_that_is_not_listening() {
         )
         .unwrap();
     let (master, fd) = with_fd(socket.into());
-    let out = fails(&master, &[], &[], &[]);
+    let out = fails(worker, &master, &[], &[], &[]);
     assert_says(
         &out,
         &format!(
@@ -124,22 +164,21 @@ fn fd_that_is_not_listening() {
     );
 }
 
-#[test]
-fn fd_at_raw_number_that_is_a_file() {
+fn fd_at_raw_number_that_is_a_file(worker: &str) {
     let (master, fd) = with_fd(std::fs::File::open("/dev/null").unwrap().into());
     let fd_spec = format!("fd@{fd}");
-    let out = fails(&master, &["--bind", &fd_spec], &[], &[]);
+    let out = fails(worker, &master, &["--bind", &fd_spec], &[], &[]);
     assert_says(
         &out,
         &format!("cannot take fd@{fd} (fd {fd}): fd {fd} is not a socket"),
     );
 }
 
-#[test]
-fn missing_master_pid() {
+fn missing_master_pid(worker: &str) {
     let mut master = FakeEinhorn::new().unwrap();
     master.add_tcp_listener().unwrap();
     let out = fails(
+        worker,
         &master,
         &["--bind", "einhorn@0"],
         &[],
@@ -151,11 +190,11 @@ fn missing_master_pid() {
     );
 }
 
-#[test]
-fn master_pid_that_is_not_the_parent() {
+fn master_pid_that_is_not_the_parent(worker: &str) {
     let mut master = FakeEinhorn::new().unwrap();
     master.add_tcp_listener().unwrap();
     let out = fails(
+        worker,
         &master,
         &["--bind", "einhorn@0"],
         &[("EINHORN_MASTER_PID", "1".into())],
@@ -167,32 +206,31 @@ fn master_pid_that_is_not_the_parent() {
     );
 }
 
-#[test]
-fn a_bad_bind_spec_is_a_usage_error() {
+fn a_bad_bind_spec_is_a_usage_error(worker: &str) {
     let master = FakeEinhorn::new().unwrap();
-    let mut worker = Proc::spawn({
-        let mut cmd = master.command(example("custom-server"));
+    let mut process = Proc::spawn({
+        let mut cmd = master.command(example(worker));
         cmd.args(["--bind", "einhorn@x"]);
         cmd
     })
     .unwrap();
-    let status = worker.wait_timeout(Duration::from_secs(30)).unwrap();
+    let status = process.wait_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(2), "clap's usage error status");
     assert!(
-        worker
+        process
             .output()
             .contains("invalid bind spec \"einhorn@x\": \"x\" is not a listener index")
     );
 }
 
-#[test]
-fn a_dead_command_socket_is_reported_after_bounded_retries() {
+fn a_dead_command_socket_is_reported_after_bounded_retries(worker: &str) {
     // A socket file nobody listens on: every connect is refused, as with a dead master.
     let mut master = FakeEinhorn::new().unwrap();
     master.add_tcp_listener().unwrap();
     let dead = master.dir().join("dead.sock");
     drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
     let out = fails(
+        worker,
         &master,
         &[],
         &[("EINHORN_SOCK_PATH", dead.display().to_string())],

@@ -1,5 +1,7 @@
-//! The worker's life under a master, with the `custom-server` example as a real child
-//! process: real inherited fds, a real command socket, real signals.
+//! The worker's life under a master, with the custom servers as real child processes: real
+//! inherited fds, a real command socket, real signals. Every case runs twice: with
+//! `custom-server` (a `Server` that `run` spawns on tokio) and with `custom-lifecycle` (plain
+//! threads driven by the core's `Worker` pieces).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -16,17 +18,49 @@ use nix::sys::signal::Signal;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn start_worker(master: &FakeEinhorn, args: &[&str]) -> Proc {
-    let mut cmd = master.command(example("custom-server"));
+/// One `#[test]` per custom server for each listed function `fn(server: &str)`, in a module
+/// named after the function: `sigquit_stops_at_once::run`, `sigquit_stops_at_once::pieces`.
+macro_rules! for_each_server {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[test]
+                fn run() {
+                    super::$test("custom-server")
+                }
+                #[test]
+                fn pieces() {
+                    super::$test("custom-lifecycle")
+                }
+            }
+        )*
+    };
+}
+
+for_each_server!(
+    acks_with_the_exact_line_and_serves_the_inherited_socket,
+    an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker,
+    a_hung_connection_is_cut_at_the_drain_timeout,
+    a_second_signal_cuts_the_drain_short,
+    sigquit_stops_at_once,
+    sigusr2_before_main_stops_the_worker_cleanly_without_an_ack,
+    sigusr2_right_after_spawn_is_never_fatal,
+    sigusr2_while_the_ack_is_retrying_stops_cleanly,
+    a_unix_listener_can_be_inherited_too,
+    runs_without_a_master_on_its_own_address,
+);
+
+fn start_worker(server: &str, master: &FakeEinhorn, args: &[&str]) -> Proc {
+    let mut cmd = master.command(example(server));
     cmd.args(args);
     Proc::spawn(cmd).expect("spawn custom-server")
 }
 
-/// A fake master with one TCP listener and an ACKed `custom-server` worker on it.
-fn serving(args: &[&str]) -> (FakeEinhorn, SocketAddr, Proc) {
+/// A fake master with one TCP listener and an ACKed `server` worker on it.
+fn serving(server: &str, args: &[&str]) -> (FakeEinhorn, SocketAddr, Proc) {
     let mut master = FakeEinhorn::new().unwrap();
     let addr = master.add_tcp_listener().unwrap();
-    let worker = start_worker(&master, args);
+    let worker = start_worker(server, &master, args);
     acked(&master, &worker);
     (master, addr, worker)
 }
@@ -42,9 +76,8 @@ fn acked(master: &FakeEinhorn, worker: &Proc) {
     );
 }
 
-#[test]
-fn acks_with_the_exact_line_and_serves_the_inherited_socket() {
-    let (_master, addr, worker) = serving(&[]);
+fn acks_with_the_exact_line_and_serves_the_inherited_socket(server: &str) {
+    let (_master, addr, worker) = serving(server, &[]);
     assert_eq!(EchoClient::connect(addr).echo("hello"), worker.pid());
     let listening = worker.wait_for_line("listening", WAIT).unwrap();
     assert!(
@@ -53,13 +86,12 @@ fn acks_with_the_exact_line_and_serves_the_inherited_socket() {
     );
 }
 
-#[test]
-fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker() {
-    let (master, addr, mut old) = serving(&["--drain-timeout", "30"]);
+fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker(server: &str) {
+    let (master, addr, mut old) = serving(server, &["--drain-timeout", "30"]);
     let mut in_flight = EchoClient::connect(addr);
     assert_eq!(in_flight.echo("before"), old.pid());
 
-    let new = start_worker(&master, &["--drain-timeout", "30"]);
+    let new = start_worker(server, &master, &["--drain-timeout", "30"]);
     acked(&master, &new);
     old.signal(Signal::SIGUSR2).unwrap();
     old.wait_for_line("on_stop", WAIT)
@@ -95,9 +127,8 @@ fn an_upgrade_finishes_in_flight_work_and_new_connections_go_to_the_new_worker()
     );
 }
 
-#[test]
-fn a_hung_connection_is_cut_at_the_drain_timeout() {
-    let (_master, addr, mut worker) = serving(&["--drain-timeout", "1"]);
+fn a_hung_connection_is_cut_at_the_drain_timeout(server: &str) {
+    let (_master, addr, mut worker) = serving(server, &["--drain-timeout", "1"]);
     let mut hung = EchoClient::connect(addr);
     assert_eq!(hung.echo("then silence"), worker.pid());
 
@@ -122,9 +153,8 @@ fn a_hung_connection_is_cut_at_the_drain_timeout() {
     assert!(forced.contains("forced=1"), "{forced}");
 }
 
-#[test]
-fn a_second_signal_cuts_the_drain_short() {
-    let (_master, addr, mut worker) = serving(&["--drain-timeout", "60"]);
+fn a_second_signal_cuts_the_drain_short(server: &str) {
+    let (_master, addr, mut worker) = serving(server, &["--drain-timeout", "60"]);
     let mut hung = EchoClient::connect(addr);
     hung.echo("hold");
     worker.signal(Signal::SIGTERM).unwrap();
@@ -138,9 +168,8 @@ fn a_second_signal_cuts_the_drain_short() {
     assert!(hung.sees_close());
 }
 
-#[test]
-fn sigquit_stops_at_once() {
-    let (_master, addr, mut worker) = serving(&["--drain-timeout", "60"]);
+fn sigquit_stops_at_once(server: &str) {
+    let (_master, addr, mut worker) = serving(server, &["--drain-timeout", "60"]);
     let mut hung = EchoClient::connect(addr);
     hung.echo("hold");
     worker.signal(Signal::SIGQUIT).unwrap();
@@ -149,15 +178,16 @@ fn sigquit_stops_at_once() {
     assert!(hung.sees_close());
 }
 
-/// Runs `custom-server` under a fresh fake master, `prepare`d before and `poke`d right after
-/// spawn; checks it exited cleanly (status 0, not killed by a signal).
+/// Runs `server` under a fresh fake master, `prepare`d before and `poke`d right after spawn;
+/// checks it exited cleanly (status 0, not killed by a signal).
 fn exits_cleanly(
+    server: &str,
     prepare: impl FnOnce(&mut Command),
     poke: impl FnOnce(&Proc),
 ) -> (FakeEinhorn, Proc) {
     let mut master = FakeEinhorn::new().unwrap();
     master.add_tcp_listener().unwrap();
-    let mut cmd = master.command(example("custom-server"));
+    let mut cmd = master.command(example(server));
     prepare(&mut cmd);
     let mut worker = Proc::spawn(cmd).unwrap();
     poke(&worker);
@@ -171,14 +201,16 @@ fn exits_cleanly(
     (master, worker)
 }
 
-#[test]
-fn sigusr2_before_main_stops_the_worker_cleanly_without_an_ack() {
+fn sigusr2_before_main_stops_the_worker_cleanly_without_an_ack(server: &str) {
     // A SIGUSR2 that arrived before the worker could install its handlers (a master started
     // it blocked, so it stayed pending instead of killing): it reaches our handler once it
     // exists, and the worker stops cleanly without ACKing a readiness it is giving up.
     for _ in 0..3 {
-        let (master, worker) =
-            exits_cleanly(|cmd| signal_before_exec(cmd, Signal::SIGUSR2), |_| {});
+        let (master, worker) = exits_cleanly(
+            server,
+            |cmd| signal_before_exec(cmd, Signal::SIGUSR2),
+            |_| {},
+        );
         assert!(
             worker
                 .output()
@@ -191,26 +223,25 @@ fn sigusr2_before_main_stops_the_worker_cleanly_without_an_ack() {
     }
 }
 
-#[test]
-fn sigusr2_right_after_spawn_is_never_fatal() {
+fn sigusr2_right_after_spawn_is_never_fatal(server: &str) {
     // Sent as soon as the process exists: depending on scheduling it lands before the
     // handlers (pending, then handled) or after the ACK (a normal stop). Either way the
     // worker exits cleanly.
     for _ in 0..5 {
         exits_cleanly(
+            server,
             |cmd| block_signals_at_exec(cmd, &[Signal::SIGUSR2]),
             |worker| worker.signal(Signal::SIGUSR2).unwrap(),
         );
     }
 }
 
-#[test]
-fn sigusr2_while_the_ack_is_retrying_stops_cleanly() {
+fn sigusr2_while_the_ack_is_retrying_stops_cleanly(server: &str) {
     // The command socket does not exist yet (as while a master re-execs): the worker keeps
     // retrying its ACK, and a stop signal in that window ends it cleanly.
     let mut master = FakeEinhorn::new().unwrap();
     master.add_tcp_listener().unwrap();
-    let mut cmd = master.command(example("custom-server"));
+    let mut cmd = master.command(example(server));
     cmd.env("EINHORN_SOCK_PATH", master.dir().join("not-yet.sock"));
     let mut worker = Proc::spawn(cmd).unwrap();
     worker
@@ -222,13 +253,12 @@ fn sigusr2_while_the_ack_is_retrying_stops_cleanly() {
     assert!(worker.output().contains("stop requested before ready"));
 }
 
-#[test]
-fn a_unix_listener_can_be_inherited_too() {
+fn a_unix_listener_can_be_inherited_too(server: &str) {
     let mut master = FakeEinhorn::new().unwrap();
     let path = master.dir().join("app.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     master.add_fd(listener.into());
-    let mut worker = start_worker(&master, &[]);
+    let mut worker = start_worker(server, &master, &[]);
     acked(&master, &worker);
     let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -242,9 +272,8 @@ fn a_unix_listener_can_be_inherited_too() {
     assert!(worker.wait_timeout(WAIT).expect("exits").success());
 }
 
-#[test]
-fn runs_without_a_master_on_its_own_address() {
-    let mut cmd = Command::new(example("custom-server"));
+fn runs_without_a_master_on_its_own_address(server: &str) {
+    let mut cmd = Command::new(example(server));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("EINHORN_") {
             cmd.env_remove(key);

@@ -21,16 +21,22 @@ pub(crate) struct Args {
 
 impl Args {
     /// Parses the command line, exiting with a usage message on bad input.
+    #[allow(dead_code)] // not every example parses these alone
     pub(crate) fn parse() -> Args {
         let args: Args = clap::Parser::parse();
-        if !(args.drain_timeout.is_finite() && args.drain_timeout >= 0.0) {
+        args.validated()
+    }
+
+    /// Checks what clap cannot, exiting with a usage message on bad input.
+    pub(crate) fn validated(self) -> Args {
+        if !(self.drain_timeout.is_finite() && self.drain_timeout >= 0.0) {
             eprintln!(
                 "error: --drain-timeout {} is not a number of seconds",
-                args.drain_timeout
+                self.drain_timeout
             );
             std::process::exit(2);
         }
-        args
+        self
     }
 
     /// The drain timeout as a duration.

@@ -1,7 +1,7 @@
 //! The stop state every part of a worker watches: running, stopping (drain), hammer.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
@@ -101,7 +101,45 @@ pub struct ShutdownSignal {
     phase: Arc<AtomicU8>,
 }
 
+/// The signal of this process's worker, for [`ShutdownSignal::current`].
+static CURRENT: RwLock<Option<ShutdownSignal>> = RwLock::new(None);
+
 impl ShutdownSignal {
+    /// The stop of the worker this process runs (the last [`Worker`](crate::Worker) made;
+    /// [`run`](crate::run) and every adapter make one), for code that has no other way to
+    /// reach it: a request handler that must end a stream when the worker stops.
+    ///
+    /// Stop signals are per process, and so is the worker. Outside a worker (a
+    /// [`GracefulListener`](crate::GracefulListener) made on its own, a test), this is a
+    /// signal that never fires: use the listener's own
+    /// [`shutdown_signal`](crate::GracefulListener::shutdown_signal) there.
+    ///
+    /// # Example
+    /// ```
+    /// use graceful_listener::ShutdownSignal;
+    ///
+    /// async fn events() -> String {
+    ///     let signal = ShutdownSignal::current();
+    ///     tokio::select! {
+    ///         () = signal.stopping() => "the worker is stopping: reconnect\n".to_owned(),
+    ///         () = tokio::time::sleep(std::time::Duration::from_secs(30)) => "nothing new\n".to_owned(),
+    ///     }
+    /// }
+    /// ```
+    pub fn current() -> ShutdownSignal {
+        let current = CURRENT.read().unwrap_or_else(|e| e.into_inner());
+        match &*current {
+            Some(signal) => signal.clone(),
+            // Its `Shutdown` is dropped here: it never leaves `Running`.
+            None => Shutdown::new().signal(),
+        }
+    }
+
+    /// Makes this the signal [`ShutdownSignal::current`] returns.
+    pub(crate) fn make_current(&self) {
+        *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(self.clone());
+    }
+
     /// The current phase: one atomic load, cheap enough for a check per request.
     pub fn phase(&self) -> Phase {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
@@ -158,5 +196,14 @@ mod tests {
         assert_eq!(signal.phase(), Phase::Hammer);
         signal.stopping().await; // already past: resolves at once
         signal.hammer().await;
+    }
+
+    #[tokio::test]
+    async fn a_signal_without_a_shutdown_never_fires() {
+        let orphan = Shutdown::new().signal();
+        assert_eq!(orphan.phase(), Phase::Running);
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(50), orphan.stopping()).await;
+        assert!(waited.is_err(), "nobody can stop it any more");
     }
 }

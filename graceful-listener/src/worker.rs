@@ -129,6 +129,8 @@ impl Worker {
     /// Outside a tokio runtime with IO enabled (actix-web's runtime is one).
     pub fn new(options: WorkerOptions) -> Result<Worker, RunError> {
         let (signals, stop_pending) = StopSignals::install().map_err(RunError::Signals)?;
+        let handle = ListenerHandle::new();
+        handle.shutdown_signal().make_current();
         Ok(Worker {
             options,
             signals,
@@ -136,7 +138,7 @@ impl Worker {
             early: None,
             readied: false,
             env: EinhornEnv::from_process(),
-            handle: ListenerHandle::new(),
+            handle,
         })
     }
 
@@ -146,7 +148,8 @@ impl Worker {
         self.handle.clone()
     }
 
-    /// A watcher of the stop, for servers and request handlers.
+    /// A watcher of the stop, for servers and request handlers (which can also reach it as
+    /// [`ShutdownSignal::current`]).
     pub fn shutdown_signal(&self) -> ShutdownSignal {
         self.handle.shutdown_signal()
     }

@@ -1,4 +1,4 @@
-//! Per connection: a [`ConnectionGuard`] so the worker counts, drains and can cut it, and the
+//! Per connection: a [`ConnectionGuard`] so the worker counts, drains and can cut it. And the
 //! worker's [`ShutdownSignal`] for handlers ([`StopSignal`]).
 
 use std::any::Any;
@@ -16,11 +16,9 @@ pub(crate) type OnConnect = Arc<dyn Fn(&dyn Any, &mut Extensions) + Send + Sync>
 /// Kept in the connection's data, so it lives as long as actix's dispatcher for it.
 struct Tracked(#[allow(dead_code)] ConnectionGuard);
 
-/// Our `on_connect`: tracks the connection, hands its requests the worker's signal, then
-/// runs the user's own callback, if any.
+/// Our `on_connect`: tracks the connection, then runs the user's own callback, if any.
 pub(crate) fn on_connect(
     handle: ListenerHandle,
-    signal: ShutdownSignal,
     user: Option<OnConnect>,
 ) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
     move |io, data| {
@@ -29,7 +27,6 @@ pub(crate) fn on_connect(
         } else {
             tracing::warn!("connection of an unknown kind: not tracked by the drain");
         }
-        data.insert(signal.clone());
         if let Some(user) = &user {
             user(io, data);
         }
@@ -48,8 +45,8 @@ fn socket_fd(io: &dyn Any) -> Option<BorrowedFd<'_>> {
 /// The worker's [`ShutdownSignal`], as a handler argument: for handlers that must end
 /// something themselves when the worker stops (an event stream, a long poll).
 ///
-/// Available on every request served by [`start`](crate::start); elsewhere extracting it
-/// fails with a 500 error.
+/// It is [`ShutdownSignal::current`]: outside a worker, a signal that never fires. It costs
+/// nothing to requests that do not ask for it.
 ///
 /// # Example
 /// ```
@@ -68,15 +65,10 @@ fn socket_fd(io: &dyn Any) -> Option<BorrowedFd<'_>> {
 pub struct StopSignal(pub ShutdownSignal);
 
 impl FromRequest for StopSignal {
-    type Error = actix_web::Error;
-    type Future = Ready<Result<StopSignal, actix_web::Error>>;
+    type Error = std::convert::Infallible;
+    type Future = Ready<Result<StopSignal, std::convert::Infallible>>;
 
-    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        ready(match req.conn_data::<ShutdownSignal>() {
-            Some(signal) => Ok(StopSignal(signal.clone())),
-            None => Err(actix_web::error::ErrorInternalServerError(
-                "StopSignal is only available under einhorn_actix::start",
-            )),
-        })
+    fn from_request(_req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(Ok(StopSignal(ShutdownSignal::current())))
     }
 }

@@ -310,7 +310,7 @@ where
         let mut server = server
             .disable_signals()
             .shutdown_timeout(actix_timeout)
-            .on_connect(on_connect(handle.clone(), signal.clone(), self.on_connect));
+            .on_connect(on_connect(handle.clone(), self.on_connect));
         for (bind, listener) in listeners {
             let listened = match listener {
                 StdListener::Tcp(l) => server.listen(l),

@@ -36,6 +36,7 @@
 mod app;
 mod listener;
 mod make;
+mod signal;
 
 use einhorn_hyper::{HttpRun, HttpServer};
 
@@ -48,6 +49,7 @@ pub use graceful_listener::{
 };
 pub use listener::ServeListener;
 pub use make::{AxumMakeService, IncomingConnection};
+pub use signal::StopSignal;
 
 /// The builder [`run`] and [`serve`] return: every option of the worker and of the HTTP
 /// engine; `.await` it.

@@ -22,7 +22,7 @@
 //! }
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), graceful_listener::RunError> {
+//! async fn main() -> Result<(), einhorn_hyper::RunError> {
 //!     let report = einhorn_hyper::run(service_fn(hello), 0).await?;
 //!     eprintln!("{report:?}");
 //!     Ok(())
@@ -38,6 +38,9 @@ mod service;
 mod state;
 
 pub use config::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig};
+pub use graceful_listener::{
+    Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
+};
 pub use make::{ConnectionInfo, MakeService, Shared};
 pub use run::{HttpRun, run, serve};
 pub use server::HttpServer;

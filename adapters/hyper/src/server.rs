@@ -37,9 +37,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 ///    the client still sends until the client closes (bounded by the linger), so that unread
 ///    bytes never turn the close into a reset that would wipe out the last response.
 ///
-/// Every request carries the worker's [`ShutdownSignal`] as an extension, for handlers that
-/// must end something themselves when the worker stops, such as an endless event stream
-/// (in axum: `Extension<ShutdownSignal>`).
+/// Handlers that must end something themselves when the worker stops, such as an endless
+/// event stream, watch [`ShutdownSignal::current`] (the adapters offer it as an extractor).
 ///
 /// # Example
 /// ```no_run

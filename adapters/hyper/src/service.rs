@@ -29,10 +29,8 @@ where
     type Error = S::Error;
     type Future = DrainFuture<S::Future>;
 
-    fn call(&self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&self, req: Request<ReqBody>) -> Self::Future {
         let guard = self.state.begin_request();
-        // For handlers that must end something themselves when the worker stops (a stream).
-        req.extensions_mut().insert(self.signal.clone());
         let http1 = req.version() < Version::HTTP_2;
         if !http1 {
             self.state.mark_h2();

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use einhorn_hyper::{HttpConfig, HttpServer};
-use graceful_listener::{Bind, GracefulListener, ListenerHandle, Server};
+use graceful_listener::{Bind, GracefulListener, ListenerHandle, Server, ShutdownSignal};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
@@ -14,7 +14,10 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
-async fn handler(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handler(
+    signal: ShutdownSignal,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/upgrade" {
         // An echo protocol after `101 Switching Protocols`, as a WebSocket would be.
         let upgrade = hyper::upgrade::on(&mut req);
@@ -38,10 +41,6 @@ async fn handler(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, In
         return Ok(response);
     }
     if req.uri().path() == "/stopping" {
-        let signal = req
-            .extensions()
-            .get::<graceful_listener::ShutdownSignal>()
-            .expect("the stop signal");
         return Ok(Response::new(Full::new(Bytes::from(
             signal.is_stopping().to_string(),
         ))));
@@ -59,7 +58,10 @@ async fn start(config: HttpConfig) -> (std::net::SocketAddr, ListenerHandle) {
         .unwrap();
     let addr = listener.local_addr().as_tcp().unwrap();
     let handle = listener.handle();
-    let server = HttpServer::new(service_fn(handler)).config(config);
+    // A listener made on its own: handlers reach its stop through its own signal.
+    let signal = listener.shutdown_signal();
+    let server =
+        HttpServer::new(service_fn(move |req| handler(signal.clone(), req))).config(config);
     tokio::spawn(server.serve(listener));
     (addr, handle)
 }

@@ -120,6 +120,28 @@ where
     HttpServer::new(WarpService::new(filter))
 }
 
+/// Extracts the worker's [`ShutdownSignal`], for handlers that must end something themselves
+/// when the worker stops: an event stream, a long poll. It is [`ShutdownSignal::current`]:
+/// outside a worker, a signal that never fires.
+///
+/// # Example
+/// ```
+/// use warp::Filter;
+///
+/// let poll = warp::path("poll")
+///     .and(einhorn_warp::stop_signal())
+///     .then(|signal: einhorn_warp::ShutdownSignal| async move {
+///         tokio::select! {
+///             () = signal.stopping() => "worker stopping: ask again\n",
+///             () = tokio::time::sleep(std::time::Duration::from_secs(30)) => "nothing new\n",
+///         }
+///     });
+/// ```
+pub fn stop_signal()
+-> impl Filter<Extract = (ShutdownSignal,), Error = std::convert::Infallible> + Copy {
+    warp::any().map(ShutdownSignal::current)
+}
+
 /// A warp filter as a [`hyper::service::Service`] (through [`warp::service`]), for
 /// [`einhorn_hyper::HttpServer`].
 ///
