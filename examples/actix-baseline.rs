@@ -11,8 +11,9 @@
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/actix-baseline`
 
+mod by_hand;
+
 use std::net::SocketAddr;
-use std::os::fd::FromRawFd;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
@@ -42,30 +43,7 @@ async fn sleep(ms: web::Path<u64>) -> String {
 
 /// Einhorn's first listener if we have one, else a fresh one on `bind`.
 fn listener(bind: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    match std::env::var("EINHORN_FD_0") {
-        Ok(fd) => {
-            let fd: i32 = fd
-                .parse()
-                .map_err(|_| std::io::Error::other(format!("EINHORN_FD_0={fd:?}")))?;
-            // SAFETY: Einhorn passed us this fd as our listening socket, and nothing else owns it.
-            Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) })
-        }
-        Err(_) => std::net::TcpListener::bind(bind),
-    }
-}
-
-/// Tells the Einhorn master we are up.
-fn ack() -> std::io::Result<()> {
-    use std::io::Write;
-    let Ok(path) = std::env::var("EINHORN_SOCK_PATH") else {
-        return Ok(());
-    };
-    let mut socket = std::os::unix::net::UnixStream::connect(path)?;
-    writeln!(
-        socket,
-        r#"{{"command":"worker:ack","pid":{}}}"#,
-        std::process::id()
-    )
+    by_hand::einhorn_listener().unwrap_or_else(|| std::net::TcpListener::bind(bind))
 }
 
 #[actix_web::main]
@@ -101,7 +79,7 @@ async fn main() -> std::process::ExitCode {
     };
     let handle = server.handle();
     let running = actix_web::rt::spawn(server);
-    if let Err(e) = ack() {
+    if let Err(e) = by_hand::ack() {
         tracing::error!(error = %e, "cannot ack");
     }
     tracing::info!(pid = std::process::id(), "serving");

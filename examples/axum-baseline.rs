@@ -10,8 +10,9 @@
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/axum-baseline`
 
+mod by_hand;
+
 use std::net::SocketAddr;
-use std::os::fd::FromRawFd;
 use std::time::Duration;
 
 use axum::Router;
@@ -42,32 +43,14 @@ async fn sleep(Path(ms): Path<u64>) -> String {
 
 /// Einhorn's first listener if we have one, else a fresh one on `bind`.
 async fn listener(bind: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    match std::env::var("EINHORN_FD_0") {
-        Ok(fd) => {
-            let fd: i32 = fd
-                .parse()
-                .map_err(|_| std::io::Error::other(format!("EINHORN_FD_0={fd:?}")))?;
-            // SAFETY: Einhorn passed us this fd as our listening socket, and nothing else owns it.
-            let std_listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    match by_hand::einhorn_listener() {
+        Some(inherited) => {
+            let std_listener = inherited?;
             std_listener.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(std_listener)
         }
-        Err(_) => tokio::net::TcpListener::bind(bind).await,
+        None => tokio::net::TcpListener::bind(bind).await,
     }
-}
-
-/// Tells the Einhorn master we are up.
-fn ack() -> std::io::Result<()> {
-    use std::io::Write;
-    let Ok(path) = std::env::var("EINHORN_SOCK_PATH") else {
-        return Ok(());
-    };
-    let mut socket = std::os::unix::net::UnixStream::connect(path)?;
-    writeln!(
-        socket,
-        r#"{{"command":"worker:ack","pid":{}}}"#,
-        std::process::id()
-    )
 }
 
 #[tokio::main]
@@ -97,7 +80,7 @@ async fn main() -> std::process::ExitCode {
             })
             .await
     });
-    if let Err(e) = ack() {
+    if let Err(e) = by_hand::ack() {
         tracing::error!(error = %e, "cannot ack");
     }
     tracing::info!(pid = std::process::id(), "serving");

@@ -37,4 +37,6 @@ pub use drain::{DrainApp, DrainAppService, DrainFuture};
 pub use graceful_listener::{
     Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
 };
-pub use start::{ActixServer, AppFactory, DEFAULT_IDLE_GRACE, Start, serve, start};
+pub use start::{
+    ActixServer, AppFactory, AppServiceFactory, DEFAULT_IDLE_GRACE, Start, serve, start,
+};

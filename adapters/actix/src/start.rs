@@ -35,6 +35,34 @@ pub type ActixServer<S, B> = HttpServer<AppFactory<S, B>, DrainApp<S, B>, DrainA
 
 type Configure<S, B> = Box<dyn FnOnce(ActixServer<S, B>) -> ActixServer<S, B>>;
 
+/// What an app factory makes, as [`HttpServer::new`] requires it (an `App`'s service
+/// factory is one), in one name. Implemented for every type that fits.
+pub trait AppServiceFactory<B>:
+    ServiceFactory<
+        Request,
+        Config = AppConfig,
+        Error: Into<actix_web::Error> + 'static,
+        InitError: fmt::Debug,
+        Response: Into<Response<B>> + 'static,
+        Future: 'static,
+        Service: Service<Request, Future: 'static> + 'static,
+    > + 'static
+{
+}
+
+impl<S, B> AppServiceFactory<B> for S where
+    S: ServiceFactory<
+            Request,
+            Config = AppConfig,
+            Error: Into<actix_web::Error> + 'static,
+            InitError: fmt::Debug,
+            Response: Into<Response<B>> + 'static,
+            Future: 'static,
+            Service: Service<Request, Future: 'static> + 'static,
+        > + 'static
+{
+}
+
 /// Serves an actix-web app on Einhorn's listener number `fd_index` until a stop signal, then
 /// drains without a keep-alive client noticing.
 ///
@@ -75,13 +103,7 @@ pub fn start<F, I, S, B>(factory: F, fd_index: usize) -> Start<F, I, S, B>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, Request> + 'static,
-    S: ServiceFactory<Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    S::Future: 'static,
-    S::Service: 'static,
-    <S::Service as Service<Request>>::Future: 'static,
+    S: AppServiceFactory<B>,
     B: MessageBody + 'static,
 {
     serve(factory).bind(Bind::Einhorn(fd_index))
@@ -106,13 +128,7 @@ pub fn serve<F, I, S, B>(factory: F) -> Start<F, I, S, B>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, Request> + 'static,
-    S: ServiceFactory<Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    S::Future: 'static,
-    S::Service: 'static,
-    <S::Service as Service<Request>>::Future: 'static,
+    S: AppServiceFactory<B>,
     B: MessageBody + 'static,
 {
     Start {
@@ -134,13 +150,7 @@ pub struct Start<F, I, S, B>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, Request> + 'static,
-    S: ServiceFactory<Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    S::Future: 'static,
-    S::Service: 'static,
-    <S::Service as Service<Request>>::Future: 'static,
+    S: AppServiceFactory<B>,
     B: MessageBody + 'static,
 {
     factory: F,
@@ -157,13 +167,7 @@ impl<F, I, S, B> Start<F, I, S, B>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, Request> + 'static,
-    S: ServiceFactory<Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    S::Future: 'static,
-    S::Service: 'static,
-    <S::Service as Service<Request>>::Future: 'static,
+    S: AppServiceFactory<B>,
     B: MessageBody + 'static,
 {
     /// Where to listen. See [`Bind`] for the specs.
@@ -360,13 +364,7 @@ impl<F, I, S, B> IntoFuture for Start<F, I, S, B>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, Request> + 'static,
-    S: ServiceFactory<Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    S::Future: 'static,
-    S::Service: 'static,
-    <S::Service as Service<Request>>::Future: 'static,
+    S: AppServiceFactory<B>,
     B: MessageBody + 'static,
 {
     type Output = Result<RunReport, RunError>;
