@@ -9,6 +9,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use graceful_listener_suite::fake_einhorn::FakeEinhorn;
+use graceful_listener_suite::harness::Proc;
 use http_support::{WAIT, Worker, get};
 use nix::sys::signal::Signal;
 
@@ -16,6 +18,7 @@ for_each_framework!(
     serves_acks_and_drains_a_slow_request,
     a_hung_connection_is_cut_at_the_drain_timeout,
     a_handler_waiting_for_the_stop_sees_it,
+    serves_http_on_an_inherited_unix_socket,
 );
 
 /// A keep-alive connection that has been accepted and served one request.
@@ -170,6 +173,39 @@ fn a_handler_waiting_for_the_stop_sees_it(example: &str) {
         "the stream ended itself, no drain timeout: {took:?}\n{}",
         worker.proc.output()
     );
+}
+
+fn serves_http_on_an_inherited_unix_socket(example: &str) {
+    let mut einhorn = FakeEinhorn::new().unwrap();
+    let path = einhorn.dir().join("http.sock");
+    einhorn.add_fd(
+        std::os::unix::net::UnixListener::bind(&path)
+            .unwrap()
+            .into(),
+    );
+    let mut cmd = einhorn.command(graceful_listener_suite::harness::example(example));
+    cmd.args(["--drain-timeout", "30"]);
+    let mut worker = Proc::spawn(cmd).unwrap();
+    einhorn
+        .recv_command(WAIT)
+        .unwrap_or_else(|e| panic!("no ACK ({e}):\n{}", worker.output()));
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains(&format!("pid={}", worker.pid())),
+        "{response}"
+    );
+    let stopped = Instant::now();
+    worker.signal(Signal::SIGTERM).unwrap();
+    let status = worker.wait_timeout(WAIT).expect("the worker exits");
+    assert!(status.success(), "{status:?}\n{}", worker.output());
+    assert!(stopped.elapsed() < Duration::from_secs(5));
 }
 
 /// Waits for the worker to exit, checks it exited 0, and returns how long after `since`.
