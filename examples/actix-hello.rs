@@ -1,6 +1,6 @@
 //! An actix-web app under Einhorn, following the examples' contract: `GET /` answers with
 //! this worker's pid, `GET /sleep/<ms>` answers after that long, `GET /until-stop` answers
-//! when the worker stops.
+//! when the worker stops, `GET /readyz` answers 200 while ready and 503 in the lame duck.
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/actix-hello`
 //! On its own:    `cargo run --example actix-hello -- --bind 127.0.0.1:8000`
@@ -41,10 +41,12 @@ async fn main() -> std::process::ExitCode {
             .route("/", web::get().to(hello))
             .route("/sleep/{ms}", web::get().to(sleep))
             .route("/until-stop", web::get().to(until_stop))
+            .route("/readyz", web::get().to(einhorn_actix::readyz))
     };
     let result = einhorn_actix::serve(app)
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
+        .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
         .configure(|server| server.workers(2))
         .await;

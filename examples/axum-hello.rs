@@ -1,6 +1,6 @@
 //! An axum app under Einhorn, following the examples' contract: `GET /` answers with this
 //! worker's pid, `GET /sleep/<ms>` answers after that long, `GET /until-stop` answers when the
-//! worker stops.
+//! worker stops, `GET /readyz` answers 200 while ready and 503 in the lame duck.
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/axum-hello`
 //! On its own:    `cargo run --example axum-hello -- --bind 127.0.0.1:8000`
@@ -38,10 +38,12 @@ async fn main() -> std::process::ExitCode {
     let app = Router::new()
         .route("/", get(hello))
         .route("/sleep/{ms}", get(sleep))
-        .route("/until-stop", get(until_stop));
+        .route("/until-stop", get(until_stop))
+        .route("/readyz", get(einhorn_axum::readyz));
     let result = einhorn_axum::serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
+        .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
         .await;
     common::exit_status(result)

@@ -37,6 +37,7 @@ fn main() -> std::process::ExitCode {
 async fn life(args: &common::Args) -> Result<RunReport, RunError> {
     let options = WorkerOptions::default()
         .drain_timeout(args.drain_timeout())
+        .lame_duck(args.lame_duck())
         // Async, as deregistering from service discovery would be; the drain waits for it.
         .on_stop_async(|| async {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

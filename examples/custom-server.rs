@@ -43,6 +43,7 @@ async fn main() -> std::process::ExitCode {
     let result = Run::new(LineEcho)
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
+        .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
         .await;
     common::exit_status(result)

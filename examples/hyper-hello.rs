@@ -1,6 +1,7 @@
 //! A plain hyper service under Einhorn, following the examples' contract: `GET /` answers
 //! with this worker's pid, `GET /sleep/<ms>` answers after that long, `GET /until-stop`
-//! answers when the worker stops.
+//! answers when the worker stops, `GET /readyz` answers 200 while ready and 503 in the lame
+//! duck.
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/hyper-hello`
 //! On its own:    `cargo run --example hyper-hello -- --bind 127.0.0.1:8000`
@@ -27,6 +28,8 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         (StatusCode::OK, format!("slept {ms}ms pid={pid}\n"))
+    } else if path == "/readyz" {
+        return Ok(einhorn_hyper::readyz());
     } else if path == "/until-stop" {
         ShutdownSignal::current().stopping().await;
         (StatusCode::OK, format!("stopping pid={pid}\n"))
@@ -45,6 +48,7 @@ async fn main() -> std::process::ExitCode {
     let result = einhorn_hyper::serve(service_fn(handle))
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
+        .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
         .await;
     common::exit_status(result)

@@ -62,6 +62,7 @@ async fn main() -> std::process::ExitCode {
         .bind(common.bind.clone())
         .also_serve(args.admin_bind, einhorn_axum::server(admin))
         .drain_timeout(common.drain_timeout())
+        .lame_duck(common.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
         .await;
     common::exit_status(result)

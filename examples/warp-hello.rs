@@ -1,6 +1,6 @@
 //! A warp filter under Einhorn, following the examples' contract: `GET /` answers with this
 //! worker's pid, `GET /sleep/<ms>` answers after that long, `GET /until-stop` answers when the
-//! worker stops.
+//! worker stops, `GET /readyz` answers 200 while ready and 503 in the lame duck.
 //!
 //! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -- target/debug/examples/warp-hello`
 //! On its own:    `cargo run --example warp-hello -- --bind 127.0.0.1:8000`
@@ -26,10 +26,11 @@ async fn main() -> std::process::ExitCode {
             signal.stopping().await;
             format!("stopping pid={}\n", std::process::id())
         });
-    let routes = warp::get().and(hello.or(sleep).or(until_stop));
+    let routes = einhorn_warp::readyz().or(warp::get().and(hello.or(sleep).or(until_stop)));
     let result = einhorn_warp::serve(routes)
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
+        .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
         .await;
     common::exit_status(result)

@@ -1,8 +1,10 @@
 //! What every example shares: the command line of the examples' contract and logging.
 //!
-//! Contract (see the book): binds with `auto` unless `--bind SPEC` says otherwise (under
-//! Einhorn that is `einhorn@0`, else `127.0.0.1:8000`), `--drain-timeout SECS` bounds the
-//! drain, logs go to stderr through `tracing`, and the exit status is 0 after a graceful stop.
+//! Contract (see the book): binds with `auto` unless `--bind SPEC` says otherwise (the socket
+//! a manager passed: Einhorn, systemd, Server::Starter; else `:$PORT`, else
+//! `127.0.0.1:8000`), `--drain-timeout SECS` bounds the drain, `--lame-duck SECS` keeps
+//! serving that long after SIGTERM while `/readyz` answers 503, logs go to stderr through
+//! `tracing`, and the exit status is 0 after a graceful stop.
 
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ pub(crate) struct Args {
     /// Longest drain, in seconds, before open connections are forced closed.
     #[arg(long, default_value_t = 30.0)]
     pub(crate) drain_timeout: f64,
+    /// Seconds to keep serving after SIGTERM, not ready (Kubernetes' lame duck).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) lame_duck: f64,
 }
 
 impl Args {
@@ -29,12 +34,14 @@ impl Args {
 
     /// Checks what clap cannot, exiting with a usage message on bad input.
     pub(crate) fn validated(self) -> Args {
-        if !(self.drain_timeout.is_finite() && self.drain_timeout >= 0.0) {
-            eprintln!(
-                "error: --drain-timeout {} is not a number of seconds",
-                self.drain_timeout
-            );
-            std::process::exit(2);
+        for (flag, value) in [
+            ("--drain-timeout", self.drain_timeout),
+            ("--lame-duck", self.lame_duck),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                eprintln!("error: {flag} {value} is not a number of seconds");
+                std::process::exit(2);
+            }
         }
         self
     }
@@ -42,6 +49,11 @@ impl Args {
     /// The drain timeout as a duration.
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.drain_timeout)
+    }
+
+    /// The lame duck as a duration.
+    pub(crate) fn lame_duck(&self) -> Duration {
+        Duration::from_secs_f64(self.lame_duck)
     }
 }
 

@@ -3,11 +3,13 @@
 //! | spec | meaning |
 //! | --- | --- |
 //! | `einhorn@N` | the Nth `-b` socket of the Einhorn master running this worker |
+//! | `systemd@N`, `systemd@NAME` | the Nth socket systemd passed, or the one named NAME (`FileDescriptorName=`) |
+//! | `starter@N`, `starter@KEY` | the Nth socket Server::Starter passed, or the one for KEY (`127.0.0.1:8080`, `:8080`, a path) |
 //! | `fd@N` | an inherited listening socket at fd N |
 //! | `HOST:PORT`, `[V6]:PORT` | bind a TCP socket (`HOST` an IP literal or a name) |
 //! | `:PORT` | bind a TCP socket on every IPv4 interface (`0.0.0.0:PORT`) |
-//! | `unix:PATH`, or a path starting with `/` or `.` | bind a Unix socket |
-//! | `auto` | `einhorn@0` when run by Einhorn, else `127.0.0.1:8000` |
+//! | `unix:PATH`, or a path starting with `/` or `.` | bind a Unix socket; `,mode=0660` sets its permissions |
+//! | `auto` | the socket the environment provides (see [`Bind::Auto`]), else `127.0.0.1:8000` |
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,11 +17,11 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::env::{EinhornEnv, EnvError};
+use crate::env::{EnvError, Environment, LISTEN_FDNAMES, LISTEN_FDS, SERVER_STARTER_PORT};
 use crate::inherit::{InheritError, take_listener};
 use crate::socket::{self, StdListener};
 
-/// Where `auto` binds when no socket manager passed a listener.
+/// Where `auto` binds when no socket manager passed a listener and `PORT` is not set.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
 
 /// Where a listener comes from. Parse one with [`str::parse`]; [`Display`](fmt::Display)
@@ -32,6 +34,7 @@ pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALH
 /// let bind: Bind = "einhorn@0".parse().unwrap();
 /// assert_eq!(bind, Bind::Einhorn(0));
 /// assert_eq!("[::1]:8080".parse::<Bind>().unwrap().to_string(), "[::1]:8080");
+/// assert_eq!("systemd@admin".parse::<Bind>().unwrap(), Bind::SystemdName("admin".into()));
 /// assert!("einhorn@x".parse::<Bind>().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,6 +42,15 @@ pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALH
 pub enum Bind {
     /// `einhorn@N`: the Nth listener passed by Einhorn (`EINHORN_FD_N`).
     Einhorn(usize),
+    /// `systemd@N`: the Nth socket systemd passed (fd 3 + N), if `LISTEN_PID` is ours.
+    Systemd(usize),
+    /// `systemd@NAME`: the socket systemd passed under this name (`LISTEN_FDNAMES`).
+    SystemdName(String),
+    /// `starter@N`: the Nth socket Server::Starter passed (`SERVER_STARTER_PORT` order).
+    Starter(usize),
+    /// `starter@KEY`: the socket Server::Starter bound for KEY (`127.0.0.1:8080`, `:8080` for
+    /// a port-only `--port=8080`, or a socket path).
+    StarterKey(String),
     /// `fd@N`: a listening socket inherited at fd N.
     Fd(RawFd),
     /// `IP:PORT` or `[IPV6]:PORT`: bind this address.
@@ -47,11 +59,38 @@ pub enum Bind {
     Host(String, u16),
     /// `:PORT`: bind this port on every IPv4 interface.
     Port(u16),
-    /// `unix:PATH`: bind a Unix stream socket at this path.
-    Unix(PathBuf),
-    /// `auto`: the listener the environment provides, else [`DEFAULT_ADDR`]. See
-    /// [`Bind::resolve_auto`].
+    /// `unix:PATH[,mode=OCTAL]`: bind a Unix stream socket at this path, replacing a stale
+    /// socket file nobody listens on, with these permissions if given.
+    Unix {
+        /// The socket's path.
+        path: PathBuf,
+        /// Its permissions (`0o660`), set before it accepts; else as the umask leaves them.
+        mode: Option<u32>,
+    },
+    /// `auto`: the socket the environment provides, first that applies:
+    /// 1. `GRACEFUL_LISTENER_BIND`, a spec set explicitly;
+    /// 2. `einhorn@0` when run by Einhorn (`EINHORN_MASTER_PID` is our parent);
+    /// 3. `systemd@0` when socket-activated (`LISTEN_PID` is our pid);
+    /// 4. `starter@0` when run by Server::Starter (`SERVER_STARTER_PORT`);
+    /// 5. `:$PORT` when `PORT` is set;
+    /// 6. [`DEFAULT_ADDR`].
     Auto,
+}
+
+impl Bind {
+    /// A Unix socket at `path`, with default permissions.
+    ///
+    /// # Example
+    /// ```
+    /// let bind = graceful_listener::Bind::unix("/run/app.sock");
+    /// assert_eq!(bind.to_string(), "unix:/run/app.sock");
+    /// ```
+    pub fn unix(path: impl Into<PathBuf>) -> Bind {
+        Bind::Unix {
+            path: path.into(),
+            mode: None,
+        }
+    }
 }
 
 /// A bind spec that does not parse.
@@ -76,68 +115,100 @@ impl ParseBindError {
     }
 }
 
+const EXPECTED: &str = "expected einhorn@N, systemd@N, systemd@NAME, starter@N, starter@KEY, fd@N, \
+                        HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto";
+
 impl FromStr for Bind {
     type Err = ParseBindError;
 
     fn from_str(spec: &str) -> Result<Bind, ParseBindError> {
+        let error = |reason: String| ParseBindError::new(spec, reason);
         let number = |digits: &str, what: &str| -> Result<u64, ParseBindError> {
             if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ParseBindError::new(
-                    spec,
-                    format!("{digits:?} is not {what}"),
-                ));
+                return Err(error(format!("{digits:?} is not {what}")));
             }
-            digits.parse().map_err(|_| {
-                ParseBindError::new(spec, format!("{digits:?} is too large for {what}"))
-            })
+            digits
+                .parse()
+                .map_err(|_| error(format!("{digits:?} is too large for {what}")))
+        };
+        let index = |digits: &str| -> Result<usize, ParseBindError> {
+            let index = number(digits, "a listener index")?;
+            usize::try_from(index).map_err(|_| error("listener index too large".into()))
         };
         if spec == "auto" {
             return Ok(Bind::Auto);
         }
-        if let Some(index) = spec.strip_prefix("einhorn@") {
-            let index = number(index, "a listener index")?;
-            return usize::try_from(index)
-                .map(Bind::Einhorn)
-                .map_err(|_| ParseBindError::new(spec, "listener index too large"));
+        if let Some(rest) = spec.strip_prefix("einhorn@") {
+            return index(rest).map(Bind::Einhorn);
+        }
+        if let Some(rest) = spec.strip_prefix("systemd@") {
+            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
+                return index(rest).map(Bind::Systemd);
+            }
+            // systemd's own rule for FileDescriptorName=: printable, no colon, at most 255.
+            let valid = !rest.is_empty()
+                && rest.len() <= 255
+                && rest.chars().all(|c| c.is_ascii_graphic() && c != ':');
+            if !valid {
+                return Err(error(format!(
+                    "{rest:?} is not a socket index or name (printable, no ':', at most 255 characters)"
+                )));
+            }
+            return Ok(Bind::SystemdName(rest.to_owned()));
+        }
+        if let Some(rest) = spec.strip_prefix("starter@") {
+            if rest.is_empty() {
+                return Err(error("the Server::Starter socket is missing".into()));
+            }
+            if rest.bytes().all(|b| b.is_ascii_digit()) {
+                return index(rest).map(Bind::Starter);
+            }
+            return Ok(Bind::StarterKey(rest.to_owned()));
         }
         if let Some(fd) = spec.strip_prefix("fd@") {
             let fd = number(fd, "a file descriptor number")?;
-            return RawFd::try_from(fd).map(Bind::Fd).map_err(|_| {
-                ParseBindError::new(
-                    spec,
-                    format!("{fd} is too large for a file descriptor number"),
-                )
-            });
+            return RawFd::try_from(fd)
+                .map(Bind::Fd)
+                .map_err(|_| error(format!("{fd} is too large for a file descriptor number")));
         }
-        if let Some(path) = spec.strip_prefix("unix:") {
+        let unix_path = spec
+            .strip_prefix("unix:")
+            .or_else(|| (spec.starts_with('/') || spec.starts_with('.')).then_some(spec));
+        if let Some(rest) = unix_path {
+            let (path, mode) = match rest.rsplit_once(",mode=") {
+                Some((path, mode)) => {
+                    let valid = (3..=4).contains(&mode.len())
+                        && mode.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                    if !valid {
+                        return Err(error(format!(
+                            "{mode:?} is not a file mode (octal, like 0660)"
+                        )));
+                    }
+                    (path, u32::from_str_radix(mode, 8).ok())
+                }
+                None => (rest, None),
+            };
             if path.is_empty() {
-                return Err(ParseBindError::new(spec, "the socket path is empty"));
+                return Err(error("the socket path is empty".into()));
             }
-            return Ok(Bind::Unix(PathBuf::from(path)));
-        }
-        if spec.starts_with('/') || spec.starts_with('.') {
-            return Ok(Bind::Unix(PathBuf::from(spec)));
+            return Ok(Bind::Unix {
+                path: PathBuf::from(path),
+                mode,
+            });
         }
         if let Ok(addr) = spec.parse::<SocketAddr>() {
             return Ok(Bind::Addr(addr));
         }
         let Some((host, port)) = spec.rsplit_once(':') else {
-            return Err(ParseBindError::new(
-                spec,
-                "expected einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto",
-            ));
+            return Err(error(EXPECTED.into()));
         };
         let port = number(port, "a port number")?;
-        let port = u16::try_from(port)
-            .map_err(|_| ParseBindError::new(spec, format!("port {port} is above 65535")))?;
+        let port = u16::try_from(port).map_err(|_| error(format!("port {port} is above 65535")))?;
         if host.is_empty() {
             return Ok(Bind::Port(port));
         }
         if host.starts_with('[') || host.contains(':') {
-            return Err(ParseBindError::new(
-                spec,
-                format!("{host:?} is not an IPv6 address"),
-            ));
+            return Err(error(format!("{host:?} is not an IPv6 address")));
         }
         let valid_name = host.split('.').all(|label| {
             !label.is_empty()
@@ -146,10 +217,7 @@ impl FromStr for Bind {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
         if !valid_name {
-            return Err(ParseBindError::new(
-                spec,
-                format!("{host:?} is not a host name or IP address"),
-            ));
+            return Err(error(format!("{host:?} is not a host name or IP address")));
         }
         Ok(Bind::Host(host.to_owned(), port))
     }
@@ -159,11 +227,19 @@ impl fmt::Display for Bind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Bind::Einhorn(index) => write!(f, "einhorn@{index}"),
+            Bind::Systemd(index) => write!(f, "systemd@{index}"),
+            Bind::SystemdName(name) => write!(f, "systemd@{name}"),
+            Bind::Starter(index) => write!(f, "starter@{index}"),
+            Bind::StarterKey(key) => write!(f, "starter@{key}"),
             Bind::Fd(fd) => write!(f, "fd@{fd}"),
             Bind::Addr(addr) => write!(f, "{addr}"),
             Bind::Host(host, port) => write!(f, "{host}:{port}"),
             Bind::Port(port) => write!(f, ":{port}"),
-            Bind::Unix(path) => write!(f, "unix:{}", path.display()),
+            Bind::Unix { path, mode: None } => write!(f, "unix:{}", path.display()),
+            Bind::Unix {
+                path,
+                mode: Some(mode),
+            } => write!(f, "unix:{},mode={mode:04o}", path.display()),
             Bind::Auto => f.write_str("auto"),
         }
     }
@@ -174,7 +250,13 @@ impl fmt::Display for Bind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BindError {
-    /// Einhorn's environment is missing or wrong.
+    /// `auto` could not decide: a manager's environment is there but wrong.
+    #[error("cannot resolve auto: {source}")]
+    Auto {
+        /// What is wrong with the environment.
+        source: EnvError,
+    },
+    /// A manager's environment is missing or wrong.
     #[error("cannot take {bind}: {source}")]
     Env {
         /// The spec being opened.
@@ -205,41 +287,70 @@ pub enum BindError {
 impl Bind {
     /// Whether this spec takes a socket a manager passed down rather than binding one.
     pub fn is_inherited(&self) -> bool {
-        matches!(self, Bind::Einhorn(_) | Bind::Fd(_))
+        matches!(
+            self,
+            Bind::Einhorn(_)
+                | Bind::Systemd(_)
+                | Bind::SystemdName(_)
+                | Bind::Starter(_)
+                | Bind::StarterKey(_)
+                | Bind::Fd(_)
+        )
     }
 
-    /// Replaces `auto` with the spec the environment calls for: `einhorn@0` when this
-    /// process is an Einhorn worker with at least one listener, else [`DEFAULT_ADDR`].
-    /// Any other spec is returned as it is.
-    pub fn resolve_auto(self) -> Bind {
-        self.resolve_auto_in(&EinhornEnv::from_process())
+    /// Replaces `auto` with the spec this process's environment calls for (see
+    /// [`Bind::Auto`]); any other spec is returned as it is.
+    ///
+    /// # Errors
+    /// [`BindError::Auto`] when a manager's variables are there but wrong (a garbage
+    /// `EINHORN_FD_COUNT`, `LISTEN_FDS=abc`, `PORT=99999`, ...): guessing past them would
+    /// serve on the wrong socket.
+    pub fn resolve_auto(self) -> Result<Bind, BindError> {
+        crate::auto::resolve(self, &Environment::from_process()).map(|resolved| resolved.bind)
     }
 
-    pub(crate) fn resolve_auto_in(self, env: &EinhornEnv) -> Bind {
-        match self {
-            Bind::Auto if env.is_worker_with_listeners() => Bind::Einhorn(0),
-            Bind::Auto => Bind::Addr(DEFAULT_ADDR),
-            other => other,
-        }
-    }
-
-    /// Opens the listener: takes the inherited socket, or binds a new one.
-    pub(crate) fn open_std(&self, env: &EinhornEnv) -> Result<StdListener, BindError> {
-        let resolved = self.clone().resolve_auto_in(env);
+    /// Opens the listener: takes the inherited socket, or binds a new one. `self` must not be
+    /// `auto` (resolve it first).
+    pub(crate) fn open_resolved(&self, env: &Environment) -> Result<StdListener, BindError> {
         let io = |source| BindError::Io {
-            bind: resolved.clone(),
+            bind: self.clone(),
             source,
         };
-        match &resolved {
+        let from_env = |source| BindError::Env {
+            bind: self.clone(),
+            source,
+        };
+        match self {
             Bind::Einhorn(index) => {
-                let fd = env.listener_fd(*index).map_err(|source| BindError::Env {
-                    bind: resolved.clone(),
-                    source,
-                })?;
-                let origin = format!("{}={fd}", EinhornEnv::listener_var(*index));
-                inherited(&resolved, fd, origin)
+                let fd = env.einhorn_fd(*index).map_err(from_env)?;
+                let origin = format!("{}={fd}", Environment::einhorn_fd_var(*index));
+                inherited(self, fd, origin)
             }
-            Bind::Fd(fd) => inherited(&resolved, *fd, format!("fd {fd}")),
+            Bind::Systemd(index) => {
+                let fd = env.systemd_fd(*index).map_err(from_env)?;
+                inherited(self, fd, format!("{LISTEN_FDS} socket {index}, fd {fd}"))
+            }
+            Bind::SystemdName(name) => {
+                let (_, fd) = env.systemd_fd_named(name).map_err(from_env)?;
+                inherited(self, fd, format!("{LISTEN_FDNAMES} {name:?}, fd {fd}"))
+            }
+            Bind::Starter(index) => {
+                let port = env.starter_port(*index).map_err(from_env)?;
+                inherited(
+                    self,
+                    port.fd,
+                    format!("{SERVER_STARTER_PORT} {}={}", port.key, port.fd),
+                )
+            }
+            Bind::StarterKey(key) => {
+                let port = env.starter_port_named(key).map_err(from_env)?;
+                inherited(
+                    self,
+                    port.fd,
+                    format!("{SERVER_STARTER_PORT} {}={}", port.key, port.fd),
+                )
+            }
+            Bind::Fd(fd) => inherited(self, *fd, format!("fd {fd}")),
             Bind::Addr(addr) => socket::bind_tcp(*addr).map(StdListener::Tcp).map_err(io),
             Bind::Port(port) => {
                 socket::bind_tcp(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))
@@ -249,9 +360,18 @@ impl Bind {
             Bind::Host(host, port) => socket::bind_host(host, *port)
                 .map(StdListener::Tcp)
                 .map_err(io),
-            Bind::Unix(path) => socket::bind_unix(path).map(StdListener::Unix).map_err(io),
-            Bind::Auto => unreachable!("resolve_auto_in never returns Auto"),
+            Bind::Unix { path, mode } => socket::bind_unix(path, *mode)
+                .map(StdListener::Unix)
+                .map_err(io),
+            Bind::Auto => unreachable!("auto is resolved before it is opened"),
         }
+    }
+
+    /// Resolves `auto` if it is, then opens the listener.
+    pub(crate) fn open_std(&self, env: &Environment) -> Result<StdListener, BindError> {
+        crate::auto::resolve(self.clone(), env)?
+            .bind
+            .open_resolved(env)
     }
 }
 
@@ -295,18 +415,57 @@ mod tests {
             ),
             (
                 "unix:/run/app.sock",
-                Bind::Unix("/run/app.sock".into()),
+                Bind::unix("/run/app.sock"),
                 "unix:/run/app.sock",
             ),
             (
                 "/run/app.sock",
-                Bind::Unix("/run/app.sock".into()),
+                Bind::unix("/run/app.sock"),
                 "unix:/run/app.sock",
             ),
+            ("./app.sock", Bind::unix("./app.sock"), "unix:./app.sock"),
             (
-                "./app.sock",
-                Bind::Unix("./app.sock".into()),
-                "unix:./app.sock",
+                "unix:/run/app.sock,mode=0660",
+                Bind::Unix {
+                    path: "/run/app.sock".into(),
+                    mode: Some(0o660),
+                },
+                "unix:/run/app.sock,mode=0660",
+            ),
+            (
+                "/run/a,b.sock,mode=600",
+                Bind::Unix {
+                    path: "/run/a,b.sock".into(),
+                    mode: Some(0o600),
+                },
+                "unix:/run/a,b.sock,mode=0600",
+            ),
+            ("systemd@0", Bind::Systemd(0), "systemd@0"),
+            (
+                "systemd@web",
+                Bind::SystemdName("web".into()),
+                "systemd@web",
+            ),
+            (
+                "systemd@web-2.admin",
+                Bind::SystemdName("web-2.admin".into()),
+                "systemd@web-2.admin",
+            ),
+            ("starter@1", Bind::Starter(1), "starter@1"),
+            (
+                "starter@127.0.0.1:8080",
+                Bind::StarterKey("127.0.0.1:8080".into()),
+                "starter@127.0.0.1:8080",
+            ),
+            (
+                "starter@:8080",
+                Bind::StarterKey(":8080".into()),
+                "starter@:8080",
+            ),
+            (
+                "starter@/run/s.sock",
+                Bind::StarterKey("/run/s.sock".into()),
+                "starter@/run/s.sock",
             ),
             ("auto", Bind::Auto, "auto"),
         ];
@@ -355,11 +514,11 @@ mod tests {
             ),
             (
                 "8000",
-                "invalid bind spec \"8000\": expected einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto",
+                "invalid bind spec \"8000\": expected einhorn@N, systemd@N, systemd@NAME, starter@N, starter@KEY, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto",
             ),
             (
                 "",
-                "invalid bind spec \"\": expected einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto",
+                "invalid bind spec \"\": expected einhorn@N, systemd@N, systemd@NAME, starter@N, starter@KEY, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH or auto",
             ),
             (
                 "::1:80",
@@ -373,6 +532,26 @@ mod tests {
                 "bad host:80",
                 "invalid bind spec \"bad host:80\": \"bad host\" is not a host name or IP address",
             ),
+            (
+                "systemd@",
+                "invalid bind spec \"systemd@\": \"\" is not a socket index or name (printable, no ':', at most 255 characters)",
+            ),
+            (
+                "systemd@a:b",
+                "invalid bind spec \"systemd@a:b\": \"a:b\" is not a socket index or name (printable, no ':', at most 255 characters)",
+            ),
+            (
+                "starter@",
+                "invalid bind spec \"starter@\": the Server::Starter socket is missing",
+            ),
+            (
+                "unix:/a.sock,mode=999",
+                "invalid bind spec \"unix:/a.sock,mode=999\": \"999\" is not a file mode (octal, like 0660)",
+            ),
+            (
+                "unix:,mode=0660",
+                "invalid bind spec \"unix:,mode=0660\": the socket path is empty",
+            ),
         ];
         for (spec, message) in cases {
             assert_eq!(parse(spec), Err(message.to_string()), "{spec}");
@@ -380,41 +559,14 @@ mod tests {
     }
 
     #[test]
-    fn auto_follows_the_environment() {
-        let worker = EinhornEnv::from_vars(
-            [
-                ("EINHORN_MASTER_PID", "10"),
-                ("EINHORN_FD_COUNT", "1"),
-                ("EINHORN_FD_0", "3"),
-            ],
-            10,
-        );
-        assert_eq!(Bind::Auto.resolve_auto_in(&worker), Bind::Einhorn(0));
-        let grandchild = EinhornEnv::from_vars(
-            [
-                ("EINHORN_MASTER_PID", "10"),
-                ("EINHORN_FD_COUNT", "1"),
-                ("EINHORN_FD_0", "3"),
-            ],
-            11,
-        );
-        assert_eq!(
-            Bind::Auto.resolve_auto_in(&grandchild),
-            Bind::Addr(DEFAULT_ADDR)
-        );
-        let plain = EinhornEnv::from_vars(Vec::<(String, String)>::new(), 1);
-        assert_eq!(Bind::Auto.resolve_auto_in(&plain), Bind::Addr(DEFAULT_ADDR));
-        assert_eq!(Bind::Port(1).resolve_auto_in(&worker), Bind::Port(1));
-    }
-
-    #[test]
     fn einhorn_errors_name_the_variable_and_value() {
-        let env = EinhornEnv::from_vars(
+        let env = Environment::from_vars(
             [
                 ("EINHORN_MASTER_PID", "10"),
                 ("EINHORN_FD_COUNT", "1"),
                 ("EINHORN_FD_0", "1000000"),
             ],
+            11,
             10,
         );
         let err = Bind::Einhorn(0).open_std(&env).unwrap_err();
@@ -435,8 +587,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("app.sock");
         let _ = std::fs::remove_file(&path);
-        let env = EinhornEnv::from_vars(Vec::<(String, String)>::new(), 1);
-        let bind = Bind::Unix(path.clone());
+        let env = Environment::from_vars(Vec::<(String, String)>::new(), 2, 1);
+        let bind = Bind::unix(path.clone());
         let _first = bind.open_std(&env).unwrap();
         let err = bind.open_std(&env).unwrap_err();
         assert!(

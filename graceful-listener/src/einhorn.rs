@@ -11,7 +11,7 @@ use socket2::{Domain, SockRef, Type};
 use tokio::io::AsyncWriteExt;
 
 use crate::bind::{Bind, BindError};
-use crate::env::{CommandSocket, EinhornEnv, EnvError};
+use crate::env::{CommandSocket, EnvError, Environment};
 use crate::listener::GracefulListener;
 
 /// How long [`ack`] keeps retrying while the master's command socket refuses connections
@@ -29,7 +29,7 @@ pub const ACK_RETRY_FOR: Duration = Duration::from_secs(10);
 /// # let _ = bind;
 /// ```
 pub fn is_running() -> bool {
-    EinhornEnv::from_process().is_worker_with_listeners()
+    Environment::from_process().einhorn_worker_with_listeners()
 }
 
 /// How many listeners the master passed (`EINHORN_FD_COUNT`).
@@ -37,9 +37,9 @@ pub fn is_running() -> bool {
 /// # Errors
 /// An [`EnvError`] when this process is not an Einhorn worker or the count is garbage.
 pub fn listener_count() -> Result<usize, EnvError> {
-    let env = EinhornEnv::from_process();
-    env.check_worker()?;
-    env.fd_count()
+    let env = Environment::from_process();
+    env.check_einhorn_worker()?;
+    env.einhorn_fd_count()
 }
 
 /// Takes the `index`th listener the master passed (Einhorn's `-b` order), validated.
@@ -108,12 +108,12 @@ pub enum AckError {
 /// # Errors
 /// An [`AckError`] when the environment has no command socket or it stays unreachable.
 pub async fn ack() -> Result<(), AckError> {
-    ack_with(&EinhornEnv::from_process(), ACK_RETRY_FOR).await
+    ack_with(&Environment::from_process(), ACK_RETRY_FOR).await
 }
 
-pub(crate) async fn ack_with(env: &EinhornEnv, retry_for: Duration) -> Result<(), AckError> {
+pub(crate) async fn ack_with(env: &Environment, retry_for: Duration) -> Result<(), AckError> {
     let line = ack_line(std::process::id());
-    if let CommandSocket::Fd(fd) = env.command_socket()? {
+    if let CommandSocket::Fd(fd) = env.einhorn_command_socket()? {
         match write_to_connected_fd(fd, line.as_bytes()) {
             Ok(()) => {
                 tracing::info!(fd, "acked to the Einhorn master (EINHORN_SOCK_FD)");
@@ -124,7 +124,7 @@ pub(crate) async fn ack_with(env: &EinhornEnv, retry_for: Duration) -> Result<()
             }
         }
     }
-    let path = env.command_socket_path()?;
+    let path = env.einhorn_command_socket_path()?;
     let started = Instant::now();
     let mut delay = Duration::from_millis(10);
     let mut attempts = 0;
@@ -196,7 +196,7 @@ mod tests {
         let dir = tempdir();
         let path = dir.join("cmd.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let env = EinhornEnv::from_vars([("EINHORN_SOCK_PATH", path.to_str().unwrap())], 1);
+        let env = Environment::from_vars([("EINHORN_SOCK_PATH", path.to_str().unwrap())], 2, 1);
         ack_with(&env, Duration::from_secs(2)).await.unwrap();
         let (mut conn, _) = listener.accept().unwrap();
         let mut got = String::new();
@@ -209,7 +209,7 @@ mod tests {
     async fn ack_retries_until_the_socket_appears() {
         let dir = tempdir();
         let path = dir.join("late.sock");
-        let env = EinhornEnv::from_vars([("EINHORN_SOCK_PATH", path.to_str().unwrap())], 1);
+        let env = Environment::from_vars([("EINHORN_SOCK_PATH", path.to_str().unwrap())], 2, 1);
         let binder = {
             let path = path.clone();
             std::thread::spawn(move || {
@@ -228,7 +228,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_master_is_a_clear_error() {
-        let env = EinhornEnv::from_vars([("EINHORN_SOCK_PATH", "/nonexistent/einhorn.sock")], 1);
+        let env =
+            Environment::from_vars([("EINHORN_SOCK_PATH", "/nonexistent/einhorn.sock")], 2, 1);
         let err = ack_with(&env, Duration::from_millis(100))
             .await
             .unwrap_err();
@@ -238,7 +239,7 @@ mod tests {
             "{msg}"
         );
         let err = ack_with(
-            &EinhornEnv::from_vars(Vec::<(String, String)>::new(), 1),
+            &Environment::from_vars(Vec::<(String, String)>::new(), 2, 1),
             Duration::ZERO,
         )
         .await
@@ -253,7 +254,7 @@ mod tests {
     async fn sock_fd_is_used_only_when_it_is_a_connected_unix_stream() {
         let (mut master_end, worker_end) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&worker_end);
-        let env = EinhornEnv::from_vars([("EINHORN_SOCK_FD", fd.to_string())], 1);
+        let env = Environment::from_vars([("EINHORN_SOCK_FD", fd.to_string())], 2, 1);
         ack_with(&env, Duration::ZERO).await.unwrap();
         drop(worker_end);
         let mut got = String::new();
@@ -266,11 +267,12 @@ mod tests {
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let file = std::fs::File::create(dir.join("not-a-socket")).unwrap();
         let file_fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let env = EinhornEnv::from_vars(
+        let env = Environment::from_vars(
             [
                 ("EINHORN_SOCK_FD", file_fd.to_string()),
                 ("EINHORN_SOCK_PATH", path.display().to_string()),
             ],
+            2,
             1,
         );
         ack_with(&env, Duration::from_secs(2)).await.unwrap();

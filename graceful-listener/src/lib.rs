@@ -47,11 +47,13 @@
 //! }
 //! ```
 
+mod auto;
 mod bind;
 pub mod einhorn;
 pub mod env;
 mod inherit;
 mod listener;
+mod notify;
 mod options;
 mod report;
 mod run;

@@ -47,6 +47,7 @@ pub struct WorkerOptions {
     pub(crate) drain_timeout: Duration,
     pub(crate) on_stop: Option<OnStop>,
     pub(crate) ack: Option<bool>,
+    pub(crate) lame_duck: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -55,6 +56,7 @@ impl Default for WorkerOptions {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             on_stop: None,
             ack: None,
+            lame_duck: Duration::ZERO,
         }
     }
 }
@@ -132,6 +134,31 @@ impl WorkerOptions {
         self.ack = Some(ack);
         self
     }
+
+    /// Kubernetes' lame duck: on SIGTERM, keep accepting and serving this long while
+    /// readiness says "not ready" ([`ShutdownSignal::is_ready`](crate::ShutdownSignal::is_ready)
+    /// is false, readiness routes answer 503), then drain as usual. Default zero: drain at
+    /// once.
+    ///
+    /// Kubernetes sends SIGTERM and removes the pod from its Service's endpoints at the same
+    /// time, but the endpoints reach every node and load balancer a little later: a pod that
+    /// stops accepting at once refuses connections that were still routed to it. Give the
+    /// lame duck a few seconds, and `terminationGracePeriodSeconds` at least the lame duck
+    /// plus the drain timeout.
+    ///
+    /// Only SIGTERM has one: SIGUSR2 is an Einhorn upgrade, where the socket is shared and new
+    /// workers take the new connections at once; SIGINT is an operator's Ctrl-C. A second
+    /// signal during the lame duck ends it (SIGQUIT: stop now).
+    ///
+    /// # Example
+    /// ```
+    /// let options = graceful_listener::WorkerOptions::default()
+    ///     .lame_duck(std::time::Duration::from_secs(5));
+    /// ```
+    pub fn lame_duck(mut self, duration: Duration) -> WorkerOptions {
+        self.lame_duck = duration;
+        self
+    }
 }
 
 /// Gives a builder the methods of [`WorkerOptions`], forwarded to its field `$field` (a
@@ -177,6 +204,17 @@ macro_rules! __worker_options_methods {
             OnStopFut: ::std::future::Future<Output = ()> + Send + 'static,
         {
             self.$field = self.$field.on_stop_async(callback);
+            self
+        }
+
+        /// Kubernetes' lame duck: on SIGTERM, keep serving this long while readiness says
+        /// "not ready", then drain.
+        #[doc = concat!("See [`WorkerOptions::lame_duck`](", $core, "::WorkerOptions::lame_duck); default zero.")]
+        ///
+        /// # Example
+        #[doc = concat!("```\n", $setup, "let worker = ", $builder, "\n    .lame_duck(std::time::Duration::from_secs(5));\n```")]
+        pub fn lame_duck(mut self, duration: ::std::time::Duration) -> Self {
+            self.$field = self.$field.lame_duck(duration);
             self
         }
 

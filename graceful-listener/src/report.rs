@@ -119,6 +119,7 @@ mod tests {
             bind: Bind::Einhorn(0),
             source: EnvError::Missing {
                 var: "EINHORN_MASTER_PID".into(),
+                why: "this process was not started by an Einhorn master",
             },
         });
         assert_eq!(

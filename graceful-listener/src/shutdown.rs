@@ -11,6 +11,10 @@ use tokio::sync::watch;
 pub enum Phase {
     /// Accepting and serving.
     Running,
+    /// Still accepting and serving, but not ready: a stop was asked (SIGTERM) and the worker
+    /// waits for load balancers to stop sending it traffic (Kubernetes' lame duck) before it
+    /// drains.
+    LameDuck,
     /// No longer accepting; connections in flight are finishing.
     Stopping,
     /// The drain is over: every tracked connection has been force-closed.
@@ -21,7 +25,8 @@ impl Phase {
     fn from_u8(value: u8) -> Phase {
         match value {
             0 => Phase::Running,
-            1 => Phase::Stopping,
+            1 => Phase::LameDuck,
+            2 => Phase::Stopping,
             _ => Phase::Hammer,
         }
     }
@@ -145,7 +150,14 @@ impl ShutdownSignal {
         Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
-    /// Whether the worker is stopping (or past it).
+    /// Whether the worker is ready for traffic: running, not in its lame duck nor stopping.
+    /// What a readiness probe answers (200 when ready, 503 when not).
+    pub fn is_ready(&self) -> bool {
+        self.phase() == Phase::Running
+    }
+
+    /// Whether the worker is stopping (or past it): it no longer accepts, and responses tell
+    /// clients to close. The lame duck is not stopping yet.
     pub fn is_stopping(&self) -> bool {
         self.phase() >= Phase::Stopping
     }

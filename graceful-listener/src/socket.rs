@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::bind::{Bind, BindError};
-use crate::env::EinhornEnv;
+use crate::env::Environment;
 use crate::listener::Address;
 
 /// The backlog of sockets bound here: tokio's, and more than Einhorn's 100.
@@ -52,7 +52,7 @@ impl StdListener {
     /// A [`BindError`] naming the spec and, for inherited sockets, the variable and value at
     /// fault.
     pub fn open(bind: &Bind) -> Result<StdListener, BindError> {
-        bind.open_std(&EinhornEnv::from_process())
+        bind.open_std(&Environment::from_process())
     }
 
     /// The address this listener accepts on.
@@ -117,9 +117,13 @@ pub(crate) fn bind_host(host: &str, port: u16) -> io::Result<std::net::TcpListen
 
 /// Binds a Unix socket, replacing a stale socket file that nobody listens on any more
 /// (left by a crashed process), but never one that is still served, nor a file that is not
-/// a socket.
-pub(crate) fn bind_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
-    let listener = match std::os::unix::net::UnixListener::bind(path) {
+/// a socket. With `mode`, the socket file gets those permissions before it accepts a
+/// connection (between `bind` and `listen`), so there is no moment with the umask's.
+pub(crate) fn bind_unix(
+    path: &Path,
+    mode: Option<u32>,
+) -> io::Result<std::os::unix::net::UnixListener> {
+    match bind_unix_once(path, mode) {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
             let is_socket = std::fs::symlink_metadata(path)
                 .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
@@ -129,12 +133,21 @@ pub(crate) fn bind_unix(path: &Path) -> io::Result<std::os::unix::net::UnixListe
                 return Err(e);
             }
             std::fs::remove_file(path)?;
-            std::os::unix::net::UnixListener::bind(path)?
+            bind_unix_once(path, mode)
         }
-        other => other?,
-    };
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+        other => other,
+    }
+}
+
+fn bind_unix_once(path: &Path, mode: Option<u32>) -> io::Result<std::os::unix::net::UnixListener> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+    socket.bind(&socket2::SockAddr::unix(path)?)?;
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 #[cfg(test)]
@@ -159,7 +172,7 @@ mod tests {
         let host = bind_host("localhost", 0).unwrap();
         assert_eq!(flags(host.as_raw_fd()), (true, true));
         let dir = tempfile_dir("socket-flags");
-        let unix = bind_unix(&dir.join("s.sock")).unwrap();
+        let unix = bind_unix(&dir.join("s.sock"), None).unwrap();
         assert_eq!(flags(unix.as_raw_fd()), (true, true));
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -168,20 +181,31 @@ mod tests {
     fn a_stale_unix_socket_file_is_replaced_but_a_served_one_or_a_file_is_not() {
         let dir = tempfile_dir("socket-stale");
         let path = dir.join("app.sock");
-        let first = bind_unix(&path).unwrap();
-        let err = bind_unix(&path).unwrap_err();
+        let first = bind_unix(&path, None).unwrap();
+        let err = bind_unix(&path, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         drop(first); // the file stays behind, as after a crash
         assert!(path.exists());
-        bind_unix(&path).expect("stale socket file replaced");
+        bind_unix(&path, None).expect("stale socket file replaced");
         let file = dir.join("not-a-socket");
         std::fs::write(&file, b"data").unwrap();
-        assert!(bind_unix(&file).is_err());
+        assert!(bind_unix(&file, None).is_err());
         assert_eq!(
             std::fs::read(&file).unwrap(),
             b"data",
             "a plain file is never removed"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_unix_socket_gets_its_mode_before_it_accepts() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir("socket-mode");
+        let path = dir.join("m.sock");
+        let _listener = bind_unix(&path, Some(0o600)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         let _ = std::fs::remove_dir_all(dir);
     }
 

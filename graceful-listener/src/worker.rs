@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::bind::{Bind, BindError};
 use crate::einhorn::{ACK_RETRY_FOR, AckError, ack_with};
-use crate::env::EinhornEnv;
+use crate::env::Environment;
 use crate::listener::{GracefulListener, ListenerHandle};
+use crate::notify::Notifier;
 use crate::options::{OnStop, WorkerOptions};
 use crate::report::{RunError, RunReport, StopCause};
 use crate::shutdown::ShutdownSignal;
@@ -20,6 +21,9 @@ use crate::socket::StdListener;
 
 /// After a force close, how long to wait for connection tasks to notice and finish.
 pub(crate) const AFTER_FORCE_GRACE: Duration = Duration::from_secs(1);
+
+/// While draining, how often systemd's `STATUS=` gets the live connection count.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Why and how a worker is to stop: what [`Worker::stopped`] returns and [`Worker::drain`]
 /// takes.
@@ -108,7 +112,10 @@ pub struct Worker {
     /// A stop seen before readiness, for [`Worker::stopped`] to return.
     early: Option<Stop>,
     readied: bool,
-    env: EinhornEnv,
+    /// When the lame duck ends, once it has begun.
+    lame_duck_until: Option<tokio::time::Instant>,
+    env: Environment,
+    notifier: Notifier,
     handle: ListenerHandle,
 }
 
@@ -131,13 +138,16 @@ impl Worker {
         let (signals, stop_pending) = StopSignals::install().map_err(RunError::Signals)?;
         let handle = ListenerHandle::new();
         handle.shutdown_signal().make_current();
+        let env = Environment::from_process();
         Ok(Worker {
             options,
             signals,
             stop_pending,
             early: None,
             readied: false,
-            env: EinhornEnv::from_process(),
+            lame_duck_until: None,
+            notifier: Notifier::from_env(&env),
+            env,
             handle,
         })
     }
@@ -165,8 +175,7 @@ impl Worker {
     /// Outside a tokio runtime.
     #[track_caller]
     pub fn listen(&self, bind: &Bind) -> Result<GracefulListener, BindError> {
-        let resolved = bind.clone().resolve_auto_in(&self.env);
-        let listener = self.open(&resolved)?;
+        let (resolved, listener) = self.open(bind)?;
         GracefulListener::from_std_with(listener, self.handle.clone()).map_err(|source| {
             BindError::Io {
                 bind: resolved,
@@ -182,21 +191,26 @@ impl Worker {
     /// # Errors
     /// As [`Worker::listen`].
     pub fn listen_std(&self, bind: &Bind) -> Result<StdListener, BindError> {
-        let resolved = bind.clone().resolve_auto_in(&self.env);
-        self.open(&resolved)
+        self.open(bind).map(|(_, listener)| listener)
     }
 
-    fn open(&self, bind: &Bind) -> Result<StdListener, BindError> {
-        let listener = bind.open_std(&self.env)?;
-        match listener.local_addr() {
-            Ok(addr) => tracing::info!(%bind, %addr, "listening"),
-            Err(_) => tracing::info!(%bind, "listening"),
+    /// Resolves `auto` (saying why it chose what it chose) and opens the spec.
+    fn open(&self, bind: &Bind) -> Result<(Bind, StdListener), BindError> {
+        let resolved = crate::auto::resolve(bind.clone(), &self.env)?;
+        let listener = resolved.bind.open_resolved(&self.env)?;
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        match &resolved.why {
+            Some(why) => tracing::info!(bind = %resolved.bind, %addr, %why, "listening (auto)"),
+            None => tracing::info!(bind = %resolved.bind, %addr, "listening"),
         }
-        Ok(listener)
+        Ok((resolved.bind, listener))
     }
 
     /// Says the worker is ready: ACKs to the Einhorn master (when this process is a worker,
-    /// or as [`WorkerOptions::ack`] says). Call it once every listener really accepts.
+    /// or as [`WorkerOptions::ack`] says), and tells systemd `READY=1` (when it asked, with
+    /// `NOTIFY_SOCKET`, and no master runs us). Call it once every listener really accepts.
     ///
     /// A stop that arrives first (or was pending at [`Worker::new`]) cancels the ACK: a
     /// master must not count as ready a worker that is leaving. [`Worker::stopped`] then
@@ -219,21 +233,22 @@ impl Worker {
             self.stopped_before_ready(request);
             return Ok(());
         }
-        if !self
+        let ack = self
             .options
             .ack
-            .unwrap_or_else(|| self.env.check_worker().is_ok())
-        {
-            return Ok(());
-        }
-        tokio::select! {
-            biased;
-            request = self.signals.recv() => {
-                self.stopped_before_ready(request);
-                Ok(())
+            .unwrap_or_else(|| self.env.check_einhorn_worker().is_ok());
+        if ack {
+            tokio::select! {
+                biased;
+                request = self.signals.recv() => {
+                    self.stopped_before_ready(request);
+                    return Ok(());
+                }
+                acked = ack_with(&self.env, ACK_RETRY_FOR) => acked?,
             }
-            acked = ack_with(&self.env, ACK_RETRY_FOR) => acked,
         }
+        self.notifier.ready("serving");
+        Ok(())
     }
 
     fn stopped_before_ready(&mut self, request: StopRequest) {
@@ -247,17 +262,52 @@ impl Worker {
     /// Waits for a stop: a stop signal, or [`ListenerHandle::stop`] called by the
     /// application. Listeners keep accepting until [`Worker::drain`] begins.
     ///
+    /// With a [lame duck](WorkerOptions::lame_duck), a SIGTERM returns only once the lame duck
+    /// is over: meanwhile the worker still serves, but says it is not ready.
+    ///
     /// # Cancel safety
-    /// Cancel safe: a signal that arrives meanwhile is kept for the next call.
+    /// Cancel safe: a signal that arrives meanwhile is kept for the next call, and a lame
+    /// duck in progress goes on where it was.
     pub async fn stopped(&mut self) -> Stop {
-        if let Some(stop) = self.early.take() {
+        let stop = match self.early.take() {
+            Some(stop) => stop,
+            None => {
+                let signal = self.handle.shutdown_signal();
+                tokio::select! {
+                    request = self.signals.recv() => request.into(),
+                    () = signal.stopping() => Stop { cause: StopCause::Requested, immediate: false },
+                }
+            }
+        };
+        let lame_duck = self.options.lame_duck;
+        if stop.immediate || stop.cause != StopCause::Signal("SIGTERM") || lame_duck.is_zero() {
             return stop;
         }
-        let signal = self.handle.shutdown_signal();
-        tokio::select! {
-            request = self.signals.recv() => request.into(),
-            () = signal.stopping() => Stop { cause: StopCause::Requested, immediate: false },
+        // Kept until the lame duck is over, so that a cancelled call resumes it.
+        self.early = Some(stop);
+        let until = *self
+            .lame_duck_until
+            .get_or_insert_with(|| tokio::time::Instant::now() + lame_duck);
+        if self.handle.lame_duck() {
+            tracing::info!(
+                ?lame_duck,
+                live = self.handle.live(),
+                "lame duck: not ready, still serving"
+            );
+            self.notifier.status(&format!(
+                "lame duck: not ready, serving for {lame_duck:?} more"
+            ));
         }
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            second = self.signals.recv() => {
+                tracing::info!(signal = second.signal_name(), "lame duck cut short");
+                if matches!(second, StopRequest::Immediate(_)) {
+                    self.early = Some(second.into());
+                }
+            }
+        }
+        self.early.take().expect("kept above")
     }
 
     /// Drains: stops accepting on every listener (closing only this process's copy of a
@@ -277,6 +327,8 @@ impl Worker {
             live = live_at_stop,
             "stopping: no longer accepting, draining"
         );
+        self.notifier
+            .stopping(&format!("draining {live_at_stop} connections"));
         let mut on_stop = match self.options.on_stop.take() {
             Some(OnStop::Sync(callback)) => {
                 callback();
@@ -291,12 +343,18 @@ impl Worker {
                 let drained = self.handle.drained();
                 let mut drained = std::pin::pin!(drained);
                 let mut is_drained = false;
+                let mut progress = tokio::time::interval(STATUS_EVERY);
+                progress.tick().await; // the first tick is at once: the status was just sent
                 loop {
                     if is_drained && on_stop.is_none() {
                         break false;
                     }
                     tokio::select! {
                         () = &mut drained, if !is_drained => is_drained = true,
+                        _ = progress.tick() => {
+                            let live = self.handle.live();
+                            self.notifier.status(&format!("draining {live} connections"));
+                        }
                         () = async { on_stop.as_mut().expect("checked").await }, if on_stop.is_some() => {
                             on_stop = None;
                         }

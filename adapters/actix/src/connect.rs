@@ -72,3 +72,21 @@ impl FromRequest for StopSignal {
         ready(Ok(StopSignal(ShutdownSignal::current())))
     }
 }
+
+/// A readiness handler: `200 ready` while the worker serves, `503 not ready` in its
+/// [lame duck](graceful_listener::WorkerOptions::lame_duck) and once it stops. For a
+/// Kubernetes `readinessProbe`.
+///
+/// # Example
+/// ```
+/// use actix_web::{App, web};
+///
+/// let app = App::new().route("/readyz", web::get().to(einhorn_actix::readyz));
+/// ```
+pub async fn readyz() -> actix_web::HttpResponse {
+    if ShutdownSignal::current().is_ready() {
+        actix_web::HttpResponse::Ok().body("ready\n")
+    } else {
+        actix_web::HttpResponse::ServiceUnavailable().body("not ready\n")
+    }
+}

@@ -32,7 +32,7 @@ mod connect;
 mod drain;
 mod start;
 
-pub use connect::StopSignal;
+pub use connect::{StopSignal, readyz};
 pub use drain::{DrainApp, DrainAppService, DrainFuture};
 pub use graceful_listener::{
     Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,

@@ -49,7 +49,7 @@ pub use graceful_listener::{
 };
 pub use listener::ServeListener;
 pub use make::{AxumMakeService, IncomingConnection};
-pub use signal::StopSignal;
+pub use signal::{StopSignal, readyz};
 
 /// The builder [`run`] and [`serve`] return: every option of the worker and of the HTTP
 /// engine; `.await` it.

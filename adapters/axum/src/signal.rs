@@ -1,8 +1,9 @@
-//! [`StopSignal`]: the worker's stop, as a handler argument.
+//! The worker's stop as handlers see it: [`StopSignal`], and the [`readyz`] readiness route.
 
 use std::convert::Infallible;
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use graceful_listener::ShutdownSignal;
 
@@ -34,5 +35,23 @@ impl<S: Sync> FromRequestParts<S> for StopSignal {
 
     async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
         Ok(StopSignal(ShutdownSignal::current()))
+    }
+}
+
+/// A readiness route: `200 ready` while the worker serves, `503 not ready` in its
+/// [lame duck](graceful_listener::WorkerOptions::lame_duck) and once it stops. For a
+/// Kubernetes `readinessProbe`.
+///
+/// # Example
+/// ```
+/// use axum::{Router, routing::get};
+///
+/// let app: Router = Router::new().route("/readyz", get(einhorn_axum::readyz));
+/// ```
+pub async fn readyz() -> (StatusCode, &'static str) {
+    if ShutdownSignal::current().is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }

@@ -44,3 +44,26 @@ pub use graceful_listener::{
 pub use make::{ConnectionInfo, MakeService, Shared};
 pub use run::{HttpRun, run, serve};
 pub use server::HttpServer;
+
+/// A readiness response: `200 ready` while the worker serves, `503 not ready` in its
+/// [lame duck](graceful_listener::WorkerOptions::lame_duck) and once it stops; answer a
+/// Kubernetes `readinessProbe` path with it.
+///
+/// # Example
+/// ```
+/// use http_body_util::Full;
+/// use hyper::body::Bytes;
+///
+/// let response: hyper::Response<Full<Bytes>> = einhorn_hyper::readyz();
+/// assert_eq!(response.status(), 200); // no worker here: never stopping
+/// ```
+pub fn readyz<B: From<&'static str>>() -> http::Response<B> {
+    let (status, body) = if ShutdownSignal::current().is_ready() {
+        (http::StatusCode::OK, "ready\n")
+    } else {
+        (http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    };
+    let mut response = http::Response::new(B::from(body));
+    *response.status_mut() = status;
+    response
+}

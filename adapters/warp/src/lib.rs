@@ -142,6 +142,31 @@ pub fn stop_signal()
     warp::any().map(ShutdownSignal::current)
 }
 
+/// A readiness route, `GET /readyz`: `200 ready` while the worker serves, `503 not ready` in
+/// its [lame duck](graceful_listener::WorkerOptions::lame_duck) and once it stops. For a
+/// Kubernetes `readinessProbe`.
+///
+/// # Example
+/// ```
+/// use warp::Filter;
+///
+/// let hello = warp::path::end().map(|| "hello\n");
+/// let routes = einhorn_warp::readyz().or(hello);
+/// ```
+pub fn readyz()
+-> impl Filter<Extract = (warp::reply::WithStatus<&'static str>,), Error = warp::Rejection> + Copy {
+    warp::get()
+        .and(warp::path("readyz"))
+        .and(warp::path::end())
+        .map(|| {
+            if ShutdownSignal::current().is_ready() {
+                warp::reply::with_status("ready\n", warp::http::StatusCode::OK)
+            } else {
+                warp::reply::with_status("not ready\n", warp::http::StatusCode::SERVICE_UNAVAILABLE)
+            }
+        })
+}
+
 /// A warp filter as a [`hyper::service::Service`] (through [`warp::service`]), for
 /// [`einhorn_hyper::HttpServer`].
 ///

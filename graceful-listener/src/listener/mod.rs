@@ -12,7 +12,7 @@ pub use tracker::ConnectionGuard;
 use tracker::Tracker;
 
 use crate::bind::{Bind, BindError};
-use crate::env::EinhornEnv;
+use crate::env::Environment;
 use crate::shutdown::{Phase, Shutdown, ShutdownSignal};
 use crate::socket::StdListener;
 
@@ -76,17 +76,18 @@ impl GracefulListener {
     /// A [`BindError`] naming the spec, and for inherited sockets the variable and value at
     /// fault.
     pub async fn bind(bind: &Bind) -> Result<GracefulListener, BindError> {
-        GracefulListener::bind_in(bind, &EinhornEnv::from_process()).await
+        GracefulListener::bind_in(bind, &Environment::from_process()).await
     }
 
     pub(crate) async fn bind_in(
         bind: &Bind,
-        env: &EinhornEnv,
+        env: &Environment,
     ) -> Result<GracefulListener, BindError> {
-        let listener = bind.open_std(env)?;
+        let resolved = crate::auto::resolve(bind.clone(), env)?.bind;
+        let listener = resolved.open_resolved(env)?;
         GracefulListener::from_std_with(listener, ListenerHandle::new()).map_err(|source| {
             BindError::Io {
-                bind: bind.clone().resolve_auto_in(env),
+                bind: resolved,
                 source,
             }
         })
@@ -266,6 +267,12 @@ impl ListenerHandle {
         self.tracker.track_external(fd.as_raw_fd())
     }
 
+    /// Enters the lame duck: still accepting and serving, but not ready. Returns whether this
+    /// call did it (not if already there or past it).
+    pub(crate) fn lame_duck(&self) -> bool {
+        self.shutdown.advance(Phase::LameDuck)
+    }
+
     /// Stops accepting: every listener's `accept` returns `None` and its socket is closed.
     /// Connections already accepted carry on. Returns whether this call did the stopping.
     pub fn stop(&self) -> bool {
@@ -373,7 +380,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("l.sock");
         let _ = std::fs::remove_file(&path);
-        let mut listener = GracefulListener::bind(&Bind::Unix(path.clone()))
+        let mut listener = GracefulListener::bind(&Bind::unix(path.clone()))
             .await
             .unwrap();
         assert_eq!(listener.local_addr(), &Address::Unix(Some(path.clone())));

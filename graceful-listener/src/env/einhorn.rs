@@ -1,8 +1,12 @@
-//! Einhorn's worker environment, parsed without touching the process: every function here
-//! takes the variables as input, so the parsing can be tested exhaustively.
+//! Einhorn's variables: is this process a worker, its listeners, its command socket.
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
+
+use super::{EnvError, Environment, invalid, parse, parse_fd};
+
+/// What a missing Einhorn variable means.
+const NOT_EINHORN: &str = "this process was not started by an Einhorn master";
 
 /// `EINHORN_FD_COUNT`: how many `-b` sockets the master bound.
 pub const FD_COUNT: &str = "EINHORN_FD_COUNT";
@@ -15,50 +19,6 @@ pub const SOCK_FD: &str = "EINHORN_SOCK_FD";
 /// `EINHORN_CHILD_INDEX`: this worker's index.
 pub const CHILD_INDEX: &str = "EINHORN_CHILD_INDEX";
 
-/// A variable of Einhorn's worker environment is missing or wrong.
-///
-/// Every message names the variable and, where there is one, the value at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum EnvError {
-    /// A required variable is not set.
-    #[error("{var} is not set: this process was not started by an Einhorn master")]
-    Missing {
-        /// The variable's name.
-        var: String,
-    },
-    /// A variable is set to something that is not what Einhorn writes there.
-    #[error("{var}={value:?} is not {expected}")]
-    Invalid {
-        /// The variable's name.
-        var: String,
-        /// Its value, as found.
-        value: String,
-        /// What it should have been.
-        expected: &'static str,
-    },
-    /// The master pid is not this process's parent: a grandchild that inherited the
-    /// environment, or a process started by hand with a copied environment.
-    #[error(
-        "{MASTER_PID}={master_pid} is not this process's parent (pid {parent_pid}): \
-         only a direct child of the Einhorn master is a worker"
-    )]
-    NotOurMaster {
-        /// The value of `EINHORN_MASTER_PID`.
-        master_pid: i32,
-        /// This process's actual parent pid.
-        parent_pid: i32,
-    },
-    /// A listener index at or past `EINHORN_FD_COUNT`.
-    #[error("einhorn@{index} is out of range: {FD_COUNT}={count} (indexes start at 0)")]
-    IndexOutOfRange {
-        /// The index asked for.
-        index: usize,
-        /// The number of listeners the master passed.
-        count: usize,
-    },
-}
-
 /// How to reach the master's command socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandSocket {
@@ -68,59 +28,11 @@ pub enum CommandSocket {
     Path(PathBuf),
 }
 
-/// A snapshot of Einhorn's variables, read once, with the parent pid to check them against.
-#[derive(Debug, Clone)]
-pub struct EinhornEnv {
-    vars: Vec<(String, String)>,
-    parent_pid: i32,
-}
-
-impl EinhornEnv {
-    /// Reads the `EINHORN_*` variables of this process and its parent pid.
-    pub fn from_process() -> EinhornEnv {
-        let vars = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
-            .filter(|(k, _)| k.starts_with("EINHORN_"))
-            .collect();
-        EinhornEnv {
-            vars,
-            parent_pid: nix::unistd::getppid().as_raw(),
-        }
-    }
-
-    /// A snapshot made from given variables, as if `parent_pid` were this process's parent.
-    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>, parent_pid: i32) -> EinhornEnv
-    where
-        K: Into<String>,
-        V: Into<String>,
-    {
-        EinhornEnv {
-            vars: vars
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-            parent_pid,
-        }
-    }
-
-    fn get(&self, var: &str) -> Option<&str> {
-        self.vars
-            .iter()
-            .rev()
-            .find(|(k, _)| k == var)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn require(&self, var: &str) -> Result<&str, EnvError> {
-        self.get(var).ok_or_else(|| EnvError::Missing {
-            var: var.to_owned(),
-        })
-    }
-
+impl Environment {
     /// Whether this process is an Einhorn worker with at least one listener: the fd count
     /// is above zero and the master pid is the parent pid (the test Go's `IsRunning` lacks).
-    pub fn is_worker_with_listeners(&self) -> bool {
-        self.check_worker().is_ok() && self.fd_count().is_ok_and(|n| n > 0)
+    pub fn einhorn_worker_with_listeners(&self) -> bool {
+        self.check_einhorn_worker().is_ok() && self.einhorn_fd_count().is_ok_and(|n| n > 0)
     }
 
     /// Checks that this process is a worker: `EINHORN_MASTER_PID` is set, numeric, and the
@@ -128,8 +40,12 @@ impl EinhornEnv {
     ///
     /// # Errors
     /// [`EnvError::Missing`], [`EnvError::Invalid`] or [`EnvError::NotOurMaster`].
-    pub fn check_worker(&self) -> Result<(), EnvError> {
-        let master_pid: i32 = parse(MASTER_PID, self.require(MASTER_PID)?, "a process id")?;
+    pub fn check_einhorn_worker(&self) -> Result<(), EnvError> {
+        let master_pid: i32 = parse(
+            MASTER_PID,
+            self.require(MASTER_PID, NOT_EINHORN)?,
+            "a process id",
+        )?;
         if master_pid <= 0 {
             return Err(invalid(MASTER_PID, &master_pid.to_string(), "a process id"));
         }
@@ -146,8 +62,12 @@ impl EinhornEnv {
     ///
     /// # Errors
     /// [`EnvError::Missing`] or [`EnvError::Invalid`].
-    pub fn fd_count(&self) -> Result<usize, EnvError> {
-        parse(FD_COUNT, self.require(FD_COUNT)?, "a listener count")
+    pub fn einhorn_fd_count(&self) -> Result<usize, EnvError> {
+        parse(
+            FD_COUNT,
+            self.require(FD_COUNT, NOT_EINHORN)?,
+            "a listener count",
+        )
     }
 
     /// The fd number of listener `index` (`EINHORN_FD_<index>`), after checking that this
@@ -155,22 +75,21 @@ impl EinhornEnv {
     ///
     /// # Errors
     /// Any [`EnvError`]: not a worker, index out of range, or a missing or garbage variable.
-    pub fn listener_fd(&self, index: usize) -> Result<RawFd, EnvError> {
-        self.check_worker()?;
-        let count = self.fd_count()?;
+    pub fn einhorn_fd(&self, index: usize) -> Result<RawFd, EnvError> {
+        self.check_einhorn_worker()?;
+        let count = self.einhorn_fd_count()?;
         if index >= count {
-            return Err(EnvError::IndexOutOfRange { index, count });
+            return Err(EnvError::IndexOutOfRange {
+                spec: format!("einhorn@{index}"),
+                passed: format!("{FD_COUNT}={count}"),
+            });
         }
-        let var = format!("EINHORN_FD_{index}");
-        let fd: RawFd = parse(&var, self.require(&var)?, "a file descriptor number")?;
-        if fd < 0 {
-            return Err(invalid(&var, &fd.to_string(), "a file descriptor number"));
-        }
-        Ok(fd)
+        let var = Environment::einhorn_fd_var(index);
+        parse_fd(&var, self.require(&var, NOT_EINHORN)?)
     }
 
     /// The name of the variable that holds listener `index`'s fd.
-    pub fn listener_var(index: usize) -> String {
+    pub fn einhorn_fd_var(index: usize) -> String {
         format!("EINHORN_FD_{index}")
     }
 
@@ -179,22 +98,22 @@ impl EinhornEnv {
     ///
     /// # Errors
     /// [`EnvError::Missing`] when neither is set, [`EnvError::Invalid`] for an empty path.
-    pub fn command_socket(&self) -> Result<CommandSocket, EnvError> {
+    pub fn einhorn_command_socket(&self) -> Result<CommandSocket, EnvError> {
         let sock_fd = self
             .get(SOCK_FD)
             .and_then(|v| v.trim().parse::<RawFd>().ok());
         if let Some(fd) = sock_fd.filter(|fd| *fd >= 0) {
             return Ok(CommandSocket::Fd(fd));
         }
-        self.command_socket_path().map(CommandSocket::Path)
+        self.einhorn_command_socket_path().map(CommandSocket::Path)
     }
 
     /// The command socket's path (`EINHORN_SOCK_PATH`).
     ///
     /// # Errors
     /// [`EnvError::Missing`] or, for an empty value, [`EnvError::Invalid`].
-    pub fn command_socket_path(&self) -> Result<PathBuf, EnvError> {
-        let path = self.require(SOCK_PATH)?;
+    pub fn einhorn_command_socket_path(&self) -> Result<PathBuf, EnvError> {
+        let path = self.require(SOCK_PATH, NOT_EINHORN)?;
         if path.is_empty() {
             return Err(invalid(SOCK_PATH, path, "a socket path"));
         }
@@ -202,29 +121,9 @@ impl EinhornEnv {
     }
 
     /// This worker's index (`EINHORN_CHILD_INDEX`), if set and numeric.
-    pub fn child_index(&self) -> Option<usize> {
+    pub fn einhorn_child_index(&self) -> Option<usize> {
         self.get(CHILD_INDEX)?.trim().parse().ok()
     }
-}
-
-fn invalid(var: &str, value: &str, expected: &'static str) -> EnvError {
-    EnvError::Invalid {
-        var: var.to_owned(),
-        value: value.to_owned(),
-        expected,
-    }
-}
-
-fn parse<T: std::str::FromStr>(
-    var: &str,
-    value: &str,
-    expected: &'static str,
-) -> Result<T, EnvError> {
-    // Einhorn writes plain decimal numbers; anything else is garbage, not a number to guess at.
-    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-        return Err(invalid(var, value, expected));
-    }
-    value.parse().map_err(|_| invalid(var, value, expected))
 }
 
 #[cfg(test)]
@@ -233,11 +132,11 @@ mod tests {
 
     const PARENT: i32 = 4242;
 
-    fn env(vars: &[(&str, &str)]) -> EinhornEnv {
-        EinhornEnv::from_vars(vars.iter().copied(), PARENT)
+    fn env(vars: &[(&str, &str)]) -> Environment {
+        Environment::from_vars(vars.iter().copied(), PARENT + 1, PARENT)
     }
 
-    fn worker(extra: &[(&str, &str)]) -> EinhornEnv {
+    fn worker(extra: &[(&str, &str)]) -> Environment {
         let mut vars = vec![
             (MASTER_PID, "4242"),
             (FD_COUNT, "2"),
@@ -252,13 +151,13 @@ mod tests {
     #[test]
     fn a_real_worker_environment_parses() {
         let e = worker(&[(CHILD_INDEX, "5")]);
-        assert!(e.is_worker_with_listeners());
-        assert_eq!(e.fd_count(), Ok(2));
-        assert_eq!(e.listener_fd(0), Ok(3));
-        assert_eq!(e.listener_fd(1), Ok(7));
-        assert_eq!(e.child_index(), Some(5));
+        assert!(e.einhorn_worker_with_listeners());
+        assert_eq!(e.einhorn_fd_count(), Ok(2));
+        assert_eq!(e.einhorn_fd(0), Ok(3));
+        assert_eq!(e.einhorn_fd(1), Ok(7));
+        assert_eq!(e.einhorn_child_index(), Some(5));
         assert_eq!(
-            e.command_socket(),
+            e.einhorn_command_socket(),
             Ok(CommandSocket::Path("/tmp/einhorn.sock".into()))
         );
     }
@@ -266,14 +165,15 @@ mod tests {
     #[test]
     fn an_empty_environment_is_not_a_worker() {
         let e = env(&[]);
-        assert!(!e.is_worker_with_listeners());
+        assert!(!e.einhorn_worker_with_listeners());
         assert_eq!(
-            e.check_worker(),
+            e.check_einhorn_worker(),
             Err(EnvError::Missing {
-                var: MASTER_PID.into()
+                var: MASTER_PID.into(),
+                why: NOT_EINHORN,
             })
         );
-        let msg = e.listener_fd(0).unwrap_err().to_string();
+        let msg = e.einhorn_fd(0).unwrap_err().to_string();
         assert_eq!(
             msg,
             "EINHORN_MASTER_PID is not set: this process was not started by an Einhorn master"
@@ -283,22 +183,26 @@ mod tests {
     #[test]
     fn zero_listeners_is_a_worker_without_listeners() {
         let e = env(&[(MASTER_PID, "4242"), (FD_COUNT, "0")]);
-        assert!(e.check_worker().is_ok());
-        assert!(!e.is_worker_with_listeners());
+        assert!(e.check_einhorn_worker().is_ok());
+        assert!(!e.einhorn_worker_with_listeners());
         assert_eq!(
-            e.listener_fd(0),
-            Err(EnvError::IndexOutOfRange { index: 0, count: 0 })
+            e.einhorn_fd(0),
+            Err(EnvError::IndexOutOfRange {
+                spec: "einhorn@0".into(),
+                passed: "EINHORN_FD_COUNT=0".into(),
+            })
         );
     }
 
     #[test]
     fn a_grandchild_is_not_a_worker() {
-        let e = EinhornEnv::from_vars(
+        let e = Environment::from_vars(
             [(MASTER_PID, "4242"), (FD_COUNT, "1"), ("EINHORN_FD_0", "3")],
+            1000,
             999,
         );
-        assert!(!e.is_worker_with_listeners());
-        let err = e.listener_fd(0).unwrap_err();
+        assert!(!e.einhorn_worker_with_listeners());
+        let err = e.einhorn_fd(0).unwrap_err();
         assert_eq!(
             err,
             EnvError::NotOurMaster {
@@ -314,7 +218,7 @@ mod tests {
 
     #[test]
     fn index_past_the_count_names_both() {
-        let err = worker(&[]).listener_fd(2).unwrap_err();
+        let err = worker(&[]).einhorn_fd(2).unwrap_err();
         assert_eq!(
             err.to_string(),
             "einhorn@2 is out of range: EINHORN_FD_COUNT=2 (indexes start at 0)"
@@ -372,7 +276,7 @@ mod tests {
         ];
         for (var, value, message) in cases {
             let e = worker(&[(var, value)]);
-            let err = e.listener_fd(0).unwrap_err();
+            let err = e.einhorn_fd(0).unwrap_err();
             assert_eq!(&err.to_string(), message, "{var}={value:?}");
         }
     }
@@ -381,9 +285,10 @@ mod tests {
     fn a_missing_listener_variable_is_named() {
         let e = env(&[(MASTER_PID, "4242"), (FD_COUNT, "1")]);
         assert_eq!(
-            e.listener_fd(0),
+            e.einhorn_fd(0),
             Err(EnvError::Missing {
-                var: "EINHORN_FD_0".into()
+                var: "EINHORN_FD_0".into(),
+                why: NOT_EINHORN,
             })
         );
     }
@@ -391,21 +296,22 @@ mod tests {
     #[test]
     fn sock_fd_wins_over_path_only_when_numeric() {
         assert_eq!(
-            worker(&[(SOCK_FD, "9")]).command_socket(),
+            worker(&[(SOCK_FD, "9")]).einhorn_command_socket(),
             Ok(CommandSocket::Fd(9))
         );
         assert_eq!(
-            worker(&[(SOCK_FD, "nine")]).command_socket(),
+            worker(&[(SOCK_FD, "nine")]).einhorn_command_socket(),
             Ok(CommandSocket::Path("/tmp/einhorn.sock".into()))
         );
         assert_eq!(
-            env(&[(MASTER_PID, "4242")]).command_socket(),
+            env(&[(MASTER_PID, "4242")]).einhorn_command_socket(),
             Err(EnvError::Missing {
-                var: SOCK_PATH.into()
+                var: SOCK_PATH.into(),
+                why: NOT_EINHORN,
             })
         );
         assert!(matches!(
-            env(&[(SOCK_PATH, "")]).command_socket(),
+            env(&[(SOCK_PATH, "")]).einhorn_command_socket(),
             Err(EnvError::Invalid { .. })
         ));
     }
