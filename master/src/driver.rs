@@ -25,9 +25,10 @@ use crate::bind::{BindError, Bound};
 use crate::cli::MasterArgs;
 use crate::command;
 use crate::machine::{
-    Action, ConnId, Event, ListenerInfo, Machine, MachineConfig, MasterSignal, Pid,
+    Action, ConnId, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
 };
 use crate::pidfile::{Pidfile, PidfileError, write_atomically};
+use crate::render;
 use crate::socket::{CommandSocket, SocketError};
 use crate::spawn::WorkerCommand;
 use crate::wire::{Reply, encode_reply};
@@ -198,6 +199,7 @@ async fn drive(
     let mut next_conn = 0u64;
 
     let mut todo: VecDeque<Action> = machine.handle(Instant::now(), Event::Start).into();
+    write_logs(machine.take_logs());
     loop {
         while let Some(action) = todo.pop_front() {
             match action {
@@ -210,9 +212,10 @@ async fn drive(
                         },
                     };
                     todo.extend(machine.handle(Instant::now(), event));
+                    write_logs(machine.take_logs());
                 }
                 Action::Signal { pid, signal } => send_signal(pid, signal),
-                Action::Reply { conn, reply } => send_reply(&conns, conn, &reply),
+                Action::Reply { conn, reply } => send_reply(&conns, conn, &render::reply(&reply)),
                 Action::Close { conn } => {
                     conns.remove(&conn);
                 }
@@ -252,7 +255,8 @@ async fn drive(
             Some(message) = conn_rx.recv() => match message {
                 ConnEvent::Line { conn, line } => match command::decode(&line) {
                     Ok((id, command)) => events.push(Event::Request { conn, id, command }),
-                    Err(reply) => {
+                    Err(error) => {
+                        let reply = render::decode_error(&error);
                         tracing::warn!(
                             "bad request {:?}: {}",
                             String::from_utf8_lossy(&line),
@@ -279,6 +283,7 @@ async fn drive(
         for event in events {
             todo.extend(machine.handle(Instant::now(), event));
         }
+        write_logs(machine.take_logs());
     }
 }
 
@@ -307,6 +312,19 @@ fn reap(events: &mut Vec<Event>) {
                 tracing::error!("waitpid failed: {e}");
                 return;
             }
+        }
+    }
+}
+
+/// Writes the machine's log lines.
+fn write_logs(logs: Vec<Log>) {
+    for Log { level, message } in logs {
+        let text = render::text(&message);
+        match level {
+            Level::Error => tracing::error!("{text}"),
+            Level::Warn => tracing::warn!("{text}"),
+            Level::Info => tracing::info!("{text}"),
+            Level::Debug => tracing::debug!("{text}"),
         }
     }
 }

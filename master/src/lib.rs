@@ -36,8 +36,10 @@
 //!
 //! # Modules
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
-//! and upgrade state machine), [`bind`]'s parser, [`cli`], [`state`]. I/O: [`driver`] (the event loop),
-//! [`spawn`], [`socket`], [`pidfile`], [`client`], [`ctl`].
+//! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
+//! as data), [`render`] (data into the wire's text and YAML), [`bind`]'s parser, [`cli`]. I/O:
+//! [`driver`] (the event loop), [`spawn`], [`socket`], [`pidfile`], [`client`], [`ctl`].
+//! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
 pub mod cli;
@@ -47,6 +49,7 @@ pub mod ctl;
 pub mod driver;
 pub mod machine;
 pub mod pidfile;
+pub mod render;
 pub mod socket;
 pub mod spawn;
 pub mod state;

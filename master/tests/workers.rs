@@ -226,6 +226,50 @@ fn sigterm_is_forwarded_and_the_master_exits_after_its_workers() {
 }
 
 #[test]
+fn a_second_stop_signal_is_forwarded_so_workers_stop_now() {
+    // Like a worker on graceful-listener: the first USR2 starts a drain (here: forever), the
+    // second means "stop now".
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("signals");
+    let script = format!(
+        "n=0; trap 'n=$((n+1)); echo usr2 >> {log}; [ $n -ge 2 ] && exit 0' USR2; \
+         while :; do sleep 0.05; done",
+        log = log.display()
+    );
+    for second in [Signal::SIGINT, Signal::SIGTERM] {
+        let _ = std::fs::remove_file(&log);
+        let mut master = Master::start(&["-n", "2", "-m", "0"], &["sh", "-c", &script]);
+        let pids = master.wait_serving(2);
+        wait_catching(&pids, Signal::SIGUSR2);
+        master.signal(Signal::SIGINT);
+        let count = |text: &str| text.lines().count();
+        assert!(
+            wait_until(WAIT, || std::fs::read_to_string(&log)
+                .is_ok_and(|s| count(&s) == 2)),
+            "both workers got the first USR2"
+        );
+        // Draining: they do not exit, and the master waits for them.
+        assert!(master.try_wait().is_none());
+        assert!(pids.iter().all(|&p| is_alive(p)));
+        if second == Signal::SIGINT {
+            master.signal(Signal::SIGINT);
+            let status = master.wait_exit(WAIT).expect("the master exits");
+            assert_eq!(status.code(), Some(0));
+            assert_eq!(std::fs::read_to_string(&log).unwrap(), "usr2\n".repeat(4));
+            assert!(pids.iter().all(|&p| !is_alive(p)));
+            master.wait_for_line("again, which tells workers on graceful-listener to stop now");
+        } else {
+            // SIGTERM after SIGINT: the workers get TERM, which these do not trap (the default
+            // action ends them), as Einhorn forwards it.
+            master.signal(Signal::SIGTERM);
+            let status = master.wait_exit(WAIT).expect("the master exits");
+            assert_eq!(status.code(), Some(0));
+            assert!(pids.iter().all(|&p| !is_alive(p)));
+        }
+    }
+}
+
+#[test]
 fn sigquit_stops_now_and_die_stops_gracefully() {
     let mut master = Master::start(&["-n", "2", "-m", "0"], &["sleep", "1000"]);
     let pids = master.wait_serving(2);
@@ -283,6 +327,10 @@ fn an_upgrade_whose_workers_never_ack_times_out_and_old_workers_keep_serving() {
     expected.sort_unstable();
     assert_eq!(serving, expected);
     assert!(old.iter().all(|&p| is_alive(p)));
+    // Versions stay truthful: the old workers still say version 0; version 1 is what the next
+    // spawn would run, and the base version says the version-0 workers are the pool.
+    assert_eq!((state.version, state.base_version), (1, 0));
+    assert!(state.workers.iter().all(|w| w.version == 0), "{state:?}");
 
     // ctl reports it with a non-zero status.
     let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
