@@ -27,18 +27,31 @@ use crate::command;
 use crate::machine::{
     Action, ConnId, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
 };
-use crate::pidfile::{Pidfile, PidfileError, write_atomically};
+use crate::pidfile::{Pidfile, PidfileError, WrittenFile};
 use crate::render;
 use crate::socket::{CommandSocket, SocketError};
-use crate::spawn::WorkerCommand;
+use crate::spawn::{ProgramError, WorkerCommand, check_program};
 use crate::wire::{Reply, encode_reply};
 
 /// Longest request line accepted on the command socket.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
 
-/// Why the master could not run.
+/// Why the master could not run. Whatever it had created by then (pid file, command socket,
+/// lock file, address file) is removed again.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
+    /// The worker command cannot be run.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// The first worker could not be started (the program exists but cannot be executed: a bad
+    /// interpreter line, a binary for another system, ...).
+    #[error("cannot start worker {program}: {source}")]
+    Spawn {
+        /// The worker program.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The command socket could not be opened.
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -71,14 +84,19 @@ pub enum MasterError {
 
 /// Runs a master until it exits; returns its exit status.
 ///
-/// Binds everything first (so errors are reported before any worker starts), then spawns the
-/// workers and serves the command socket.
+/// Checks the worker command and binds everything first (so errors are reported before any
+/// worker starts), then spawns the workers and serves the command socket. Never exits the
+/// process and installs no logger: it logs through `tracing`, to whatever subscriber the
+/// caller set up.
 ///
 /// # Errors
-/// [`MasterError`] when the setup fails; once workers run, the master only exits on a signal
-/// or `die`.
+/// [`MasterError`] when the setup fails, or when the very first worker cannot be started;
+/// once workers run, the master only exits on a signal or `die`.
 pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     let master_pid = std::process::id() as Pid;
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    // Before anything is created: a typo in the command fails here, not in a respawn loop.
+    check_program(program)?;
     if let Err(e) = crate::spawn::cloexec_inherited_fds() {
         tracing::warn!("cannot mark inherited fds close-on-exec; workers may inherit them: {e}");
     }
@@ -114,21 +132,26 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     for l in &listeners {
         tracing::info!("listening on {} (einhorn@{}, fd {})", l.addr, l.index, l.fd);
     }
-    if let Some(path) = &args.addr_file {
-        let text: String = listeners
-            .iter()
-            .map(|l| format!("{} {}\n", l.index, l.addr))
-            .collect();
-        write_atomically(path, &text).map_err(|source| MasterError::AddrFile {
-            path: path.clone(),
-            source,
-        })?;
-    }
+    // Every file created so far is removed when these guards drop: on return, on error.
+    let _addr_file = match &args.addr_file {
+        Some(path) => {
+            let text: String = listeners
+                .iter()
+                .map(|l| format!("{} {}\n", l.index, l.addr))
+                .collect();
+            let file =
+                WrittenFile::create(path, &text).map_err(|source| MasterError::AddrFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(file)
+        }
+        None => None,
+    };
     tracing::info!(
         "einhorn-master {master_pid}: command socket {}",
         socket_path.display()
     );
-    let (program, rest) = args.command.split_first().expect("clap requires a command");
     let worker = WorkerCommand {
         program: program.clone(),
         args: rest.to_vec(),
@@ -158,15 +181,13 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         .build()
         .map_err(MasterError::EventLoop)?;
     let listener = command_socket.take_listener();
-    let code = runtime.block_on(drive(machine, worker, listener))?;
+    let code = runtime.block_on(drive(machine, worker, listener));
+    // Connections and tasks first, then the files (address file, sockets, lock, pid file).
     drop(runtime);
-    if let Some(path) = &args.addr_file {
-        let _ = std::fs::remove_file(path);
-    }
     drop(bound);
     drop(command_socket);
     drop(pidfile);
-    Ok(code)
+    code
 }
 
 /// What a connection task tells the driver.
@@ -197,6 +218,8 @@ async fn drive(
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<String>> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut next_conn = 0u64;
+    // Until one worker has started, a failed spawn ends the master: nothing would ever work.
+    let mut spawned_any = false;
 
     let mut todo: VecDeque<Action> = machine.handle(Instant::now(), Event::Start).into();
     write_logs(machine.take_logs());
@@ -205,7 +228,16 @@ async fn drive(
             match action {
                 Action::Spawn { id, index } => {
                     let event = match worker.spawn(index) {
-                        Ok(pid) => Event::Spawned { id, pid },
+                        Ok(pid) => {
+                            spawned_any = true;
+                            Event::Spawned { id, pid }
+                        }
+                        Err(source) if !spawned_any => {
+                            return Err(MasterError::Spawn {
+                                program: worker.program.to_string_lossy().into_owned(),
+                                source,
+                            });
+                        }
                         Err(e) => Event::SpawnFailed {
                             id,
                             error: format!("{}: {e}", worker.program.to_string_lossy()),

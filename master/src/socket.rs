@@ -1,7 +1,8 @@
 //! The command socket's file: a lock against a second master, stale-socket removal, mode 0600.
+//! Both files are removed when the master is done, on every path, failures included.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -42,18 +43,83 @@ pub enum SocketError {
     },
 }
 
-/// The bound command socket. Dropping it removes the socket file, then releases the lock.
+/// The bound command socket. Dropping it removes the socket file, then the lock file, then
+/// releases the lock.
 #[derive(Debug)]
 pub struct CommandSocket {
     listener: Option<UnixListener>,
     path: PathBuf,
-    // Released after the socket file is gone (fields drop after `Drop::drop`).
-    _lock: Flock<File>,
+    // Dropped after the socket file is gone (fields drop after `Drop::drop`).
+    _lock: LockFile,
+}
+
+/// A held lock file. Dropping it removes the file while still holding the lock, then releases
+/// it; [`LockFile::acquire`] copes with a file removed that way under its feet.
+#[derive(Debug)]
+struct LockFile {
+    path: PathBuf,
+    // Released after the file is removed (fields drop after `Drop::drop`).
+    _flock: Flock<File>,
+}
+
+impl LockFile {
+    /// Creates (or opens) `path` and takes an exclusive lock on it, without waiting.
+    fn acquire(path: &Path, socket: &Path) -> Result<LockFile, SocketError> {
+        // Bounded: each round loses only to a master that removed the file between our open
+        // and our lock, which happens once per exiting master.
+        for _ in 0..5 {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| SocketError::LockFile {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if let Some(lock) = LockFile::lock_if_current(file, path, socket)? {
+                return Ok(lock);
+            }
+        }
+        Err(SocketError::Locked {
+            socket: socket.to_path_buf(),
+            lock: path.to_path_buf(),
+        })
+    }
+
+    /// Locks `file`, opened from `path`; `None` when it is no longer the file at `path` (a
+    /// master that exited removed it after we opened it): that lock would guard nothing.
+    fn lock_if_current(
+        file: File,
+        path: &Path,
+        socket: &Path,
+    ) -> Result<Option<LockFile>, SocketError> {
+        let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            SocketError::Locked {
+                socket: socket.to_path_buf(),
+                lock: path.to_path_buf(),
+            }
+        })?;
+        let ours = flock.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let current = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        Ok((ours.is_some() && ours == current).then(|| LockFile {
+            path: path.to_path_buf(),
+            _flock: flock,
+        }))
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl CommandSocket {
     /// Takes the lock at `lock`, removes a stale socket at `path` (only a socket, and only
     /// while holding the lock, so never a live master's), and binds a fresh one with mode 0600.
+    /// When this fails after taking the lock, the lock file is removed again.
     ///
     /// # Errors
     /// [`SocketError`] naming the path and the step at fault.
@@ -63,22 +129,8 @@ impl CommandSocket {
             path: path.to_path_buf(),
             source,
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(lock)
-            .map_err(|source| SocketError::LockFile {
-                path: lock.to_path_buf(),
-                source,
-            })?;
-        let lock_guard = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-            SocketError::Locked {
-                socket: path.to_path_buf(),
-                lock: lock.to_path_buf(),
-            }
-        })?;
+        // From here on, any error drops the lock, which removes the lock file.
+        let lock_guard = LockFile::acquire(lock, path)?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 tracing::info!("removing stale command socket {}", path.display());
@@ -168,6 +220,44 @@ mod tests {
         assert!(path.exists());
         let _second = CommandSocket::open(&path, &lock).unwrap();
         UnixStream::connect(&path).unwrap();
+    }
+
+    #[test]
+    fn the_lock_file_is_removed_on_drop_and_on_failure_but_never_another_masters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.lock");
+        let socket = CommandSocket::open(&path, &lock).unwrap();
+        assert!(lock.exists());
+        // Refused: the live master's lock file stays.
+        assert!(CommandSocket::open(&path, &lock).is_err());
+        assert!(lock.exists());
+        drop(socket);
+        assert!(!lock.exists(), "removed on drop");
+        // A failure after the lock was taken (here: a file in the socket's place) removes it.
+        std::fs::write(&path, "data").unwrap();
+        assert!(CommandSocket::open(&path, &lock).is_err());
+        assert!(!lock.exists(), "removed on failure");
+    }
+
+    #[test]
+    fn a_lock_file_removed_by_its_last_holder_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.lock");
+        // A master that exits removes its lock file while still holding it; one that opened
+        // the old file just before must not think it holds the lock.
+        let first = LockFile::acquire(&lock, &path).unwrap();
+        let opened_before = File::open(&lock).unwrap();
+        drop(first);
+        assert!(!lock.exists());
+        let stale = LockFile::lock_if_current(opened_before, &lock, &path).unwrap();
+        assert!(stale.is_none(), "a lock on a removed file guards nothing");
+        let second = LockFile::acquire(&lock, &path).unwrap();
+        assert!(lock.exists(), "a new lock file, really locked");
+        let again = LockFile::acquire(&lock, &path);
+        assert!(matches!(again, Err(SocketError::Locked { .. })));
+        drop(second);
     }
 
     #[test]

@@ -223,6 +223,11 @@ fn sigterm_is_forwarded_and_the_master_exits_after_its_workers() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "term\nterm\n");
     assert!(pids.iter().all(|&p| !is_alive(p)));
     assert!(!master.socket.exists(), "socket removed on exit");
+    assert_eq!(
+        files_in(master.dir.path()),
+        Vec::<String>::new(),
+        "lock file and address file removed too"
+    );
 }
 
 #[test]
@@ -359,8 +364,18 @@ fn pidfile_is_written_and_removed() {
     assert!(!pidfile.exists());
 }
 
+/// The files in `dir`, sorted.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn setup_errors_are_reported_before_any_worker_starts() {
+fn setup_errors_are_reported_once_before_any_worker_starts_and_leave_no_files() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +384,8 @@ fn setup_errors_are_reported_before_any_worker_starts() {
         .args([
             "-d",
             path_str(&dir.path().join("s.sock")),
+            "-e",
+            path_str(&dir.path().join("pid")),
             "-b",
             &addr,
             "--",
@@ -379,7 +396,14 @@ fn setup_errors_are_reported_before_any_worker_starts() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("cannot bind {addr}")), "{stderr}");
+    assert_eq!(
+        stderr.matches(&format!("cannot bind {addr}")).count(),
+        1,
+        "printed once: {stderr}"
+    );
     assert!(!marker.exists());
+    // The pid file, the command socket and its lock file were created, then removed.
+    assert_eq!(files_in(dir.path()), Vec::<String>::new());
 
     let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
         .args(["--no-such-flag", "sleep", "1"])
@@ -390,12 +414,66 @@ fn setup_errors_are_reported_before_any_worker_starts() {
 }
 
 #[test]
-fn a_missing_program_is_retried_with_backoff_not_in_a_loop() {
-    let master = Master::start(&["-n", "1", "-m", "0"], &["/nonexistent/worker-binary"]);
+fn a_program_that_cannot_run_fails_the_master_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_executable = dir.path().join("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    let bad_interpreter = dir.path().join("bad-interpreter");
+    std::fs::write(&bad_interpreter, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(
+        &bad_interpreter,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cases = [
+        ("/nonexistent/worker-binary", "No such file or directory"),
+        (path_str(&not_executable), "is not executable"),
+        ("einhorn-master-no-such-program", "is not found in PATH"),
+        // Found and executable, but exec fails: the first spawn ends the master.
+        (path_str(&bad_interpreter), "cannot start worker"),
+    ];
+    for (program, expected) in cases {
+        let run = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+            .args(["-d", path_str(&run.path().join("s.sock"))])
+            .args(["--addr-file", path_str(&run.path().join("addrs"))])
+            .args(["-b", "127.0.0.1:0", "-n", "2", "--", program])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{program}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("einhorn-master: "))
+            .unwrap_or_else(|| panic!("{program}: no error line in {stderr}"));
+        assert!(line.contains(program), "{line}");
+        assert!(line.contains(expected), "{line}");
+        assert!(
+            !stderr.contains("could not start worker"),
+            "no respawn: {stderr}"
+        );
+        assert_eq!(files_in(run.path()), Vec::<String>::new(), "{program}");
+    }
+}
+
+#[test]
+fn a_program_removed_after_start_is_retried_with_backoff_not_in_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("worker");
+    std::fs::write(&program, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let master = Master::start(&["-n", "1", "-m", "0"], &[program.as_os_str()]);
+    let pid = master.wait_serving(1)[0];
+    std::fs::remove_file(&program).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     master.wait_for_line("could not start worker");
     let state = master.wait_state("a failure counted", |s| s.consecutive_failures >= 1);
     assert!(state.workers.len() <= 1);
-    // Still answering.
+    // Still answering, and backing off (1 s, then 1.5 s, ...), not spinning.
     assert!(
         master.state().consecutive_failures <= 5,
         "backoff, not a hot loop"
