@@ -38,7 +38,8 @@
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
 //! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
 //! as data), [`render`] (data into the wire's text and YAML), [`bind`]'s parser, [`cli`]. I/O:
-//! [`driver`] (the event loop), [`spawn`], [`socket`], [`pidfile`], [`client`], [`ctl`].
+//! [`driver`] (the event loop), [`spawn`], [`socket`], [`pidfile`], [`holders`], [`client`],
+//! [`ctl`].
 //! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
@@ -47,6 +48,7 @@ pub mod client;
 pub mod command;
 pub mod ctl;
 pub mod driver;
+pub mod holders;
 pub mod machine;
 pub mod pidfile;
 pub mod render;

@@ -414,6 +414,51 @@ fn setup_errors_are_reported_once_before_any_worker_starts_and_leave_no_files() 
 }
 
 #[test]
+fn a_port_kept_by_the_workers_of_a_killed_master_names_them() {
+    let mut master = Master::start(
+        &["-n", "2", "-m", "0", "-b", "127.0.0.1:0"],
+        &["sleep", "1000"],
+    );
+    let addr = master.addr(0);
+    let workers = master.wait_serving(2);
+    master.orphans.extend(&workers);
+    let old_master = master.pid();
+    master.signal(Signal::SIGKILL);
+    assert!(master.wait_exit(WAIT).is_some());
+    assert!(
+        workers.iter().all(|&p| is_alive(p)),
+        "the workers keep the port"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+        .args(["-d", path_str(&dir.path().join("s.sock"))])
+        .args(["-b", &format!("{addr},r"), "--", "sleep", "1000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("einhorn-master: cannot bind"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("Address already in use"), "{line}");
+    for pid in &workers {
+        assert!(line.contains(&format!("pid {pid} (sleep)")), "{line}");
+    }
+    assert!(
+        line.contains(&format!(
+            "workers of einhorn master {old_master}, which is no longer running"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("kill -USR2 {} {}", workers[0], workers[1])),
+        "{line}"
+    );
+}
+
+#[test]
 fn a_program_that_cannot_run_fails_the_master_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let not_executable = dir.path().join("not-executable");
