@@ -38,14 +38,15 @@
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
 //! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
 //! as data), [`render`] (data into the wire's text and YAML), [`bind`]'s parser, [`cli`]. I/O:
-//! [`driver`] (the event loop), [`spawn`], [`socket`], [`pidfile`], [`holders`], [`client`],
-//! [`ctl`].
+//! [`driver`] (the event loop), [`conn`] (command-socket connections and their limits),
+//! [`spawn`], [`socket`], [`pidfile`], [`holders`], [`client`], [`ctl`].
 //! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
 pub mod cli;
 pub mod client;
 pub mod command;
+pub mod conn;
 pub mod ctl;
 pub mod driver;
 pub mod holders;
