@@ -38,7 +38,7 @@ use tokio::task::{Id as TaskId, JoinError, JoinSet};
 use crate::command::{Command, DecodeError, decode};
 use crate::machine::ConnId;
 use crate::render;
-use crate::wire::{Reply, RequestId, encode_reply};
+use crate::wire::{Reply, RequestError, RequestId, encode_reply, prescan};
 
 /// Longest request line accepted on the command socket.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -449,6 +449,9 @@ async fn serve(
                             Taken::WorkerMessage => reading = false,
                             Taken::Drop => return conn,
                         }
+                        // One line per turn: a client with many lines buffered does not keep
+                        // the others (a worker's ACK) waiting.
+                        tokio::task::yield_now().await;
                     }
                     ReadLine::TooLong => {
                         if let Some(skipped) = shared.rejected.hit(Instant::now()) {
@@ -548,12 +551,16 @@ async fn take_line(
 
 type Decoded = Result<(Option<RequestId>, Command), DecodeError>;
 
-/// Decodes a line: at once when short, else on a blocking thread, one at a time. Returns the
-/// line too, for the log.
+/// Decodes a line: at once when short or refused by the pre-scan, else on a blocking thread,
+/// one at a time. Returns the line too, for the log.
 async fn parse(line: Vec<u8>, shared: &Shared) -> (Vec<u8>, Decoded) {
     if line.len() <= INLINE_PARSE_MAX {
         let decoded = decode(&line);
         return (line, decoded);
+    }
+    // Linear and cheap: a line refused unparsed does not queue behind real parses.
+    if let Err(e) = prescan(&line) {
+        return (line, Err(DecodeError::Request(e)));
     }
     // Never closed, so acquiring only waits.
     let _permit = shared.big_parses.acquire().await;
@@ -566,7 +573,7 @@ async fn parse(line: Vec<u8>, shared: &Shared) -> (Vec<u8>, Decoded) {
         // The parser panicked: treat the line as unparsable.
         Err(_) => (
             Vec::new(),
-            Err(DecodeError::Request(crate::wire::RequestError::NotYaml(
+            Err(DecodeError::Request(RequestError::NotYaml(
                 "the parser failed".to_string(),
             ))),
         ),
@@ -661,6 +668,41 @@ mod tests {
         assert_eq!(throttle.hit(t0 + Duration::from_secs(10)), Some(5));
         assert_eq!(throttle.hit(t0 + Duration::from_secs(11)), None);
         assert_eq!(throttle.hit(t0 + Duration::from_secs(30)), Some(1));
+    }
+
+    #[tokio::test]
+    async fn beyond_the_reserve_a_worker_message_already_sent_is_still_carried_out() {
+        use std::io::{Read, Write};
+        let limits = ConnLimits {
+            max_connections: 0,
+            reserve: 0,
+            idle_timeout: Duration::from_secs(60),
+        };
+        let (mut conns, _from) = Connections::new(limits);
+        let blocking = |stream: UnixStream| {
+            let stream = stream.into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            stream
+        };
+        let (server, client) = UnixStream::pair().unwrap();
+        let mut client = blocking(client);
+        client
+            .write_all(b"{\"command\":\"worker:ack\",\"pid\":42}\n")
+            .unwrap();
+        assert_eq!(
+            conns.accept(server),
+            Some((ConnId(0), Command::WorkerAck { pid: Some(42) }))
+        );
+        let mut rest = String::new();
+        client.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "", "no reply to an ACK, and closed");
+
+        let (server, client) = UnixStream::pair().unwrap();
+        let mut client = blocking(client);
+        client.write_all(b"{\"command\":\"state\"}\n").unwrap();
+        assert_eq!(conns.accept(server), None);
+        client.read_to_string(&mut rest).unwrap();
+        assert!(rest.starts_with("---%0Amessage: 'Too many command connections: 0 are open"));
     }
 
     #[tokio::test]

@@ -175,8 +175,9 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     let listener = command_socket.take_listener();
     let limits = fit_connection_limits(args.connection_limits());
     let code = runtime.block_on(drive(machine, worker, listener, limits));
-    // Connections and tasks first, then the files (address file, sockets, lock, pid file).
-    drop(runtime);
+    // Connections and tasks first (a parse still running on a blocking thread gets a moment),
+    // then the files (address file, sockets, lock, pid file).
+    runtime.shutdown_timeout(Duration::from_secs(1));
     drop(bound);
     drop(command_socket);
     drop(pidfile);
