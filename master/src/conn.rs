@@ -657,6 +657,21 @@ async fn read_line(
 mod tests {
     use super::*;
 
+    fn limits(max_connections: usize, reserve: usize) -> ConnLimits {
+        ConnLimits {
+            max_connections,
+            reserve,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The std side of a socket pair, blocking.
+    fn blocking(stream: UnixStream) -> std::os::unix::net::UnixStream {
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    }
+
     #[test]
     fn a_throttle_logs_the_first_then_once_per_window_with_a_count() {
         let throttle = Throttle::new(Duration::from_secs(10));
@@ -673,17 +688,7 @@ mod tests {
     #[tokio::test]
     async fn beyond_the_reserve_a_worker_message_already_sent_is_still_carried_out() {
         use std::io::{Read, Write};
-        let limits = ConnLimits {
-            max_connections: 0,
-            reserve: 0,
-            idle_timeout: Duration::from_secs(60),
-        };
-        let (mut conns, _from) = Connections::new(limits);
-        let blocking = |stream: UnixStream| {
-            let stream = stream.into_std().unwrap();
-            stream.set_nonblocking(false).unwrap();
-            stream
-        };
+        let (mut conns, _from) = Connections::new(limits(0, 0));
         let (server, client) = UnixStream::pair().unwrap();
         let mut client = blocking(client);
         client
@@ -707,12 +712,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_count_against_their_lane_until_their_task_ends() {
-        let limits = ConnLimits {
-            max_connections: 1,
-            reserve: 1,
-            idle_timeout: Duration::from_secs(60),
-        };
-        let (mut conns, _from) = Connections::new(limits);
+        let (mut conns, _from) = Connections::new(limits(1, 1));
         let (a, _a_peer) = UnixStream::pair().unwrap();
         let (b, b_peer) = UnixStream::pair().unwrap();
         let (c, c_peer) = UnixStream::pair().unwrap();
@@ -724,9 +724,7 @@ mod tests {
         assert!(conns.accept(c).is_none());
         assert_eq!(conns.open(), (1, 1));
         let mut refusal = String::new();
-        let mut c_peer = c_peer.into_std().unwrap();
-        c_peer.set_nonblocking(false).unwrap();
-        std::io::Read::read_to_string(&mut c_peer, &mut refusal).unwrap();
+        std::io::Read::read_to_string(&mut blocking(c_peer), &mut refusal).unwrap();
         assert!(
             refusal.contains("Too many command connections"),
             "{refusal}"

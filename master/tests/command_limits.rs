@@ -88,6 +88,18 @@ fn state_when_served(master: &Master) -> einhorn_master::state::MasterState {
     state.expect("served")
 }
 
+/// A master with one `sleep` worker that does not ACK by itself (`-m manual`), and that
+/// worker's pid.
+fn manual_sleeper(flags: &[&str]) -> (Master, i32) {
+    let mut all = vec!["-n", "1", "-m", "manual"];
+    all.extend_from_slice(flags);
+    let master = Master::start(&all, &["sleep", "1000"]);
+    let pid = master
+        .wait_state("one worker", |s| s.all_pids().len() == 1)
+        .all_pids()[0];
+    (master, pid)
+}
+
 /// A served connection left open, doing nothing.
 fn idle_connection(socket: &Path) -> BufReader<UnixStream> {
     let mut stream = connect(socket);
@@ -266,13 +278,7 @@ fn floods_of_slow_to_parse_lines_do_not_delay_acks_signals_or_upgrades() {
 
 #[test]
 fn beyond_the_limit_only_worker_messages_are_served_and_refusals_are_logged_per_burst() {
-    let master = Master::start(
-        &["-n", "1", "-m", "manual", "--max-connections", "3"],
-        &["sleep", "1000"],
-    );
-    let pid = master
-        .wait_state("one worker", |s| s.all_pids().len() == 1)
-        .all_pids()[0];
+    let (master, pid) = manual_sleeper(&["--max-connections", "3"]);
     // Three served connections, held open: the limit is reached.
     let held: Vec<_> = (0..3).map(|_| idle_connection(&master.socket)).collect();
 
@@ -370,13 +376,7 @@ fn a_pile_of_silent_connections_cannot_exhaust_the_masters_fds() {
 
 #[test]
 fn idle_connections_are_closed_but_one_waiting_for_an_upgrade_is_not() {
-    let master = Master::start(
-        &["-n", "1", "-m", "manual", "--idle-timeout", "0.5"],
-        &["sleep", "1000"],
-    );
-    let old = master
-        .wait_state("one worker", |s| s.all_pids().len() == 1)
-        .all_pids()[0];
+    let (master, old) = manual_sleeper(&["--idle-timeout", "0.5"]);
     client::ack(&master.socket, old as u32).unwrap();
     master.wait_serving(1);
 
@@ -431,10 +431,7 @@ fn idle_connections_are_closed_but_one_waiting_for_an_upgrade_is_not() {
 
 #[test]
 fn a_request_whose_client_is_gone_is_not_carried_out_but_an_ack_is() {
-    let mut master = Master::start(&["-n", "1", "-m", "manual"], &["sleep", "1000"]);
-    let pid = master
-        .wait_state("one worker", |s| s.all_pids().len() == 1)
-        .all_pids()[0];
+    let (mut master, pid) = manual_sleeper(&[]);
     // Stopped, the master accepts nothing: the kernel queues the connections and their bytes,
     // as when it is busy or out of fds.
     master.signal(Signal::SIGSTOP);

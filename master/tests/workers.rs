@@ -364,6 +364,12 @@ fn pidfile_is_written_and_removed() {
     assert!(!pidfile.exists());
 }
 
+/// Writes a script with this mode.
+fn script(path: &std::path::Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
 /// The files in `dir`, sorted.
 fn files_in(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -462,14 +468,9 @@ fn a_port_kept_by_the_workers_of_a_killed_master_names_them() {
 fn a_program_that_cannot_run_fails_the_master_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let not_executable = dir.path().join("not-executable");
-    std::fs::write(&not_executable, "#!/bin/sh\nexec sleep 1000\n").unwrap();
+    script(&not_executable, "#!/bin/sh\nexec sleep 1000\n", 0o644);
     let bad_interpreter = dir.path().join("bad-interpreter");
-    std::fs::write(&bad_interpreter, "#!/nonexistent/interpreter\n").unwrap();
-    std::fs::set_permissions(
-        &bad_interpreter,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    script(&bad_interpreter, "#!/nonexistent/interpreter\n", 0o755);
     let cases = [
         ("/nonexistent/worker-binary", "No such file or directory"),
         (path_str(&not_executable), "is not executable"),
@@ -505,12 +506,7 @@ fn a_program_that_cannot_run_fails_the_master_at_start() {
 fn a_program_removed_after_start_is_retried_with_backoff_not_in_a_loop() {
     let dir = tempfile::tempdir().unwrap();
     let program = dir.path().join("worker");
-    std::fs::write(&program, "#!/bin/sh\nexec sleep 1000\n").unwrap();
-    std::fs::set_permissions(
-        &program,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    script(&program, "#!/bin/sh\nexec sleep 1000\n", 0o755);
     let master = Master::start(&["-n", "1", "-m", "0"], &[program.as_os_str()]);
     let pid = master.wait_serving(1)[0];
     std::fs::remove_file(&program).unwrap();
