@@ -3,7 +3,7 @@
 //!
 //! # What a client cannot do
 //! - **Hold up the event loop.** Each connection is its own task. A line is checked by
-//!   [`prescan`](crate::wire::prescan) (linear) before any parsing; a line of at most
+//!   [`prescan`] (linear) before any parsing; a line of at most
 //!   [`INLINE_PARSE_MAX`] bytes is then parsed in the task (microseconds); a longer one is
 //!   parsed on a blocking thread, one such parse at a time, so floods of large lines use at
 //!   most one other core and never delay signals, ACKs or upgrade steps. A connection reads its
