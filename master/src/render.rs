@@ -161,8 +161,10 @@ pub fn text(message: &Message) -> String {
             signal_name(*signal)
         ),
         Message::StopNow(sent) => format!(
-            "stop signal received while stopping: {} again, which tells workers on graceful-listener to stop now",
-            sent_text(sent)
+            "stopping already: sent {} again to {} workers still running {:?}; workers on graceful-listener take a second signal as \"stop now\"",
+            signal_name(sent.signal),
+            sent.pids.len(),
+            sent.pids
         ),
         Message::Quitting => "quitting: sending QUIT to every worker and exiting now".to_string(),
         Message::AllGone => "all workers are gone; exiting".to_string(),

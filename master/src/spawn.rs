@@ -11,7 +11,7 @@ use std::process::Command;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::unistd::{AccessFlags, access};
 
-use crate::machine::Pid;
+use crate::state::Pid;
 
 /// Everything needed to start workers, fixed for the master's life.
 #[derive(Clone, Debug)]

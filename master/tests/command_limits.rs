@@ -157,7 +157,7 @@ impl Flooder {
     }
 }
 
-/// The hostile lines, each just under the 64 KiB limit, each with its `\n`.
+/// The hostile lines, most just under the 64 KiB limit, each with its `\n`.
 fn hostile_lines() -> Vec<Arc<Vec<u8>>> {
     let max = 64 * 1024 - 64;
     let depth = (max - 16) / 2;
@@ -181,7 +181,9 @@ fn hostile_lines() -> Vec<Arc<Vec<u8>>> {
         ));
     }
     aliases.push('\n');
-    [nested, all_open, flat, aliases]
+    // Short and cheap, but many: parsed on the event loop's thread, one per turn.
+    let unknown = "{\"command\":\"frobnicate\"}\n".repeat(1000);
+    [nested, all_open, flat, aliases, unknown]
         .into_iter()
         .map(|l| Arc::new(l.into_bytes()))
         .collect()
@@ -208,7 +210,7 @@ fn floods_of_slow_to_parse_lines_do_not_delay_acks_signals_or_upgrades() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let lines = hostile_lines();
-    // Two clients per kind of line: eight connections flooding at once.
+    // Two clients per kind of line: ten connections flooding at once.
     let flooders: Vec<Flooder> = lines
         .iter()
         .chain(&lines)

@@ -262,7 +262,9 @@ fn a_second_stop_signal_is_forwarded_so_workers_stop_now() {
             assert_eq!(status.code(), Some(0));
             assert_eq!(std::fs::read_to_string(&log).unwrap(), "usr2\n".repeat(4));
             assert!(pids.iter().all(|&p| !is_alive(p)));
-            master.wait_for_line("again, which tells workers on graceful-listener to stop now");
+            master.wait_for_line(&format!(
+                "stopping already: sent USR2 again to 2 workers still running {pids:?}"
+            ));
         } else {
             // SIGTERM after SIGINT: the workers get TERM, which these do not trap (the default
             // action ends them), as Einhorn forwards it.
