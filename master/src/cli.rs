@@ -103,7 +103,7 @@ pub struct MasterArgs {
     pub max_connections: u32,
 
     /// Close a command-socket connection that owes no reply and sends no request for this
-    /// many seconds.
+    /// many seconds (0: never).
     #[arg(
         long = "idle-timeout",
         value_name = "SECONDS",

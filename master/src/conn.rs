@@ -67,7 +67,7 @@ pub struct ConnLimits {
     /// Connections beyond that which may still deliver one worker message.
     pub reserve: usize,
     /// A connection that owes no reply and sends nothing for this long is closed
-    /// (`--idle-timeout`).
+    /// (`--idle-timeout`); zero: never.
     pub idle_timeout: Duration,
 }
 
@@ -171,7 +171,7 @@ impl Throttle {
     }
 }
 
-/// ", and N more like it since the last report" when N > 0.
+/// " (N more since the last report)" when N > 0: the end of a throttled log line.
 fn more(skipped: u64) -> String {
     if skipped == 0 {
         String::new()
@@ -438,7 +438,7 @@ async fn serve(
             // The client sent all it will, and got every reply: done.
             return conn;
         }
-        let idle_at = (owed == 0).then(|| last_active + idle_timeout);
+        let idle_at = (owed == 0 && !idle_timeout.is_zero()).then(|| last_active + idle_timeout);
         tokio::select! {
             line = read_line(&mut reader, &mut partial, MAX_REQUEST_LINE), if reading => {
                 match line {

@@ -1,13 +1,12 @@
 //! The command socket's file: a lock against a second master, stale-socket removal, mode 0600.
 //! Both files are removed when the master is done, on every path, failures included.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::stat::{Mode, umask};
 
 /// Why the command socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -140,25 +139,32 @@ impl CommandSocket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("inspect", e)),
         }
-        // Bound under a temporary name and renamed into place once listening, so the path
-        // only ever names a socket that accepts. Created 0600 from the start: no window in
-        // which others could connect. The umask is process-wide; this runs before any thread
-        // or worker exists.
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
+        // Bound in a private directory (mode 0700) beside the path, made 0600, and renamed
+        // into place once listening: the path only ever names a socket that accepts, and no
+        // one else can connect in between. The process-wide umask is left alone: the
+        // application embedding the master may be creating files on other threads.
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(format!(".{}", std::process::id()));
+        let dir = PathBuf::from(dir);
+        let tmp = dir.join("s");
+        // A previous run with this pid that died in between.
         let _ = std::fs::remove_file(&tmp);
-        let old = umask(Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(&tmp);
-        umask(old);
-        let listener = bound.map_err(|e| io("bind", e))?;
-        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io("chmod", e))
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io("rename", e)));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let _ = std::fs::remove_dir(&dir);
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io("create a private directory for", e))?;
+        let placed = UnixListener::bind(&tmp)
+            .map_err(|e| io("bind", e))
+            .and_then(|listener| {
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io("chmod", e))?;
+                std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
+                Ok(listener)
+            });
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir(&dir);
+        let listener = placed?;
         Ok(CommandSocket {
             listener: Some(listener),
             path: path.to_path_buf(),
@@ -193,12 +199,25 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     #[test]
-    fn opens_with_mode_0600_and_removes_on_drop() {
+    fn opens_with_mode_0600_leaving_the_umask_and_no_stray_file_and_removes_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.sock");
+        let umask = || {
+            let mode = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+            nix::sys::stat::umask(mode);
+            mode.bits()
+        };
+        let before = umask();
         let socket = CommandSocket::open(&path, &dir.path().join("m.lock")).unwrap();
+        assert_eq!(umask(), before, "the process-wide umask is untouched");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["m.lock", "m.sock"]);
         UnixStream::connect(&path).unwrap();
         drop(socket);
         assert!(!path.exists());
