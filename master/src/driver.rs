@@ -125,7 +125,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         tracing::info!("listening on {} (einhorn@{}, fd {})", l.addr, l.index, l.fd);
     }
     // Every file created so far is removed when these guards drop: on return, on error.
-    let _addr_file = match &args.addr_file {
+    let addr_file = match &args.addr_file {
         Some(path) => {
             let text: String = listeners
                 .iter()
@@ -178,6 +178,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     // Connections and tasks first (a parse still running on a blocking thread gets a moment),
     // then the files (address file, sockets, lock, pid file).
     runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(addr_file);
     drop(bound);
     drop(command_socket);
     drop(pidfile);
