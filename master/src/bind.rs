@@ -145,6 +145,19 @@ pub enum BindError {
         /// What the resolver said.
         source: std::io::Error,
     },
+    /// The address is taken. The error names the processes holding it, when they can be
+    /// found (most often: the workers of a master killed with SIGKILL), and what to do.
+    #[error("cannot bind {spec}: {source}; {}", crate::holders::hint(.holders, *.reuse_addr))]
+    InUse {
+        /// The `-b` value at fault.
+        spec: String,
+        /// The OS error (`Address already in use`).
+        source: std::io::Error,
+        /// The processes with a listening socket on that address.
+        holders: crate::holders::Holders,
+        /// Whether `SO_REUSEADDR` was asked for (`,r`).
+        reuse_addr: bool,
+    },
     /// A socket call failed.
     #[error("cannot {step} {spec}: {source}")]
     Socket {
@@ -222,7 +235,18 @@ impl BindSpec {
                 .set_reuse_address(true)
                 .map_err(fail("set SO_REUSEADDR on"))?;
         }
-        socket.bind(&addr.into()).map_err(fail("bind"))?;
+        socket.bind(&addr.into()).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                BindError::InUse {
+                    spec: self.to_string(),
+                    source,
+                    holders: crate::holders::listening_on(addr),
+                    reuse_addr: self.reuse_addr,
+                }
+            } else {
+                fail("bind")(source)
+            }
+        })?;
         socket.listen(backlog).map_err(fail("listen on"))?;
         if self.nonblock {
             socket

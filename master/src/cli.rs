@@ -96,6 +96,22 @@ pub struct MasterArgs {
     )]
     pub upgrade_timeout: Duration,
 
+    /// Serve at most N command-socket connections at once; beyond that, new connections may
+    /// only deliver a worker:ack or worker:ping, and are otherwise refused with the reason.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Close a command-socket connection that owes no reply and sends no request for this
+    /// many seconds (0: never).
+    #[arg(
+        long = "idle-timeout",
+        value_name = "SECONDS",
+        default_value = "60",
+        value_parser = parse_seconds
+    )]
+    pub idle_timeout: Duration,
+
     /// Once bound, write one line `INDEX ADDR` per -b socket to this file (atomically).
     #[arg(long = "addr-file", value_name = "PATH")]
     pub addr_file: Option<PathBuf>,
@@ -127,6 +143,16 @@ impl MasterArgs {
             path.push(".lock");
             PathBuf::from(path)
         })
+    }
+
+    /// The command-socket connection limits: `--max-connections`, `--idle-timeout`, and the
+    /// default reserve.
+    pub fn connection_limits(&self) -> crate::conn::ConnLimits {
+        crate::conn::ConnLimits {
+            max_connections: self.max_connections as usize,
+            idle_timeout: self.idle_timeout,
+            ..Default::default()
+        }
     }
 
     /// The log level from `-q` and `-v` (info by default).
@@ -309,6 +335,8 @@ mod tests {
         assert_eq!(args.signal_timeout, None);
         assert_eq!(args.backlog, 100);
         assert_eq!(args.upgrade_timeout, Duration::from_secs(60));
+        assert_eq!(args.max_connections, 256);
+        assert_eq!(args.idle_timeout, Duration::from_secs(60));
         assert!(!args.kill_children_on_exit);
         assert!(args.bind.is_empty());
         assert_eq!(args.command, ["sleep", "5"]);
@@ -353,6 +381,10 @@ mod tests {
             "10",
             "--addr-file",
             "/tmp/a",
+            "--max-connections",
+            "8",
+            "--idle-timeout",
+            "0.5",
             "-f",
             "/tmp/lock",
             "--",
@@ -380,6 +412,12 @@ mod tests {
         );
         assert_eq!(args.upgrade_timeout, Duration::from_secs(10));
         assert_eq!(args.addr_file, Some(PathBuf::from("/tmp/a")));
+        assert_eq!(args.connection_limits().max_connections, 8);
+        assert_eq!(
+            args.connection_limits().idle_timeout,
+            Duration::from_millis(500)
+        );
+        assert!(master(&["--max-connections", "0", "true"]).is_err());
         assert_eq!(args.command, ["srv", "--port", "1"]);
     }
 

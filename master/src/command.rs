@@ -2,7 +2,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::wire::{Reply, Request, RequestId, parse_request};
+use crate::wire::{Request, RequestError, RequestId, parse_request};
 
 /// A checked command from the command socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,20 +71,35 @@ pub enum CommandError {
     InvalidSignal(String),
 }
 
-impl CommandError {
-    /// The reply message for this error. Unknown commands get the command list too, as in
-    /// Einhorn.
-    pub fn reply_message(&self) -> String {
+impl Command {
+    /// Whether this is a message from a worker (`worker:ack`, `worker:ping`): the worker closes
+    /// the connection right after sending it and expects no reply.
+    pub fn is_worker_message(&self) -> bool {
+        matches!(self, Command::WorkerAck { .. } | Command::WorkerPing { .. })
+    }
+
+    /// The command's name on the wire.
+    pub fn name(&self) -> &'static str {
         match self {
-            CommandError::Unrecognized(name) => {
-                format!("Unrecognized command: {name:?}\n\n{}", help_text())
-            }
-            other => other.to_string(),
+            Command::Ehlo { .. } => "ehlo",
+            Command::Help => "help",
+            Command::State => "state",
+            Command::Config => "config",
+            Command::Upgrade { fleet: false } => "upgrade",
+            Command::Upgrade { fleet: true } => "upgrade_fleet",
+            Command::Inc => "inc",
+            Command::Dec => "dec",
+            Command::SetWorkers(_) => "set_workers",
+            Command::Signal(_) => "signal",
+            Command::Die(_) => "die",
+            Command::WorkerAck { .. } => "worker:ack",
+            Command::WorkerPing { .. } => "worker:ping",
         }
     }
 }
 
-/// Commands and their one-line descriptions, as `help` lists them.
+/// Commands and their one-line descriptions, as `help` lists them
+/// ([`render::help_text`](crate::render::help_text)).
 pub const COMMANDS: &[(&str, &str)] = &[
     ("config", "Show the master's configuration"),
     ("dec", "Decrement the number of workers"),
@@ -121,17 +136,6 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "[Workers only] Tell the master this worker is alive",
     ),
 ];
-
-/// The `help` text: one command per line.
-pub fn help_text() -> String {
-    let mut text = String::from(
-        "You are speaking to the einhorn-master command socket. You can run the following commands:\n\n",
-    );
-    for (name, description) in COMMANDS {
-        text.push_str(&format!("{name}: {description}\n"));
-    }
-    text
-}
 
 /// Checks a request and types it.
 ///
@@ -200,25 +204,43 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
     })
 }
 
-/// Reads one request line (without its `\n`) into a command, or the error reply to send.
+/// Why a request line is not a command the master can run.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    /// The line is not a request.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The request is not a command the master can run.
+    #[error("{error}")]
+    Command {
+        /// The request's `id`, for the error reply.
+        id: Option<RequestId>,
+        /// What is wrong.
+        error: CommandError,
+    },
+}
+
+/// Reads one request line (without its `\n`) into a command.
 ///
 /// # Errors
-/// The [`Reply`] (with `error: true`) to send back: `Could not parse command: ...`,
-/// `Unrecognized command: ...`, an argument error.
+/// A [`DecodeError`]; [`render::decode_error`](crate::render::decode_error) makes the error
+/// reply (`Could not parse command: ...`, `Unrecognized command: ...`, an argument error).
 ///
 /// ```
-/// use einhorn_master::command::{Command, decode};
+/// use einhorn_master::command::{Command, DecodeError, decode};
 /// let (id, command) = decode(br#"{"command":"inc","id":3}"#).unwrap();
 /// assert_eq!(command, Command::Inc);
 /// assert_eq!(id.unwrap().as_i64(), Some(3));
-/// let reply = decode(b"garbage").unwrap_err();
-/// assert!(reply.error && reply.message.starts_with("Could not parse command"));
+/// assert!(matches!(decode(b"garbage"), Err(DecodeError::Request(_))));
 /// ```
-pub fn decode(line: &[u8]) -> Result<(Option<RequestId>, Command), Reply> {
-    let request = parse_request(line).map_err(|e| Reply::failure(e.reply_message(), None))?;
+pub fn decode(line: &[u8]) -> Result<(Option<RequestId>, Command), DecodeError> {
+    let request = parse_request(line)?;
     match parse_command(&request) {
         Ok(command) => Ok((request.id, command)),
-        Err(e) => Err(Reply::failure(e.reply_message(), request.id)),
+        Err(error) => Err(DecodeError::Command {
+            id: request.id,
+            error,
+        }),
     }
 }
 
@@ -346,7 +368,7 @@ mod tests {
     fn unknown_commands_list_the_known_ones() {
         let err = cmd(r#"{"command":"frobnicate"}"#).unwrap_err();
         assert_eq!(err, CommandError::Unrecognized("frobnicate".into()));
-        let message = err.reply_message();
+        let message = crate::render::command_error(&err);
         assert!(message.starts_with("Unrecognized command: \"frobnicate\""));
         assert!(message.contains("upgrade_fleet"));
         assert_eq!(
@@ -356,10 +378,38 @@ mod tests {
     }
 
     #[test]
-    fn help_lists_every_command() {
-        let help = help_text();
-        for (name, _) in COMMANDS {
-            assert!(help.contains(&format!("{name}: ")), "{name}");
+    fn names_round_trip_through_the_parser() {
+        let commands = [
+            Command::Ehlo { user: None },
+            Command::Help,
+            Command::State,
+            Command::Config,
+            Command::Upgrade { fleet: false },
+            Command::Upgrade { fleet: true },
+            Command::Inc,
+            Command::Dec,
+            Command::SetWorkers(2),
+            Command::Signal(vec![Signal::SIGUSR2]),
+            Command::Die(Signal::SIGUSR2),
+            Command::WorkerAck { pid: Some(1) },
+            Command::WorkerPing { pid: Some(1) },
+        ];
+        for command in commands {
+            let arg = if command.name() == "set_workers" {
+                "2"
+            } else {
+                "USR2"
+            };
+            let line = format!(
+                r#"{{"command":"{}","args":["{arg}"],"pid":1}}"#,
+                command.name()
+            );
+            let parsed = cmd(&line).unwrap();
+            assert_eq!(parsed.name(), command.name());
+            assert_eq!(
+                parsed.is_worker_message(),
+                command.name().starts_with("worker:")
+            );
         }
     }
 }

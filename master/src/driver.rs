@@ -5,7 +5,7 @@
 //! parent-death signal fires when the *thread* that forked the worker exits, and the main thread
 //! lives exactly as long as the master.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,30 +14,36 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use crate::bind::{BindError, Bound};
 use crate::cli::MasterArgs;
-use crate::command;
+pub use crate::conn::MAX_REQUEST_LINE;
+use crate::conn::{ConnLimits, Connections, Incoming, sleep_until};
 use crate::machine::{
-    Action, ConnId, Event, ListenerInfo, Machine, MachineConfig, MasterSignal, Pid,
+    Action, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
 };
-use crate::pidfile::{Pidfile, PidfileError, write_atomically};
+use crate::pidfile::{Pidfile, PidfileError, WrittenFile};
+use crate::render;
 use crate::socket::{CommandSocket, SocketError};
-use crate::spawn::WorkerCommand;
-use crate::wire::{Reply, encode_reply};
+use crate::spawn::{ProgramError, WorkerCommand, check_program};
 
-/// Longest request line accepted on the command socket.
-pub const MAX_REQUEST_LINE: usize = 64 * 1024;
-
-/// Why the master could not run.
+/// Why the master could not run. Whatever it had created by then (pid file, command socket,
+/// lock file, address file) is removed again.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
+    /// The worker command cannot be run.
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// The first worker could not be started (the program exists but cannot be executed: a bad
+    /// interpreter line, a binary for another system, ...).
+    #[error("cannot start worker {program}: {source}")]
+    Spawn {
+        /// The worker program.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The command socket could not be opened.
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -70,14 +76,19 @@ pub enum MasterError {
 
 /// Runs a master until it exits; returns its exit status.
 ///
-/// Binds everything first (so errors are reported before any worker starts), then spawns the
-/// workers and serves the command socket.
+/// Checks the worker command and binds everything first (so errors are reported before any
+/// worker starts), then spawns the workers and serves the command socket. Never exits the
+/// process and installs no logger: it logs through `tracing`, to whatever subscriber the
+/// caller set up.
 ///
 /// # Errors
-/// [`MasterError`] when the setup fails; once workers run, the master only exits on a signal
-/// or `die`.
+/// [`MasterError`] when the setup fails, or when the very first worker cannot be started;
+/// once workers run, the master only exits on a signal or `die`.
 pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     let master_pid = std::process::id() as Pid;
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    // Before anything is created: a typo in the command fails here, not in a respawn loop.
+    check_program(program)?;
     if let Err(e) = crate::spawn::cloexec_inherited_fds() {
         tracing::warn!("cannot mark inherited fds close-on-exec; workers may inherit them: {e}");
     }
@@ -113,21 +124,26 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     for l in &listeners {
         tracing::info!("listening on {} (einhorn@{}, fd {})", l.addr, l.index, l.fd);
     }
-    if let Some(path) = &args.addr_file {
-        let text: String = listeners
-            .iter()
-            .map(|l| format!("{} {}\n", l.index, l.addr))
-            .collect();
-        write_atomically(path, &text).map_err(|source| MasterError::AddrFile {
-            path: path.clone(),
-            source,
-        })?;
-    }
+    // Every file created so far is removed when these guards drop: on return, on error.
+    let addr_file = match &args.addr_file {
+        Some(path) => {
+            let text: String = listeners
+                .iter()
+                .map(|l| format!("{} {}\n", l.index, l.addr))
+                .collect();
+            let file =
+                WrittenFile::create(path, &text).map_err(|source| MasterError::AddrFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(file)
+        }
+        None => None,
+    };
     tracing::info!(
         "einhorn-master {master_pid}: command socket {}",
         socket_path.display()
     );
-    let (program, rest) = args.command.split_first().expect("clap requires a command");
     let worker = WorkerCommand {
         program: program.clone(),
         args: rest.to_vec(),
@@ -157,28 +173,23 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         .build()
         .map_err(MasterError::EventLoop)?;
     let listener = command_socket.take_listener();
-    let code = runtime.block_on(drive(machine, worker, listener))?;
-    drop(runtime);
-    if let Some(path) = &args.addr_file {
-        let _ = std::fs::remove_file(path);
-    }
+    let limits = fit_connection_limits(args.connection_limits());
+    let code = runtime.block_on(drive(machine, worker, listener, limits));
+    // Connections and tasks first (a parse still running on a blocking thread gets a moment),
+    // then the files (address file, sockets, lock, pid file).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(addr_file);
     drop(bound);
     drop(command_socket);
     drop(pidfile);
-    Ok(code)
-}
-
-/// What a connection task tells the driver.
-enum ConnEvent {
-    Line { conn: ConnId, line: Vec<u8> },
-    TooLong { conn: ConnId },
-    Eof { conn: ConnId },
+    code
 }
 
 async fn drive(
     mut machine: Machine,
     worker: WorkerCommand,
     listener: std::os::unix::net::UnixListener,
+    limits: ConnLimits,
 ) -> Result<i32, MasterError> {
     let setup = MasterError::EventLoop;
     listener.set_nonblocking(true).map_err(setup)?;
@@ -192,41 +203,50 @@ async fn drive(
     let mut sigterm = signal(SignalKind::terminate()).map_err(setup)?;
     let mut sigquit = signal(SignalKind::quit()).map_err(setup)?;
 
-    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<ConnEvent>();
-    let mut conns: HashMap<ConnId, mpsc::UnboundedSender<String>> = HashMap::new();
-    let mut tasks = JoinSet::new();
-    let mut next_conn = 0u64;
+    let (mut conns, mut from_conns) = Connections::new(limits);
+    // After a failed accept (out of fds), accepting pauses briefly instead of spinning.
+    let mut accept_paused: Option<Instant> = None;
+    // Until one worker has started, a failed spawn ends the master: nothing would ever work.
+    let mut spawned_any = false;
 
     let mut todo: VecDeque<Action> = machine.handle(Instant::now(), Event::Start).into();
+    write_logs(machine.take_logs());
     loop {
         while let Some(action) = todo.pop_front() {
             match action {
                 Action::Spawn { id, index } => {
                     let event = match worker.spawn(index) {
-                        Ok(pid) => Event::Spawned { id, pid },
+                        Ok(pid) => {
+                            spawned_any = true;
+                            Event::Spawned { id, pid }
+                        }
+                        Err(source) if !spawned_any => {
+                            return Err(MasterError::Spawn {
+                                program: worker.program.to_string_lossy().into_owned(),
+                                source,
+                            });
+                        }
                         Err(e) => Event::SpawnFailed {
                             id,
                             error: format!("{}: {e}", worker.program.to_string_lossy()),
                         },
                     };
                     todo.extend(machine.handle(Instant::now(), event));
+                    write_logs(machine.take_logs());
                 }
                 Action::Signal { pid, signal } => send_signal(pid, signal),
-                Action::Reply { conn, reply } => send_reply(&conns, conn, &reply),
-                Action::Close { conn } => {
-                    conns.remove(&conn);
-                }
+                Action::Reply { conn, reply } => conns.reply(conn, &render::reply(&reply)),
+                Action::Close { conn } => conns.close(conn),
                 Action::Exit { code } => {
                     // Let connections flush what they were sent, briefly.
-                    conns.clear();
-                    let flush = async { while tasks.join_next().await.is_some() {} };
-                    let _ = tokio::time::timeout(Duration::from_millis(500), flush).await;
+                    conns.shutdown(Duration::from_millis(500)).await;
                     return Ok(code);
                 }
             }
         }
 
         let deadline = machine.next_deadline();
+        let paused = accept_paused.filter(|&until| until > Instant::now());
         let mut events = Vec::new();
         tokio::select! {
             _ = sigchld.recv() => reap(&mut events),
@@ -235,56 +255,31 @@ async fn drive(
             _ = sigint.recv() => events.push(Event::Signal(MasterSignal::Int)),
             _ = sigterm.recv() => events.push(Event::Signal(MasterSignal::Term)),
             _ = sigquit.recv() => events.push(Event::Signal(MasterSignal::Quit)),
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if paused.is_none() => match accepted {
                 Ok((stream, _)) => {
-                    let conn = ConnId(next_conn);
-                    next_conn += 1;
-                    let (out_tx, out_rx) = mpsc::unbounded_channel();
-                    conns.insert(conn, out_tx);
-                    tasks.spawn(serve_conn(conn, stream, conn_tx.clone(), out_rx));
+                    if let Some((conn, command)) = conns.accept(stream) {
+                        events.push(Event::Request { conn, id: None, command });
+                    }
                 }
                 Err(e) => {
-                    // Out of fds, most likely: back off rather than spin.
-                    tracing::warn!("command socket accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    conns.accept_failed(&e);
+                    accept_paused = Some(Instant::now() + Duration::from_millis(100));
                 }
             },
-            Some(message) = conn_rx.recv() => match message {
-                ConnEvent::Line { conn, line } => match command::decode(&line) {
-                    Ok((id, command)) => events.push(Event::Request { conn, id, command }),
-                    Err(reply) => {
-                        tracing::warn!(
-                            "bad request {:?}: {}",
-                            String::from_utf8_lossy(&line),
-                            reply.message.lines().next().unwrap_or_default()
-                        );
-                        send_reply(&conns, conn, &reply);
-                    }
-                },
-                ConnEvent::TooLong { conn } => {
-                    let message = format!(
-                        "Could not parse command: request longer than {MAX_REQUEST_LINE} bytes"
-                    );
-                    tracing::warn!("{message}");
-                    send_reply(&conns, conn, &Reply::failure(message, None));
-                    conns.remove(&conn);
+            _ = sleep_until(paused), if paused.is_some() => accept_paused = None,
+            Some(incoming) = from_conns.recv() => match incoming {
+                Incoming::Request { conn, id, command } => {
+                    events.push(Event::Request { conn, id, command });
                 }
-                ConnEvent::Eof { conn } => {
-                    conns.remove(&conn);
-                }
+                Incoming::Reply { conn, reply } => conns.reply(conn, &reply),
             },
-            Some(_) = tasks.join_next() => {}
+            done = conns.next_finished() => conns.finished(done),
             _ = sleep_until(deadline), if deadline.is_some() => events.push(Event::Tick),
         }
         for event in events {
             todo.extend(machine.handle(Instant::now(), event));
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(at) = deadline {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+        write_logs(machine.take_logs());
     }
 }
 
@@ -311,95 +306,48 @@ fn reap(events: &mut Vec<Event>) {
     }
 }
 
+/// The connection limits, shrunk (with a warning) if `ulimit -n` cannot hold them.
+fn fit_connection_limits(limits: ConnLimits) -> ConnLimits {
+    let mut nofile = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) } != 0 {
+        return limits;
+    }
+    let in_use = std::fs::read_dir("/proc/self/fd").map_or(0, |fds| fds.count());
+    let soft = usize::try_from(nofile.rlim_cur).unwrap_or(usize::MAX);
+    let (fitted, shrunk) = limits.fit_fds(soft, in_use);
+    if shrunk {
+        tracing::warn!(
+            "the fd limit (ulimit -n {soft}) allows {} command connections and a reserve of {}, not {} and {}",
+            fitted.max_connections,
+            fitted.reserve,
+            limits.max_connections,
+            limits.reserve
+        );
+    }
+    fitted
+}
+
+/// Writes the machine's log lines.
+fn write_logs(logs: Vec<Log>) {
+    for Log { level, message } in logs {
+        let text = render::text(&message);
+        match level {
+            Level::Error => tracing::error!("{text}"),
+            Level::Warn => tracing::warn!("{text}"),
+            Level::Info => tracing::info!("{text}"),
+            Level::Debug => tracing::debug!("{text}"),
+        }
+    }
+}
+
 fn send_signal(pid: Pid, signal: Signal) {
     match kill(NixPid::from_raw(pid), signal) {
         Ok(()) => tracing::debug!("sent {} to {pid}", signal.as_str()),
         Err(Errno::ESRCH) => tracing::debug!("{pid} is already gone; {} not sent", signal.as_str()),
         Err(e) => tracing::warn!("cannot send {} to {pid}: {e}", signal.as_str()),
-    }
-}
-
-fn send_reply(conns: &HashMap<ConnId, mpsc::UnboundedSender<String>>, conn: ConnId, reply: &Reply) {
-    if let Some(out) = conns.get(&conn) {
-        // The connection may be gone already: then nobody is waiting for the reply.
-        let _ = out.send(encode_reply(reply));
-    }
-}
-
-/// One command-socket connection: lines in, replies out, until either side is done.
-async fn serve_conn(
-    conn: ConnId,
-    stream: UnixStream,
-    events: mpsc::UnboundedSender<ConnEvent>,
-    mut out: mpsc::UnboundedReceiver<String>,
-) {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut partial = Vec::new();
-    let mut reading = true;
-    loop {
-        tokio::select! {
-            line = read_line(&mut reader, &mut partial), if reading => {
-                let event = match line {
-                    ReadLine::Line(line) => ConnEvent::Line { conn, line },
-                    ReadLine::TooLong => {
-                        reading = false;
-                        ConnEvent::TooLong { conn }
-                    }
-                    ReadLine::Eof => {
-                        reading = false;
-                        ConnEvent::Eof { conn }
-                    }
-                };
-                if events.send(event).is_err() {
-                    return;
-                }
-            }
-            message = out.recv() => match message {
-                Some(line) => {
-                    if write.write_all(line.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-                // The driver is done with this connection: closing it.
-                None => return,
-            },
-        }
-    }
-}
-
-enum ReadLine {
-    Line(Vec<u8>),
-    TooLong,
-    Eof,
-}
-
-/// Reads one `\n`-terminated line (without the `\n`), at most [`MAX_REQUEST_LINE`] bytes.
-///
-/// Cancel safe: it only awaits `fill_buf`, and keeps a partial line in `partial`.
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>, partial: &mut Vec<u8>) -> ReadLine {
-    loop {
-        let buf = match reader.fill_buf().await {
-            Ok(buf) => buf,
-            Err(_) => return ReadLine::Eof,
-        };
-        if buf.is_empty() {
-            // A last line without `\n` is dropped, as Einhorn drops it.
-            partial.clear();
-            return ReadLine::Eof;
-        }
-        let (take, complete) = match buf.iter().position(|&b| b == b'\n') {
-            Some(at) => (at, true),
-            None => (buf.len(), false),
-        };
-        partial.extend_from_slice(&buf[..take]);
-        reader.consume(if complete { take + 1 } else { take });
-        if partial.len() > MAX_REQUEST_LINE {
-            partial.clear();
-            return ReadLine::TooLong;
-        }
-        if complete {
-            return ReadLine::Line(std::mem::take(partial));
-        }
     }
 }

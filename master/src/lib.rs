@@ -24,73 +24,64 @@
 //!   ACKed, so `-s` (default 0) is only a minimum spacing.
 //! - An upgrade during which no new worker ACKs for `--upgrade-timeout` seconds (default 60)
 //!   fails with an error reply; its unACKed workers get SIGUSR2 and the old workers keep
-//!   serving. Einhorn waits forever.
+//!   serving, under their own version: `state` then shows `version` (what a new worker
+//!   gets) above `base_version` (the oldest version still counted as current). Einhorn waits
+//!   forever.
+//! - Stopping: SIGINT or SIGUSR2 (SIGUSR2 to workers), SIGTERM (SIGTERM), or `die` sends the
+//!   stop signal to every worker not already sent it: old workers still draining after an
+//!   upgrade keep draining (Einhorn signals them again). Any further one, while the master is
+//!   stopping, sends the signal again to every worker still running, as Einhorn does: workers
+//!   on graceful-listener take a second SIGUSR2 or SIGTERM as "stop now", so a second Ctrl-C
+//!   or SIGTERM from a supervisor ends a slow drain.
 //! - The master does not re-exec itself on upgrade; the command is looked up by path at each
 //!   spawn, so the new binary at that path is what runs.
 //! - `-b` accepts IPv6 literals (`[::1]:8080`) and host names.
 //! - Workers inherit stdio and the `-b` sockets only: fds the master itself inherited are made
 //!   close-on-exec (Einhorn passes them through).
 //! - Error replies carry `error: true` (clients that do not know the key ignore it).
+//! - The command socket holds against broken and hostile clients (see [`conn`]): request
+//!   lines of at most 64 KiB, with at most 32 opening brackets and no YAML anchors with
+//!   aliases, refused before any parsing (Einhorn parses anything); at most
+//!   `--max-connections` (256) connections served, plus a reserve in which only `worker:ack`
+//!   and `worker:ping` are carried out, others being refused with the reason; a connection
+//!   idle for `--idle-timeout` (60 s) is closed (`einhornsh` reconnects by itself); a request
+//!   whose client closed the connection before the master read it is not carried out
+//!   (worker messages excepted). Einhorn has no such limits.
+//! - The worker command is checked at start (exists, is executable, is in `PATH`); a command
+//!   that cannot run, or a first worker that cannot be started, fails the master at once
+//!   instead of respawning forever.
+//! - "Address already in use" names the processes holding the port (often the workers of a
+//!   master killed with SIGKILL) and what to do.
+//! - The lock file is removed when the master exits, and on every failed start (Einhorn
+//!   leaves it forever).
 //! - Not implemented: `-p` preloading, `-g`, `--reexec-as`, `--nice`, and the commands
 //!   `reload`, `quieter`, `louder` (answered with an error).
 //!
+//! # As a library
+//! [`driver::run`] runs a master from parsed [`cli::MasterArgs`] and returns its exit status
+//! or a typed [`driver::MasterError`]; it never exits the process and installs no logger
+//! (`main.rs` does both for the binary).
+//!
 //! # Modules
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
-//! and upgrade state machine), [`bind`]'s parser, [`cli`], [`state`]. I/O: [`driver`] (the event loop),
-//! [`spawn`], [`socket`], [`pidfile`], [`client`], [`ctl`].
+//! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
+//! as data), [`render`] (data into the wire's text and YAML), [`bind`]'s parser, [`cli`]. I/O:
+//! [`driver`] (the event loop), [`conn`] (command-socket connections and their limits),
+//! [`spawn`], [`socket`], [`pidfile`], [`holders`], [`client`], [`ctl`].
+//! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
 pub mod cli;
 pub mod client;
 pub mod command;
+pub mod conn;
 pub mod ctl;
 pub mod driver;
+pub mod holders;
 pub mod machine;
 pub mod pidfile;
+pub mod render;
 pub mod socket;
 pub mod spawn;
 pub mod state;
 pub mod wire;
-
-use std::ffi::OsString;
-use std::io::IsTerminal;
-use std::process::ExitCode;
-
-use cli::Invocation;
-
-/// The `einhorn-master` program: parses `args` (program name first), then runs a master or
-/// the `ctl` client. Returns the process exit status.
-pub fn main_with_args<I, T>(args: I) -> ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
-{
-    let invocation = match cli::parse_args(args) {
-        Ok(invocation) => invocation,
-        // Prints usage errors to stderr (status 2) and --help/--version to stdout (status 0).
-        Err(e) => e.exit(),
-    };
-    match invocation {
-        Invocation::Ctl(args) => exit_code(ctl::run(&args)),
-        Invocation::Master(args) => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_target(false)
-                .with_max_level(args.log_level())
-                .init();
-            match driver::run(&args) {
-                Ok(code) => exit_code(code),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("einhorn-master: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-    }
-}
-
-fn exit_code(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
-}

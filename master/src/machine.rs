@@ -1,10 +1,12 @@
 //! The master's worker-set and upgrade logic: a pure state machine.
 //!
-//! No processes, no sockets, no clock. The driver feeds [`Event`]s in with the current time,
-//! carries out the [`Action`]s that come out, and calls [`Machine::handle`] with [`Event::Tick`]
-//! when [`Machine::next_deadline`] is reached. Everything that depends on time (timer ACKs,
-//! spawn spacing and backoff, `-t` escalation, the upgrade timeout) is a deadline here, so tests
-//! step time by hand.
+//! No processes, no sockets, no clock, no text. The driver feeds [`Event`]s in with the current
+//! time, carries out the [`Action`]s that come out, writes the [`Log`]s of
+//! [`Machine::take_logs`], and calls [`Machine::handle`] with [`Event::Tick`] when
+//! [`Machine::next_deadline`] is reached. Everything that depends on time (timer ACKs, spawn
+//! spacing and backoff, `-t` escalation, the upgrade timeout) is a deadline here, so tests step
+//! time by hand. Replies and log lines are typed [`Message`]s and snapshots
+//! ([`MasterState`]); [`crate::render`] turns them into text.
 //!
 //! # Rules
 //! - Workers belong to a *version*; `upgrade` starts a new one. Workers of older versions are
@@ -17,12 +19,17 @@
 //!   sent. A fleet upgrade (`upgrade_fleet`) spawns every new worker at once and retires the old
 //!   ones when all have ACKed.
 //! - An upgrade during which no new worker ACKs for `upgrade_timeout` fails: its unACKed new
-//!   workers are retired, every worker still serving is adopted into the current version, and
-//!   the requester gets an error reply.
+//!   workers are retired, every worker still serving stays in the pool under its own version
+//!   (the *base version* goes back to what it was before the upgrade), and the requester gets an
+//!   error reply. New workers always get the newest version: they run whatever is at the
+//!   command's path now.
 //! - A worker that dies before it ACKs, without having been retired, counts as a consecutive
 //!   failure: the next spawn waits `min(30 s, max(-s, 1 s) x 1.5^(failures - 1))`. An ACK resets
 //!   the count.
 //! - With a signal timeout, a retired worker still alive that long after its signal gets SIGKILL.
+//! - A stop signal (or `die`) while already stopping sends the stop signal again to every
+//!   worker still running, as Einhorn does; workers on graceful-listener take a second signal as
+//!   "stop now".
 //!
 //! # Example
 //! ```
@@ -39,17 +46,17 @@
 //! assert!(machine.handle(now, Event::Spawned { id: SpawnId(0), pid: 100 }).is_empty());
 //! ```
 
+mod message;
+
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, help_text, signal_name};
-use crate::state::{MasterState, WorkerState};
-use crate::wire::{Reply, RequestId};
-
-/// A process id.
-pub type Pid = i32;
+pub use self::message::{CountChange, ExitNote, Level, Log, Message, Response, Sent};
+use crate::command::{Command, signal_name};
+use crate::state::{ConfigState, MasterState, WorkerState};
+pub use crate::state::{ListenerInfo, Pid};
+use crate::wire::RequestId;
 
 /// Names one command-socket connection, chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,17 +82,6 @@ impl std::fmt::Display for AckMode {
             AckMode::Timer(d) => write!(f, "timer ({}s)", d.as_secs_f64()),
         }
     }
-}
-
-/// A listening socket, as `state` reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListenerInfo {
-    /// Position among the `-b` options (`EINHORN_FD_<index>`).
-    pub index: usize,
-    /// The bound address, with the real port when `:0` was asked for.
-    pub addr: String,
-    /// The fd number workers inherit.
-    pub fd: i32,
 }
 
 /// What the machine needs to know about its setting.
@@ -210,8 +206,8 @@ pub enum Action {
     Reply {
         /// The connection.
         conn: ConnId,
-        /// The reply.
-        reply: Reply,
+        /// The reply, as data ([`crate::render::reply`] makes the wire line).
+        reply: Response,
     },
     /// Close a connection (after `worker:ack`, as Einhorn does).
     Close {
@@ -258,6 +254,9 @@ type Subscriber = (ConnId, Option<RequestId>);
 #[derive(Clone, Debug)]
 struct Upgrade {
     fleet: bool,
+    /// The base version before this upgrade (or the first of a chain of restarted ones): what
+    /// counts as current again if it fails.
+    base: u64,
     /// Start of the upgrade, or the last new ACK.
     progress_at: Instant,
     subscribers: Vec<Subscriber>,
@@ -281,6 +280,8 @@ pub struct Machine {
     config: MachineConfig,
     target: usize,
     version: u64,
+    /// Workers of this version or newer are current; see [`Machine::base_version`].
+    base: u64,
     workers: Vec<Worker>,
     next_spawn: u64,
     last_spawn: Option<Instant>,
@@ -289,6 +290,7 @@ pub struct Machine {
     phase: Phase,
     started: bool,
     actions: Vec<Action>,
+    logs: Vec<Log>,
 }
 
 impl Machine {
@@ -298,6 +300,7 @@ impl Machine {
             target: config.workers,
             config,
             version: 0,
+            base: 0,
             workers: Vec::new(),
             next_spawn: 0,
             last_spawn: None,
@@ -306,7 +309,14 @@ impl Machine {
             phase: Phase::Running,
             started: false,
             actions: Vec::new(),
+            logs: Vec::new(),
         }
+    }
+
+    /// The log lines produced since the last call, in order. Logs are not [`Action`]s: nothing
+    /// depends on them being written.
+    pub fn take_logs(&mut self) -> Vec<Log> {
+        std::mem::take(&mut self.logs)
     }
 
     /// Feeds one event in at time `now`; returns what to do, in order.
@@ -378,9 +388,16 @@ impl Machine {
         self.target
     }
 
-    /// The current version (0 before the first upgrade).
+    /// The current version (0 before the first upgrade): the version new workers get.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The oldest version that counts as current: workers of this version or newer make up the
+    /// pool. Equal to [`version`](Self::version), except after a failed upgrade, when the old
+    /// workers that kept serving keep their own version.
+    pub fn base_version(&self) -> u64 {
+        self.base
     }
 
     /// Whether an upgrade is in progress.
@@ -418,10 +435,12 @@ impl Machine {
             return;
         }
         self.started = true;
-        tracing::info!(
-            "starting {} workers (version {})",
-            self.target,
-            self.version
+        self.log(
+            Level::Info,
+            Message::Starting {
+                workers: self.target,
+                version: self.version,
+            },
         );
         // The first fill ignores `-s`, as Einhorn's does.
         for _ in 0..self.target {
@@ -431,16 +450,18 @@ impl Machine {
 
     fn spawned(&mut self, now: Instant, id: SpawnId, pid: Pid) {
         let Some(i) = self.workers.iter().position(|w| w.spawn == id) else {
-            tracing::warn!("spawn result for unknown request {id:?} (pid {pid})");
+            self.log(Level::Warn, Message::UnknownSpawn { id, pid });
             return;
         };
         let worker = &mut self.workers[i];
         worker.pid = Some(pid);
         worker.spawned_at = now;
         let (index, version, retired) = (worker.index, worker.version, worker.retired);
-        self.progress(format!(
-            "===> Launched {pid} (index: {index}, version {version})"
-        ));
+        self.progress(Message::Launched {
+            pid,
+            index,
+            version,
+        });
         // Retired while its spawn was pending (the master began stopping): tell it now.
         if let Some((signal, _)) = retired {
             self.actions.push(Action::Signal { pid, signal });
@@ -456,31 +477,49 @@ impl Machine {
             self.failures += 1;
         }
         self.progress_level(
-            tracing::Level::ERROR,
-            format!("could not start worker (index {}): {error}", worker.index),
+            Level::Error,
+            Message::SpawnFailed {
+                index: worker.index,
+                error: error.to_string(),
+            },
         );
     }
 
     fn exited(&mut self, pid: Pid, status: &str) {
         let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
-            tracing::debug!("reaped {pid}, not a worker ({status})");
+            self.log(
+                Level::Debug,
+                Message::ReapedStranger {
+                    pid,
+                    status: status.to_string(),
+                },
+            );
             return;
         };
         let worker = self.workers.remove(i);
         let note = if worker.retired.is_none() && !worker.acked {
             self.failures += 1;
-            format!(" before it ACKed ({} consecutive failures)", self.failures)
+            ExitNote::BeforeAck {
+                failures: self.failures,
+            }
         } else if worker.retired.is_none() {
-            " unexpectedly".to_string()
+            ExitNote::Unexpected
         } else {
-            String::new()
+            ExitNote::Retired
         };
         let level = if worker.retired.is_none() && self.phase == Phase::Running {
-            tracing::Level::WARN
+            Level::Warn
         } else {
-            tracing::Level::INFO
+            Level::Info
         };
-        self.progress_level(level, format!("===> Exited worker {pid}{note} ({status})"));
+        self.progress_level(
+            level,
+            Message::Exited {
+                pid,
+                note,
+                status: status.to_string(),
+            },
+        );
     }
 
     fn master_signal(&mut self, now: Instant, signal: MasterSignal) {
@@ -497,98 +536,77 @@ impl Machine {
     }
 
     fn request(&mut self, now: Instant, conn: ConnId, id: Option<RequestId>, command: Command) {
-        let reply = |message: String| Action::Reply {
+        let reply = |message: Message| Action::Reply {
             conn,
-            reply: Reply::last(message, id.clone()),
+            reply: Response::last(message, id.clone()),
         };
         match command {
             Command::Ehlo { user } => {
-                let name = match &self.config.command_name {
-                    Some(name) => format!(" ({name})"),
-                    None => String::new(),
-                };
-                let message = format!(
-                    "Welcome, {}! You are speaking to Einhorn Master Process {}{name}.\nThis is einhorn-master {}.\n",
-                    user.as_deref().unwrap_or("friend"),
-                    self.config.master_pid,
-                    env!("CARGO_PKG_VERSION"),
-                );
-                self.actions.push(reply(message));
+                self.actions.push(reply(Message::Welcome {
+                    user,
+                    master_pid: self.config.master_pid,
+                    command_name: self.config.command_name.clone(),
+                }));
             }
-            Command::Help => self.actions.push(reply(help_text())),
+            Command::Help => self.actions.push(reply(Message::Help)),
             Command::State => {
-                let message = self.state_yaml(now);
-                self.actions.push(reply(message));
+                let state = self.state(now);
+                self.actions.push(reply(Message::State(Box::new(state))));
             }
             Command::Config => {
-                let message = self.config_yaml();
-                self.actions.push(reply(message));
+                let config = self.config_state();
+                self.actions.push(reply(Message::Config(Box::new(config))));
             }
             Command::Upgrade { fleet } => self.start_upgrade(now, fleet, Some((conn, id))),
             Command::Inc => {
-                let old = self.target;
+                let from = self.target;
                 self.target += 1;
-                let message = format!(
-                    "Incrementing number of workers from {old} -> {}",
-                    self.target
-                );
-                tracing::info!("{message}");
-                self.actions.push(reply(message));
+                self.count_changed(conn, id, CountChange::Inc, from);
             }
             Command::Dec => {
                 if self.target <= 1 {
-                    let message = format!(
-                        "Can't decrease number of workers (already at {}). Run kill {} if you really want to kill einhorn.",
-                        self.target, self.config.master_pid
-                    );
+                    let message = Message::CannotDecrease {
+                        target: self.target,
+                        master_pid: self.config.master_pid,
+                    };
                     self.actions.push(Action::Reply {
                         conn,
-                        reply: Reply::failure(message, id),
+                        reply: Response::failure(message, id),
                     });
                     return;
                 }
-                let old = self.target;
+                let from = self.target;
                 self.target -= 1;
-                let message = format!(
-                    "Decrementing number of workers from {old} -> {}",
-                    self.target
-                );
-                tracing::info!("{message}");
-                self.actions.push(reply(message));
+                self.count_changed(conn, id, CountChange::Dec, from);
             }
             Command::SetWorkers(count) => {
-                let old = self.target;
-                let message = if count == old {
-                    format!("Worker count is already {count}")
+                if count == self.target {
+                    self.log(Level::Info, Message::WorkersUnchanged { count });
+                    self.actions
+                        .push(reply(Message::WorkersUnchanged { count }));
                 } else {
+                    let from = self.target;
                     self.target = count;
-                    let what = if count > old {
-                        "spin up additional workers."
-                    } else {
-                        "gracefully terminate workers."
-                    };
-                    format!("Altering worker count, {old} -> {count}. Will {what}")
-                };
-                tracing::info!("{message}");
-                self.actions.push(reply(message));
+                    self.count_changed(conn, id, CountChange::Set, from);
+                }
             }
             Command::Signal(signals) => {
-                let lines: Vec<String> = signals
+                let sent: Vec<Sent> = signals
                     .into_iter()
                     .map(|signal| {
                         let pids: Vec<Pid> = self.workers.iter().filter_map(|w| w.pid).collect();
                         for &pid in &pids {
                             self.actions.push(Action::Signal { pid, signal });
                         }
-                        sent_message(signal, &pids)
+                        Sent { signal, pids }
                     })
                     .collect();
-                self.actions.push(reply(lines.join("\n")));
+                self.actions.push(reply(Message::SignalsSent(sent)));
             }
             Command::Die(signal) => {
                 let pids = self.stop(now, signal);
-                let message = format!("Einhorn is going down! {}", sent_message(signal, &pids));
-                self.actions.push(reply(message));
+                self.actions
+                    .push(reply(Message::GoingDown(Sent { signal, pids })));
             }
             Command::WorkerAck { pid } => {
                 self.actions.push(Action::Close { conn });
@@ -598,30 +616,48 @@ impl Machine {
                 self.actions.push(Action::Close { conn });
                 match self.find(pid) {
                     Some(i) => self.workers[i].last_ping = Some(now),
-                    None => tracing::warn!("ping from unknown pid {pid:?}"),
+                    None => self.log(Level::Warn, Message::PingFromUnknown { pid }),
                 }
             }
         }
+    }
+
+    /// Logs and answers a change of the target count.
+    fn count_changed(
+        &mut self,
+        conn: ConnId,
+        id: Option<RequestId>,
+        change: CountChange,
+        from: usize,
+    ) {
+        let message = Message::WorkersChanged {
+            change,
+            from,
+            to: self.target,
+        };
+        self.log(Level::Info, message.clone());
+        self.actions.push(Action::Reply {
+            conn,
+            reply: Response::last(message, id),
+        });
     }
 
     // ----- commands and signals -----
 
     fn manual_ack(&mut self, now: Instant, pid: Option<i64>) {
         let Some(pid) = pid else {
-            tracing::error!("invalid worker:ack (no pid)");
+            self.log(Level::Error, Message::AckWithoutPid);
             return;
         };
         if let AckMode::Timer(_) = self.config.ack_mode {
-            tracing::info!(
-                "received a manual ACK from {pid}, but the ACK mode is {}; ignoring it",
-                self.config.ack_mode
-            );
+            let ack_mode = self.config.ack_mode;
+            self.log(Level::Info, Message::AckIgnored { pid, ack_mode });
             return;
         }
         match self.find(Some(pid)) {
-            None => tracing::warn!("received an ACK from unknown pid {pid}"),
+            None => self.log(Level::Warn, Message::AckFromUnknown { pid }),
             Some(i) if self.workers[i].acked => {
-                tracing::debug!("worker {pid} ACKed again; ignoring it");
+                self.log(Level::Debug, Message::AckedAgain { pid });
             }
             Some(i) => self.ack(now, i),
         }
@@ -637,42 +673,43 @@ impl Machine {
         self.failures = 0;
         let worker = self.workers[i].clone();
         let pid = worker.pid.unwrap_or_default();
-        let counts = worker.version == self.version && worker.retired.is_none();
+        let counts = self.is_current(&worker) && worker.retired.is_none();
         match &mut self.upgrade {
             Some(up) if counts => {
                 up.progress_at = now;
                 let acked = self.acked_count();
-                self.progress(format!(
-                    "Worker {pid} ACKed: up to {acked} / {} {} ACKs",
-                    self.target, self.config.ack_mode
-                ));
+                self.progress(Message::AckProgress {
+                    pid,
+                    acked,
+                    target: self.target,
+                    ack_mode: self.config.ack_mode,
+                });
             }
-            _ => tracing::info!("worker {pid} ACKed (index {})", worker.index),
+            _ => self.log(
+                Level::Info,
+                Message::Acked {
+                    pid,
+                    index: worker.index,
+                },
+            ),
         }
     }
 
     fn start_upgrade(&mut self, now: Instant, fleet: bool, requester: Option<Subscriber>) {
-        let kind = if fleet { "fleet" } else { "smooth" };
         if self.phase != Phase::Running {
-            let message = "Not upgrading: the master is stopping";
-            tracing::warn!("{message}");
+            self.log(Level::Warn, Message::UpgradeRefused);
             if let Some((conn, id)) = requester {
                 self.actions.push(Action::Reply {
                     conn,
-                    reply: Reply::failure(message, id),
+                    reply: Response::failure(Message::UpgradeRefused, id),
                 });
             }
             return;
         }
         if let Some((conn, id)) = &requester {
-            let message = if fleet {
-                "Upgrading fleet, as commanded"
-            } else {
-                "Upgrading smoothly, as commanded"
-            };
             self.actions.push(Action::Reply {
                 conn: *conn,
-                reply: Reply::more(message, id.clone()),
+                reply: Response::more(Message::UpgradeAccepted { fleet }, id.clone()),
             });
         }
         let acked = self.acked_count();
@@ -681,57 +718,71 @@ impl Machine {
                 up.fleet = fleet;
                 up.progress_at = now;
                 up.subscribers.extend(requester);
-                self.progress(format!(
-                    "Currently upgrading ({acked} / {} ACKs; bumping version and starting over)...",
-                    self.target
-                ));
+                self.progress(Message::UpgradeRestarting {
+                    acked,
+                    target: self.target,
+                });
             }
             None => {
                 self.upgrade = Some(Upgrade {
                     fleet,
+                    base: self.base,
                     progress_at: now,
                     subscribers: requester.into_iter().collect(),
                 });
-                self.progress(format!(
-                    "Starting {kind} upgrade from version {}...",
-                    self.version
-                ));
+                self.progress(Message::UpgradeStarting {
+                    fleet,
+                    from_version: self.version,
+                });
             }
         }
         self.version += 1;
+        self.base = self.version;
         self.failures = 0;
     }
 
     /// Retires every worker with `signal`, stops respawning, aborts an upgrade. Returns the pids
     /// signaled.
+    ///
+    /// The first time, workers already sent `signal` (old ones draining after an upgrade) are
+    /// left alone. Once stopping, every worker still running gets `signal` again, as Einhorn
+    /// re-sends it: workers on graceful-listener take a second signal as "stop now".
     fn stop(&mut self, now: Instant, signal: Signal) -> Vec<Pid> {
         if let Some(up) = self.upgrade.take() {
             self.finish(
                 up,
-                Reply::failure("Upgrade aborted: the master is stopping", None),
+                Response::failure(Message::UpgradeAborted { quitting: false }, None),
             );
         }
-        if self.phase == Phase::Running {
-            tracing::info!(
-                "stopping: sending {} to every worker, exiting once they are gone",
-                signal_name(signal)
-            );
+        let again = matches!(self.phase, Phase::Stopping(_));
+        if !again {
+            self.log(Level::Info, Message::Stopping { signal });
         }
         self.phase = Phase::Stopping(signal);
         let targets: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.workers[i].retired.map(|(s, _)| s) != Some(signal))
+            .filter(|&i| again || self.workers[i].retired.map(|(s, _)| s) != Some(signal))
             .collect();
-        self.retire(now, &targets, signal)
+        let pids = self.retire(now, &targets, signal);
+        if again {
+            self.log(
+                Level::Warn,
+                Message::StopNow(Sent {
+                    signal,
+                    pids: pids.clone(),
+                }),
+            );
+        }
+        pids
     }
 
     fn quit(&mut self) {
         if let Some(up) = self.upgrade.take() {
             self.finish(
                 up,
-                Reply::failure("Upgrade aborted: the master is quitting", None),
+                Response::failure(Message::UpgradeAborted { quitting: true }, None),
             );
         }
-        tracing::info!("quitting: sending QUIT to every worker and exiting now");
+        self.log(Level::Info, Message::Quitting);
         let pids: Vec<Pid> = self.workers.iter().filter_map(|w| w.pid).collect();
         for pid in pids {
             self.actions.push(Action::Signal {
@@ -763,7 +814,7 @@ impl Machine {
             self.replenish(now);
         }
         if matches!(self.phase, Phase::Stopping(_)) && self.workers.is_empty() {
-            tracing::info!("all workers are gone; exiting");
+            self.log(Level::Info, Message::AllGone);
             self.exit(0);
         }
     }
@@ -787,26 +838,25 @@ impl Machine {
             return;
         }
         let up = self.upgrade.take().expect("checked above");
+        // Every unACKed worker this upgrade started (a restarted upgrade included) is retired.
         let unacked: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
                 let w = &self.workers[i];
-                w.version == self.version && w.retired.is_none() && !w.acked
+                w.version > up.base && w.retired.is_none() && !w.acked
             })
             .collect();
-        let retired = self.retire(now, &unacked, Signal::SIGUSR2);
-        // Whatever still serves is the pool now: no more old workers to replace.
-        let mut serving = 0;
-        for w in self.workers.iter_mut().filter(|w| w.retired.is_none()) {
-            w.version = self.version;
-            serving += 1;
-        }
-        let message = format!(
-            "Upgrade failed: no new worker ACKed within {}s; {serving} workers keep serving, {} unACKed new workers were sent USR2 {retired:?}",
-            timeout.as_secs_f64(),
-            unacked.len(),
-        );
-        tracing::error!("{message}");
-        self.finish(up, Reply::failure(message, None));
+        let signaled = self.retire(now, &unacked, Signal::SIGUSR2);
+        // Whatever still serves is the pool now: no more old workers to replace. Each keeps its
+        // own version; the base goes back, so the old ones count as current again.
+        self.base = up.base;
+        let serving = self.workers.iter().filter(|w| w.retired.is_none()).count();
+        let message = Message::UpgradeFailed {
+            timeout,
+            serving,
+            signaled,
+        };
+        self.log(Level::Error, message.clone());
+        self.finish(up, Response::failure(message, None));
     }
 
     fn cull(&mut self, now: Instant) {
@@ -818,18 +868,18 @@ impl Machine {
         let old = self.live_old();
         match &self.upgrade {
             None if !old.is_empty() => {
-                let message = format!("Killing off {} old workers.", old.len());
+                let message = Message::KillingOld { count: old.len() };
                 self.notify(finished.as_ref(), message);
                 let pids = self.retire(now, &old, Signal::SIGUSR2);
-                self.notify(finished.as_ref(), sent_message(Signal::SIGUSR2, &pids));
+                self.notify(finished.as_ref(), usr2_sent(pids));
             }
             Some(up) if !up.fleet => {
                 let excess = (old.len() + acked).saturating_sub(self.target);
                 if excess > 0 {
                     let take: Vec<usize> = old.into_iter().take(excess).collect();
-                    self.progress(format!("Smooth upgrade: killing off {excess} old workers."));
+                    self.progress(Message::SmoothKilling { count: excess });
                     let pids = self.retire(now, &take, Signal::SIGUSR2);
-                    self.progress(sent_message(Signal::SIGUSR2, &pids));
+                    self.progress(usr2_sent(pids));
                 }
             }
             _ => {}
@@ -837,14 +887,16 @@ impl Machine {
         if let Some(up) = finished {
             self.notify(
                 Some(&up),
-                format!("Upgraded successfully to version {}.", self.version),
+                Message::Upgraded {
+                    version: self.version,
+                },
             );
-            self.finish(up, Reply::last("Upgrade done", None));
+            self.finish(up, Response::last(Message::UpgradeDone, None));
         }
         let mut current: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
                 let w = &self.workers[i];
-                w.version == self.version && w.retired.is_none()
+                self.is_current(w) && w.retired.is_none()
             })
             .collect();
         if current.len() > self.target {
@@ -856,12 +908,11 @@ impl Machine {
                 )
             });
             let excess: Vec<usize> = current[..current.len() - self.target].to_vec();
-            self.progress(format!(
-                "Have too many workers at the current version, so killing off {} of them.",
-                excess.len()
-            ));
+            self.progress(Message::TooManyCurrent {
+                count: excess.len(),
+            });
             let pids = self.retire(now, &excess, Signal::SIGUSR2);
-            self.progress(sent_message(Signal::SIGUSR2, &pids));
+            self.progress(usr2_sent(pids));
         }
     }
 
@@ -875,11 +926,10 @@ impl Machine {
             };
             if !w.killed && now >= at + after {
                 w.killed = true;
-                tracing::warn!(
-                    "worker {pid} is still alive {}s after {}; sending KILL",
-                    after.as_secs_f64(),
-                    signal_name(signal)
-                );
+                self.logs.push(Log {
+                    level: Level::Warn,
+                    message: Message::Killing { pid, after, signal },
+                });
                 self.actions.push(Action::Signal {
                     pid,
                     signal: Signal::SIGKILL,
@@ -906,7 +956,7 @@ impl Machine {
         let current = self
             .workers
             .iter()
-            .filter(|w| w.version == self.version && w.retired.is_none());
+            .filter(|w| self.is_current(w) && w.retired.is_none());
         let (count, unacked) = current.fold((0, 0), |(c, u), w| (c + 1, u + usize::from(!w.acked)));
         if count >= self.target {
             return false;
@@ -946,11 +996,16 @@ impl Machine {
 
     // ----- helpers -----
 
-    /// Current-version workers that ACKed and are not retired.
+    /// Whether a worker belongs to the pool (its version is at least the base version).
+    fn is_current(&self, worker: &Worker) -> bool {
+        worker.version >= self.base
+    }
+
+    /// Current workers that ACKed and are not retired.
     fn acked_count(&self) -> usize {
         self.workers
             .iter()
-            .filter(|w| w.version == self.version && w.retired.is_none() && w.acked)
+            .filter(|w| self.is_current(w) && w.retired.is_none() && w.acked)
             .count()
     }
 
@@ -959,7 +1014,7 @@ impl Machine {
         let mut old: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
                 let w = &self.workers[i];
-                w.version < self.version && w.retired.is_none()
+                !self.is_current(w) && w.retired.is_none()
             })
             .collect();
         old.sort_by_key(|&i| (self.workers[i].version, self.workers[i].spawn));
@@ -984,49 +1039,49 @@ impl Machine {
         pids
     }
 
-    /// Logs a line and streams it to the upgrade's subscribers.
-    fn progress(&mut self, message: String) {
-        self.progress_level(tracing::Level::INFO, message);
+    fn log(&mut self, level: Level, message: Message) {
+        self.logs.push(Log { level, message });
     }
 
-    fn progress_level(&mut self, level: tracing::Level, message: String) {
-        match level {
-            tracing::Level::ERROR => tracing::error!("{message}"),
-            tracing::Level::WARN => tracing::warn!("{message}"),
-            _ => tracing::info!("{message}"),
-        }
+    /// Logs a line and streams it to the upgrade's subscribers.
+    fn progress(&mut self, message: Message) {
+        self.progress_level(Level::Info, message);
+    }
+
+    fn progress_level(&mut self, level: Level, message: Message) {
         if let Some(up) = &self.upgrade {
             for (conn, id) in &up.subscribers {
                 self.actions.push(Action::Reply {
                     conn: *conn,
-                    reply: Reply::more(message.clone(), id.clone()),
+                    reply: Response::more(message.clone(), id.clone()),
                 });
             }
         }
+        self.log(level, message);
     }
 
     /// Streams a line to a finished upgrade's subscribers (or the running one's).
-    fn notify(&mut self, finished: Option<&Upgrade>, message: String) {
+    fn notify(&mut self, finished: Option<&Upgrade>, message: Message) {
         match finished {
             Some(up) => {
-                tracing::info!("{message}");
                 for (conn, id) in &up.subscribers {
                     self.actions.push(Action::Reply {
                         conn: *conn,
-                        reply: Reply::more(message.clone(), id.clone()),
+                        reply: Response::more(message.clone(), id.clone()),
                     });
                 }
+                self.log(Level::Info, message);
             }
             None => self.progress(message),
         }
     }
 
     /// Sends an upgrade's final reply to each of its subscribers.
-    fn finish(&mut self, up: Upgrade, last: Reply) {
+    fn finish(&mut self, up: Upgrade, last: Response) {
         for (conn, id) in up.subscribers {
             self.actions.push(Action::Reply {
                 conn,
-                reply: Reply {
+                reply: Response {
                     request_id: id,
                     ..last.clone()
                 },
@@ -1034,11 +1089,13 @@ impl Machine {
         }
     }
 
-    fn state_yaml(&self, now: Instant) -> String {
-        let dump = MasterState {
+    /// The `state` snapshot.
+    fn state(&self, now: Instant) -> MasterState {
+        MasterState {
             master_pid: self.config.master_pid,
             command_name: self.config.command_name.clone(),
             version: self.version,
+            base_version: self.base,
             target_workers: self.target,
             ack_mode: self.config.ack_mode.to_string(),
             upgrading: self
@@ -1063,46 +1120,32 @@ impl Machine {
                         .map(|at| now.saturating_duration_since(at).as_secs_f64()),
                 })
                 .collect(),
-        };
-        serde_norway::to_string(&dump).unwrap_or_else(|e| format!("state unavailable: {e}"))
+        }
     }
 
-    fn config_yaml(&self) -> String {
-        #[derive(Serialize)]
-        struct ConfigDump<'a> {
-            command: &'a [String],
-            workers: usize,
-            ack_mode: String,
-            spawn_spacing_seconds: f64,
-            signal_timeout_seconds: Option<f64>,
-            upgrade_timeout_seconds: f64,
-            socket_path: &'a str,
-            command_name: Option<&'a str>,
-            listeners: &'a [ListenerInfo],
-        }
+    /// The `config` snapshot.
+    fn config_state(&self) -> ConfigState {
         let c = &self.config;
-        let dump = ConfigDump {
-            command: &c.command,
+        ConfigState {
+            command: c.command.clone(),
             workers: self.target,
             ack_mode: c.ack_mode.to_string(),
             spawn_spacing_seconds: c.spawn_spacing.as_secs_f64(),
             signal_timeout_seconds: c.signal_timeout.map(|d| d.as_secs_f64()),
             upgrade_timeout_seconds: c.upgrade_timeout.as_secs_f64(),
-            socket_path: &c.socket_path,
-            command_name: c.command_name.as_deref(),
-            listeners: &c.listeners,
-        };
-        serde_norway::to_string(&dump).unwrap_or_else(|e| format!("config unavailable: {e}"))
+            socket_path: c.socket_path.clone(),
+            command_name: c.command_name.clone(),
+            listeners: c.listeners.clone(),
+        }
     }
 }
 
-/// Einhorn's report of a signal sent to workers.
-fn sent_message(signal: Signal, pids: &[Pid]) -> String {
-    format!(
-        "Successfully sent {}s to {} processes: {pids:?}",
-        signal_name(signal),
-        pids.len()
-    )
+/// SIGUSR2 sent to `pids`.
+fn usr2_sent(pids: Vec<Pid>) -> Message {
+    Message::Sent(Sent {
+        signal: Signal::SIGUSR2,
+        pids,
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `-e PIDFILE`: the master's pid in a file, refused while it names a live process.
+//! `-e PIDFILE`: the master's pid in a file, refused while it names a live process; and
+//! [`WrittenFile`], any file the master writes and removes when it is done.
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +30,33 @@ pub enum PidfileError {
 /// A written pid file, removed on drop.
 #[derive(Debug)]
 pub struct Pidfile {
+    _file: WrittenFile,
+}
+
+/// A file written atomically by [`WrittenFile::create`] and removed on drop, whichever way the
+/// master ends (the address file, the pid file).
+#[derive(Debug)]
+pub struct WrittenFile {
     path: PathBuf,
+}
+
+impl WrittenFile {
+    /// Writes `text` to `path` with [`write_atomically`].
+    ///
+    /// # Errors
+    /// The OS error of the write or the rename.
+    pub fn create(path: &Path, text: &str) -> std::io::Result<WrittenFile> {
+        write_atomically(path, text)?;
+        Ok(WrittenFile {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for WrittenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl Pidfile {
@@ -51,19 +78,13 @@ impl Pidfile {
                 pid: old,
             });
         }
-        write_atomically(path, &format!("{pid}\n")).map_err(|source| PidfileError::Write {
-            path: path.to_path_buf(),
-            source,
+        let file = WrittenFile::create(path, &format!("{pid}\n")).map_err(|source| {
+            PidfileError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
-        Ok(Pidfile {
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for Pidfile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        Ok(Pidfile { _file: file })
     }
 }
 

@@ -1,12 +1,12 @@
 //! The command socket's file: a lock against a second master, stale-socket removal, mode 0600.
+//! Both files are removed when the master is done, on every path, failures included.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::stat::{Mode, umask};
 
 /// Why the command socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -42,18 +42,83 @@ pub enum SocketError {
     },
 }
 
-/// The bound command socket. Dropping it removes the socket file, then releases the lock.
+/// The bound command socket. Dropping it removes the socket file, then the lock file, then
+/// releases the lock.
 #[derive(Debug)]
 pub struct CommandSocket {
     listener: Option<UnixListener>,
     path: PathBuf,
-    // Released after the socket file is gone (fields drop after `Drop::drop`).
-    _lock: Flock<File>,
+    // Dropped after the socket file is gone (fields drop after `Drop::drop`).
+    _lock: LockFile,
+}
+
+/// A held lock file. Dropping it removes the file while still holding the lock, then releases
+/// it; [`LockFile::acquire`] copes with a file removed that way under its feet.
+#[derive(Debug)]
+struct LockFile {
+    path: PathBuf,
+    // Released after the file is removed (fields drop after `Drop::drop`).
+    _flock: Flock<File>,
+}
+
+impl LockFile {
+    /// Creates (or opens) `path` and takes an exclusive lock on it, without waiting.
+    fn acquire(path: &Path, socket: &Path) -> Result<LockFile, SocketError> {
+        // Bounded: each round loses only to a master that removed the file between our open
+        // and our lock, which happens once per exiting master.
+        for _ in 0..5 {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| SocketError::LockFile {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if let Some(lock) = LockFile::lock_if_current(file, path, socket)? {
+                return Ok(lock);
+            }
+        }
+        Err(SocketError::Locked {
+            socket: socket.to_path_buf(),
+            lock: path.to_path_buf(),
+        })
+    }
+
+    /// Locks `file`, opened from `path`; `None` when it is no longer the file at `path` (a
+    /// master that exited removed it after we opened it): that lock would guard nothing.
+    fn lock_if_current(
+        file: File,
+        path: &Path,
+        socket: &Path,
+    ) -> Result<Option<LockFile>, SocketError> {
+        let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            SocketError::Locked {
+                socket: socket.to_path_buf(),
+                lock: path.to_path_buf(),
+            }
+        })?;
+        let ours = flock.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let current = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        Ok((ours.is_some() && ours == current).then(|| LockFile {
+            path: path.to_path_buf(),
+            _flock: flock,
+        }))
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl CommandSocket {
     /// Takes the lock at `lock`, removes a stale socket at `path` (only a socket, and only
     /// while holding the lock, so never a live master's), and binds a fresh one with mode 0600.
+    /// When this fails after taking the lock, the lock file is removed again.
     ///
     /// # Errors
     /// [`SocketError`] naming the path and the step at fault.
@@ -63,22 +128,8 @@ impl CommandSocket {
             path: path.to_path_buf(),
             source,
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(lock)
-            .map_err(|source| SocketError::LockFile {
-                path: lock.to_path_buf(),
-                source,
-            })?;
-        let lock_guard = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-            SocketError::Locked {
-                socket: path.to_path_buf(),
-                lock: lock.to_path_buf(),
-            }
-        })?;
+        // From here on, any error drops the lock, which removes the lock file.
+        let lock_guard = LockFile::acquire(lock, path)?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 tracing::info!("removing stale command socket {}", path.display());
@@ -88,25 +139,32 @@ impl CommandSocket {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("inspect", e)),
         }
-        // Bound under a temporary name and renamed into place once listening, so the path
-        // only ever names a socket that accepts. Created 0600 from the start: no window in
-        // which others could connect. The umask is process-wide; this runs before any thread
-        // or worker exists.
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
+        // Bound in a private directory (mode 0700) beside the path, made 0600, and renamed
+        // into place once listening: the path only ever names a socket that accepts, and no
+        // one else can connect in between. The process-wide umask is left alone: the
+        // application embedding the master may be creating files on other threads.
+        let mut dir = path.as_os_str().to_owned();
+        dir.push(format!(".{}", std::process::id()));
+        let dir = PathBuf::from(dir);
+        let tmp = dir.join("s");
+        // A previous run with this pid that died in between.
         let _ = std::fs::remove_file(&tmp);
-        let old = umask(Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(&tmp);
-        umask(old);
-        let listener = bound.map_err(|e| io("bind", e))?;
-        let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io("chmod", e))
-            .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io("rename", e)));
-        if let Err(e) = placed {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let _ = std::fs::remove_dir(&dir);
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io("create a private directory for", e))?;
+        let placed = UnixListener::bind(&tmp)
+            .map_err(|e| io("bind", e))
+            .and_then(|listener| {
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io("chmod", e))?;
+                std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
+                Ok(listener)
+            });
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir(&dir);
+        let listener = placed?;
         Ok(CommandSocket {
             listener: Some(listener),
             path: path.to_path_buf(),
@@ -141,12 +199,25 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     #[test]
-    fn opens_with_mode_0600_and_removes_on_drop() {
+    fn opens_with_mode_0600_leaving_the_umask_and_no_stray_file_and_removes_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.sock");
+        let umask = || {
+            let mode = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+            nix::sys::stat::umask(mode);
+            mode.bits()
+        };
+        let before = umask();
         let socket = CommandSocket::open(&path, &dir.path().join("m.lock")).unwrap();
+        assert_eq!(umask(), before, "the process-wide umask is untouched");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["m.lock", "m.sock"]);
         UnixStream::connect(&path).unwrap();
         drop(socket);
         assert!(!path.exists());
@@ -168,6 +239,44 @@ mod tests {
         assert!(path.exists());
         let _second = CommandSocket::open(&path, &lock).unwrap();
         UnixStream::connect(&path).unwrap();
+    }
+
+    #[test]
+    fn the_lock_file_is_removed_on_drop_and_on_failure_but_never_another_masters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.lock");
+        let socket = CommandSocket::open(&path, &lock).unwrap();
+        assert!(lock.exists());
+        // Refused: the live master's lock file stays.
+        assert!(CommandSocket::open(&path, &lock).is_err());
+        assert!(lock.exists());
+        drop(socket);
+        assert!(!lock.exists(), "removed on drop");
+        // A failure after the lock was taken (here: a file in the socket's place) removes it.
+        std::fs::write(&path, "data").unwrap();
+        assert!(CommandSocket::open(&path, &lock).is_err());
+        assert!(!lock.exists(), "removed on failure");
+    }
+
+    #[test]
+    fn a_lock_file_removed_by_its_last_holder_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.lock");
+        // A master that exits removes its lock file while still holding it; one that opened
+        // the old file just before must not think it holds the lock.
+        let first = LockFile::acquire(&lock, &path).unwrap();
+        let opened_before = File::open(&lock).unwrap();
+        drop(first);
+        assert!(!lock.exists());
+        let stale = LockFile::lock_if_current(opened_before, &lock, &path).unwrap();
+        assert!(stale.is_none(), "a lock on a removed file guards nothing");
+        let second = LockFile::acquire(&lock, &path).unwrap();
+        assert!(lock.exists(), "a new lock file, really locked");
+        let again = LockFile::acquire(&lock, &path);
+        assert!(matches!(again, Err(SocketError::Locked { .. })));
+        drop(second);
     }
 
     #[test]

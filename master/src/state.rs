@@ -1,4 +1,6 @@
-//! The `state` command's reply, as a type: the master produces it, clients parse it.
+//! Snapshots of the master, as data: the `state` and `config` replies (the state machine
+//! produces them, [`crate::render`] writes them as YAML, clients parse them), and the plain
+//! types they are made of. This module depends on no other module of the crate.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -14,7 +16,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::machine::{ListenerInfo, Pid};
+/// A process id.
+pub type Pid = i32;
+
+/// A listening socket, as `state` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    /// Position among the `-b` options (`EINHORN_FD_<index>`).
+    pub index: usize,
+    /// The bound address, with the real port when `:0` was asked for.
+    pub addr: String,
+    /// The fd number workers inherit.
+    pub fd: i32,
+}
 
 /// A snapshot of the master, as `state` reports it (YAML in the reply's `message`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,8 +37,13 @@ pub struct MasterState {
     pub master_pid: Pid,
     /// Its `-c` name.
     pub command_name: Option<String>,
-    /// The current version: 0 at start, one more per upgrade.
+    /// The current version: 0 at start, one more per upgrade. New workers get it.
     pub version: u64,
+    /// The oldest version that still counts as current: workers of this version or newer make
+    /// up the pool, older ones are being replaced. Equal to `version`, except after a failed
+    /// upgrade: the workers that kept serving then keep their own, older, version.
+    #[serde(default)]
+    pub base_version: u64,
     /// The target number of workers.
     pub target_workers: usize,
     /// `manual` or `timer (Ns)`.
@@ -61,12 +80,12 @@ pub struct WorkerState {
 }
 
 impl MasterState {
-    /// Pids of the workers of the current version that ACKed and were not told to stop: the
-    /// ones serving after an upgrade.
+    /// Pids of the current workers (version at least [`base_version`](Self::base_version))
+    /// that ACKed and were not told to stop: the ones serving after an upgrade.
     pub fn serving_pids(&self) -> Vec<Pid> {
         self.workers
             .iter()
-            .filter(|w| w.version == self.version && w.acked && w.retired.is_none())
+            .filter(|w| w.version >= self.base_version && w.acked && w.retired.is_none())
             .filter_map(|w| w.pid)
             .collect()
     }
@@ -75,4 +94,27 @@ impl MasterState {
     pub fn all_pids(&self) -> Vec<Pid> {
         self.workers.iter().filter_map(|w| w.pid).collect()
     }
+}
+
+/// The master's configuration, as `config` reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigState {
+    /// The worker command line.
+    pub command: Vec<String>,
+    /// The target number of workers now.
+    pub workers: usize,
+    /// `manual` or `timer (Ns)`.
+    pub ack_mode: String,
+    /// `-s`.
+    pub spawn_spacing_seconds: f64,
+    /// `-t`, if given.
+    pub signal_timeout_seconds: Option<f64>,
+    /// `--upgrade-timeout`.
+    pub upgrade_timeout_seconds: f64,
+    /// The command socket's path.
+    pub socket_path: String,
+    /// The `-c` name, if any.
+    pub command_name: Option<String>,
+    /// The listening sockets.
+    pub listeners: Vec<ListenerInfo>,
 }

@@ -90,9 +90,27 @@ pub struct Request {
     pub user: Option<String>,
 }
 
+/// Most opening brackets (`[`, `{`) a request may contain: a bound on its nesting depth,
+/// checked by [`prescan`] before any parsing.
+pub const MAX_BRACKETS: usize = 32;
+
 /// Why a request line could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RequestError {
+    /// More opening brackets than [`MAX_BRACKETS`]: nesting that deep is refused unparsed.
+    #[error(
+        "request has {count} opening brackets ([ or {{), more than the {limit} accepted: nesting that deep is refused before parsing"
+    )]
+    TooNested {
+        /// How many the line has (counted up to `limit + 1`).
+        count: usize,
+        /// [`MAX_BRACKETS`].
+        limit: usize,
+    },
+    /// YAML anchors (`&`) together with aliases (`*`): refused unparsed, as alias expansion
+    /// can be made to cost any amount of work.
+    #[error("request uses yaml anchors and aliases (& and *), which are not accepted")]
+    Aliases,
     /// The line is not valid UTF-8.
     #[error("request is not valid utf-8")]
     NotUtf8,
@@ -133,7 +151,52 @@ impl RequestError {
     }
 }
 
-/// Parses one request line (without its trailing `\n`): unescapes it, then reads it as YAML.
+/// Checks, in one pass over the bytes and before any parsing, that a request line cannot make
+/// the YAML parser work hard: at most [`MAX_BRACKETS`] opening brackets, and not both anchors
+/// and aliases.
+///
+/// Why brackets, not depth: the YAML scanner costs `tokens x flow depth` (a 64 KiB line of
+/// `[` takes seconds), and counting every `[` and `{`, quoted or not, bounds that depth
+/// whatever the line's quoting, which a depth counter would have to get exactly right. Real
+/// requests have two or three brackets.
+///
+/// # Errors
+/// [`RequestError::TooNested`], [`RequestError::Aliases`].
+///
+/// ```
+/// use einhorn_master::wire::{RequestError, prescan};
+/// assert!(prescan(br#"{"command":"signal","args":["USR2"]}"#).is_ok());
+/// let deep = format!(r#"{{"command": {}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+/// assert!(matches!(prescan(deep.as_bytes()), Err(RequestError::TooNested { .. })));
+/// assert_eq!(prescan(b"a: &x [1]\nb: *x"), Err(RequestError::Aliases));
+/// ```
+pub fn prescan(line: &[u8]) -> Result<(), RequestError> {
+    let mut count = 0;
+    let (mut anchor, mut alias) = (false, false);
+    for &byte in line {
+        match byte {
+            b'[' | b'{' => {
+                count += 1;
+                if count > MAX_BRACKETS {
+                    return Err(RequestError::TooNested {
+                        count,
+                        limit: MAX_BRACKETS,
+                    });
+                }
+            }
+            b'&' => anchor = true,
+            b'*' => alias = true,
+            _ => {}
+        }
+    }
+    if anchor && alias {
+        return Err(RequestError::Aliases);
+    }
+    Ok(())
+}
+
+/// Parses one request line (without its trailing `\n`): checks it with [`prescan`], unescapes
+/// it, then reads it as YAML. The work is linear in the line's length.
 ///
 /// # Errors
 /// A [`RequestError`] naming what is wrong; the master answers it with
@@ -151,6 +214,7 @@ impl RequestError {
 /// assert_eq!(request.id.and_then(|id| id.as_i64()), Some(7));
 /// ```
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    prescan(line)?;
     let line = std::str::from_utf8(line).map_err(|_| RequestError::NotUtf8)?;
     let text = unescape(line.strip_suffix('\r').unwrap_or(line));
     let value: Value =
@@ -487,6 +551,56 @@ mod tests {
             parse_request(br#"{"command":"signal","args":[[1]]}"#),
             Err(RequestError::BadField { key: "args", .. })
         ));
+    }
+
+    #[test]
+    fn hostile_lines_are_refused_before_parsing_and_cheaply() {
+        let max = 64 * 1024 - 32;
+        let fill = |prefix: &str, unit: &str, suffix: &str| {
+            let mut line = prefix.to_string();
+            while line.len() + unit.len() + suffix.len() <= max {
+                line.push_str(unit);
+            }
+            line + suffix
+        };
+        let depth = 32_000;
+        let nested = format!(
+            "{{\"command\": {}{}}}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let hostile = [
+            nested,
+            fill("", "[", ""),
+            fill("", "{a: ", ""),
+            // Quotes and comments cannot hide brackets from the count.
+            fill("command: x\nargs: ", "[ '\"]]' #]\n", ""),
+            format!("a0: &a0 [x,x,x]\n{}", "a1: &a1 [*a0,*a0,*a0]\n".repeat(10)),
+        ];
+        for line in &hostile {
+            let started = std::time::Instant::now();
+            let err = parse_request(line.as_bytes()).unwrap_err();
+            let took = started.elapsed();
+            assert!(
+                matches!(err, RequestError::TooNested { .. } | RequestError::Aliases),
+                "{err}"
+            );
+            assert!(err.reply_message().starts_with("Could not parse command"));
+            // Debug build, busy machine: still far below the seconds the parser would take.
+            assert!(took < std::time::Duration::from_millis(50), "{took:?}");
+        }
+        // At the limit, a request still parses.
+        let ok = format!(
+            "{{\"command\": \"ehlo\", \"user\": {}{}}}",
+            "[".repeat(MAX_BRACKETS - 1),
+            "]".repeat(MAX_BRACKETS - 1)
+        );
+        assert!(matches!(
+            parse_request(ok.as_bytes()),
+            Err(RequestError::BadField { key: "user", .. })
+        ));
+        assert!(parse_request(b"{\"command\":\"ehlo\",\"user\":\"a&b\"}").is_ok());
+        assert!(parse_request(b"{\"command\":\"ehlo\",\"user\":\"a*b\"}").is_ok());
     }
 
     #[test]

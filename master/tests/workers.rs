@@ -223,6 +223,57 @@ fn sigterm_is_forwarded_and_the_master_exits_after_its_workers() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "term\nterm\n");
     assert!(pids.iter().all(|&p| !is_alive(p)));
     assert!(!master.socket.exists(), "socket removed on exit");
+    assert_eq!(
+        files_in(master.dir.path()),
+        Vec::<String>::new(),
+        "lock file and address file removed too"
+    );
+}
+
+#[test]
+fn a_second_stop_signal_is_forwarded_so_workers_stop_now() {
+    // Like a worker on graceful-listener: the first USR2 starts a drain (here: forever), the
+    // second means "stop now".
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("signals");
+    let script = format!(
+        "n=0; trap 'n=$((n+1)); echo usr2 >> {log}; [ $n -ge 2 ] && exit 0' USR2; \
+         while :; do sleep 0.05; done",
+        log = log.display()
+    );
+    for second in [Signal::SIGINT, Signal::SIGTERM] {
+        let _ = std::fs::remove_file(&log);
+        let mut master = Master::start(&["-n", "2", "-m", "0"], &["sh", "-c", &script]);
+        let pids = master.wait_serving(2);
+        wait_catching(&pids, Signal::SIGUSR2);
+        master.signal(Signal::SIGINT);
+        let count = |text: &str| text.lines().count();
+        assert!(
+            wait_until(WAIT, || std::fs::read_to_string(&log)
+                .is_ok_and(|s| count(&s) == 2)),
+            "both workers got the first USR2"
+        );
+        // Draining: they do not exit, and the master waits for them.
+        assert!(master.try_wait().is_none());
+        assert!(pids.iter().all(|&p| is_alive(p)));
+        if second == Signal::SIGINT {
+            master.signal(Signal::SIGINT);
+            let status = master.wait_exit(WAIT).expect("the master exits");
+            assert_eq!(status.code(), Some(0));
+            assert_eq!(std::fs::read_to_string(&log).unwrap(), "usr2\n".repeat(4));
+            assert!(pids.iter().all(|&p| !is_alive(p)));
+            master.wait_for_line(&format!(
+                "stopping already: sent USR2 again to 2 workers still running {pids:?}"
+            ));
+        } else {
+            // SIGTERM after SIGINT: the workers get TERM, which these do not trap (the default
+            // action ends them), as Einhorn forwards it.
+            master.signal(Signal::SIGTERM);
+            let status = master.wait_exit(WAIT).expect("the master exits");
+            assert_eq!(status.code(), Some(0));
+            assert!(pids.iter().all(|&p| !is_alive(p)));
+        }
+    }
 }
 
 #[test]
@@ -283,6 +334,10 @@ fn an_upgrade_whose_workers_never_ack_times_out_and_old_workers_keep_serving() {
     expected.sort_unstable();
     assert_eq!(serving, expected);
     assert!(old.iter().all(|&p| is_alive(p)));
+    // Versions stay truthful: the old workers still say version 0; version 1 is what the next
+    // spawn would run, and the base version says the version-0 workers are the pool.
+    assert_eq!((state.version, state.base_version), (1, 0));
+    assert!(state.workers.iter().all(|w| w.version == 0), "{state:?}");
 
     // ctl reports it with a non-zero status.
     let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
@@ -311,8 +366,24 @@ fn pidfile_is_written_and_removed() {
     assert!(!pidfile.exists());
 }
 
+/// Writes a script with this mode.
+fn script(path: &std::path::Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// The files in `dir`, sorted.
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn setup_errors_are_reported_before_any_worker_starts() {
+fn setup_errors_are_reported_once_before_any_worker_starts_and_leave_no_files() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -321,6 +392,8 @@ fn setup_errors_are_reported_before_any_worker_starts() {
         .args([
             "-d",
             path_str(&dir.path().join("s.sock")),
+            "-e",
+            path_str(&dir.path().join("pid")),
             "-b",
             &addr,
             "--",
@@ -331,7 +404,14 @@ fn setup_errors_are_reported_before_any_worker_starts() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("cannot bind {addr}")), "{stderr}");
+    assert_eq!(
+        stderr.matches(&format!("cannot bind {addr}")).count(),
+        1,
+        "printed once: {stderr}"
+    );
     assert!(!marker.exists());
+    // The pid file, the command socket and its lock file were created, then removed.
+    assert_eq!(files_in(dir.path()), Vec::<String>::new());
 
     let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
         .args(["--no-such-flag", "sleep", "1"])
@@ -342,12 +422,101 @@ fn setup_errors_are_reported_before_any_worker_starts() {
 }
 
 #[test]
-fn a_missing_program_is_retried_with_backoff_not_in_a_loop() {
-    let master = Master::start(&["-n", "1", "-m", "0"], &["/nonexistent/worker-binary"]);
+fn a_port_kept_by_the_workers_of_a_killed_master_names_them() {
+    let mut master = Master::start(
+        &["-n", "2", "-m", "0", "-b", "127.0.0.1:0"],
+        &["sleep", "1000"],
+    );
+    let addr = master.addr(0);
+    let workers = master.wait_serving(2);
+    master.orphans.extend(&workers);
+    let old_master = master.pid();
+    master.signal(Signal::SIGKILL);
+    assert!(master.wait_exit(WAIT).is_some());
+    assert!(
+        workers.iter().all(|&p| is_alive(p)),
+        "the workers keep the port"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+        .args(["-d", path_str(&dir.path().join("s.sock"))])
+        .args(["-b", &format!("{addr},r"), "--", "sleep", "1000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("einhorn-master: cannot bind"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("Address already in use"), "{line}");
+    for pid in &workers {
+        assert!(line.contains(&format!("pid {pid} (sleep)")), "{line}");
+    }
+    assert!(
+        line.contains(&format!(
+            "workers of einhorn master {old_master}, which is no longer running"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("kill -USR2 {} {}", workers[0], workers[1])),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_program_that_cannot_run_fails_the_master_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_executable = dir.path().join("not-executable");
+    script(&not_executable, "#!/bin/sh\nexec sleep 1000\n", 0o644);
+    let bad_interpreter = dir.path().join("bad-interpreter");
+    script(&bad_interpreter, "#!/nonexistent/interpreter\n", 0o755);
+    let cases = [
+        ("/nonexistent/worker-binary", "No such file or directory"),
+        (path_str(&not_executable), "is not executable"),
+        ("einhorn-master-no-such-program", "is not found in PATH"),
+        // Found and executable, but exec fails: the first spawn ends the master.
+        (path_str(&bad_interpreter), "cannot start worker"),
+    ];
+    for (program, expected) in cases {
+        let run = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+            .args(["-d", path_str(&run.path().join("s.sock"))])
+            .args(["--addr-file", path_str(&run.path().join("addrs"))])
+            .args(["-b", "127.0.0.1:0", "-n", "2", "--", program])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{program}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("einhorn-master: "))
+            .unwrap_or_else(|| panic!("{program}: no error line in {stderr}"));
+        assert!(line.contains(program), "{line}");
+        assert!(line.contains(expected), "{line}");
+        assert!(
+            !stderr.contains("could not start worker"),
+            "no respawn: {stderr}"
+        );
+        assert_eq!(files_in(run.path()), Vec::<String>::new(), "{program}");
+    }
+}
+
+#[test]
+fn a_program_removed_after_start_is_retried_with_backoff_not_in_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("worker");
+    script(&program, "#!/bin/sh\nexec sleep 1000\n", 0o755);
+    let master = Master::start(&["-n", "1", "-m", "0"], &[program.as_os_str()]);
+    let pid = master.wait_serving(1)[0];
+    std::fs::remove_file(&program).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     master.wait_for_line("could not start worker");
     let state = master.wait_state("a failure counted", |s| s.consecutive_failures >= 1);
     assert!(state.workers.len() <= 1);
-    // Still answering.
+    // Still answering, and backing off (1 s, then 1.5 s, ...), not spinning.
     assert!(
         master.state().consecutive_failures <= 5,
         "backoff, not a hot loop"

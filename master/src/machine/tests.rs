@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 
 use super::*;
+use crate::render;
+use crate::wire::Reply;
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -185,11 +187,12 @@ fn signals(actions: &[Action]) -> Vec<(Pid, Signal)> {
         .collect()
 }
 
+/// The replies to connection `to`, as the wire carries them.
 fn replies(actions: &[Action], to: u64) -> Vec<Reply> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Reply { conn, reply } if conn.0 == to => Some(reply.clone()),
+            Action::Reply { conn, reply } if conn.0 == to => Some(render::reply(reply)),
             _ => None,
         })
         .collect()
@@ -375,7 +378,9 @@ fn upgrade_done_comes_after_every_old_worker_is_signaled() {
     let actions = sim.ack(new);
     let done_at = actions
         .iter()
-        .position(|a| matches!(a, Action::Reply { reply, .. } if reply.message == "Upgrade done"))
+        .position(
+            |a| matches!(a, Action::Reply { reply, .. } if reply.message == Message::UpgradeDone),
+        )
         .unwrap();
     let last_signal = actions
         .iter()
@@ -497,11 +502,45 @@ fn an_upgrade_whose_workers_never_ack_fails_and_leaves_old_workers_serving() {
         .filter_map(|w| w.pid)
         .collect();
     assert_eq!(serving, old);
+    // Versions stay truthful: the old workers keep version 0, and they are the pool again.
+    assert_eq!(sim.pids(0), old);
+    assert_eq!((sim.m.version(), sim.m.base_version()), (1, 0));
+    let state = sim.command(2, Command::State);
+    let state: crate::state::MasterState =
+        serde_norway::from_str(&replies(&state, 2)[0].message).unwrap();
+    assert_eq!((state.version, state.base_version), (1, 0));
+    let mut serving = state.serving_pids();
+    serving.sort_unstable();
+    assert_eq!(serving, old);
+    assert!(
+        state
+            .workers
+            .iter()
+            .all(|w| (w.pid == Some(new)) == (w.version == 1)),
+        "{state:?}"
+    );
     sim.exit(new);
     assert!(
         sim.advance(secs(120.0)).is_empty(),
         "no respawn, no retirement"
     );
+    // A worker that dies now is replaced by one of the newest version (the code at the path
+    // now), and the next upgrade replaces both generations.
+    let respawned = sim.exit(old[0]);
+    assert_eq!(spawns(&respawned), 1);
+    assert_eq!(sim.pids(1).len(), 1);
+    let fresh = sim.pids(1)[0];
+    sim.ack(fresh);
+    sim.command(3, Command::Upgrade { fleet: true });
+    assert_eq!(sim.m.base_version(), 2);
+    for pid in sim.pids(2) {
+        sim.ack(pid);
+    }
+    let mut retired = sim.retired();
+    retired.sort_unstable();
+    let mut expected = [old[1], fresh];
+    expected.sort_unstable();
+    assert!(expected.iter().all(|p| retired.contains(p)), "{retired:?}");
 }
 
 #[test]
@@ -667,8 +706,12 @@ fn usr2_and_int_stop_gracefully_and_exit_when_workers_are_gone() {
         assert_eq!(signals(&actions), sent);
         assert!(sim.m.is_stopping());
         assert!(sim.m.next_deadline().is_none());
-        // A second signal does not signal again.
-        assert!(signals(&sim.feed(Event::Signal(signal))).is_empty());
+        // A second signal is sent again to every worker, as Einhorn does: "stop now".
+        assert_eq!(signals(&sim.feed(Event::Signal(signal))), sent);
+        assert!(sim.m.take_logs().iter().any(|log| matches!(
+            &log.message,
+            Message::StopNow(again) if again.pids == pids && again.signal == Signal::SIGUSR2
+        )));
         let actions = sim.exit(pids[0]);
         assert_eq!(spawns(&actions), 0, "no respawn while stopping");
         assert_eq!(exit_code(&actions), None);
@@ -678,6 +721,50 @@ fn usr2_and_int_stop_gracefully_and_exit_when_workers_are_gone() {
         assert!(sim.m.is_done());
         assert!(sim.feed(Event::Signal(MasterSignal::Hup)).is_empty());
     }
+}
+
+#[test]
+fn a_second_stop_reaches_draining_workers_and_keeps_the_first_kill_deadline() {
+    let mut sim = Sim::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        signal_timeout: Some(secs(5.0)),
+        ..MachineConfig::new(2)
+    });
+    let old = sim.start();
+    for &pid in &old {
+        sim.ack(pid);
+    }
+    sim.command(1, Command::Upgrade { fleet: true });
+    let new = sim.pids(1);
+    for &pid in &new {
+        sim.ack(pid);
+    }
+    assert_eq!(sim.retired(), old, "old workers drain after the upgrade");
+    sim.advance(secs(1.0));
+    // The first stop leaves the draining workers alone: they already have their USR2.
+    let first = sim.feed(Event::Signal(MasterSignal::Int));
+    let first: Vec<Pid> = signals(&first).into_iter().map(|(pid, _)| pid).collect();
+    assert_eq!(first, new);
+    sim.advance(secs(2.0));
+    // The second reaches every worker still running.
+    let second = sim.feed(Event::Signal(MasterSignal::Int));
+    let mut second: Vec<Pid> = signals(&second).into_iter().map(|(pid, _)| pid).collect();
+    second.sort_unstable();
+    let mut all: Vec<Pid> = old.iter().chain(&new).copied().collect();
+    all.sort_unstable();
+    assert_eq!(second, all);
+    // `-t` still counts from each worker's first signal: the old ones at 5 s after the
+    // upgrade, the new ones 5 s after the first stop, not after the second.
+    let kills = |actions: &[Action]| -> Vec<Pid> {
+        signals(actions)
+            .into_iter()
+            .filter(|&(_, s)| s == Signal::SIGKILL)
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    assert_eq!(kills(&sim.advance(secs(2.0))), old);
+    assert!(kills(&sim.advance(secs(0.9))).is_empty());
+    assert_eq!(kills(&sim.advance(secs(0.2))), new);
 }
 
 #[test]
@@ -975,9 +1062,10 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
         assert!(
             workers
                 .iter()
-                .all(|w| w.acked && w.version == sim.m.version() && w.retired.is_none()),
+                .all(|w| w.acked && w.version >= sim.m.base_version() && w.retired.is_none()),
             "seed {seed}: {workers:?}"
         );
+        assert!(sim.m.base_version() <= sim.m.version());
         // Every upgrade requester got exactly one final reply.
         for c in 1..=conn {
             let all = replies(&sim.actions, c);

@@ -1,0 +1,327 @@
+//! What the machine says, as data: the content of replies and of log lines. No text here:
+//! [`crate::render`] writes these as the wire's text and YAML.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::{AckMode, SpawnId};
+use crate::state::{ConfigState, MasterState, Pid};
+use crate::wire::RequestId;
+
+/// How much a log line matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Something failed.
+    Error,
+    /// Something is wrong, or unexpected.
+    Warn,
+    /// Something worth knowing happened.
+    Info,
+    /// Detail for debugging.
+    Debug,
+}
+
+/// A log line for the driver to write; see [`Machine::take_logs`](super::Machine::take_logs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Log {
+    /// How much it matters.
+    pub level: Level,
+    /// What it says.
+    pub message: Message,
+}
+
+/// A reply to a request, as data: [`crate::render::reply`] turns it into a wire
+/// [`Reply`](crate::wire::Reply).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    /// The `id` of the request it answers.
+    pub request_id: Option<RequestId>,
+    /// What it says.
+    pub message: Message,
+    /// More replies to the same request follow (upgrade progress).
+    pub wait: bool,
+    /// The request failed.
+    pub error: bool,
+}
+
+impl Response {
+    /// A final reply.
+    pub fn last(message: Message, request_id: Option<RequestId>) -> Self {
+        Response {
+            request_id,
+            message,
+            wait: false,
+            error: false,
+        }
+    }
+
+    /// A reply announcing more to come.
+    pub fn more(message: Message, request_id: Option<RequestId>) -> Self {
+        Response {
+            wait: true,
+            ..Response::last(message, request_id)
+        }
+    }
+
+    /// A final reply reporting a failure.
+    pub fn failure(message: Message, request_id: Option<RequestId>) -> Self {
+        Response {
+            error: true,
+            ..Response::last(message, request_id)
+        }
+    }
+}
+
+/// A signal sent to workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The signal.
+    pub signal: Signal,
+    /// The workers it was sent to.
+    pub pids: Vec<Pid>,
+}
+
+/// Why a worker's exit is worth noting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitNote {
+    /// It died before it ACKed, without having been told to stop.
+    BeforeAck {
+        /// Such deaths in a row, this one included.
+        failures: u32,
+    },
+    /// It had ACKed and was not told to stop.
+    Unexpected,
+    /// It had been told to stop.
+    Retired,
+}
+
+/// Which command changed the target number of workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountChange {
+    /// `inc`.
+    Inc,
+    /// `dec`.
+    Dec,
+    /// `set_workers`.
+    Set,
+}
+
+/// Everything the machine has to say. Replies and log lines share these: upgrade progress is
+/// both logged and streamed to the upgrade's requesters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    // ----- replies to commands -----
+    /// `ehlo`.
+    Welcome {
+        /// The client's `user`, if it sent one.
+        user: Option<String>,
+        /// The master's pid.
+        master_pid: Pid,
+        /// The master's `-c` name.
+        command_name: Option<String>,
+    },
+    /// `help`.
+    Help,
+    /// `state`.
+    State(Box<MasterState>),
+    /// `config`.
+    Config(Box<ConfigState>),
+    /// `inc`, `dec`, `set_workers` changed the target.
+    WorkersChanged {
+        /// The command.
+        change: CountChange,
+        /// The old target.
+        from: usize,
+        /// The new target.
+        to: usize,
+    },
+    /// `set_workers` to the current target.
+    WorkersUnchanged {
+        /// The target.
+        count: usize,
+    },
+    /// `dec` refused at one worker.
+    CannotDecrease {
+        /// The target.
+        target: usize,
+        /// The master's pid (to suggest `kill`).
+        master_pid: Pid,
+    },
+    /// `signal`: one entry per signal.
+    SignalsSent(Vec<Sent>),
+    /// `die`.
+    GoingDown(Sent),
+    /// `upgrade` or `upgrade_fleet` accepted.
+    UpgradeAccepted {
+        /// `upgrade_fleet`.
+        fleet: bool,
+    },
+    /// An upgrade refused: the master is stopping.
+    UpgradeRefused,
+
+    // ----- upgrade progress: logged, and streamed to the upgrade's requesters -----
+    /// An upgrade starts.
+    UpgradeStarting {
+        /// `upgrade_fleet`.
+        fleet: bool,
+        /// The version before it.
+        from_version: u64,
+    },
+    /// An upgrade was asked for while one runs: it starts over with a new version.
+    UpgradeRestarting {
+        /// New workers ACKed so far.
+        acked: usize,
+        /// The target.
+        target: usize,
+    },
+    /// A worker was started.
+    Launched {
+        /// Its pid.
+        pid: Pid,
+        /// Its `EINHORN_CHILD_INDEX`.
+        index: usize,
+        /// Its version.
+        version: u64,
+    },
+    /// A worker could not be started.
+    SpawnFailed {
+        /// The index it would have had.
+        index: usize,
+        /// Why, as the driver reported it.
+        error: String,
+    },
+    /// A worker exited and was reaped.
+    Exited {
+        /// Its pid.
+        pid: Pid,
+        /// Why it is worth noting.
+        note: ExitNote,
+        /// How it ended, as the driver reported it.
+        status: String,
+    },
+    /// A new worker ACKed during an upgrade.
+    AckProgress {
+        /// Its pid.
+        pid: Pid,
+        /// Current workers ACKed now.
+        acked: usize,
+        /// The target.
+        target: usize,
+        /// The ACK mode.
+        ack_mode: AckMode,
+    },
+    /// Old workers are being retired at the end of an upgrade.
+    KillingOld {
+        /// How many.
+        count: usize,
+    },
+    /// Old workers are being retired during a smooth upgrade.
+    SmoothKilling {
+        /// How many.
+        count: usize,
+    },
+    /// More current workers than the target: the excess is retired.
+    TooManyCurrent {
+        /// How many are retired.
+        count: usize,
+    },
+    /// A stop signal was sent to workers.
+    Sent(Sent),
+    /// An upgrade reached its target.
+    Upgraded {
+        /// The new version.
+        version: u64,
+    },
+    /// An upgrade's final reply.
+    UpgradeDone,
+    /// No new worker ACKed within the upgrade timeout.
+    UpgradeFailed {
+        /// The timeout.
+        timeout: Duration,
+        /// Workers that keep serving.
+        serving: usize,
+        /// UnACKed new workers, sent SIGUSR2.
+        signaled: Vec<Pid>,
+    },
+    /// The master stops or quits during an upgrade.
+    UpgradeAborted {
+        /// SIGQUIT rather than a graceful stop.
+        quitting: bool,
+    },
+
+    // ----- log only -----
+    /// The first workers are started.
+    Starting {
+        /// How many.
+        workers: usize,
+        /// Their version.
+        version: u64,
+    },
+    /// A spawn result for a request the machine does not know.
+    UnknownSpawn {
+        /// The request.
+        id: SpawnId,
+        /// The pid reported.
+        pid: Pid,
+    },
+    /// A child that is not a worker was reaped.
+    ReapedStranger {
+        /// Its pid.
+        pid: Pid,
+        /// How it ended.
+        status: String,
+    },
+    /// A `worker:ack` without a pid.
+    AckWithoutPid,
+    /// A `worker:ack` while the ACK mode is a timer.
+    AckIgnored {
+        /// The pid it named.
+        pid: i64,
+        /// The ACK mode.
+        ack_mode: AckMode,
+    },
+    /// A `worker:ack` naming no known worker.
+    AckFromUnknown {
+        /// The pid it named.
+        pid: i64,
+    },
+    /// A second `worker:ack` from the same worker.
+    AckedAgain {
+        /// The pid.
+        pid: i64,
+    },
+    /// A worker ACKed, outside an upgrade.
+    Acked {
+        /// Its pid.
+        pid: Pid,
+        /// Its index.
+        index: usize,
+    },
+    /// A `worker:ping` naming no known worker.
+    PingFromUnknown {
+        /// The pid it named.
+        pid: Option<i64>,
+    },
+    /// The master starts stopping.
+    Stopping {
+        /// The signal every worker gets.
+        signal: Signal,
+    },
+    /// A stop signal while already stopping: sent again to every worker still running, which
+    /// workers on graceful-listener take as "stop now".
+    StopNow(Sent),
+    /// SIGQUIT: the master exits now.
+    Quitting,
+    /// The master stopped and every worker is gone.
+    AllGone,
+    /// A retired worker outlived `-t`.
+    Killing {
+        /// Its pid.
+        pid: Pid,
+        /// The `-t` timeout.
+        after: Duration,
+        /// The signal it ignored.
+        signal: Signal,
+    },
+}
