@@ -1,6 +1,7 @@
-//! Bad input from the environment: the worker exits non-zero with a message that names
-//! the variable and value at fault, and never panics; for a custom server on the core, and
-//! for actix-web, which drives the core's pieces itself.
+//! Bad input from the environment (Einhorn's, systemd's, Server::Starter's, `PORT`): the
+//! worker exits non-zero with a message that names the variable and value at fault, and
+//! never panics; for a custom server on the core, and for actix-web, which drives the
+//! core's pieces itself.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
@@ -40,6 +41,15 @@ for_each_worker!(
     master_pid_that_is_not_the_parent,
     a_bad_bind_spec_is_a_usage_error,
     a_dead_command_socket_is_reported_after_bounded_retries,
+    garbage_einhorn_fd_count_even_with_a_good_fd_0,
+    listen_fds_that_is_not_a_number,
+    listen_fdnames_that_do_not_match_the_count,
+    a_systemd_name_that_is_not_there,
+    systemd_sockets_of_another_process,
+    a_malformed_server_starter_port,
+    a_server_starter_key_that_is_not_there,
+    a_port_above_65535,
+    an_override_that_is_not_a_spec,
 );
 
 /// Runs `worker` under `master` with `args`, variables set and removed; returns what it
@@ -59,6 +69,43 @@ fn fails(
     for key in remove {
         cmd.env_remove(key);
     }
+    let mut process = Proc::spawn(cmd).unwrap();
+    let status = process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the worker exits");
+    let output = process.output();
+    assert_eq!(status.signal(), None, "{output}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status 1 on bad input\n{output}"
+    );
+    assert!(!output.contains("panicked"), "no panic\n{output}");
+    output
+}
+
+/// Runs `worker` alone (no socket manager's variables inherited) with `args` and `set`;
+/// `LISTEN_PID` is set to the worker's own pid when `own_listen_pid`. Returns what it printed
+/// after checking it failed cleanly.
+fn fails_alone(worker: &str, args: &[&str], set: &[(&str, &str)], own_listen_pid: bool) -> String {
+    // `exec` keeps the shell's pid, so `$$` is the worker's.
+    let script = if own_listen_pid {
+        "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\""
+    } else {
+        "exec \"$0\" \"$@\""
+    };
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(script).arg(example(worker)).args(args);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("EINHORN_")
+            || key.starts_with("LISTEN_")
+            || ["PORT", "SERVER_STARTER_PORT", "GRACEFUL_LISTENER_BIND"].contains(&key.as_str())
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(set.iter().copied());
     let mut process = Proc::spawn(cmd).unwrap();
     let status = process
         .wait_timeout(Duration::from_secs(30))
@@ -242,5 +289,111 @@ fn a_dead_command_socket_is_reported_after_bounded_retries(worker: &str) {
             dead.display()
         )),
         "{out}"
+    );
+}
+
+fn garbage_einhorn_fd_count_even_with_a_good_fd_0(worker: &str) {
+    let mut master = FakeEinhorn::new().unwrap();
+    master.add_tcp_listener().unwrap();
+    let out = fails(
+        worker,
+        &master,
+        &[],
+        &[("EINHORN_FD_COUNT", "two".into())],
+        &[],
+    );
+    assert_says(
+        &out,
+        "cannot resolve auto: EINHORN_FD_COUNT=\"two\" is not a listener count",
+    );
+}
+
+fn listen_fds_that_is_not_a_number(worker: &str) {
+    let out = fails_alone(worker, &[], &[("LISTEN_FDS", "abc")], true);
+    assert_says(
+        &out,
+        "cannot resolve auto: LISTEN_FDS=\"abc\" is not a socket count",
+    );
+}
+
+fn listen_fdnames_that_do_not_match_the_count(worker: &str) {
+    let out = fails_alone(
+        worker,
+        &[],
+        &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web:admin")],
+        true,
+    );
+    assert_says(
+        &out,
+        "cannot resolve auto: LISTEN_FDNAMES=\"web:admin\" names 2 sockets but LISTEN_FDS=1",
+    );
+}
+
+fn a_systemd_name_that_is_not_there(worker: &str) {
+    let out = fails_alone(
+        worker,
+        &["--bind", "systemd@metrics"],
+        &[("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "web")],
+        true,
+    );
+    assert_says(
+        &out,
+        "cannot take systemd@metrics: no socket is named \"metrics\": LISTEN_FDNAMES=\"web\"",
+    );
+}
+
+fn systemd_sockets_of_another_process(worker: &str) {
+    let out = fails_alone(
+        worker,
+        &["--bind", "systemd@0"],
+        &[("LISTEN_PID", "1"), ("LISTEN_FDS", "1")],
+        false,
+    );
+    assert!(
+        out.contains("error: cannot take systemd@0: LISTEN_PID=1 is not this process (pid ")
+            && out.contains("the sockets were passed to another process"),
+        "{out}"
+    );
+}
+
+fn a_malformed_server_starter_port(worker: &str) {
+    let out = fails_alone(worker, &[], &[("SERVER_STARTER_PORT", "8080")], false);
+    assert_says(
+        &out,
+        "cannot resolve auto: SERVER_STARTER_PORT=\"8080\" is not `host:port=fd` or `path=fd` entries separated by `;`",
+    );
+}
+
+fn a_server_starter_key_that_is_not_there(worker: &str) {
+    let out = fails_alone(
+        worker,
+        &["--bind", "starter@:9090"],
+        &[("SERVER_STARTER_PORT", "127.0.0.1:8080=3")],
+        false,
+    );
+    assert_says(
+        &out,
+        "cannot take starter@:9090: no socket is named \":9090\": SERVER_STARTER_PORT=\"127.0.0.1:8080=3\"",
+    );
+}
+
+fn a_port_above_65535(worker: &str) {
+    let out = fails_alone(worker, &[], &[("PORT", "99999")], false);
+    assert_says(
+        &out,
+        "cannot resolve auto: PORT=\"99999\" is not a port number (0 to 65535)",
+    );
+}
+
+fn an_override_that_is_not_a_spec(worker: &str) {
+    let out = fails_alone(
+        worker,
+        &[],
+        &[("GRACEFUL_LISTENER_BIND", "einhorn@x")],
+        false,
+    );
+    assert_says(
+        &out,
+        "cannot resolve auto: GRACEFUL_LISTENER_BIND=\"einhorn@x\" is not a bind spec other than auto",
     );
 }
