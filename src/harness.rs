@@ -172,6 +172,22 @@ impl Proc {
         }
     }
 
+    /// Waits up to `timeout` for an output line containing any of `needles`; returns it.
+    pub fn wait_for_any(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.output.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| needles.iter().any(|n| l.contains(n))) {
+                return Some(line.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            lines = self.output.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
     /// Everything the child has written so far, one line per line.
     pub fn output(&self) -> String {
         let lines = self.output.lines.lock().unwrap();
@@ -286,4 +302,60 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A loopback TCP port that nothing listens on now, for a tool that must be told a port
+/// (`systemd-socket-activate -l`, `start_server --port`).
+///
+/// It is chosen below the kernel's ephemeral range, so that the client connections other
+/// tests make cannot take it, and it is checked free. Another test may still take it before
+/// the tool binds it: callers retry with a new port when the tool says the address is in
+/// use.
+pub fn unused_loopback_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(2048, 65535);
+    // Spread over the range below it, differently for each test process and call.
+    let span = ephemeral_low - 1024;
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 1024 + (seed.wrapping_add(n.wrapping_mul(104_729)) % span);
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port below {ephemeral_low}");
+}
+
+/// Starts a tool that binds loopback ports it is told (see [`unused_loopback_port`]), trying
+/// new ports while it reports them taken: `command(ports)` makes the command for `count`
+/// ports, and the tool is up once it prints a line containing `ready`.
+///
+/// # Panics
+/// When five tries all find a port taken, or the tool prints neither line in `timeout`.
+pub fn spawn_on_free_ports(
+    count: usize,
+    ready: &str,
+    timeout: Duration,
+    mut command: impl FnMut(&[u16]) -> Command,
+) -> (Proc, Vec<u16>) {
+    const TAKEN: &str = "Address already in use";
+    for _ in 0..5 {
+        let ports: Vec<u16> = (0..count).map(|_| unused_loopback_port()).collect();
+        let proc = Proc::spawn(command(&ports)).expect("spawn the tool");
+        match proc.wait_for_any(&[ready, TAKEN], timeout) {
+            Some(line) if line.contains(ready) => return (proc, ports),
+            Some(_) => continue, // dropping the process reaps it
+            None => panic!(
+                "the tool printed neither {ready:?} nor {TAKEN:?}:\n{}",
+                proc.output()
+            ),
+        }
+    }
+    panic!("five tries, every time a port was taken");
 }

@@ -5,25 +5,16 @@
 mod http_support;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use graceful_listener_suite::harness::{Proc, example, is_alive, wait_until};
+use graceful_listener_suite::harness::{Proc, example, is_alive, spawn_on_free_ports, wait_until};
 use graceful_listener_suite::load::{self, LoadConfig};
 use http_support::{WAIT, get};
 use nix::sys::signal::Signal;
 
 for_each_framework!(restarts_with_sighup_under_keep_alive_load_lose_nothing);
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The pid of the `n`th worker start_server started (1-based), from its log.
 fn nth_worker(server: &Proc, n: usize) -> u32 {
@@ -38,19 +29,21 @@ fn nth_worker(server: &Proc, n: usize) -> u32 {
 }
 
 fn restarts_with_sighup_under_keep_alive_load_lose_nothing(example_name: &str) {
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut cmd = Command::new("start_server");
-    cmd.arg(format!("--port={addr}"))
-        .arg("--")
-        .arg(example(example_name))
-        .args(["--drain-timeout", "10"]);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("EINHORN_") || key.starts_with("LISTEN_") || key == "PORT" {
-            cmd.env_remove(key);
+    let (mut server, ports) = spawn_on_free_ports(1, "starting new worker", WAIT, |ports| {
+        let mut cmd = Command::new("start_server");
+        cmd.arg(format!("--port=127.0.0.1:{}", ports[0]))
+            .arg("--")
+            .arg(example(example_name))
+            .args(["--drain-timeout", "10"]);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("EINHORN_") || key.starts_with("LISTEN_") || key == "PORT" {
+                cmd.env_remove(key);
+            }
         }
-    }
-    let mut server = Proc::spawn(cmd).unwrap();
+        cmd
+    });
+    let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
     let listening = server
         .wait_for_line("listening (auto)", WAIT)
         .unwrap_or_else(|| panic!("the worker does not listen:\n{}", server.output()));

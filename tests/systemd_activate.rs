@@ -5,13 +5,13 @@
 
 mod http_support;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use graceful_listener_suite::harness::{Proc, example};
+use graceful_listener_suite::harness::{Proc, example, spawn_on_free_ports};
 use http_support::{WAIT, get};
 use nix::sys::signal::Signal;
 
@@ -20,17 +20,10 @@ for_each_framework!(
     a_named_socket_is_picked_by_its_fdname,
 );
 
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+fn loopback(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
 }
 
-/// `systemd-socket-activate -l ADDR... [--fdname NAMES] EXAMPLE ARGS`, with no socket
-/// manager's variables inherited from the test's own environment.
 /// `systemd-socket-activate -l ADDR... [--fdname NAMES] [-E VAR=VALUE...] EXAMPLE ARGS`.
 /// (It passes its child only `TERM`, `PATH`, `USER`, `HOME`, the `-E` variables and its
 /// own `LISTEN_*`: nothing of the test's environment leaks in.)
@@ -83,24 +76,17 @@ fn notify_socket(dir: &Path) -> UnixDatagram {
 fn serves_on_the_activated_socket_and_notifies_systemd(example_name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let notify = notify_socket(dir.path());
-    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let notify_var = format!("NOTIFY_SOCKET={}", dir.path().join("notify.sock").display());
-    let cmd = activate(
-        &[addr],
-        None,
-        &[notify_var],
-        example_name,
-        &["--drain-timeout", "10"],
-    );
-    let mut worker = Proc::spawn(cmd).unwrap();
-    worker
-        .wait_for_line("Listening on", WAIT)
-        .unwrap_or_else(|| {
-            panic!(
-                "systemd-socket-activate is not listening:\n{}",
-                worker.output()
-            )
-        });
+    let (mut worker, ports) = spawn_on_free_ports(1, "Listening on", WAIT, |ports| {
+        activate(
+            &[loopback(ports[0])],
+            None,
+            &[notify_var.clone()],
+            example_name,
+            &["--drain-timeout", "10"],
+        )
+    });
+    let addr = loopback(ports[0]);
 
     // The first connection makes systemd-socket-activate exec the example in its place.
     let answer = get(addr, "/").unwrap_or_else(|e| panic!("{e}:\n{}", worker.output()));
@@ -133,24 +119,16 @@ fn serves_on_the_activated_socket_and_notifies_systemd(example_name: &str) {
 }
 
 fn a_named_socket_is_picked_by_its_fdname(example_name: &str) {
-    let web: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let cmd = activate(
-        &[web, admin],
-        Some("web:admin"),
-        &[],
-        example_name,
-        &["--bind", "systemd@admin"],
-    );
-    let mut worker = Proc::spawn(cmd).unwrap();
-    worker
-        .wait_for_line("Listening on", WAIT)
-        .unwrap_or_else(|| {
-            panic!(
-                "systemd-socket-activate is not listening:\n{}",
-                worker.output()
-            )
-        });
+    let (mut worker, ports) = spawn_on_free_ports(2, "Listening on", WAIT, |ports| {
+        activate(
+            &[loopback(ports[0]), loopback(ports[1])],
+            Some("web:admin"),
+            &[],
+            example_name,
+            &["--bind", "systemd@admin"],
+        )
+    });
+    let admin = loopback(ports[1]);
     let answer = get(admin, "/").unwrap_or_else(|e| panic!("{e}:\n{}", worker.output()));
     assert_eq!(answer.pid(), Some(worker.pid() as u32), "{answer:?}");
     let listening = worker
