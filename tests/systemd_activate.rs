@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use graceful_listener_suite::harness::{Proc, example, spawn_on_free_ports};
+use graceful_listener_suite::harness::{example, spawn_on_free_ports};
 use http_support::{WAIT, get};
 use nix::sys::signal::Signal;
 
@@ -81,7 +81,7 @@ fn serves_on_the_activated_socket_and_notifies_systemd(example_name: &str) {
         activate(
             &[loopback(ports[0])],
             None,
-            &[notify_var.clone()],
+            std::slice::from_ref(&notify_var),
             example_name,
             &["--drain-timeout", "10"],
         )
