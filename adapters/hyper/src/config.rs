@@ -1,9 +1,13 @@
 //! [`HttpConfig`]: the HTTP options of a server, with defaults that suit a worker.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+
+use crate::supervisor::Limits;
 
 /// How long an idle keep-alive connection may still send one request once the worker stops,
 /// by default.
@@ -13,15 +17,25 @@ pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// long a keep-alive connection may sit idle between requests.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// While a request is in progress and the server waits for the client, the least it must
+/// send, by default: 1 KiB per 10 s. Any real client sends far more; a client that trickles
+/// a body to hold a connection does not.
+pub const DEFAULT_MIN_RATE: (u64, Duration) = (1024, Duration::from_secs(10));
+
+/// A change to hyper-util's connection builder, for settings [`HttpConfig`] has no method for.
+type BuilderHook = Arc<dyn Fn(&mut auto::Builder<TokioExecutor>) + Send + Sync>;
+
 /// How long a closing connection keeps reading (and discarding) what its client still sends,
 /// at most, by default.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(1);
 
 /// The HTTP options of an [`HttpServer`](crate::HttpServer).
 ///
-/// The defaults: HTTP/1.1 and HTTP/2 (chosen per connection), `TCP_NODELAY`, a
-/// [`DEFAULT_HEADER_READ_TIMEOUT`] header read timeout, a [`DEFAULT_IDLE_GRACE`] idle grace and
-/// a [`DEFAULT_LINGER`] linger.
+/// The defaults: HTTP/1.1 and HTTP/2 (chosen per connection, HTTP/2's extended CONNECT on as
+/// in axum), `TCP_NODELAY`, a [`DEFAULT_HEADER_READ_TIMEOUT`] header read timeout, a
+/// [`DEFAULT_MIN_RATE`] minimum rate, a [`DEFAULT_IDLE_GRACE`] idle grace and a
+/// [`DEFAULT_LINGER`] linger. Every other hyper setting is one
+/// [`HttpConfig::hyper_builder`] away.
 ///
 /// # Example
 /// ```
@@ -33,15 +47,32 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(1);
 ///     .http2(false);
 /// assert_eq!(config.get_idle_grace(), Duration::from_millis(500));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct HttpConfig {
     pub(crate) idle_grace: Duration,
     pub(crate) header_read_timeout: Option<Duration>,
+    pub(crate) min_rate: Option<(u64, Duration)>,
     pub(crate) linger: Duration,
     pub(crate) http1: bool,
     pub(crate) http2: bool,
     pub(crate) nodelay: bool,
+    hooks: Vec<BuilderHook>,
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("idle_grace", &self.idle_grace)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("min_rate", &self.min_rate)
+            .field("linger", &self.linger)
+            .field("http1", &self.http1)
+            .field("http2", &self.http2)
+            .field("nodelay", &self.nodelay)
+            .field("hyper_builder_hooks", &self.hooks.len())
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {
@@ -49,10 +80,12 @@ impl Default for HttpConfig {
         HttpConfig {
             idle_grace: DEFAULT_IDLE_GRACE,
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+            min_rate: Some(DEFAULT_MIN_RATE),
             linger: DEFAULT_LINGER,
             http1: true,
             http2: true,
             nodelay: true,
+            hooks: Vec::new(),
         }
     }
 }
@@ -87,8 +120,11 @@ impl HttpConfig {
         self.idle_grace
     }
 
-    /// How long an HTTP/1 connection may take to send a request head, and so how long a
-    /// keep-alive connection may sit idle; `None` for no limit.
+    /// How long an HTTP/1 connection may take to send a request head, counted from the end
+    /// of its previous response (so it also bounds how long a keep-alive connection may sit
+    /// idle); `None` for no limit. A head that takes longer is answered `408 Request Timeout`
+    /// and its connection closed; an idle connection is closed. Enforced by the server's
+    /// supervisor, which looks at most once a second: a timeout fires up to a second late.
     ///
     /// # Example
     /// ```
@@ -97,6 +133,42 @@ impl HttpConfig {
     /// ```
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> HttpConfig {
         self.header_read_timeout = timeout.into();
+        self
+    }
+
+    /// While a request is in progress and the server waits for the client (a request body),
+    /// the least the client must send: `bytes` per `per`, else its connection is closed.
+    /// `None` for no limit. A handler that is slow to read its body does not count against
+    /// the client. Default [`DEFAULT_MIN_RATE`].
+    ///
+    /// # Example
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = einhorn_hyper::HttpConfig::default().min_rate((4096, Duration::from_secs(5)));
+    /// ```
+    pub fn min_rate(mut self, rate: impl Into<Option<(u64, Duration)>>) -> HttpConfig {
+        self.min_rate = rate.into();
+        self
+    }
+
+    /// Changes hyper-util's connection builder directly, for any HTTP/1 or HTTP/2 setting
+    /// this type has no method for (`max_concurrent_streams`, `max_headers`,
+    /// `keep_alive_interval`, ...). Runs after this crate's own settings; several calls add
+    /// up. hyper's own timers are yours to set here (`.timer(TokioTimer::new())`): this
+    /// crate enforces its timeouts without them.
+    ///
+    /// # Example
+    /// ```
+    /// let config = einhorn_hyper::HttpConfig::default().hyper_builder(|builder| {
+    ///     builder.http2().max_concurrent_streams(64);
+    ///     builder.http1().max_headers(50);
+    /// });
+    /// ```
+    pub fn hyper_builder(
+        mut self,
+        hook: impl Fn(&mut auto::Builder<TokioExecutor>) + Send + Sync + 'static,
+    ) -> HttpConfig {
+        self.hooks.push(Arc::new(hook));
         self
     }
 
@@ -155,17 +227,33 @@ impl HttpConfig {
     }
 
     /// The hyper-util connection builder these options describe.
-    pub(crate) fn hyper_builder(&self) -> auto::Builder<TokioExecutor> {
+    pub(crate) fn build_hyper(&self) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // No HTTP/1 timer: with one, hyper arms a header read timer for every request; the
+        // supervisor enforces the timeout instead (see `header_read_timeout`).
+        builder.http1().header_read_timeout(None);
+        // HTTP/2 uses its timer only for keep-alive pings, when asked for them.
         builder
-            .http1()
+            .http2()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
-        match (self.http1, self.http2) {
+            .enable_connect_protocol();
+        let mut builder = match (self.http1, self.http2) {
             (true, false) => builder.http1_only(),
             (false, true) => builder.http2_only(),
             _ => builder,
+        };
+        for hook in &self.hooks {
+            hook(&mut builder);
+        }
+        builder
+    }
+
+    /// The limits the supervisor enforces.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: self.header_read_timeout,
+            min_rate: self.min_rate,
+            idle_grace: self.idle_grace,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The connection as hyper sees it: reads are counted (to tell an idle connection from one
-//! whose next request is arriving), and the close is staged.
+//! whose next request is arriving, and a slow client from a busy server), and the close is
+//! staged.
 
 use std::io;
 use std::pin::Pin;
@@ -47,6 +48,7 @@ impl WatchedIo {
 }
 
 impl AsyncRead for WatchedIo {
+    #[inline]
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -55,13 +57,18 @@ impl AsyncRead for WatchedIo {
         let before = buf.filled().len();
         let had_room = buf.remaining() > 0;
         let polled = self.conn().poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let new = &buf.filled()[before..];
-            if new.is_empty() {
-                self.read_eof |= had_room;
-            } else {
-                self.state.on_read(new);
+        match &polled {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if new.is_empty() {
+                    self.read_eof |= had_room;
+                } else {
+                    self.state.on_read(new);
+                    self.state.set_waiting(false);
+                }
             }
+            Poll::Pending => self.state.set_waiting(true),
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }

@@ -36,8 +36,11 @@ mod run;
 mod server;
 mod service;
 mod state;
+mod supervisor;
 
-pub use config::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig};
+pub use config::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, DEFAULT_MIN_RATE, HttpConfig,
+};
 pub use graceful_listener::{
     Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
 };

@@ -1,23 +1,23 @@
 //! [`HttpServer`]: the accept loop, and each connection's keep-alive-safe drain.
 
 use std::error::Error as StdError;
-use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
+use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Poll, Waker};
 
-use graceful_listener::{Connection, GracefulListener, Server, ShutdownSignal};
+use graceful_listener::{Connection, GracefulListener, Server};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tracing::Instrument;
 
 use crate::config::HttpConfig;
 use crate::io::WatchedIo;
 use crate::make::{ConnectionInfo, MakeService, Shared};
 use crate::service::DrainService;
-use crate::state::ConnState;
+use crate::state::{Command, ConnState};
+use crate::supervisor::Supervisor;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -30,12 +30,17 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// 1. every HTTP/1 response carries `Connection: close`, and its connection closes after it;
 /// 2. an idle HTTP/1 connection may send one more request during the idle grace (it is
 ///    answered, with `Connection: close`); then, still idle, it is closed;
-/// 3. an HTTP/2 connection gets a GOAWAY and finishes its streams;
-/// 4. upgraded connections (WebSocket) go on until they end, or until the drain timeout, when
+/// 3. a connection in the middle of a request head when the grace ends (a client trickling
+///    bytes to hold the worker) gets `408 Request Timeout` and is closed;
+/// 4. an HTTP/2 connection gets a GOAWAY and finishes its streams;
+/// 5. upgraded connections (WebSocket) go on until they end, or until the drain timeout, when
 ///    [`graceful_listener::run`] cuts them;
-/// 5. every close is staged: our side shuts down its writes, then reads and discards what
+/// 6. every close is staged: our side shuts down its writes, then reads and discards what
 ///    the client still sends until the client closes (bounded by the linger), so that unread
 ///    bytes never turn the close into a reset that would wipe out the last response.
+///
+/// While serving, a supervisor task enforces the header read timeout and the minimum rate
+/// (see [`HttpConfig`]) without a timer per request.
 ///
 /// Handlers that must end something themselves when the worker stops, such as an endless
 /// event stream, watch [`ShutdownSignal::current`] (the adapters offer it as an extractor).
@@ -146,39 +151,46 @@ where
     async fn serve(mut self, mut listener: GracefulListener) -> std::io::Result<()> {
         let signal = listener.shutdown_signal();
         let local = listener.local_addr().clone();
-        let builder = Arc::new(self.config.hyper_builder());
-        let config = Arc::new(self.config);
+        let builder = Arc::new(self.config.build_hyper());
+        let supervisor = Supervisor::new(self.config.limits());
+        tokio::spawn(supervisor.clone().run(signal.clone()));
+        let (nodelay, linger) = (self.config.nodelay, self.config.linger);
         tracing::debug!(addr = %local, "serving HTTP");
-        while let Some((conn, peer)) = listener.accept().await {
-            if config.nodelay
-                && let Some(tcp) = conn.as_tcp()
-            {
+        loop {
+            // The make-service may ask the accept loop to wait (tower's `poll_ready`).
+            std::future::poll_fn(|cx| self.make.poll_ready(cx)).await;
+            let Some((conn, peer)) = listener.accept().await else {
+                break;
+            };
+            if nodelay && let Some(tcp) = conn.as_tcp() {
                 // Failing to set an option is no reason to refuse the connection.
                 let _ = tcp.set_nodelay(true);
             }
             let make = self
                 .make
                 .make_service(&ConnectionInfo::new(peer, local.clone()));
-            let (builder, config, signal) = (builder.clone(), config.clone(), signal.clone());
-            tokio::spawn(
-                async move {
-                    let service = make.await;
-                    serve_connection(&builder, conn, service, signal, &config).await;
-                }
-                .in_current_span(),
-            );
+            let state = Arc::new(ConnState::new(conn.as_raw_fd(), signal.clone()));
+            let supervised = supervisor.supervise(state.clone());
+            let builder = builder.clone();
+            // Not instrumented with the caller's span: entering a span on every poll costs
+            // more than a request's bookkeeping, for log lines a connection rarely writes.
+            tokio::spawn(async move {
+                let service = make.await;
+                serve_connection(&builder, conn, service, state, linger).await;
+                drop(supervised);
+            });
         }
         Ok(())
     }
 }
 
-/// Serves one connection until it ends, draining it when the worker stops.
+/// Serves one connection until it ends, carrying out the supervisor's commands.
 async fn serve_connection<S, B>(
     builder: &auto::Builder<TokioExecutor>,
     conn: Connection,
     service: S,
-    signal: ShutdownSignal,
-    config: &HttpConfig,
+    state: Arc<ConnState>,
+    linger: std::time::Duration,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -187,92 +199,55 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let fd = conn.as_raw_fd();
-    let state = Arc::new(ConnState::new());
-    let io = TokioIo::new(WatchedIo::new(conn, state.clone(), config.linger));
+    let io = TokioIo::new(WatchedIo::new(conn, state.clone(), linger));
     let service = DrainService {
         inner: service,
         state: state.clone(),
-        signal: signal.clone(),
     };
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        biased;
-        result = conn.as_mut() => result,
-        () = signal.stopping() => drain(conn.as_mut(), &state, fd, config).await,
-    };
-    if let Err(e) = result {
-        // Clients resetting or timing out is ordinary; a cancelled protocol sniff is our own
-        // doing (an idle connection closed during the drain).
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
-/// Drains one connection once the worker is stopping; returns when it has ended.
-async fn drain<I, S, B>(
-    mut conn: Pin<&mut auto::UpgradeableConnection<'_, I, DrainService<S>, TokioExecutor>>,
-    state: &ConnState,
-    fd: RawFd,
-    config: &HttpConfig,
-) -> Result<(), BoxError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let stopped_at = Instant::now();
-    let mut not_before = stopped_at;
-    loop {
-        if state.is_h2() {
-            tracing::debug!("stopping: HTTP/2 connection gets GOAWAY");
-            conn.as_mut().graceful_shutdown();
-            return conn.await;
-        }
-        // Busy connections need no timer: their response carries `Connection: close` and
-        // hyper closes them after it. Idle ones get the grace, counted from when they became
-        // idle or from the stop, whichever is later.
-        let grace_ends = (state.idle_since().max(stopped_at) + config.idle_grace).max(not_before);
-        tokio::select! {
-            biased;
-            // Polled first, so that hyper reads whatever has arrived before we judge idleness.
-            result = conn.as_mut() => return result,
-            () = state.changed() => {}
-            () = tokio::time::sleep_until(grace_ends.into()), if state.is_idle() => {
-                if state.is_idle() && !has_unread_bytes(fd) {
-                    tracing::debug!(grace = ?config.idle_grace, "stopping: closing idle connection after its grace");
+    let mut registered: Option<Waker> = None;
+    let mut acted = Command::Serve;
+    let result = std::future::poll_fn(|cx| {
+        // One load per wake-up: the supervisor wakes the task when it gives a command.
+        let command = state.command();
+        if command != acted {
+            acted = command;
+            match command {
+                Command::Serve => {}
+                Command::Close => conn.as_mut().graceful_shutdown(),
+                Command::Timeout => {
+                    // Only if the head is still not complete: hyper may have read the rest
+                    // since the supervisor looked, and then the stream is no longer at a
+                    // message boundary.
+                    if state.observe().head_arriving() {
+                        state.write_request_timeout();
+                        tracing::debug!("request head timed out: 408");
+                        return Poll::Ready(Ok(()));
+                    }
                     conn.as_mut().graceful_shutdown();
-                    return conn.await;
                 }
-                // A request is arriving: let hyper read it, then look again.
-                not_before = Instant::now() + RECHECK;
+                Command::Abort => {
+                    tracing::debug!("client too slow: connection closed");
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
+        if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            state.register(cx.waker());
+            registered = Some(cx.waker().clone());
+            // A command given before the waker was there woke nobody: look again.
+            if state.command() != acted {
+                cx.waker().wake_by_ref();
+            }
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    // Returning drops the connection (for a timeout or an abort, in the middle of it): its IO
+    // makes the close a staged one.
+    if let Err(e) = result {
+        // Clients resetting or timing out is ordinary.
+        tracing::debug!(error = %e, "connection ended with an error");
     }
-}
-
-/// How soon to look again at a connection whose next request was arriving as its idle grace
-/// ended.
-const RECHECK: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// Whether the client has sent bytes that nobody has read yet: the next request may be
-/// in the socket's buffer though hyper has not seen it.
-fn has_unread_bytes(fd: RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: `fd` belongs to the connection that hyper owns inside the connection future,
-    // which the caller holds and has not completed: the fd is open and still this socket.
-    // MSG_PEEK leaves the byte in place; MSG_DONTWAIT never blocks.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n > 0
 }

@@ -6,19 +6,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use graceful_listener::ShutdownSignal;
 use http::header::{CONNECTION, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::state::{ConnState, RequestGuard};
+use crate::state::ConnState;
 
 /// Wraps a connection's service.
 #[derive(Debug, Clone)]
 pub(crate) struct DrainService<S> {
     pub(crate) inner: S,
     pub(crate) state: Arc<ConnState>,
-    pub(crate) signal: ShutdownSignal,
 }
 
 impl<S, ReqBody, ResBody> hyper::service::Service<Request<ReqBody>> for DrainService<S>
@@ -29,8 +27,10 @@ where
     type Error = S::Error;
     type Future = DrainFuture<S::Future>;
 
+    #[inline]
     fn call(&self, req: Request<ReqBody>) -> Self::Future {
-        let guard = self.state.begin_request();
+        self.state.start_request();
+        let guard = RequestGuard(self.state.clone());
         let http1 = req.version() < Version::HTTP_2;
         if !http1 {
             self.state.mark_h2();
@@ -40,9 +40,18 @@ where
         DrainFuture {
             inner: self.inner.call(req),
             guard: Some(guard),
-            signal: self.signal.clone(),
             may_close,
         }
+    }
+}
+
+/// Keeps a request counted as in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.finish_request();
     }
 }
 
@@ -52,7 +61,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         guard: Option<RequestGuard>,
-        signal: ShutdownSignal,
         may_close: bool,
     }
 }
@@ -63,21 +71,22 @@ where
 {
     type Output = Result<Response<DrainBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
+        let guard = this.guard.take();
         // Decided when the head is ready, just before hyper writes it: a stop before this
         // point makes this response the connection's last.
         if *this.may_close
-            && this.signal.is_stopping()
+            && let Some(guard) = &guard
+            && guard.0.signal.is_stopping()
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
         {
-            tracing::trace!("stopping: response carries Connection: close");
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        let guard = this.guard.take();
         Poll::Ready(Ok(response.map(|body| DrainBody { inner: body, guard })))
     }
 }
@@ -95,6 +104,7 @@ impl<B: Body> Body for DrainBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,109 +1,222 @@
-//! What the drain needs to know about one connection: is a request in flight, has the next
-//! one started arriving, is it HTTP/2.
+//! What the supervisor needs to know about one connection, kept by the connection itself
+//! with a few counters, and how the supervisor tells it what to do.
+//!
+//! The connection's task writes the counters (its IO counts bytes, its service counts
+//! requests and responses); the supervisor only reads them, a few times a second at most.
+//! Nothing here is on a lock or a timer per request.
 
+use std::os::fd::RawFd;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::Waker;
 
-use tokio::sync::Notify;
+use graceful_listener::ShutdownSignal;
 
 /// The start of the HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE_START: &[u8] = b"PRI *";
 
-/// Shared by a connection's IO, its service and its drain loop.
-///
-/// A connection is idle when no request is in flight and not a byte has been read since the
-/// last response finished: the next request has not started arriving.
+/// What the supervisor asks a connection to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Command {
+    /// Nothing: serve.
+    Serve = 0,
+    /// Close once idle: HTTP/1 after the response in progress (or at once if idle),
+    /// HTTP/2 with GOAWAY after its streams.
+    Close = 1,
+    /// The request head took too long: answer `408 Request Timeout` and close.
+    Timeout = 2,
+    /// The client sends too slowly while a request is in progress: close now.
+    Abort = 3,
+}
+
+impl Command {
+    fn from_u8(value: u8) -> Command {
+        match value {
+            1 => Command::Close,
+            2 => Command::Timeout,
+            3 => Command::Abort,
+            _ => Command::Serve,
+        }
+    }
+}
+
+/// Shared by a connection's IO, its service, its task and the supervisor.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    in_flight: AtomicUsize,
+    /// The connection's socket, for a peek at unread bytes and the `408`.
+    pub(crate) fd: RawFd,
+    /// The worker's stop, for `Connection: close` once stopping.
+    pub(crate) signal: ShutdownSignal,
     bytes_read: AtomicU64,
-    /// `bytes_read` when the last request finished.
+    /// `bytes_read` when the last response finished: more than that is a request arriving.
     idle_mark: AtomicU64,
-    /// When the connection last became idle (accepted, or its last response finished).
-    idle_since: Mutex<Instant>,
+    /// Whether hyper is waiting for the client (its last read found nothing).
+    waiting: AtomicBool,
+    started: AtomicU64,
+    finished: AtomicU64,
     sniffed: AtomicBool,
     h2: AtomicBool,
-    /// Wakes the drain loop: a request finished, or the protocol became known.
-    changed: Notify,
+    command: AtomicU8,
+    /// The connection task's waker, for the supervisor to deliver a command.
+    waker: Mutex<Option<Waker>>,
+}
+
+/// A consistent-enough reading of a connection's counters, for the supervisor's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Observation {
+    pub(crate) bytes_read: u64,
+    pub(crate) idle_mark: u64,
+    pub(crate) started: u64,
+    pub(crate) finished: u64,
+    pub(crate) waiting: bool,
+    pub(crate) h2: bool,
+}
+
+impl Observation {
+    /// A request is in progress: its head was read, its response is not finished.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.started != self.finished
+    }
+
+    /// No request in progress, but bytes of the next one have been read: a head arriving.
+    pub(crate) fn head_arriving(&self) -> bool {
+        !self.in_flight() && self.bytes_read > self.idle_mark
+    }
+
+    /// No request in progress and not a byte of the next one.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
+        !self.in_flight() && self.bytes_read == self.idle_mark
+    }
 }
 
 impl ConnState {
-    pub(crate) fn new() -> ConnState {
+    pub(crate) fn new(fd: RawFd, signal: ShutdownSignal) -> ConnState {
         ConnState {
-            in_flight: AtomicUsize::new(0),
+            fd,
+            signal,
             bytes_read: AtomicU64::new(0),
             idle_mark: AtomicU64::new(0),
-            idle_since: Mutex::new(Instant::now()),
+            waiting: AtomicBool::new(false),
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
             sniffed: AtomicBool::new(false),
             h2: AtomicBool::new(false),
-            changed: Notify::new(),
+            command: AtomicU8::new(Command::Serve as u8),
+            waker: Mutex::new(None),
         }
     }
 
     /// Called by the IO with every chunk read.
     pub(crate) fn on_read(&self, bytes: &[u8]) {
+        // Only the connection's IO writes these: a load and a store, no locked instruction.
+        let read = self.bytes_read.load(Ordering::Relaxed);
         self.bytes_read
-            .fetch_add(bytes.len() as u64, Ordering::AcqRel);
-        // A load first: after the first read this is all the hot path pays.
-        if !self.sniffed.load(Ordering::Acquire) && !self.sniffed.swap(true, Ordering::AcqRel) {
+            .store(read + bytes.len() as u64, Ordering::Relaxed);
+        if !self.sniffed.load(Ordering::Relaxed) {
+            self.sniffed.store(true, Ordering::Relaxed);
             // A first read too short to tell is taken as HTTP/1; the first HTTP/2 request
             // corrects it (see `mark_h2`).
             if bytes.starts_with(H2_PREFACE_START) {
-                self.h2.store(true, Ordering::Release);
+                self.h2.store(true, Ordering::Relaxed);
             }
-            self.changed.notify_one();
         }
     }
 
-    /// A request starts: the connection is busy until the guard drops (after the response
-    /// body has been sent, or the request failed).
-    pub(crate) fn begin_request(self: &std::sync::Arc<Self>) -> RequestGuard {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        RequestGuard {
-            state: self.clone(),
+    /// Called by the IO when a read finds nothing (`true`) or something (`false`).
+    pub(crate) fn set_waiting(&self, waiting: bool) {
+        if self.waiting.load(Ordering::Relaxed) != waiting {
+            self.waiting.store(waiting, Ordering::Relaxed);
         }
+    }
+
+    /// A request starts; call [`ConnState::finish_request`] when its response is done.
+    pub(crate) fn start_request(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A response is done (sent, or dropped).
+    pub(crate) fn finish_request(&self) {
+        // Mark first: a reader that sees the count catch up sees a mark no older than this.
+        self.idle_mark
+            .store(self.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.finished.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn mark_h2(&self) {
-        if !self.h2.swap(true, Ordering::AcqRel) {
-            self.changed.notify_one();
+        self.h2.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn observe(&self) -> Observation {
+        let finished = self.finished.load(Ordering::Acquire);
+        Observation {
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            idle_mark: self.idle_mark.load(Ordering::Relaxed),
+            started: self.started.load(Ordering::Relaxed),
+            finished,
+            waiting: self.waiting.load(Ordering::Relaxed),
+            h2: self.h2.load(Ordering::Relaxed),
         }
     }
 
-    pub(crate) fn is_h2(&self) -> bool {
-        self.h2.load(Ordering::Acquire)
+    /// The command in force.
+    pub(crate) fn command(&self) -> Command {
+        Command::from_u8(self.command.load(Ordering::Acquire))
     }
 
-    pub(crate) fn is_idle(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
-            && self.bytes_read.load(Ordering::Acquire) == self.idle_mark.load(Ordering::Acquire)
+    /// Gives the connection a command, if it is stronger than the one in force (they only
+    /// escalate: close, then time out, then abort), and wakes its task.
+    pub(crate) fn give(&self, command: Command) {
+        let before = self.command.fetch_max(command as u8, Ordering::AcqRel);
+        if before < command as u8
+            && let Some(waker) = self
+                .waker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+        {
+            waker.wake_by_ref();
+        }
     }
 
-    pub(crate) fn idle_since(&self) -> Instant {
-        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+    /// Records the task's waker, for [`ConnState::give`].
+    pub(crate) fn register(&self, waker: &Waker) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
     }
 
-    pub(crate) async fn changed(&self) {
-        self.changed.notified().await
+    /// Whether the client has sent bytes that nobody has read yet: a request in the socket's
+    /// buffer that hyper has not seen.
+    pub(crate) fn has_unread_bytes(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: `fd` is the connection's socket, open as long as its task runs, which is
+        // as long as the supervisor holds this state. MSG_PEEK leaves the byte in place;
+        // MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.fd,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n > 0
     }
-}
 
-/// Keeps a request counted as in flight.
-#[derive(Debug)]
-pub(crate) struct RequestGuard {
-    state: std::sync::Arc<ConnState>,
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        let state = &self.state;
-        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *state.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-            state
-                .idle_mark
-                .store(state.bytes_read.load(Ordering::Acquire), Ordering::Release);
-            state.changed.notify_one();
+    /// Writes a `408 Request Timeout` straight to the socket, for a client whose request head
+    /// never came: hyper has written nothing for it, so the stream is at a message boundary.
+    pub(crate) fn write_request_timeout(&self) {
+        const RESPONSE: &[u8] =
+            b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        // SAFETY: as in `has_unread_bytes`. A short or failed write needs no handling: the
+        // connection closes next either way.
+        unsafe {
+            libc::send(
+                self.fd,
+                RESPONSE.as_ptr().cast(),
+                RESPONSE.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
         }
     }
 }
@@ -111,30 +224,47 @@ impl Drop for RequestGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+
+    fn state() -> ConnState {
+        ConnState::new(-1, graceful_listener::Shutdown::new().signal())
+    }
 
     #[test]
     fn idle_until_bytes_arrive_then_busy_until_the_response_ends() {
-        let state = Arc::new(ConnState::new());
-        assert!(state.is_idle() && !state.is_h2());
+        let state = state();
+        assert!(state.observe().idle());
         state.on_read(b"GET / HTTP/1.1\r\n");
-        assert!(!state.is_idle(), "a request head is arriving");
-        let guard = state.begin_request();
-        assert!(!state.is_idle());
-        drop(guard);
-        assert!(state.is_idle(), "response done, nothing new read");
+        assert!(
+            state.observe().head_arriving(),
+            "a request head is arriving"
+        );
+        state.start_request();
+        assert!(state.observe().in_flight());
+        state.finish_request();
+        assert!(state.observe().idle(), "response done, nothing new read");
         state.on_read(b"G");
-        assert!(!state.is_idle(), "the next request started");
-        assert!(!state.is_h2());
+        assert!(state.observe().head_arriving(), "the next request started");
+        assert!(!state.observe().h2);
     }
 
     #[test]
     fn sniffs_the_http2_preface() {
-        let state = ConnState::new();
+        let state = state();
         state.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-        assert!(state.is_h2());
-        let webdav = ConnState::new();
+        assert!(state.observe().h2);
+        let webdav = self::state();
         webdav.on_read(b"PROPFIND / HTTP/1.1\r\n");
-        assert!(!webdav.is_h2());
+        assert!(!webdav.observe().h2);
+    }
+
+    #[test]
+    fn commands_only_escalate() {
+        let state = state();
+        assert_eq!(state.command(), Command::Serve);
+        state.give(Command::Close);
+        state.give(Command::Timeout);
+        assert_eq!(state.command(), Command::Timeout);
+        state.give(Command::Close);
+        assert_eq!(state.command(), Command::Timeout);
     }
 }

@@ -1,0 +1,123 @@
+//! The supervisor: one task per server that looks at its connections a few times a second
+//! at most, and tells each what to do: time out a request head that takes too long, close an
+//! idle keep-alive connection, abort a client that sends too slowly, and once the worker
+//! stops, close idle connections when their grace is over and give HTTP/2 its GOAWAY.
+//!
+//! Timeouts are enforced here rather than by a timer per request (hyper's own
+//! `header_read_timeout` arms and disarms one for every request): requests pay a few counter
+//! updates, and the supervisor wakes only when a deadline is due.
+
+mod rules;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use graceful_listener::ShutdownSignal;
+
+pub(crate) use rules::Limits;
+use rules::{Phase, Record, judge};
+
+use crate::state::{Command, ConnState};
+
+/// While running, the longest the supervisor sleeps: new connections are first looked at
+/// within this, and their deadlines counted from then.
+const RUNNING_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Watches a server's connections. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connections: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next_id: AtomicU64,
+    limits: Limits,
+}
+
+/// Keeps a connection supervised until dropped.
+#[derive(Debug)]
+pub(crate) struct Supervised {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.inner.lock().remove(&self.id);
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Supervisor {
+    pub(crate) fn new(limits: Limits) -> Supervisor {
+        Supervisor {
+            inner: Arc::new(Inner {
+                connections: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                limits,
+            }),
+        }
+    }
+
+    /// Supervises a connection until the returned guard is dropped.
+    pub(crate) fn supervise(&self, state: Arc<ConnState>) -> Supervised {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.lock().insert(id, state);
+        Supervised {
+            inner: self.inner.clone(),
+            id,
+        }
+    }
+
+    /// The supervisor's task: runs until the worker has stopped and every connection is gone.
+    pub(crate) async fn run(self, signal: ShutdownSignal) {
+        let mut records: HashMap<u64, Record> = HashMap::new();
+        let mut phase = Phase::Running;
+        loop {
+            let now = Instant::now();
+            let connections: Vec<(u64, Arc<ConnState>)> = self
+                .inner
+                .lock()
+                .iter()
+                .map(|(id, state)| (*id, state.clone()))
+                .collect();
+            if matches!(phase, Phase::Draining { .. }) && connections.is_empty() {
+                return;
+            }
+            records.retain(|id, _| connections.iter().any(|(c, _)| c == id));
+            let mut next_look: Option<Instant> = None;
+            for (id, state) in &connections {
+                let seen = state.observe();
+                let record = records.entry(*id).or_insert_with(|| Record::new(seen, now));
+                let verdict = judge(record, seen, now, phase, &self.inner.limits, &mut || {
+                    state.has_unread_bytes()
+                });
+                if verdict.command != Command::Serve {
+                    tracing::debug!(command = ?verdict.command, "supervisor");
+                    state.give(verdict.command);
+                }
+                if let Some(at) = verdict.next_look {
+                    next_look = Some(next_look.map_or(at, |n| n.min(at)));
+                }
+            }
+            // Look when a rule needs it, and at least every tick: new connections come, and
+            // ended ones go.
+            let wake_at = next_look.map_or(now + RUNNING_TICK, |at| at.min(now + RUNNING_TICK));
+            tokio::select! {
+                () = tokio::time::sleep_until(wake_at.into()) => {}
+                () = signal.stopping(), if phase == Phase::Running => {
+                    phase = Phase::Draining { since: Instant::now() };
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! The supervisor's rules, pure: given what a connection's counters say now, what it looked
+//! like before, the time and whether the worker is draining, what should happen to it.
+//! No sockets and no clock: tests step time by hand.
+
+use std::time::{Duration, Instant};
+
+use crate::state::{Command, Observation};
+
+/// The limits the rules enforce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// How long a request head may take, from its first byte; also how long a keep-alive
+    /// connection may sit idle. `None`: no limit.
+    pub(crate) header_read_timeout: Option<Duration>,
+    /// While a request is in progress and the server waits for the client: at least this
+    /// many bytes per window. `None`: no limit.
+    pub(crate) min_rate: Option<(u64, Duration)>,
+    /// Once draining, how long an idle connection may still send one request.
+    pub(crate) idle_grace: Duration,
+}
+
+/// Once the grace is over, how long a request head that started arriving just before may
+/// still take to complete: a client that sent its request in time is not cut for being
+/// a little slow, a trickling one is.
+pub(crate) const HEAD_ALLOWANCE: Duration = Duration::from_millis(250);
+
+/// Where the worker is, as the rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Serving.
+    Running,
+    /// Stopping since `since`.
+    Draining { since: Instant },
+}
+
+/// What the supervisor remembers about one connection between looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// The last observation.
+    last: Observation,
+    /// Since when the connection has been in its current state (idle, or waiting for the
+    /// current head): reset whenever a request starts or ends.
+    since: Instant,
+    /// When a request head was first seen arriving (bytes past the idle mark), since the
+    /// last request started or ended.
+    head_seen: Option<Instant>,
+    /// The start of the current minimum-rate window and the bytes read at its start, while
+    /// the server waits for a client in the middle of a request.
+    window: Option<(Instant, u64)>,
+    /// The command already given, so it is given once.
+    given: Command,
+}
+
+impl Record {
+    /// A connection seen for the first time, `now`.
+    pub(crate) fn new(observation: Observation, now: Instant) -> Record {
+        Record {
+            last: observation,
+            since: now,
+            head_seen: observation.head_arriving().then_some(now),
+            window: None,
+            given: Command::Serve,
+        }
+    }
+}
+
+/// What to do with a connection, and when to look at it again at the latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// The command to give (`Serve`: none).
+    pub(crate) command: Command,
+    /// When the rules next need a look, if ever.
+    pub(crate) next_look: Option<Instant>,
+}
+
+/// Judges a connection. `unread` tells whether the client has sent bytes nobody has read
+/// yet (asked only when it matters: it costs a system call).
+pub(crate) fn judge(
+    record: &mut Record,
+    now_seen: Observation,
+    now: Instant,
+    phase: Phase,
+    limits: &Limits,
+    unread: &mut dyn FnMut() -> bool,
+) -> Verdict {
+    let last = record.last;
+    // A request started or ended since the last look: the clock of the current state
+    // restarts (for an idle connection, from when it became idle; near enough).
+    if now_seen.started != last.started || now_seen.finished != last.finished {
+        record.since = now;
+        record.head_seen = None;
+        record.window = None;
+    }
+    if now_seen.head_arriving() {
+        record.head_seen.get_or_insert(now);
+    } else {
+        record.head_seen = None;
+    }
+    record.last = now_seen;
+
+    let command = match phase {
+        Phase::Running => running(record, now_seen, now, limits, unread),
+        Phase::Draining { since } => draining(record, now_seen, now, since, limits, unread),
+    };
+    let command = match command {
+        Some(c) if c as u8 > record.given as u8 => {
+            record.given = c;
+            c
+        }
+        _ => Command::Serve,
+    };
+    Verdict {
+        command,
+        next_look: next_look(record, now_seen, now, phase, limits),
+    }
+}
+
+fn running(
+    record: &mut Record,
+    seen: Observation,
+    now: Instant,
+    limits: &Limits,
+    unread: &mut dyn FnMut() -> bool,
+) -> Option<Command> {
+    if seen.h2 {
+        // HTTP/2 has its own keep-alive and flow control; streams are judged by hyper.
+        return None;
+    }
+    if seen.in_flight() {
+        let (bytes, per) = limits.min_rate?;
+        if !seen.waiting {
+            record.window = None;
+            return None;
+        }
+        let (start, at_start) = *record.window.get_or_insert((now, seen.bytes_read));
+        if now.duration_since(start) < per {
+            return None;
+        }
+        if seen.bytes_read - at_start < bytes {
+            return Some(Command::Abort);
+        }
+        record.window = Some((now, seen.bytes_read));
+        return None;
+    }
+    let timeout = limits.header_read_timeout?;
+    if now.duration_since(record.since) < timeout {
+        return None;
+    }
+    if seen.head_arriving() {
+        Some(Command::Timeout)
+    } else if unread() {
+        // The next request is in the socket: hyper reads it next.
+        None
+    } else {
+        Some(Command::Close)
+    }
+}
+
+fn draining(
+    record: &mut Record,
+    seen: Observation,
+    now: Instant,
+    since: Instant,
+    limits: &Limits,
+    unread: &mut dyn FnMut() -> bool,
+) -> Option<Command> {
+    if seen.h2 {
+        // GOAWAY at once: HTTP/2 clients learn it per connection, and h2 serves the
+        // streams that race it before its final GOAWAY.
+        return Some(Command::Close);
+    }
+    if seen.in_flight() {
+        // Its response says `Connection: close`; hyper closes after it.
+        return running(record, seen, now, limits, unread).filter(|c| *c == Command::Abort);
+    }
+    let grace_over = since + limits.idle_grace;
+    if now < grace_over {
+        return None;
+    }
+    if let Some(seen_at) = record.head_seen {
+        // A head already arriving before the grace ended (trickling in, or stuck) gets a
+        // 408 now; one first seen at its end gets a moment more to complete.
+        let deadline = if seen_at < grace_over {
+            grace_over
+        } else {
+            seen_at + HEAD_ALLOWANCE
+        };
+        return (now >= deadline).then_some(Command::Timeout);
+    }
+    if unread() {
+        // The next request is in the socket: give hyper a moment to read it.
+        record.since = now;
+        return None;
+    }
+    Some(Command::Close)
+}
+
+/// When the rules next need a look at this connection.
+fn next_look(
+    record: &Record,
+    seen: Observation,
+    now: Instant,
+    phase: Phase,
+    limits: &Limits,
+) -> Option<Instant> {
+    let done = match record.given {
+        Command::Timeout | Command::Abort => true,
+        // Closing: hyper ends it (HTTP/2 after its streams, HTTP/1 at once or after its
+        // response); a slow body can still be aborted.
+        Command::Close => !seen.in_flight(),
+        Command::Serve => false,
+    };
+    if done || (seen.h2 && matches!(phase, Phase::Running)) {
+        return None;
+    }
+    let min_rate = |_: ()| limits.min_rate.map(|(_, per)| now + per);
+    if seen.in_flight() {
+        return min_rate(());
+    }
+    let soon = now + HEAD_ALLOWANCE / 5;
+    match phase {
+        Phase::Draining { since } if now < since + limits.idle_grace => {
+            Some(since + limits.idle_grace)
+        }
+        Phase::Draining { .. } => Some(soon),
+        Phase::Running => limits
+            .header_read_timeout
+            .map(|timeout| (record.since + timeout).max(soon)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(1);
+    const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Some(HEAD_TIMEOUT),
+            min_rate: Some((1024, Duration::from_secs(10))),
+            idle_grace: GRACE,
+        }
+    }
+
+    fn obs(bytes_read: u64, idle_mark: u64, started: u64, finished: u64) -> Observation {
+        Observation {
+            bytes_read,
+            idle_mark,
+            started,
+            finished,
+            waiting: false,
+            h2: false,
+        }
+    }
+
+    /// Judges with no unread bytes in the socket.
+    fn judge_at(record: &mut Record, seen: Observation, now: Instant, phase: Phase) -> Command {
+        judge(record, seen, now, phase, &limits(), &mut || false).command
+    }
+
+    #[test]
+    fn an_idle_connection_is_closed_when_its_grace_is_over_not_before() {
+        let t0 = Instant::now();
+        let idle = obs(100, 100, 1, 1);
+        let mut record = Record::new(idle, t0);
+        let draining = Phase::Draining {
+            since: t0 + Duration::from_secs(5),
+        };
+        let at = |d: u64| t0 + Duration::from_millis(5000 + d);
+        assert_eq!(judge_at(&mut record, idle, at(0), draining), Command::Serve);
+        assert_eq!(
+            judge_at(&mut record, idle, at(999), draining),
+            Command::Serve
+        );
+        assert_eq!(
+            judge_at(&mut record, idle, at(1000), draining),
+            Command::Close
+        );
+        assert_eq!(
+            judge_at(&mut record, idle, at(1100), draining),
+            Command::Serve,
+            "given once"
+        );
+    }
+
+    #[test]
+    fn a_request_in_the_socket_at_the_end_of_the_grace_is_let_in() {
+        let t0 = Instant::now();
+        let idle = obs(100, 100, 1, 1);
+        let mut record = Record::new(idle, t0);
+        let draining = Phase::Draining { since: t0 };
+        let verdict = judge(
+            &mut record,
+            idle,
+            t0 + GRACE,
+            draining,
+            &limits(),
+            &mut || true,
+        );
+        assert_eq!(verdict.command, Command::Serve);
+        assert!(verdict.next_look.is_some(), "looked at again soon");
+        // hyper read it: a request is in flight now, and its response will say close.
+        let busy = obs(180, 100, 2, 1);
+        assert_eq!(
+            judge_at(&mut record, busy, t0 + GRACE + GRACE / 10, draining),
+            Command::Serve
+        );
+    }
+
+    #[test]
+    fn a_partial_head_at_the_stop_gets_the_grace_then_a_408() {
+        let t0 = Instant::now();
+        // 3 bytes of a head, long before the stop (a trickling client).
+        let partial = obs(103, 100, 1, 1);
+        let mut record = Record::new(partial, t0);
+        let stop = t0 + Duration::from_secs(10);
+        let draining = Phase::Draining { since: stop };
+        assert_eq!(
+            judge_at(&mut record, partial, stop, draining),
+            Command::Serve
+        );
+        let trickled = obs(104, 100, 1, 1);
+        assert_eq!(
+            judge_at(
+                &mut record,
+                trickled,
+                stop + GRACE - Duration::from_millis(1),
+                draining
+            ),
+            Command::Serve
+        );
+        assert_eq!(
+            judge_at(&mut record, trickled, stop + GRACE, draining),
+            Command::Timeout
+        );
+    }
+
+    #[test]
+    fn a_head_that_starts_just_before_the_grace_ends_gets_a_moment_more() {
+        let t0 = Instant::now();
+        let idle = obs(100, 100, 1, 1);
+        let mut record = Record::new(idle, t0);
+        let draining = Phase::Draining { since: t0 };
+        let just_before = t0 + GRACE - Duration::from_millis(10);
+        assert_eq!(
+            judge_at(&mut record, idle, just_before, draining),
+            Command::Serve
+        );
+        // The head's first bytes, seen at the end of the grace.
+        let partial = obs(120, 100, 1, 1);
+        // The head started within the last HEAD_ALLOWANCE before the grace ended: its clock
+        // is the idle one, reset at the last request; it has until grace + allowance.
+        assert_eq!(
+            judge_at(&mut record, partial, t0 + GRACE, draining),
+            Command::Serve
+        );
+        assert_eq!(
+            judge_at(&mut record, partial, t0 + GRACE + HEAD_ALLOWANCE, draining),
+            Command::Timeout
+        );
+    }
+
+    #[test]
+    fn busy_connections_are_left_to_their_response() {
+        let t0 = Instant::now();
+        let busy = obs(100, 0, 1, 0);
+        let mut record = Record::new(busy, t0);
+        let draining = Phase::Draining { since: t0 };
+        for ms in [0, 1000, 5000, 60_000] {
+            assert_eq!(
+                judge_at(&mut record, busy, t0 + Duration::from_millis(ms), draining),
+                Command::Serve
+            );
+        }
+    }
+
+    #[test]
+    fn http2_gets_goaway_at_once() {
+        let t0 = Instant::now();
+        let h2 = Observation {
+            h2: true,
+            ..obs(500, 0, 3, 1)
+        };
+        let mut record = Record::new(h2, t0);
+        assert_eq!(
+            judge_at(&mut record, h2, t0, Phase::Running),
+            Command::Serve
+        );
+        assert_eq!(
+            judge_at(&mut record, h2, t0, Phase::Draining { since: t0 }),
+            Command::Close
+        );
+    }
+
+    #[test]
+    fn while_running_a_head_gets_the_header_read_timeout_and_idle_the_same() {
+        let t0 = Instant::now();
+        let partial = obs(105, 100, 1, 1);
+        let mut record = Record::new(partial, t0);
+        assert_eq!(
+            judge_at(
+                &mut record,
+                partial,
+                t0 + HEAD_TIMEOUT - Duration::from_millis(1),
+                Phase::Running
+            ),
+            Command::Serve
+        );
+        // Trickling does not reset the clock: only a request starting does.
+        let more = obs(110, 100, 1, 1);
+        assert_eq!(
+            judge_at(&mut record, more, t0 + HEAD_TIMEOUT, Phase::Running),
+            Command::Timeout
+        );
+
+        let idle = obs(100, 100, 1, 1);
+        let mut record = Record::new(idle, t0);
+        assert_eq!(
+            judge_at(&mut record, idle, t0 + HEAD_TIMEOUT, Phase::Running),
+            Command::Close
+        );
+    }
+
+    #[test]
+    fn requests_reset_the_clocks() {
+        let t0 = Instant::now();
+        let mut record = Record::new(obs(100, 100, 1, 1), t0);
+        let mut now = t0;
+        for i in 2..10 {
+            now += HEAD_TIMEOUT / 2;
+            let seen = obs(100 * i, 100 * i, i, i);
+            assert_eq!(
+                judge_at(&mut record, seen, now, Phase::Running),
+                Command::Serve,
+                "{i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_slow_body_is_aborted_a_slow_handler_is_not() {
+        let t0 = Instant::now();
+        let waiting = |bytes| Observation {
+            waiting: true,
+            ..obs(bytes, 0, 1, 0)
+        };
+        let mut record = Record::new(waiting(100), t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            judge_at(&mut record, waiting(100), at(1), Phase::Running),
+            Command::Serve
+        );
+        // 2 KiB in the first window: enough.
+        assert_eq!(
+            judge_at(&mut record, waiting(2148), at(11), Phase::Running),
+            Command::Serve
+        );
+        // Then 10 bytes in 10 s while the server waits for them: too slow.
+        assert_eq!(
+            judge_at(&mut record, waiting(2158), at(21), Phase::Running),
+            Command::Abort
+        );
+
+        // A handler that takes a minute while the client waits: not the client's fault.
+        let busy = obs(100, 0, 1, 0);
+        let mut record = Record::new(busy, t0);
+        for s in [10, 30, 60] {
+            assert_eq!(
+                judge_at(&mut record, busy, at(s), Phase::Running),
+                Command::Serve
+            );
+        }
+    }
+
+    #[test]
+    fn no_limits_no_commands_while_running() {
+        let t0 = Instant::now();
+        let unlimited = Limits {
+            header_read_timeout: None,
+            min_rate: None,
+            idle_grace: GRACE,
+        };
+        let partial = Observation {
+            waiting: true,
+            ..obs(105, 100, 1, 1)
+        };
+        let mut record = Record::new(partial, t0);
+        let verdict = judge(
+            &mut record,
+            partial,
+            t0 + Duration::from_secs(3600),
+            Phase::Running,
+            &unlimited,
+            &mut || false,
+        );
+        assert_eq!(
+            verdict,
+            Verdict {
+                command: Command::Serve,
+                next_look: None
+            }
+        );
+    }
+}
