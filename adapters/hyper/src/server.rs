@@ -43,7 +43,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// (see [`HttpConfig`]) without a timer per request.
 ///
 /// Handlers that must end something themselves when the worker stops, such as an endless
-/// event stream, watch [`ShutdownSignal::current`] (the adapters offer it as an extractor).
+/// event stream, watch [`ShutdownSignal::current`](graceful_listener::ShutdownSignal::current)
+/// (the adapters offer it as an extractor).
 ///
 /// # Example
 /// ```no_run
