@@ -1,119 +1,15 @@
 //! The keep-alive-safe drain, in process: a real listener on loopback, raw HTTP/1 clients.
 
-use std::convert::Infallible;
+mod support;
+
 use std::time::{Duration, Instant};
 
-use einhorn_hyper::{HttpConfig, HttpServer};
-use graceful_listener::{Bind, GracefulListener, ListenerHandle, Server, ShutdownSignal};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
-use hyper::{Request, Response};
+use einhorn_hyper::HttpConfig;
+use hyper::Request;
+use hyper::body::Bytes;
+use support::{LIMIT, expect_clean_close, get, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-async fn handler(
-    signal: ShutdownSignal,
-    mut req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.uri().path() == "/upgrade" {
-        // An echo protocol after `101 Switching Protocols`, as a WebSocket would be.
-        let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = upgrade.await {
-                let (mut read, mut write) =
-                    tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-            }
-        });
-        let mut response = Response::new(Full::default());
-        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-        response.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("upgrade"),
-        );
-        response.headers_mut().insert(
-            http::header::UPGRADE,
-            http::HeaderValue::from_static("echo"),
-        );
-        return Ok(response);
-    }
-    if req.uri().path() == "/stopping" {
-        return Ok(Response::new(Full::new(Bytes::from(
-            signal.is_stopping().to_string(),
-        ))));
-    }
-    if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
-        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
-    }
-    Ok(Response::new(Full::new(Bytes::from("ok"))))
-}
-
-/// Starts a server on 127.0.0.1:0; returns its address and the listener's handle.
-async fn start(config: HttpConfig) -> (std::net::SocketAddr, ListenerHandle) {
-    let listener = GracefulListener::bind(&Bind::Addr("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().as_tcp().unwrap();
-    let handle = listener.handle();
-    // A listener made on its own: handlers reach its stop through its own signal.
-    let signal = listener.shutdown_signal();
-    let server =
-        HttpServer::new(service_fn(move |req| handler(signal.clone(), req))).config(config);
-    tokio::spawn(server.serve(listener));
-    (addr, handle)
-}
-
-/// Reads one response (head and `content-length` body) from `stream`; returns the head,
-/// lower-cased, and the body.
-async fn read_response(stream: &mut TcpStream) -> (String, String) {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(LIMIT, stream.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            n, 1,
-            "connection closed in the middle of a response head: {buf:?}"
-        );
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; len];
-    tokio::time::timeout(LIMIT, stream.read_exact(&mut body))
-        .await
-        .unwrap()
-        .unwrap();
-    (head, String::from_utf8(body).unwrap())
-}
-
-async fn get(stream: &mut TcpStream, path: &str) -> (String, String) {
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    read_response(stream).await
-}
-
-/// Waits for the server's close; panics on a reset or a timeout.
-async fn expect_clean_close(stream: &mut TcpStream) {
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(LIMIT, stream.read_to_end(&mut rest))
-        .await
-        .unwrap();
-    assert_eq!(n.unwrap(), 0, "nothing after the last response: {rest:?}");
-}
 
 #[tokio::test]
 async fn idle_keep_alive_connection_gets_one_more_request_after_the_stop() {
