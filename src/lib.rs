@@ -5,10 +5,12 @@
 //! - [`fake_einhorn`] plays the part of an Einhorn master for a single worker (inherited
 //!   fds, a real command socket), so the core can be tested without any master binary;
 //! - [`master`] runs the real `einhorn-master`;
-//! - [`load`] is a keep-alive HTTP/1.1 load client; [`echo`] a client for the line echo.
+//! - [`load`] is a keep-alive HTTP/1.1 load client, [`load_h2`] an HTTP/2 one as applications
+//!   run it (hyper-util's pooled client); [`echo`] a client for the line echo.
 
 pub mod echo;
 pub mod fake_einhorn;
 pub mod harness;
 pub mod load;
+pub mod load_h2;
 pub mod master;

@@ -46,6 +46,30 @@ macro_rules! for_each_framework {
     };
 }
 
+/// As [`for_each_framework!`], for the frameworks served by this project's HTTP engine
+/// (`einhorn-hyper`): axum, warp, hyper. (actix-web has its own.)
+#[macro_export]
+macro_rules! for_each_engine_framework {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[test]
+                fn axum() {
+                    super::$test("axum-hello")
+                }
+                #[test]
+                fn warp() {
+                    super::$test("warp-hello")
+                }
+                #[test]
+                fn hyper() {
+                    super::$test("hyper-hello")
+                }
+            }
+        )*
+    };
+}
+
 /// A worker example run by a [`FakeEinhorn`] (one inherited listener, a command socket).
 pub struct Worker {
     pub proc: Proc,

@@ -1,5 +1,6 @@
 //! The connection as hyper sees it: reads are counted (to tell an idle connection from one
-//! whose next request is arriving, and a slow client from a busy server), and the close is
+//! whose next request is arriving, and a slow client from a busy server), HTTP/2's shutdown
+//! PING ACK is held back for a grace once draining (see [`crate::h2_hold`]), and the close is
 //! staged.
 
 use std::io;
@@ -9,8 +10,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use graceful_listener::Connection;
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::h2_hold::PongHold;
 use crate::state::ConnState;
 
 /// The most a lingering close reads and discards before it gives up and closes anyway.
@@ -29,15 +33,40 @@ pub(crate) struct WatchedIo {
     state: Arc<ConnState>,
     linger: Duration,
     read_eof: bool,
+    /// For HTTP/2 connections: the frames followed, for holding the shutdown PING ACK.
+    h2: Option<Box<H2Reading>>,
+    /// How long the shutdown PING ACK is held once draining.
+    h2_grace: Duration,
+    /// Whether the first read has been seen (HTTP/2 is known from it).
+    started: bool,
+}
+
+/// An HTTP/2 connection's reading, once it drains.
+#[derive(Debug)]
+struct H2Reading {
+    hold: PongHold,
+    /// Bytes to deliver before reading more: what passed the filter, then the released frame.
+    pending: Vec<u8>,
+    delivered: usize,
+    /// When the held frame goes back.
+    release: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl WatchedIo {
-    pub(crate) fn new(conn: Connection, state: Arc<ConnState>, linger: Duration) -> WatchedIo {
+    pub(crate) fn new(
+        conn: Connection,
+        state: Arc<ConnState>,
+        linger: Duration,
+        h2_grace: Duration,
+    ) -> WatchedIo {
         WatchedIo {
             conn: Some(conn),
             state,
             linger,
             read_eof: false,
+            h2: None,
+            h2_grace,
+            started: false,
         }
     }
 
@@ -54,6 +83,9 @@ impl AsyncRead for WatchedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.h2.is_some() {
+            return self.poll_read_h2(cx, buf);
+        }
         let before = buf.filled().len();
         let had_room = buf.remaining() > 0;
         let polled = self.conn().poll_read(cx, buf);
@@ -65,12 +97,101 @@ impl AsyncRead for WatchedIo {
                 } else {
                     self.state.on_read(new);
                     self.state.set_waiting(false);
+                    if !self.started {
+                        self.started = true;
+                        if self.state.observe().h2 {
+                            // Seen from its preface: its frames can be followed.
+                            let mut hold = PongHold::new();
+                            hold.observe(&buf.filled()[before..]);
+                            self.h2 = Some(Box::new(H2Reading {
+                                hold,
+                                pending: Vec::new(),
+                                delivered: 0,
+                                release: None,
+                            }));
+                        }
+                    }
                 }
             }
             Poll::Pending => self.state.set_waiting(true),
             Poll::Ready(Err(_)) => {}
         }
         polled
+    }
+}
+
+impl WatchedIo {
+    /// Reads for an HTTP/2 connection: frames followed, and once the connection drains the
+    /// shutdown PING ACK held for the grace.
+    fn poll_read_h2(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let h2 = this.h2.as_mut().expect("an HTTP/2 connection");
+        if this.state.is_h2_closing() && !h2.hold.is_released() && !h2.hold.is_armed() {
+            h2.hold.arm();
+            h2.release = Some(Box::pin(tokio::time::sleep(this.h2_grace)));
+        }
+        loop {
+            // What passed the filter (or was released) goes first.
+            if h2.delivered < h2.pending.len() {
+                let n = buf.remaining().min(h2.pending.len() - h2.delivered);
+                buf.put_slice(&h2.pending[h2.delivered..h2.delivered + n]);
+                h2.delivered += n;
+                if h2.delivered == h2.pending.len() {
+                    h2.pending.clear();
+                    h2.delivered = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if !h2.hold.is_armed() {
+                let before = buf.filled().len();
+                let polled = Pin::new(this.conn.as_mut().expect("connection present until drop"))
+                    .poll_read(cx, buf);
+                if let Poll::Ready(Ok(())) = &polled {
+                    let new = &buf.filled()[before..];
+                    h2.hold.observe(new);
+                    this.state.on_read(new);
+                }
+                return polled;
+            }
+            // Armed: read aside, filter into `pending`.
+            let mut aside = [0u8; 4096];
+            let mut aside = ReadBuf::new(&mut aside);
+            match Pin::new(this.conn.as_mut().expect("connection present until drop"))
+                .poll_read(cx, &mut aside)
+            {
+                Poll::Ready(Ok(())) if aside.filled().is_empty() => {
+                    // End of file: the client closed; nothing is held for anyone now.
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(())) => {
+                    this.state.on_read(aside.filled());
+                    h2.hold.filter(aside.filled(), &mut h2.pending);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let due = h2
+                        .release
+                        .as_mut()
+                        .is_some_and(|release| release.as_mut().poll(cx).is_ready());
+                    if !due {
+                        return Poll::Pending;
+                    }
+                    h2.release = None;
+                    let held = h2.hold.release();
+                    if held.is_empty() {
+                        // The client never answered the PING: nothing to give back; h2 sends
+                        // its final GOAWAY when it does, or the drain timeout ends it.
+                        return Poll::Pending;
+                    }
+                    tracing::debug!("HTTP/2 grace over: the shutdown PING ACK goes to h2");
+                    h2.pending.extend_from_slice(&held);
+                }
+            }
+        }
     }
 }
 

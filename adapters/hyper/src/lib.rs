@@ -30,6 +30,7 @@
 //! ```
 
 mod config;
+mod h2_hold;
 mod io;
 mod make;
 mod run;

@@ -155,7 +155,11 @@ where
         let builder = Arc::new(self.config.build_hyper());
         let supervisor = Supervisor::new(self.config.limits());
         tokio::spawn(supervisor.clone().run(signal.clone()));
-        let (nodelay, linger) = (self.config.nodelay, self.config.linger);
+        let (nodelay, linger, grace) = (
+            self.config.nodelay,
+            self.config.linger,
+            self.config.idle_grace,
+        );
         tracing::debug!(addr = %local, "serving HTTP");
         loop {
             // The make-service may ask the accept loop to wait (tower's `poll_ready`).
@@ -177,7 +181,7 @@ where
             // more than a request's bookkeeping, for log lines a connection rarely writes.
             tokio::spawn(async move {
                 let service = make.await;
-                serve_connection(&builder, conn, service, state, linger).await;
+                serve_connection(&builder, conn, service, state, (linger, grace)).await;
                 drop(supervised);
             });
         }
@@ -191,7 +195,7 @@ async fn serve_connection<S, B>(
     conn: Connection,
     service: S,
     state: Arc<ConnState>,
-    linger: std::time::Duration,
+    (linger, grace): (std::time::Duration, std::time::Duration),
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -200,7 +204,7 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let io = TokioIo::new(WatchedIo::new(conn, state.clone(), linger));
+    let io = TokioIo::new(WatchedIo::new(conn, state.clone(), linger, grace));
     let service = DrainService {
         inner: service,
         state: state.clone(),
@@ -216,7 +220,13 @@ async fn serve_connection<S, B>(
             acted = command;
             match command {
                 Command::Serve => {}
-                Command::Close => conn.as_mut().graceful_shutdown(),
+                Command::Close => {
+                    if state.observe().h2 {
+                        // Before h2 sends its PING: the IO holds the answer for the grace.
+                        state.set_h2_closing();
+                    }
+                    conn.as_mut().graceful_shutdown();
+                }
                 Command::Timeout => {
                     // Only if the head is still not complete: hyper may have read the rest
                     // since the supervisor looked, and then the stream is no longer at a

@@ -57,6 +57,8 @@ pub(crate) struct ConnState {
     finished: AtomicU64,
     sniffed: AtomicBool,
     h2: AtomicBool,
+    /// An HTTP/2 connection was told to close: its IO holds the shutdown PING ACK.
+    h2_closing: AtomicBool,
     command: AtomicU8,
     /// The connection task's waker, for the supervisor to deliver a command.
     waker: Mutex<Option<Waker>>,
@@ -103,6 +105,7 @@ impl ConnState {
             finished: AtomicU64::new(0),
             sniffed: AtomicBool::new(false),
             h2: AtomicBool::new(false),
+            h2_closing: AtomicBool::new(false),
             command: AtomicU8::new(Command::Serve as u8),
             waker: Mutex::new(None),
         }
@@ -142,6 +145,15 @@ impl ConnState {
         self.idle_mark
             .store(self.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
         self.finished.fetch_add(1, Ordering::Release);
+    }
+
+    /// Tells the IO that this HTTP/2 connection is about to send its first GOAWAY.
+    pub(crate) fn set_h2_closing(&self) {
+        self.h2_closing.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_h2_closing(&self) -> bool {
+        self.h2_closing.load(Ordering::Relaxed)
     }
 
     pub(crate) fn mark_h2(&self) {
