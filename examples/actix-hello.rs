@@ -43,12 +43,15 @@ async fn main() -> std::process::ExitCode {
             .route("/until-stop", web::get().to(until_stop))
             .route("/readyz", web::get().to(einhorn_actix::readyz))
     };
-    let result = einhorn_actix::serve(app)
+    let mut worker = einhorn_actix::serve(app)
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
-        .configure(|server| server.workers(2))
-        .await;
+        .configure(|server| server.workers(2));
+    if let Some(tls) = args.tls() {
+        worker = worker.tls(tls);
+    }
+    let result = worker.await;
     common::exit_status(result)
 }

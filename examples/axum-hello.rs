@@ -40,11 +40,14 @@ async fn main() -> std::process::ExitCode {
         .route("/sleep/{ms}", get(sleep))
         .route("/until-stop", get(until_stop))
         .route("/readyz", get(einhorn_axum::readyz));
-    let result = einhorn_axum::serve(app.into_make_service_with_connect_info::<SocketAddr>())
+    let mut worker = einhorn_axum::serve(app.into_make_service_with_connect_info::<SocketAddr>())
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
-        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
-        .await;
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
+    if let Some(tls) = args.tls() {
+        worker = worker.tls(tls);
+    }
+    let result = worker.await;
     common::exit_status(result)
 }

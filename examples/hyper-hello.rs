@@ -45,11 +45,14 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 async fn main() -> std::process::ExitCode {
     let args = common::Args::parse();
     let _span = common::init_tracing();
-    let result = einhorn_hyper::serve(service_fn(handle))
+    let mut worker = einhorn_hyper::serve(service_fn(handle))
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
-        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
-        .await;
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
+    if let Some(tls) = args.tls() {
+        worker = worker.tls(tls);
+    }
+    let result = worker.await;
     common::exit_status(result)
 }

@@ -27,11 +27,14 @@ async fn main() -> std::process::ExitCode {
             format!("stopping pid={}\n", std::process::id())
         });
     let routes = einhorn_warp::readyz().or(warp::get().and(hello.or(sleep).or(until_stop)));
-    let result = einhorn_warp::serve(routes)
+    let mut worker = einhorn_warp::serve(routes)
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
-        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
-        .await;
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
+    if let Some(tls) = args.tls() {
+        worker = worker.tls(tls);
+    }
+    let result = worker.await;
     common::exit_status(result)
 }

@@ -14,3 +14,4 @@ pub mod harness;
 pub mod load;
 pub mod load_h2;
 pub mod master;
+pub mod tls;

@@ -50,6 +50,8 @@ pub struct LoadConfig {
     pub path: String,
     /// The longest a connect, or a request and its response, may take.
     pub timeout: Duration,
+    /// Speak HTTPS with this client configuration (the server's name is its IP address).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl LoadConfig {
@@ -62,7 +64,14 @@ impl LoadConfig {
             requests_per_connection: None,
             path: "/".to_owned(),
             timeout: Duration::from_secs(10),
+            tls: None,
         }
+    }
+
+    /// Sets [`LoadConfig::tls`].
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> LoadConfig {
+        self.tls = Some(config);
+        self
     }
 
     /// Sets [`LoadConfig::connections`].
@@ -413,18 +422,33 @@ async fn connect(config: &LoadConfig) -> Result<http1::SendRequest<Empty<Bytes>>
             .await
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        let Some(tls) = &config.tls else {
+            return handshake(stream).await;
+        };
+        let name = rustls::pki_types::ServerName::IpAddress(config.addr.ip().into());
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, stream)
             .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            // Its errors surface through the requests on it.
-            let _ = conn.await;
-        });
-        Ok(sender)
+            .map_err(|e| format!("TLS: {e}"))?;
+        handshake(stream).await
     };
     tokio::time::timeout(config.timeout, connecting)
         .await
         .unwrap_or_else(|_| Err(format!("connect timed out after {:?}", config.timeout)))
+}
+
+async fn handshake<T>(stream: T) -> Result<http1::SendRequest<Empty<Bytes>>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        // Its errors surface through the requests on it.
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// A whole response, as far as the load client cares.

@@ -58,6 +58,19 @@ pub struct H2Load {
 /// # Panics
 /// When the thread or its runtime cannot be created.
 pub fn start(addr: SocketAddr, tasks: usize, timeout: Duration) -> H2Load {
+    start_with(addr, tasks, timeout, None)
+}
+
+/// As [`start`], over TLS with this client configuration when given (`https://`, ALPN `h2`).
+///
+/// # Panics
+/// As [`start`].
+pub fn start_with(
+    addr: SocketAddr,
+    tasks: usize,
+    timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> H2Load {
     let shared = Arc::new(Mutex::new(H2Report::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let thread = std::thread::Builder::new()
@@ -70,7 +83,7 @@ pub fn start(addr: SocketAddr, tasks: usize, timeout: Duration) -> H2Load {
                     .enable_all()
                     .build()
                     .expect("load runtime");
-                runtime.block_on(drive(addr, tasks, timeout, shared, stop));
+                runtime.block_on(drive(addr, tasks, timeout, tls, shared, stop));
             }
         })
         .expect("load thread");
@@ -102,13 +115,39 @@ async fn drive(
     addr: SocketAddr,
     tasks: usize,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
     shared: Arc<Mutex<H2Report>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    let (connector, scheme) = match tls {
+        Some(config) => (
+            hyper_rustls::HttpsConnectorBuilder::new()
+                // The connector offers `h2` itself (and refuses a configuration with ALPN).
+                .with_tls_config({
+                    let mut config = (*config).clone();
+                    config.alpn_protocols.clear();
+                    config
+                })
+                .https_only()
+                .enable_http2()
+                .wrap_connector(http),
+            "https",
+        ),
+        None => (
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(plain_placeholder())
+                .https_or_http()
+                .enable_http2()
+                .wrap_connector(http),
+            "http",
+        ),
+    };
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http();
-    let uri: hyper::Uri = format!("http://{addr}/").parse().expect("uri");
+        .build(connector);
+    let uri: hyper::Uri = format!("{scheme}://{addr}/").parse().expect("uri");
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..tasks {
         let (client, uri, shared, stop) =
@@ -153,4 +192,14 @@ async fn drive(
         });
     }
     while set.join_next().await.is_some() {}
+}
+
+/// A client configuration for a connector that only ever speaks plain `http://`: never used
+/// for a handshake.
+fn plain_placeholder() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
 }

@@ -5,19 +5,14 @@
 
 mod http_support;
 
-use std::time::Duration;
-
 use http_support::{UpgradeOutcome, UpgradePlan, upgrades_under_load};
 
 for_each_framework!(upgrades_under_keep_alive_load_lose_nothing);
 
 fn upgrades_under_keep_alive_load_lose_nothing(example: &str) {
     let plan = UpgradePlan {
-        workers: 2,
-        upgrades: 5,
-        connections: 16,
-        pause: Duration::from_millis(300),
         slow_request: true,
+        ..UpgradePlan::new(2, 5, 16)
     };
     let UpgradeOutcome {
         report,

@@ -22,6 +22,12 @@ pub(crate) struct Args {
     /// Seconds to keep serving after SIGTERM, not ready (Kubernetes' lame duck).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) lame_duck: f64,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -49,6 +55,20 @@ impl Args {
     /// The drain timeout as a duration.
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.drain_timeout)
+    }
+
+    /// The TLS configuration of --tls-cert and --tls-key, if given; exits with a usage
+    /// message naming the file when it cannot be used.
+    #[allow(dead_code)] // not every example speaks HTTP
+    pub(crate) fn tls(&self) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+        let (cert, key) = (self.tls_cert.as_ref()?, self.tls_key.as_ref()?);
+        match graceful_listener::tls::server_config(cert, key, &[b"h2", b"http/1.1"]) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        }
     }
 
     /// The lame duck as a duration.

@@ -61,6 +61,8 @@ mod server;
 mod shutdown;
 mod signals;
 mod socket;
+#[cfg(feature = "rustls")]
+pub mod tls;
 mod worker;
 
 pub use bind::{Bind, BindError, DEFAULT_ADDR, ParseBindError};

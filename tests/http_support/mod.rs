@@ -202,8 +202,28 @@ pub struct UpgradePlan {
     /// Load time before each upgrade, and after the last.
     pub pause: Duration,
     /// Send a `/sleep/1500` request just before the first upgrade and check it is answered
-    /// by an old worker.
+    /// by an old worker (plain HTTP only).
     pub slow_request: bool,
+    /// More arguments for the workers.
+    pub worker_args: Vec<String>,
+    /// Load over TLS with this client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl UpgradePlan {
+    /// `upgrades` upgrades of `workers` workers under `connections` keep-alive connections,
+    /// 300 ms apart, plain HTTP, no slow request.
+    pub fn new(workers: usize, upgrades: usize, connections: usize) -> UpgradePlan {
+        UpgradePlan {
+            workers,
+            upgrades,
+            connections,
+            pause: Duration::from_millis(300),
+            slow_request: false,
+            worker_args: Vec::new(),
+            tls: None,
+        }
+    }
 }
 
 /// What [`upgrades_under_load`] saw.

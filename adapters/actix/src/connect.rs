@@ -38,6 +38,12 @@ fn socket_fd(io: &dyn Any) -> Option<BorrowedFd<'_>> {
     if let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
         return Some(tcp.as_fd());
     }
+    #[cfg(feature = "tls")]
+    if let Some(tls) = io
+        .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>>()
+    {
+        return Some(tls.get_ref().0.as_fd());
+    }
     io.downcast_ref::<actix_web::rt::net::UnixStream>()
         .map(|unix| unix.as_fd())
 }

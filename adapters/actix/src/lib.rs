@@ -37,6 +37,25 @@ pub use drain::{DrainApp, DrainAppService, DrainFuture};
 pub use graceful_listener::{
     Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
 };
+/// A rustls server configuration from a PEM certificate chain and a PEM private key,
+/// offering HTTP/2 and HTTP/1.1 (ALPN `h2`, `http/1.1`), for [`Start::tls`].
+///
+/// # Errors
+/// A [`graceful_listener::tls::TlsError`] naming the file that cannot be read or used.
+///
+/// # Example
+/// ```no_run
+/// let tls = einhorn_actix::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+/// # Ok::<(), graceful_listener::tls::TlsError>(())
+/// ```
+#[cfg(feature = "tls")]
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, graceful_listener::tls::TlsError> {
+    graceful_listener::tls::server_config(cert, key, &[b"h2", b"http/1.1"])
+}
+
 pub use start::{
     ActixServer, AppFactory, AppServiceFactory, DEFAULT_IDLE_GRACE, Start, serve, start,
 };

@@ -138,6 +138,8 @@ where
         idle_grace: DEFAULT_IDLE_GRACE,
         configure: None,
         on_connect: None,
+        #[cfg(feature = "tls")]
+        tls: None,
         _app: PhantomData,
     }
 }
@@ -160,6 +162,8 @@ where
     idle_grace: Duration,
     configure: Option<Configure<S, B>>,
     on_connect: Option<OnConnect>,
+    #[cfg(feature = "tls")]
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     _app: PhantomData<fn() -> I>,
 }
 
@@ -268,6 +272,23 @@ where
         self
     }
 
+    /// Serves HTTPS on every TCP listener with this rustls configuration (feature `tls`),
+    /// through actix-web's own rustls support; [`crate::tls_config`] makes one from PEM files.
+    /// Unix socket listeners stay plain.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use actix_web::App;
+    /// let tls = einhorn_actix::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+    /// let worker = einhorn_actix::start(|| App::new(), 0).tls(tls);
+    /// # Ok::<(), graceful_listener::tls::TlsError>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Runs the worker to its end on an actix runtime of its own, from a plain `fn main`.
     /// Inside an async runtime (`#[actix_web::main]`), `.await` the builder instead.
     ///
@@ -315,8 +336,15 @@ where
             .disable_signals()
             .shutdown_timeout(actix_timeout)
             .on_connect(on_connect(handle.clone(), self.on_connect));
+        #[cfg(feature = "tls")]
+        let tls = self.tls;
         for (bind, listener) in listeners {
             let listened = match listener {
+                #[cfg(feature = "tls")]
+                StdListener::Tcp(l) if tls.is_some() => {
+                    let config = tls.as_deref().expect("checked").clone();
+                    server.listen_rustls_0_23(l, config)
+                }
                 StdListener::Tcp(l) => server.listen(l),
                 StdListener::Unix(l) => server.listen_uds(l),
                 _ => unreachable!("StdListener has two kinds"),

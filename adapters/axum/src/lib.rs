@@ -41,6 +41,8 @@ mod signal;
 use einhorn_hyper::{HttpRun, HttpServer};
 
 pub use app::App;
+#[cfg(feature = "tls")]
+pub use einhorn_hyper::tls_config;
 pub use einhorn_hyper::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig,
 };

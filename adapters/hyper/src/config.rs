@@ -58,6 +58,8 @@ pub struct HttpConfig {
     pub(crate) http2: bool,
     pub(crate) nodelay: bool,
     hooks: Vec<BuilderHook>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -71,6 +73,7 @@ impl fmt::Debug for HttpConfig {
             .field("http2", &self.http2)
             .field("nodelay", &self.nodelay)
             .field("hyper_builder_hooks", &self.hooks.len())
+            .field("tls", &self.is_tls())
             .finish()
     }
 }
@@ -86,6 +89,8 @@ impl Default for HttpConfig {
             http2: true,
             nodelay: true,
             hooks: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -224,6 +229,33 @@ impl HttpConfig {
     pub fn nodelay(mut self, enabled: bool) -> HttpConfig {
         self.nodelay = enabled;
         self
+    }
+
+    /// Serves HTTPS with this rustls configuration (feature `tls`). Give it the ALPN
+    /// protocols to offer, `h2` and `http/1.1`, or clients speak HTTP/1.1 only:
+    /// [`crate::tls_config`] does, from PEM files.
+    ///
+    /// The drain is the same as without TLS; a close sends `close_notify` first, and a TLS
+    /// handshake in progress at the stop gets the idle grace, like an idle connection.
+    ///
+    /// # Example
+    /// ```no_run
+    /// let tls = einhorn_hyper::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+    /// let config = einhorn_hyper::HttpConfig::default().tls(tls);
+    /// # Ok::<(), graceful_listener::tls::TlsError>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> HttpConfig {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Whether the server speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     /// The hyper-util connection builder these options describe.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use graceful_listener::Connection;
 use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -20,16 +19,21 @@ use crate::state::ConnState;
 /// The most a lingering close reads and discards before it gives up and closes anyway.
 const LINGER_MAX_BYTES: usize = 1 << 20;
 
-/// A [`Connection`] that tells its [`ConnState`] about every byte read, and whose drop is a
+/// A connection (a [`graceful_listener::Connection`], or TLS over one) that tells its [`ConnState`] about every byte read, and whose drop is a
 /// staged close: shut down our write side, read and discard what the client still sends
 /// (for at most `linger`), then close.
 ///
 /// The staged close is done in `Drop` because hyper owns the IO and never hands it back
 /// (hyper-util's auto connection has no `into_parts`): whoever drops it last, hyper at the end
 /// of a connection or an upgrade handler at the end of a WebSocket, gets the same close.
+/// What a connection's IO is: a TCP or Unix stream, or a TLS stream over one.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
 #[derive(Debug)]
-pub(crate) struct WatchedIo {
-    conn: Option<Connection>,
+pub(crate) struct WatchedIo<T: Stream> {
+    conn: Option<T>,
     state: Arc<ConnState>,
     linger: Duration,
     read_eof: bool,
@@ -52,13 +56,13 @@ struct H2Reading {
     release: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl WatchedIo {
+impl<T: Stream> WatchedIo<T> {
     pub(crate) fn new(
-        conn: Connection,
+        conn: T,
         state: Arc<ConnState>,
         linger: Duration,
         h2_grace: Duration,
-    ) -> WatchedIo {
+    ) -> WatchedIo<T> {
         WatchedIo {
             conn: Some(conn),
             state,
@@ -70,13 +74,13 @@ impl WatchedIo {
         }
     }
 
-    fn conn(&mut self) -> Pin<&mut Connection> {
+    fn conn(&mut self) -> Pin<&mut T> {
         // Only `Drop` takes the connection out.
         Pin::new(self.conn.as_mut().expect("connection present until drop"))
     }
 }
 
-impl AsyncRead for WatchedIo {
+impl<T: Stream> AsyncRead for WatchedIo<T> {
     #[inline]
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -120,7 +124,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl WatchedIo {
+impl<T: Stream> WatchedIo<T> {
     /// Reads for an HTTP/2 connection: frames followed, and once the connection drains the
     /// shutdown PING ACK held for the grace.
     fn poll_read_h2(
@@ -195,7 +199,7 @@ impl WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<T: Stream> AsyncWrite for WatchedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -225,7 +229,7 @@ impl AsyncWrite for WatchedIo {
     }
 }
 
-impl Drop for WatchedIo {
+impl<T: Stream> Drop for WatchedIo<T> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         if self.read_eof || self.linger.is_zero() {
@@ -239,10 +243,10 @@ impl Drop for WatchedIo {
     }
 }
 
-/// The staged close: FIN, then read and discard until the client's FIN, an error, `max` time
+/// The staged close: FIN (for TLS, `close_notify` first), then read and discard until the client's FIN, an error, `max` time
 /// or [`LINGER_MAX_BYTES`], then close. The connection stays tracked by the listener until
 /// then, so the worker does not exit (which would close it with a reset) in the middle.
-async fn linger(mut conn: Connection, max: Duration) {
+async fn linger<T: Stream>(mut conn: T, max: Duration) {
     // An error means the socket is already shut down or gone: the read below ends at once.
     let _ = conn.shutdown().await;
     let mut discarded = 0;

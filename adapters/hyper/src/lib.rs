@@ -49,6 +49,32 @@ pub use make::{ConnectionInfo, MakeService, Shared};
 pub use run::{HttpRun, run, serve};
 pub use server::HttpServer;
 
+/// A rustls server configuration from a PEM certificate chain and a PEM private key,
+/// offering HTTP/2 and HTTP/1.1 (ALPN `h2`, `http/1.1`), for [`HttpConfig::tls`].
+///
+/// # Errors
+/// A [`graceful_listener::tls::TlsError`] naming the file that cannot be read or used.
+///
+/// # Example
+/// ```no_run
+/// # use std::convert::Infallible;
+/// # use http_body_util::Empty;
+/// # use hyper::{Response, body::Bytes, service::service_fn};
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
+/// let tls = einhorn_hyper::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+/// einhorn_hyper::run(service, 0).tls(tls).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "tls")]
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ServerConfig>, graceful_listener::tls::TlsError> {
+    graceful_listener::tls::server_config(cert, key, &[b"h2", b"http/1.1"])
+}
+
 /// A readiness response: `200 ready` while the worker serves, `503 not ready` in its
 /// [lame duck](graceful_listener::WorkerOptions::lame_duck) and once it stops; answer a
 /// Kubernetes `readinessProbe` path with it.

@@ -209,6 +209,24 @@ impl<M> HttpRun<M> {
         self.map_config(|c| c.linger(linger))
     }
 
+    /// Serves HTTPS with this rustls configuration (feature `tls`); see [`HttpConfig::tls`]
+    /// and [`crate::tls_config`].
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use std::convert::Infallible;
+    /// # use http_body_util::Empty;
+    /// # use hyper::{Response, body::Bytes, service::service_fn};
+    /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
+    /// let tls = einhorn_hyper::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+    /// let worker = einhorn_hyper::run(service, 0).tls(tls);
+    /// # Ok::<(), graceful_listener::tls::TlsError>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(self, config: std::sync::Arc<rustls::ServerConfig>) -> HttpRun<M> {
+        self.map_config(|c| c.tls(config))
+    }
+
     /// Replaces every HTTP option at once.
     ///
     /// # Example

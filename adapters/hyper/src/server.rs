@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
 use crate::config::HttpConfig;
-use crate::io::WatchedIo;
+use crate::io::{Stream, WatchedIo};
 use crate::make::{ConnectionInfo, MakeService, Shared};
 use crate::service::DrainService;
 use crate::state::{Command, ConnState};
@@ -160,6 +160,10 @@ where
             self.config.linger,
             self.config.idle_grace,
         );
+        #[cfg(feature = "tls")]
+        let tls: Tls = self.config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        #[cfg(not(feature = "tls"))]
+        let tls: Tls = None;
         tracing::debug!(addr = %local, "serving HTTP");
         loop {
             // The make-service may ask the accept loop to wait (tower's `poll_ready`).
@@ -176,12 +180,12 @@ where
                 .make_service(&ConnectionInfo::new(peer, local.clone()));
             let state = Arc::new(ConnState::new(conn.as_raw_fd(), signal.clone()));
             let supervised = supervisor.supervise(state.clone());
-            let builder = builder.clone();
+            let (builder, tls) = (builder.clone(), tls.clone());
             // Not instrumented with the caller's span: entering a span on every poll costs
             // more than a request's bookkeeping, for log lines a connection rarely writes.
             tokio::spawn(async move {
                 let service = make.await;
-                serve_connection(&builder, conn, service, state, (linger, grace)).await;
+                serve_connection(&builder, conn, service, state, (linger, grace), tls).await;
                 drop(supervised);
             });
         }
@@ -189,10 +193,83 @@ where
     }
 }
 
-/// Serves one connection until it ends, carrying out the supervisor's commands.
+/// The TLS acceptor, when the server speaks TLS.
+#[cfg(feature = "tls")]
+type Tls = Option<tokio_rustls::TlsAcceptor>;
+#[cfg(not(feature = "tls"))]
+type Tls = Option<std::convert::Infallible>;
+
+/// Keeps the connection task's waker with its state, so that the supervisor can wake it with
+/// a command; registering only when the waker changes (rarely: it is the task's).
+#[derive(Default)]
+struct CommandWatch {
+    registered: Option<Waker>,
+}
+
+impl CommandWatch {
+    /// The command in force, after making sure the next one wakes this task.
+    fn poll(&mut self, state: &ConnState, cx: &std::task::Context<'_>) -> Command {
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.register(cx.waker());
+            self.registered = Some(cx.waker().clone());
+        }
+        // Read after registering: a command given before the waker was there is seen here.
+        state.command()
+    }
+}
+
+/// Serves one connection until it ends: the TLS handshake first if the server speaks TLS
+/// (a command from the supervisor ends it: an idle grace or a header timeout applies to a
+/// handshake as to a request head), then HTTP.
 async fn serve_connection<S, B>(
     builder: &auto::Builder<TokioExecutor>,
     conn: Connection,
+    service: S,
+    state: Arc<ConnState>,
+    times: (std::time::Duration, std::time::Duration),
+    tls: Tls,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let Some(acceptor) = tls else {
+        return serve_stream(builder, conn, service, state, times).await;
+    };
+    #[cfg(feature = "tls")]
+    {
+        let mut handshake = acceptor.accept(conn);
+        let mut watch = CommandWatch::default();
+        let accepted = std::future::poll_fn(|cx| {
+            if watch.poll(&state, cx) != Command::Serve {
+                return Poll::Ready(None);
+            }
+            std::pin::Pin::new(&mut handshake).poll(cx).map(Some)
+        })
+        .await;
+        match accepted {
+            Some(Ok(stream)) => serve_stream(builder, stream, service, state, times).await,
+            Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            None => {
+                tracing::debug!("TLS handshake cut: the worker is stopping or it took too long")
+            }
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    match acceptor {}
+}
+
+/// Serves HTTP on one connection until it ends, carrying out the supervisor's commands.
+async fn serve_stream<T: Stream, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: T,
     service: S,
     state: Arc<ConnState>,
     (linger, grace): (std::time::Duration, std::time::Duration),
@@ -204,18 +281,18 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let io = TokioIo::new(WatchedIo::new(conn, state.clone(), linger, grace));
+    let io = TokioIo::new(WatchedIo::new(stream, state.clone(), linger, grace));
     let service = DrainService {
         inner: service,
         state: state.clone(),
     };
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
-    let mut registered: Option<Waker> = None;
+    let mut watch = CommandWatch::default();
     let mut acted = Command::Serve;
     let result = std::future::poll_fn(|cx| {
         // One load per wake-up: the supervisor wakes the task when it gives a command.
-        let command = state.command();
+        let command = watch.poll(&state, cx);
         if command != acted {
             acted = command;
             match command {
@@ -242,14 +319,6 @@ async fn serve_connection<S, B>(
                     tracing::debug!("client too slow: connection closed");
                     return Poll::Ready(Ok(()));
                 }
-            }
-        }
-        if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            state.register(cx.waker());
-            registered = Some(cx.waker().clone());
-            // A command given before the waker was there woke nobody: look again.
-            if state.command() != acted {
-                cx.waker().wake_by_ref();
             }
         }
         conn.as_mut().poll(cx)

@@ -33,6 +33,8 @@ use hyper::Request;
 use hyper::body::Incoming;
 use warp::{Filter, Reply};
 
+#[cfg(feature = "tls")]
+pub use einhorn_hyper::tls_config;
 pub use einhorn_hyper::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig,
 };

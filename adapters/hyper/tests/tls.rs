@@ -1,0 +1,116 @@
+//! HTTPS in process (feature `tls`), with a real rustls client: the same drain as plain HTTP,
+//! a `close_notify` before every graceful close, and a TLS handshake in progress at the stop
+//! treated like an idle connection: it gets the idle grace, then is closed.
+
+#![cfg(feature = "tls")]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use einhorn_hyper::HttpConfig;
+use graceful_listener_suite::tls::TestCertificate;
+use support::LIMIT;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn tls_client(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake")
+}
+
+/// One response, read up to its body's announced length; the head lower-cased.
+async fn response<T: tokio::io::AsyncRead + Unpin>(stream: &mut T) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn https_drains_like_http_and_closes_with_close_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCertificate::new(dir.path());
+    let server_tls = einhorn_hyper::tls_config(&cert.cert, &cert.key).unwrap();
+    let grace = Duration::from_millis(400);
+    let (addr, handle) =
+        support::start(HttpConfig::default().tls(server_tls).idle_grace(grace)).await;
+    let mut client = tls_client(addr, cert.client_config(&[b"http/1.1"])).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = response(&mut client).await;
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(body, "ok");
+
+    // Stopped: the idle connection still gets one request, answered with close...
+    handle.stop();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = response(&mut client).await;
+    assert!(head.contains("connection: close"), "{head}");
+    // ...and then a clean TLS close: close_notify, not a bare end of the TCP stream (which
+    // rustls reports as an unexpected end of file).
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(LIMIT, client.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(end.expect("close_notify, not a truncated stream"), 0);
+    tokio::time::timeout(LIMIT, handle.drained()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_handshake_in_progress_at_the_stop_gets_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCertificate::new(dir.path());
+    let server_tls = einhorn_hyper::tls_config(&cert.cert, &cert.key).unwrap();
+    let grace = Duration::from_millis(500);
+    let (addr, handle) =
+        support::start(HttpConfig::default().tls(server_tls).idle_grace(grace)).await;
+    // Connected, and the first bytes of a ClientHello sent: the handshake is under way.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(handle.live(), 1);
+
+    let stopped = Instant::now();
+    handle.stop();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(LIMIT, stalled.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    let took = stopped.elapsed();
+    assert!(closed.is_ok(), "closed, not reset: {closed:?}");
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(2),
+        "the stalled handshake was cut at the grace: {took:?}"
+    );
+    tokio::time::timeout(LIMIT, handle.drained()).await.unwrap();
+}
