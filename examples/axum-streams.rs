@@ -12,17 +12,18 @@
 //!   (`data: pid=<pid> is stopping: reconnect`) and ends the response.
 //! - `GET /ws-stubborn`, `GET /sse-stubborn`: the same, deaf to the stop. The drain waits for
 //!   them (they are tracked connections) until the drain timeout, then cuts them, and the
-//!   worker's last line says `forced=<how many>`.
+//!   worker's `stopped` line says `forced=<how many>`.
 //!
-//! Under Einhorn: `einhorn-master -m manual -b 127.0.0.1:8000 -n 1 -- target/debug/examples/axum-streams --drain-timeout 5`
+//! Under Einhorn: `einhorn-master -b 127.0.0.1:8000 -m manual -n 1 -d /tmp/streams.sock -- target/debug/examples/axum-streams --drain-timeout 5`
 //! On its own:    `cargo run --example axum-streams -- --bind 127.0.0.1:8000`
-//! Try it:        `curl -N localhost:8000/sse` (and `curl -N localhost:8000/sse-stubborn`),
-//!                then upgrade: `einhornsh -d <socket> upgrade` (or the command socket of
-//!                `einhorn-master`). The first stream ends with `event: bye` at once; the
-//!                stubborn one runs on until the drain timeout cuts it
-//!                (`curl: (18) transfer closed with outstanding read data remaining`).
-//!                A WebSocket client (`websocat ws://localhost:8000/ws`) gets the Close
-//!                frame `1001 pid=<pid> is stopping: reconnect`.
+//! Try it:        `curl -N localhost:8000/sse` and `curl -N localhost:8000/sse-stubborn` in
+//!                two terminals, then upgrade: `einhorn-master ctl -d /tmp/streams.sock upgrade`.
+//!                The first stream ends at once with `event: bye` from the old pid (run it
+//!                again: the new pid); the stubborn one runs on until the drain timeout cuts
+//!                it (`curl: (18) transfer closed with outstanding read data remaining`), and
+//!                the old worker's `stopped` line says `forced=1`. A WebSocket client
+//!                (`websocat ws://localhost:8000/ws`) gets the Close frame
+//!                `1001 pid=<pid> is stopping: reconnect`.
 
 mod common;
 
@@ -36,6 +37,7 @@ use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use einhorn_axum::{ShutdownSignal, StopSignal};
 use futures_util::Stream;
+use tracing::Instrument;
 
 /// How often the SSE stream sends an event.
 const TICK: Duration = Duration::from_millis(100);
@@ -49,11 +51,18 @@ async fn hello() -> String {
 }
 
 async fn ws(upgrade: WebSocketUpgrade, StopSignal(signal): StopSignal) -> Response {
-    upgrade.on_upgrade(|socket| echo(socket, Some(signal)))
+    echo_on(upgrade, Some(signal))
 }
 
 async fn ws_stubborn(upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(|socket| echo(socket, None))
+    echo_on(upgrade, None)
+}
+
+/// Answers the upgrade; the socket is served in a task of its own, logging in this worker's
+/// span like the rest of its lines.
+fn echo_on(upgrade: WebSocketUpgrade, stop: Option<ShutdownSignal>) -> Response {
+    let span = tracing::Span::current();
+    upgrade.on_upgrade(move |socket| echo(socket, stop).instrument(span))
 }
 
 /// Echoes text messages until the client leaves or, if `stop` is given, the worker stops.

@@ -54,28 +54,32 @@ fn pid_in(text: &str) -> io::Result<u32> {
 /// A WebSocket whose server echoes `pid=<pid>: <text>`.
 pub struct WsClient {
     socket: WebSocket<TcpStream>,
+    /// A Close frame that came as the answer to our first message.
+    goodbye: Option<End>,
 }
 
 impl WsClient {
-    /// Sends `text` and returns the echo.
-    pub fn echo(&mut self, text: &str) -> io::Result<String> {
+    /// Sends `text` and returns the server's answer.
+    pub fn send(&mut self, text: &str) -> io::Result<Message> {
         self.socket
             .send(Message::text(text))
             .map_err(io::Error::other)?;
-        match self.socket.read().map_err(io::Error::other)? {
-            Message::Text(answer) => Ok(answer.as_str().to_owned()),
-            other => Err(io::Error::other(format!("not an echo: {other:?}"))),
-        }
+        self.socket.read().map_err(io::Error::other)
     }
+}
 
-    /// Closes from our side: a Close frame, then read until the server closes.
-    pub fn close(mut self) {
-        let _ = self.socket.close(None);
-        while self.socket.read().is_ok() {}
+fn goodbye_of(frame: Option<tungstenite::protocol::CloseFrame>) -> End {
+    End::Goodbye {
+        code: frame.as_ref().map(|f| u16::from(f.code)),
+        text: frame
+            .map(|f| f.reason.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 
 impl StreamClient for WsClient {
+    /// The pid comes from the echo of a first message, or from the reason of a Close frame
+    /// that answers it (a worker already stopping).
     fn open(addr: SocketAddr, path: &str) -> io::Result<(WsClient, u32)> {
         let url = format!("ws://{addr}{path}");
         let (socket, response) = tungstenite::client::client(url.as_str(), connect(addr)?)
@@ -83,32 +87,31 @@ impl StreamClient for WsClient {
         if response.status() != 101 {
             return Err(io::Error::other(format!("{url}: {response:?}")));
         }
-        let mut client = WsClient { socket };
-        let answer = client.echo("hello")?;
-        if !answer.ends_with(": hello") {
-            return Err(io::Error::other(format!("a bad echo: {answer:?}")));
-        }
-        let pid = pid_in(&answer)?;
+        let mut client = WsClient {
+            socket,
+            goodbye: None,
+        };
+        let pid = match client.send("hello")? {
+            Message::Text(echo) if echo.as_str().ends_with(": hello") => pid_in(echo.as_str())?,
+            Message::Close(Some(frame)) => {
+                let pid = pid_in(frame.reason.as_str())?;
+                client.goodbye = Some(goodbye_of(Some(frame)));
+                pid
+            }
+            other => return Err(io::Error::other(format!("not an echo: {other:?}"))),
+        };
         Ok((client, pid))
     }
 
     fn until_end(&mut self) -> End {
         use tungstenite::Error;
-        let mut goodbye = None;
         loop {
             // After a Close frame, `read` sends ours back, then waits for the server's end of
             // the connection (RFC 6455: the server closes the TCP connection first).
             match self.socket.read() {
-                Ok(Message::Close(frame)) => {
-                    goodbye = Some(End::Goodbye {
-                        code: frame.as_ref().map(|f| u16::from(f.code)),
-                        text: frame
-                            .map(|f| f.reason.as_str().to_owned())
-                            .unwrap_or_default(),
-                    });
-                }
+                Ok(Message::Close(frame)) => self.goodbye = Some(goodbye_of(frame)),
                 Ok(_) => {}
-                Err(Error::ConnectionClosed) => return goodbye.unwrap_or(End::Silent),
+                Err(Error::ConnectionClosed) => return self.goodbye.take().unwrap_or(End::Silent),
                 Err(e) => return End::Cut(e.to_string()),
             }
         }
@@ -308,10 +311,39 @@ pub struct SessionReport {
     pub ended_at: Instant,
     /// The worker that served the stream opened again, right after the end.
     pub reconnected_pid: u32,
+    /// How many times opening it again reached the old worker (see [`reopen`]).
+    pub bounces: usize,
 }
 
-/// A client in its own thread: opens a stream, follows it to its end, opens it again (and
-/// leaves that one at its first message).
+/// Opening a stream again after `old` said goodbye gives up after this many bounces.
+pub const MAX_BOUNCES: usize = 3;
+
+/// Opens the stream at `path` again after worker `old` ended it, as a real client does: if
+/// the old worker still takes the connection (it was accepting in the very moment of its
+/// stop: the kernel's queue is shared, and the stop reaches the accept loop a moment after
+/// the handlers), it says goodbye at once, and the client tries again. Returns the client,
+/// the pid serving it, and how many tries the old worker answered.
+///
+/// # Errors
+/// When a try fails to open.
+pub fn reopen<C: StreamClient>(
+    addr: SocketAddr,
+    path: &str,
+    old: u32,
+) -> io::Result<(C, u32, usize)> {
+    let mut bounces = 0;
+    loop {
+        let (mut client, pid) = C::open(addr, path)?;
+        if pid != old || bounces == MAX_BOUNCES {
+            return Ok((client, pid, bounces));
+        }
+        client.until_end();
+        bounces += 1;
+    }
+}
+
+/// A client in its own thread: opens a stream, follows it to its end, opens it again
+/// ([`reopen`]), and leaves that one at its first message.
 pub struct Session {
     path: String,
     opened: mpsc::Receiver<io::Result<u32>>,
@@ -335,13 +367,17 @@ impl Session {
             let end = client.until_end();
             let ended_at = Instant::now();
             drop(client);
-            let report = C::open(addr, &owned).map(|(_again, reconnected_pid)| SessionReport {
-                path: owned,
-                pid,
-                end,
-                ended_at,
-                reconnected_pid,
-            });
+            let report =
+                reopen::<C>(addr, &owned, pid).map(|(_again, reconnected_pid, bounces)| {
+                    SessionReport {
+                        path: owned,
+                        pid,
+                        end,
+                        ended_at,
+                        reconnected_pid,
+                        bounces,
+                    }
+                });
             let _ = done_tx.send(report);
         });
         Session {
