@@ -36,7 +36,7 @@ use axum::response::Response;
 use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use einhorn_axum::{ShutdownSignal, StopSignal};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt, stream};
 use tracing::Instrument;
 
 /// How often the SSE stream sends an event.
@@ -119,47 +119,33 @@ async fn sse_stubborn() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     Sse::new(ticks(None))
 }
 
-/// Where a stream of ticks is.
-enum Ticking {
-    /// Ticking until the worker stops (`None`: forever).
-    On(Option<ShutdownSignal>),
-    /// The `bye` event is sent: the stream ends.
-    Done,
-}
-
 /// An event every [`TICK`]; if `stop` is given, a last `bye` event once the worker stops.
 fn ticks(stop: Option<ShutdownSignal>) -> impl Stream<Item = Result<Event, Infallible>> {
     let pid = std::process::id();
     let interval = tokio::time::interval(TICK);
-    let state = (0u64, interval, Ticking::On(stop));
-    futures_util::stream::unfold(state, move |(n, mut interval, ticking)| async move {
-        let stopped = match &ticking {
-            Ticking::Done => return None,
-            Ticking::On(None) => {
-                interval.tick().await;
-                false
-            }
-            Ticking::On(Some(signal)) => tokio::select! {
-                // A worker already stopping (a request that came in its idle grace) says
-                // bye at once.
-                biased;
-                () = signal.stopping() => true,
-                _ = interval.tick() => false,
-            },
-        };
-        if stopped {
-            tracing::info!(sent = n, "sse: the worker is stopping, saying bye");
-            let bye = Event::default()
-                .event("bye")
-                .data(format!("pid={pid} is stopping: reconnect"));
-            return Some((Ok(bye), (n, interval, Ticking::Done)));
-        }
+    let ticks = stream::unfold((0u64, interval), move |(n, mut interval)| async move {
+        interval.tick().await;
         let tick = Event::default()
             .event("tick")
             .id(n.to_string())
             .data(format!("pid={pid} n={n}"));
-        Some((Ok(tick), (n + 1, interval, ticking)))
-    })
+        Some((Ok(tick), (n + 1, interval)))
+    });
+    let Some(signal) = stop else {
+        return ticks.left_stream();
+    };
+    // `take_until` looks at the stop before every tick, so a worker already stopping (a
+    // request that came in its idle grace) says bye at once.
+    let bye = stream::once(async move {
+        tracing::info!("sse: the worker is stopping, saying bye");
+        Ok(Event::default()
+            .event("bye")
+            .data(format!("pid={pid} is stopping: reconnect")))
+    });
+    ticks
+        .take_until(async move { signal.stopping().await })
+        .chain(bye)
+        .right_stream()
 }
 
 #[tokio::main]
