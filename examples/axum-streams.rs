@@ -85,11 +85,12 @@ async fn echo(mut socket: WebSocket, stop: Option<ShutdownSignal>) {
                         return;
                     }
                 }
-                // Pings are answered by the library; binary messages are not echoed.
-                Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => {}
-                // The client closed (the library answers its Close), or the connection broke:
-                // at the drain timeout a stubborn socket ends here, cut by the worker.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                // Pings are answered by the library; binary messages are not echoed. After the
+                // client's Close, the next `recv` sends ours back and ends the stream.
+                Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => {}
+                // The stream ended, or the connection broke: at the drain timeout a stubborn
+                // socket ends here, cut by the worker.
+                Some(Err(_)) | None => return,
             },
             () = &mut stopping => {
                 tracing::info!("websocket: the worker is stopping, closing with 1001");
