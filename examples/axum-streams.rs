@@ -37,7 +37,6 @@ use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use einhorn_axum::{ShutdownSignal, StopSignal};
 use futures_util::{Stream, StreamExt, stream};
-use tracing::Instrument;
 
 /// How often the SSE stream sends an event.
 const TICK: Duration = Duration::from_millis(100);
@@ -51,18 +50,11 @@ async fn hello() -> String {
 }
 
 async fn ws(upgrade: WebSocketUpgrade, StopSignal(signal): StopSignal) -> Response {
-    echo_on(upgrade, Some(signal))
+    upgrade.on_upgrade(|socket| echo(socket, Some(signal)))
 }
 
 async fn ws_stubborn(upgrade: WebSocketUpgrade) -> Response {
-    echo_on(upgrade, None)
-}
-
-/// Answers the upgrade; the socket is served in a task of its own, logging in this worker's
-/// span like the rest of its lines.
-fn echo_on(upgrade: WebSocketUpgrade, stop: Option<ShutdownSignal>) -> Response {
-    let span = tracing::Span::current();
-    upgrade.on_upgrade(move |socket| echo(socket, stop).instrument(span))
+    upgrade.on_upgrade(|socket| echo(socket, None))
 }
 
 /// Echoes text messages until the client leaves or, if `stop` is given, the worker stops.
@@ -93,7 +85,8 @@ async fn echo(mut socket: WebSocket, stop: Option<ShutdownSignal>) {
                 Some(Err(_)) | None => return,
             },
             () = &mut stopping => {
-                tracing::info!("websocket: the worker is stopping, closing with 1001");
+                // The pid as a field: a connection's task need not run in the worker's span.
+                tracing::info!(pid, "websocket: the worker is stopping, closing with 1001");
                 let close = CloseFrame {
                     code: close_code::AWAY,
                     reason: format!("pid={pid} is stopping: reconnect").into(),
@@ -138,7 +131,7 @@ fn ticks(stop: Option<ShutdownSignal>) -> impl Stream<Item = Result<Event, Infal
     // `take_until` looks at the stop before every tick, so a worker already stopping (a
     // request that came in its idle grace) says bye at once.
     let bye = stream::once(async move {
-        tracing::info!("sse: the worker is stopping, saying bye");
+        tracing::info!(pid, "sse: the worker is stopping, saying bye");
         Ok(Event::default()
             .event("bye")
             .data(format!("pid={pid} is stopping: reconnect")))
