@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use graceful_listener_suite::fake_einhorn::FakeEinhorn;
-use graceful_listener_suite::harness::{Proc, example};
+use graceful_listener_suite::harness::{Proc, example, wait_until};
 use graceful_listener_suite::load::{self, LoadConfig, LoadReport};
 use graceful_listener_suite::master::Master;
 
@@ -189,6 +189,54 @@ impl HttpMaster {
     /// Waits until the master has reaped `pid`; returns its exit line.
     pub fn wait_exited(&self, pid: u32) -> String {
         self.master.wait_exited(pid as i32)
+    }
+
+    /// Waits for worker `pid`'s last report, its line
+    /// `stopped served=.. drained=.. forced=.. drain_ms=..`.
+    pub fn wait_stopped(&self, pid: u32) -> Stopped {
+        let tag = format!("{{pid={pid}}}");
+        let mut found = None;
+        let seen = wait_until(WAIT, || {
+            found = self
+                .master
+                .output()
+                .lines()
+                .find(|l| l.contains(&tag) && l.contains(" stopped served="))
+                .map(Stopped::parse);
+            found.is_some()
+        });
+        assert!(
+            seen,
+            "no report from worker {pid}:\n{}",
+            self.master.output()
+        );
+        found.expect("seen")
+    }
+}
+
+/// A worker's last report, as its `stopped` line gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    pub served: u64,
+    pub drained: u64,
+    pub forced: u64,
+    pub drain_ms: u64,
+}
+
+impl Stopped {
+    fn parse(line: &str) -> Stopped {
+        let field = |name: &str| -> u64 {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|value| value.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        };
+        Stopped {
+            served: field("served"),
+            drained: field("drained"),
+            forced: field("forced"),
+            drain_ms: field("drain_ms"),
+        }
     }
 }
 
