@@ -387,6 +387,10 @@ pub struct ReplyError {
 /// Encodes a request as one wire line (escaped JSON, trailing `\n` included), the way a client
 /// sends it.
 ///
+/// Any text comes back from [`parse_request`] as it was given: inside strings, the characters
+/// a YAML parser would refuse or fold (DEL, C1 controls, NEL, LS, PS, U+FFFE, U+FFFF) and
+/// those [`prescan`] counts (`[`, `{`, `&`, `*`) are written `\uXXXX`.
+///
 /// ```
 /// use einhorn_master::wire::{RequestId, encode_request};
 /// let line = encode_request("signal", &["USR2"], Some(&RequestId::from(3)));
@@ -402,9 +406,43 @@ pub fn encode_request(command: &str, args: &[&str], id: Option<&RequestId>) -> S
     }
     let json =
         serde_json::to_string(&Out { command, args, id }).expect("a request always serializes");
-    let mut line = escape(&json);
+    let mut line = escape(&yaml_safe(json));
     line.push('\n');
     line
+}
+
+/// Writes as `\uXXXX`, inside the JSON's strings, the characters that would stop the master
+/// (or Einhorn) from reading the request as a JSON parser would:
+/// - DEL and the C1 controls, U+FFFE and U+FFFF: YAML refuses them as they are;
+/// - NEL, LS and PS: YAML reads them as line breaks and folds them into a space;
+/// - `[`, `{`, `&` and `*`: [`prescan`] counts them wherever they are, so a string holding
+///   many brackets, or both `&` and `*`, would have the request refused unparsed.
+///
+/// serde_json escapes the C0 controls itself; `\uXXXX` means the same to JSON and YAML.
+fn yaml_safe(json: String) -> String {
+    let hidden = |c: char| {
+        matches!(
+            c,
+            '[' | '{' | '&' | '*' | '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}'
+        ) || ('\u{7f}'..='\u{9f}').contains(&c)
+    };
+    let mut safe = String::with_capacity(json.len());
+    let (mut in_string, mut after_backslash) = (false, false);
+    for c in json.chars() {
+        if in_string && !after_backslash && hidden(c) {
+            safe.push_str(&format!("\\u{:04x}", u32::from(c)));
+            continue;
+        }
+        safe.push(c);
+        if after_backslash {
+            after_backslash = false;
+        } else if c == '\\' {
+            after_backslash = in_string;
+        } else if c == '"' {
+            in_string = !in_string;
+        }
+    }
+    safe
 }
 
 #[cfg(test)]
@@ -626,5 +664,34 @@ mod tests {
         );
         let request = parse_request(line.trim_end().as_bytes()).unwrap();
         assert_eq!(request.args, Some(vec!["100%\n".to_string()]));
+    }
+
+    /// Found by the property tests: serde_json writes these characters as they are, and the
+    /// YAML parser refused the request (DEL, C1 controls, U+FFFE), folded the character into
+    /// a space (NEL, LS, PS), or the pre-scan refused it (`[`, `{`, `&` with `*`).
+    #[test]
+    fn requests_carry_any_text() {
+        let many_brackets = "[{".repeat(MAX_BRACKETS);
+        for text in [
+            "\u{7f}",
+            "a\u{85}b",
+            "\u{9f}",
+            "\u{2028}\u{2029}",
+            "\u{fffe}\u{ffff}",
+            "\u{80}%\n",
+            "&anchor *alias",
+            "\\\"[\\",
+            &many_brackets,
+        ] {
+            let line = encode_request(text, &[text], Some(&RequestId::from(text)));
+            let request = parse_request(line.trim_end().as_bytes()).unwrap();
+            assert_eq!(request.command, text);
+            assert_eq!(request.args, Some(vec![text.to_string()]));
+            assert_eq!(request.id, Some(RequestId::from(text)));
+        }
+        assert_eq!(
+            encode_request("a\u{85}&", &["[*]"], None),
+            "{\"command\":\"a\\u0085\\u0026\",\"args\":[\"\\u005b\\u002a]\"]}\n"
+        );
     }
 }

@@ -14,10 +14,17 @@ use super::Bind;
 /// The crate's property tests run `cases` cases each, and shrink a failure for at most 10 s
 /// (the failing case is reported either way; shrinking longer only slows a failed run).
 pub(crate) fn config(cases: u32) -> ProptestConfig {
+    let defaults = ProptestConfig::default();
     ProptestConfig {
-        cases,
+        // `PROPTEST_CASES=100000 cargo test ...` for a long run.
+        cases: match std::env::var_os("PROPTEST_CASES") {
+            Some(_) => defaults.cases,
+            None => cases,
+        },
         max_shrink_time: 10_000,
-        ..ProptestConfig::default()
+        // A failure is printed, shrunk; it becomes a regression test, not a seed file.
+        failure_persistence: None,
+        ..defaults
     }
 }
 
