@@ -39,7 +39,9 @@ pub fn unescape(line: &str) -> String {
 
 /// The `id` of a request, echoed back as `request_id` in every reply to it.
 ///
-/// Any YAML scalar is accepted and echoed as it came (`einhornsh` sends integers).
+/// Any YAML scalar (string, number, boolean) is accepted and echoed as it came (`einhornsh`
+/// sends integers); [`parse_request`] refuses a list or a mapping
+/// ([`RequestError::BadField`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RequestId(Value);
@@ -227,11 +229,16 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         Some(Value::String(s)) => s.clone(),
         Some(other) => scalar_string(other).ok_or_else(|| bad("command", other))?,
     };
-    let id = map
-        .get("id")
-        .filter(|v| !v.is_null())
-        .or_else(|| map.get("request_id").filter(|v| !v.is_null()))
-        .map(|v| RequestId(v.clone()));
+    // A scalar only, as `RequestId` says: a list or mapping is no id a client sends, and one
+    // with keys JSON cannot write would make `encode_request` fail on it.
+    let id = ["id", "request_id"]
+        .into_iter()
+        .find_map(|key| Some((key, map.get(key).filter(|v| !v.is_null())?)))
+        .map(|(key, value)| match value {
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(RequestId(value.clone())),
+            other => Err(bad(key, other)),
+        })
+        .transpose()?;
     let args = match map.get("args") {
         None | Some(Value::Null) => None,
         Some(Value::Sequence(items)) => Some(
@@ -550,6 +557,39 @@ mod tests {
             parse_request(br#"{"command":"set_workers","args":[3],"request_id":"r1"}"#).unwrap();
         assert_eq!(request.id, Some(RequestId::from("r1")));
         assert_eq!(request.args, Some(vec!["3".to_string()]));
+    }
+
+    /// Found writing the `command_line` fuzz target: an id that is a mapping with a list for a
+    /// key was accepted, and
+    /// `encode_request` panicked on it (JSON keys are strings).
+    #[test]
+    fn ids_are_scalars() {
+        for (line, key) in [
+            (&br#"{command: x, id: {[1]: 2}}"#[..], "id"),
+            (b"{command: x, id: {null: 2}}", "id"),
+            (b"{command: x, id: [1]}", "id"),
+            (b"{command: x, id: !tag 5}", "id"),
+            (b"{command: x, request_id: {a: 1}}", "request_id"),
+        ] {
+            let err = parse_request(line).unwrap_err();
+            assert!(
+                matches!(err, RequestError::BadField { key: k, .. } if k == key),
+                "{err:?}"
+            );
+        }
+        for (line, id) in [
+            (&b"{command: x, id: 5}"[..], RequestId::from(5)),
+            (b"{command: x, id: five}", RequestId::from("five")),
+            (b"{command: x, id: null, request_id: 6}", RequestId::from(6)),
+        ] {
+            let request = parse_request(line).unwrap();
+            assert_eq!(request.id.as_ref(), Some(&id));
+            let again = encode_request(&request.command, &[], request.id.as_ref());
+            assert_eq!(
+                parse_request(again.trim_end().as_bytes()).unwrap().id,
+                Some(id)
+            );
+        }
     }
 
     #[test]
