@@ -560,8 +560,7 @@ mod tests {
     }
 
     /// Found writing the `command_line` fuzz target: an id that is a mapping with a list for a
-    /// key was accepted, and
-    /// `encode_request` panicked on it (JSON keys are strings).
+    /// key was accepted, and `encode_request` panicked on it (JSON keys are strings).
     #[test]
     fn ids_are_scalars() {
         for (line, key) in [
