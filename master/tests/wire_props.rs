@@ -223,6 +223,19 @@ fn command() -> impl Strategy<Value = (Command, Vec<String>)> {
     ]
 }
 
+/// A line with a few brackets fewer or more than `MAX_BRACKETS`, among other bytes.
+fn near_the_limit() -> impl Strategy<Value = Vec<u8>> {
+    (
+        (MAX_BRACKETS - 3)..=(MAX_BRACKETS + 3),
+        prop::collection::vec(select(&[b'a', b' ', b']', b'&', b'*', b'"'][..]), 0..40),
+    )
+        .prop_flat_map(|(count, noise)| {
+            let mut line = noise;
+            line.extend((0..count).map(|i| if i % 2 == 0 { b'[' } else { b'{' }));
+            Just(line).prop_shuffle()
+        })
+}
+
 fn brackets(line: &[u8]) -> usize {
     line.iter().filter(|&&b| b == b'[' || b == b'{').count()
 }
@@ -266,6 +279,7 @@ proptest! {
         line in prop_oneof![
             line(),
             prop::collection::vec(select(&[b'[', b'{', b']', b'&', b'*', b'a', b'\''][..]), 0..80),
+            near_the_limit(),
         ],
     ) {
         let count = brackets(&line);
@@ -434,7 +448,7 @@ proptest! {
     /// debug build).
     #[test]
     fn lines_within_the_limits_decode_in_bounded_time(
-        depth in 0..MAX_BRACKETS,
+        depth in 0..=MAX_BRACKETS,
         opening in select(&["[", "{", "{a: ", "[{"][..]),
         units in prop::collection::vec(
             select(&["a, ", "'x', ", "\"y\", ", "k: v, ", "? ", "- ", "%0A", "!!str x, ", "1.5, ", "&a x, ", "# c%0A"][..]),
