@@ -113,6 +113,9 @@ fn choose_noting(env: &Environment, skipped: &mut Vec<String>) -> Result<(Bind, 
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

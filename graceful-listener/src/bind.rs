@@ -384,6 +384,9 @@ fn inherited(bind: &Bind, fd: RawFd, origin: String) -> Result<StdListener, Bind
 }
 
 #[cfg(test)]
+pub(crate) mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

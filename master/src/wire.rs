@@ -39,7 +39,9 @@ pub fn unescape(line: &str) -> String {
 
 /// The `id` of a request, echoed back as `request_id` in every reply to it.
 ///
-/// Any YAML scalar is accepted and echoed as it came (`einhornsh` sends integers).
+/// Any YAML scalar (string, number, boolean) is accepted and echoed as it came (`einhornsh`
+/// sends integers); [`parse_request`] refuses a list or a mapping
+/// ([`RequestError::BadField`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RequestId(Value);
@@ -227,11 +229,16 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         Some(Value::String(s)) => s.clone(),
         Some(other) => scalar_string(other).ok_or_else(|| bad("command", other))?,
     };
-    let id = map
-        .get("id")
-        .filter(|v| !v.is_null())
-        .or_else(|| map.get("request_id").filter(|v| !v.is_null()))
-        .map(|v| RequestId(v.clone()));
+    // A scalar only, as `RequestId` says: a list or mapping is no id a client sends, and one
+    // with keys JSON cannot write would make `encode_request` fail on it.
+    let id = ["id", "request_id"]
+        .into_iter()
+        .find_map(|key| Some((key, map.get(key).filter(|v| !v.is_null())?)))
+        .map(|(key, value)| match value {
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => Ok(RequestId(value.clone())),
+            other => Err(bad(key, other)),
+        })
+        .transpose()?;
     let args = match map.get("args") {
         None | Some(Value::Null) => None,
         Some(Value::Sequence(items)) => Some(
@@ -387,6 +394,10 @@ pub struct ReplyError {
 /// Encodes a request as one wire line (escaped JSON, trailing `\n` included), the way a client
 /// sends it.
 ///
+/// Any text comes back from [`parse_request`] as it was given: inside strings, the characters
+/// a YAML parser would refuse or fold (DEL, C1 controls, NEL, LS, PS, U+FFFE, U+FFFF) and
+/// those [`prescan`] counts (`[`, `{`, `&`, `*`) are written `\uXXXX`.
+///
 /// ```
 /// use einhorn_master::wire::{RequestId, encode_request};
 /// let line = encode_request("signal", &["USR2"], Some(&RequestId::from(3)));
@@ -402,9 +413,43 @@ pub fn encode_request(command: &str, args: &[&str], id: Option<&RequestId>) -> S
     }
     let json =
         serde_json::to_string(&Out { command, args, id }).expect("a request always serializes");
-    let mut line = escape(&json);
+    let mut line = escape(&yaml_safe(json));
     line.push('\n');
     line
+}
+
+/// Writes as `\uXXXX`, inside the JSON's strings, the characters that would stop the master
+/// (or Einhorn) from reading the request as a JSON parser would:
+/// - DEL and the C1 controls, U+FFFE and U+FFFF: YAML refuses them as they are;
+/// - NEL, LS and PS: YAML reads them as line breaks and folds them into a space;
+/// - `[`, `{`, `&` and `*`: [`prescan`] counts them wherever they are, so a string holding
+///   many brackets, or both `&` and `*`, would have the request refused unparsed.
+///
+/// serde_json escapes the C0 controls itself; `\uXXXX` means the same to JSON and YAML.
+fn yaml_safe(json: String) -> String {
+    let hidden = |c: char| {
+        matches!(
+            c,
+            '[' | '{' | '&' | '*' | '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}'
+        ) || ('\u{7f}'..='\u{9f}').contains(&c)
+    };
+    let mut safe = String::with_capacity(json.len());
+    let (mut in_string, mut after_backslash) = (false, false);
+    for c in json.chars() {
+        if in_string && !after_backslash && hidden(c) {
+            safe.push_str(&format!("\\u{:04x}", u32::from(c)));
+            continue;
+        }
+        safe.push(c);
+        if after_backslash {
+            after_backslash = false;
+        } else if c == '\\' {
+            after_backslash = in_string;
+        } else if c == '"' {
+            in_string = !in_string;
+        }
+    }
+    safe
 }
 
 #[cfg(test)]
@@ -512,6 +557,38 @@ mod tests {
             parse_request(br#"{"command":"set_workers","args":[3],"request_id":"r1"}"#).unwrap();
         assert_eq!(request.id, Some(RequestId::from("r1")));
         assert_eq!(request.args, Some(vec!["3".to_string()]));
+    }
+
+    /// Found writing the `command_line` fuzz target: an id that is a mapping with a list for a
+    /// key was accepted, and `encode_request` panicked on it (JSON keys are strings).
+    #[test]
+    fn ids_are_scalars() {
+        for (line, key) in [
+            (&br#"{command: x, id: {[1]: 2}}"#[..], "id"),
+            (b"{command: x, id: {null: 2}}", "id"),
+            (b"{command: x, id: [1]}", "id"),
+            (b"{command: x, id: !tag 5}", "id"),
+            (b"{command: x, request_id: {a: 1}}", "request_id"),
+        ] {
+            let err = parse_request(line).unwrap_err();
+            assert!(
+                matches!(err, RequestError::BadField { key: k, .. } if k == key),
+                "{err:?}"
+            );
+        }
+        for (line, id) in [
+            (&b"{command: x, id: 5}"[..], RequestId::from(5)),
+            (b"{command: x, id: five}", RequestId::from("five")),
+            (b"{command: x, id: null, request_id: 6}", RequestId::from(6)),
+        ] {
+            let request = parse_request(line).unwrap();
+            assert_eq!(request.id.as_ref(), Some(&id));
+            let again = encode_request(&request.command, &[], request.id.as_ref());
+            assert_eq!(
+                parse_request(again.trim_end().as_bytes()).unwrap().id,
+                Some(id)
+            );
+        }
     }
 
     #[test]
@@ -626,5 +703,34 @@ mod tests {
         );
         let request = parse_request(line.trim_end().as_bytes()).unwrap();
         assert_eq!(request.args, Some(vec!["100%\n".to_string()]));
+    }
+
+    /// Found by the property tests: serde_json writes these characters as they are, and the
+    /// YAML parser refused the request (DEL, C1 controls, U+FFFE), folded the character into
+    /// a space (NEL, LS, PS), or the pre-scan refused it (`[`, `{`, `&` with `*`).
+    #[test]
+    fn requests_carry_any_text() {
+        let many_brackets = "[{".repeat(MAX_BRACKETS);
+        for text in [
+            "\u{7f}",
+            "a\u{85}b",
+            "\u{9f}",
+            "\u{2028}\u{2029}",
+            "\u{fffe}\u{ffff}",
+            "\u{80}%\n",
+            "&anchor *alias",
+            "\\\"[\\",
+            &many_brackets,
+        ] {
+            let line = encode_request(text, &[text], Some(&RequestId::from(text)));
+            let request = parse_request(line.trim_end().as_bytes()).unwrap();
+            assert_eq!(request.command, text);
+            assert_eq!(request.args, Some(vec![text.to_string()]));
+            assert_eq!(request.id, Some(RequestId::from(text)));
+        }
+        assert_eq!(
+            encode_request("a\u{85}&", &["[*]"], None),
+            "{\"command\":\"a\\u0085\\u0026\",\"args\":[\"\\u005b\\u002a]\"]}\n"
+        );
     }
 }

@@ -41,13 +41,11 @@ impl Environment {
     /// # Errors
     /// [`EnvError::Missing`], [`EnvError::Invalid`] or [`EnvError::NotOurMaster`].
     pub fn check_einhorn_worker(&self) -> Result<(), EnvError> {
-        let master_pid: i32 = parse(
-            MASTER_PID,
-            self.require(MASTER_PID, NOT_EINHORN)?,
-            "a process id",
-        )?;
+        let value = self.require(MASTER_PID, NOT_EINHORN)?;
+        let master_pid: i32 = parse(MASTER_PID, value, "a process id")?;
         if master_pid <= 0 {
-            return Err(invalid(MASTER_PID, &master_pid.to_string(), "a process id"));
+            // The value as found: `-0` and `-007` are reported as written, not as parsed.
+            return Err(invalid(MASTER_PID, value, "a process id"));
         }
         if master_pid != self.parent_pid {
             return Err(EnvError::NotOurMaster {
@@ -272,6 +270,18 @@ mod tests {
                 MASTER_PID,
                 "0",
                 "EINHORN_MASTER_PID=\"0\" is not a process id",
+            ),
+            // Found by the property tests: a pid that parses but is not positive was reported
+            // as parsed (`"0"` for `-0`), not as found.
+            (
+                MASTER_PID,
+                "-0",
+                "EINHORN_MASTER_PID=\"-0\" is not a process id",
+            ),
+            (
+                MASTER_PID,
+                "-007",
+                "EINHORN_MASTER_PID=\"-007\" is not a process id",
             ),
         ];
         for (var, value, message) in cases {

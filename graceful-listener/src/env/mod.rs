@@ -243,6 +243,9 @@ fn parse_fd(var: &str, value: &str) -> Result<RawFd, EnvError> {
 }
 
 #[cfg(test)]
+pub(crate) mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

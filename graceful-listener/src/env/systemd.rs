@@ -3,7 +3,7 @@
 
 use std::os::fd::RawFd;
 
-use super::{EnvError, Environment, parse};
+use super::{EnvError, Environment, invalid, parse};
 
 /// `LISTEN_PID`: the process the sockets are for. Children inherit the variables; only the
 /// process with this pid may take the sockets.
@@ -81,11 +81,13 @@ impl Environment {
                 pid: self.pid(),
             });
         }
-        let count: usize = parse(
-            LISTEN_FDS,
-            self.require(LISTEN_FDS, NOT_ACTIVATED)?,
-            "a socket count",
-        )?;
+        let count_value = self.require(LISTEN_FDS, NOT_ACTIVATED)?;
+        let count: usize = parse(LISTEN_FDS, count_value, "a socket count")?;
+        // Every socket's fd number must fit, as sd_listen_fds checks: past that, fd numbers
+        // would overflow.
+        if count > (RawFd::MAX - LISTEN_FDS_START) as usize {
+            return Err(invalid(LISTEN_FDS, count_value, "a socket count"));
+        }
         let names = match self.get(LISTEN_FDNAMES) {
             None => None,
             Some("") if count == 0 => Some(Vec::new()),
@@ -238,6 +240,25 @@ mod tests {
                 env(vars).activation().unwrap_err().to_string(),
                 *message,
                 "{vars:?}"
+            );
+        }
+    }
+
+    /// Found by the property tests: a count past the last fd number made `systemd_fd`
+    /// overflow (a panic in debug builds, a negative fd in release builds).
+    #[test]
+    fn a_count_past_the_last_fd_number_is_refused() {
+        let last = RawFd::MAX - LISTEN_FDS_START;
+        let e = env(&[(LISTEN_PID, "500"), (LISTEN_FDS, &last.to_string())]);
+        assert_eq!(e.systemd_fd(last as usize - 1), Ok(RawFd::MAX - 1));
+        for count in [u64::from(last.unsigned_abs()) + 1, u64::MAX] {
+            let count = count.to_string();
+            let e = env(&[(LISTEN_PID, "500"), (LISTEN_FDS, &count)]);
+            let message = format!("LISTEN_FDS={count:?} is not a socket count");
+            assert_eq!(e.activation().unwrap_err().to_string(), message);
+            assert_eq!(
+                e.systemd_fd(usize::MAX - 1).unwrap_err().to_string(),
+                message
             );
         }
     }
