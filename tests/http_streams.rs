@@ -85,11 +85,7 @@ impl Upgraded {
     }
 
     /// The old worker served every stream (and every bounce), forced `forced` of them, and
-    /// drained at most the rest.
-    ///
-    /// `drained` is not checked exactly: the worker counts its live connections just after
-    /// the stop (`live=` in its `stopping` line), and a stream that has already said
-    /// goodbye and closed by then is counted in neither `drained` nor `forced`.
+    /// drained the rest: every connection open at the stop or accepted in a race with it.
     fn assert_report(&self, drained: u64, forced: u64) {
         let output = self.master.master.output();
         let Stopped {
@@ -104,9 +100,10 @@ impl Upgraded {
             "{output}"
         );
         assert_eq!(was_forced, forced, "{output}");
-        assert!(
-            was_drained <= drained + self.bounces(),
-            "drained={was_drained}, expected at most {drained} (+ {} bounces)\n{output}",
+        assert_eq!(
+            was_drained,
+            drained + self.bounces(),
+            "drained={was_drained}, expected {drained} + {} bounces\n{output}",
             self.bounces()
         );
     }

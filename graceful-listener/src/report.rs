@@ -48,7 +48,7 @@ pub struct RunReport {
     pub cause: StopCause,
     /// Connections accepted over the worker's life, on every listener.
     pub served: u64,
-    /// Connections open at the stop that finished on their own.
+    /// Connections open at the stop (or accepted in a race with it) that finished on their own.
     pub drained: u64,
     /// Connections force-closed at the drain timeout or on a second signal.
     pub forced: u64,

@@ -320,8 +320,11 @@ impl Worker {
     pub async fn drain(mut self, stop: Stop) -> RunReport {
         let stopped_at = Instant::now();
         let deadline = tokio::time::Instant::now() + self.options.drain_timeout;
+        // Counted before the stop wakes anyone: a connection that closes at once on it is
+        // one the drain waited for too.
+        let at_stop = self.handle.counts();
         self.handle.stop();
-        let live_at_stop = self.handle.live();
+        let live_at_stop = at_stop.live;
         tracing::info!(
             cause = %stop.cause,
             live = live_at_stop,
@@ -378,25 +381,27 @@ impl Worker {
                     }
                 }
             };
-        let forced = if must_force {
+        if must_force {
             let forced = self.handle.force_close();
             if forced > 0 {
                 tracing::warn!(forced, "forced connections closed");
             }
             // Forced connections fail their next read or write; give their tasks a moment.
             let _ = tokio::time::timeout(AFTER_FORCE_GRACE, self.handle.drained()).await;
-            forced
-        } else {
-            0
-        };
+        }
         if on_stop.is_some() {
             tracing::warn!("on_stop did not finish before the drain ended; abandoned");
         }
+        // Every connection live at the stop, or accepted in a race with it, either closed
+        // during the drain or was forced.
+        let end = self.handle.counts();
+        let drained = (at_stop.live as u64 + (end.accepted - at_stop.accepted))
+            .saturating_sub(end.forced - at_stop.forced);
         let report = RunReport {
             cause: stop.cause,
-            served: self.handle.accepted(),
-            drained: (live_at_stop as u64).saturating_sub(forced as u64),
-            forced: forced as u64,
+            served: end.accepted,
+            drained,
+            forced: end.forced - at_stop.forced,
             drain_time: stopped_at.elapsed(),
         };
         tracing::info!(

@@ -96,3 +96,40 @@ async fn an_async_on_stop_is_awaited_and_abandoned_at_the_deadline() {
     );
     assert_eq!(report.forced, 0, "nothing to cut: only on_stop was late");
 }
+
+#[tokio::test]
+async fn a_connection_accepted_in_a_race_with_the_stop_is_drained_and_counted() {
+    // A host accepting on its own thread (actix-web's) can count a connection after the stop
+    // began; here `on_stop` does it. The drain waits for it, and the report counts it.
+    let slot: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle_slot: Arc<std::sync::OnceLock<graceful_listener::ListenerHandle>> = Arc::default();
+    let options = WorkerOptions::default().ack(false).on_stop({
+        let (slot, handle_slot) = (slot.clone(), handle_slot.clone());
+        move || {
+            let client = std::net::TcpStream::connect(addr).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            let guard = handle_slot.get().unwrap().track(accepted.as_fd());
+            *slot.lock().unwrap() = Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                drop((guard, accepted, client));
+            }));
+        }
+    });
+    let worker = Worker::new(options).unwrap();
+    handle_slot.set(worker.handle()).unwrap();
+    let report = worker.drain(graceful_listener::Stop::server_ended()).await;
+    slot.lock()
+        .unwrap()
+        .take()
+        .expect("on_stop ran")
+        .join()
+        .unwrap();
+    assert_eq!(
+        (report.served, report.drained, report.forced),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    assert!(report.drain_time >= Duration::from_millis(50), "{report:?}");
+}

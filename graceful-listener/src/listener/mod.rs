@@ -5,10 +5,12 @@ mod tracker;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub use connection::{Address, Connection};
 pub use tracker::ConnectionGuard;
+pub(crate) use tracker::Counts;
 use tracker::Tracker;
 
 use crate::bind::{Bind, BindError};
@@ -171,13 +173,24 @@ impl GracefulListener {
     pub async fn accept(&mut self) -> Option<(Connection, Address)> {
         loop {
             let listener = self.listener.as_ref()?;
-            let accepted = tokio::select! {
-                biased;
-                () = self.signal.stopping() => {
-                    self.close();
-                    return None;
-                }
-                accepted = accept_raw(listener) => accepted,
+            let signal = &self.signal;
+            let accepted = {
+                let mut stopping = std::pin::pin!(signal.stopping());
+                std::future::poll_fn(|cx| {
+                    // The phase is read on every poll, before the accept: the channel behind
+                    // `stopping` wakes its waiters in groups, so a handler woken by the stop may
+                    // already have told its client to reconnect while this future still waits
+                    // for its turn; that reconnection must stay in the queue for the new workers.
+                    if signal.is_stopping() || stopping.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    poll_accept_raw(listener, cx).map(Some)
+                })
+                .await
+            };
+            let Some(accepted) = accepted else {
+                self.close();
+                return None;
             };
             match accepted {
                 Ok((conn, peer)) => return Some((self.track(conn), peer)),
@@ -212,16 +225,17 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept_raw(listener: &RawListener) -> std::io::Result<(Accepted, Address)> {
+fn poll_accept_raw(
+    listener: &RawListener,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<(Accepted, Address)>> {
     match listener {
         RawListener::Tcp(l) => l
-            .accept()
-            .await
-            .map(|(s, a)| (Accepted::Tcp(s), Address::Tcp(a))),
+            .poll_accept(cx)
+            .map_ok(|(s, a)| (Accepted::Tcp(s), Address::Tcp(a))),
         RawListener::Unix(l) => l
-            .accept()
-            .await
-            .map(|(s, a)| (Accepted::Unix(s), Address::from_unix(&a))),
+            .poll_accept(cx)
+            .map_ok(|(s, a)| (Accepted::Unix(s), Address::from_unix(&a))),
     }
 }
 
@@ -285,6 +299,11 @@ impl ListenerHandle {
     pub fn force_close(&self) -> usize {
         self.shutdown.advance(Phase::Hammer);
         self.tracker.force_close()
+    }
+
+    /// The live, accepted and forced counts at one instant.
+    pub(crate) fn counts(&self) -> Counts {
+        self.tracker.counts()
     }
 
     /// How many accepted connections are still open.

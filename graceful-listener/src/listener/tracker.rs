@@ -25,6 +25,16 @@ struct Registry {
     next_id: u64,
     fds: HashMap<u64, Tracked>,
     forced: bool,
+    /// Connections shut down at hammer time, and any accepted after it.
+    forced_count: u64,
+}
+
+/// The counts at one instant, consistent with each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) live: usize,
+    pub(crate) accepted: u64,
+    pub(crate) forced: u64,
 }
 
 /// A live connection's socket, as hammer time needs it.
@@ -62,13 +72,15 @@ impl Tracker {
     }
 
     fn register(self: &Arc<Tracker>, tracked: Tracked) -> ConnectionGuard {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
         let mut registry = self.lock();
+        // Counted under the lock, so that `counts` sees it together with the live count.
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         let id = registry.next_id;
         registry.next_id += 1;
         if registry.forced {
             // Accepted after hammer time (a race with the stop): it gets no service either.
             shutdown_tracked(tracked);
+            registry.forced_count += 1;
         }
         registry.fds.insert(id, tracked);
         self.live.send_replace(registry.fds.len());
@@ -87,7 +99,19 @@ impl Tracker {
         for &tracked in registry.fds.values() {
             shutdown_tracked(tracked);
         }
-        registry.fds.len()
+        let live = registry.fds.len();
+        registry.forced_count += live as u64;
+        live
+    }
+
+    /// The live, accepted and forced counts, taken together.
+    pub(crate) fn counts(&self) -> Counts {
+        let registry = self.lock();
+        Counts {
+            live: registry.fds.len(),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            forced: registry.forced_count,
+        }
     }
 
     pub(crate) fn live(&self) -> usize {
