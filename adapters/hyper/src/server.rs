@@ -180,14 +180,31 @@ where
                 .make_service(&ConnectionInfo::new(peer, local.clone()));
             let state = Arc::new(ConnState::new(conn.as_raw_fd(), signal.clone()));
             let supervised = supervisor.supervise(state.clone());
-            let (builder, tls) = (builder.clone(), tls.clone());
+            let builder = builder.clone();
             // Not instrumented with the caller's span: entering a span on every poll costs
             // more than a request's bookkeeping, for log lines a connection rarely writes.
-            tokio::spawn(async move {
-                let service = make.await;
-                serve_connection(&builder, conn, service, state, (linger, grace), tls).await;
-                drop(supervised);
-            });
+            // One task shape per transport: a task's allocation is the size of its largest
+            // state, and a TLS connection's is several times a plain one's.
+            match &tls {
+                None => {
+                    tokio::spawn(async move {
+                        let service = make.await;
+                        serve_stream(&builder, conn, service, state, (linger, grace)).await;
+                        drop(supervised);
+                    });
+                }
+                #[cfg(feature = "tls")]
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let service = make.await;
+                        serve_tls(&builder, acceptor, conn, service, state, (linger, grace)).await;
+                        drop(supervised);
+                    });
+                }
+                #[cfg(not(feature = "tls"))]
+                Some(never) => match *never {},
+            }
         }
         Ok(())
     }
@@ -222,16 +239,17 @@ impl CommandWatch {
     }
 }
 
-/// Serves one connection until it ends: the TLS handshake first if the server speaks TLS
-/// (a command from the supervisor ends it: an idle grace or a header timeout applies to a
-/// handshake as to a request head), then HTTP.
-async fn serve_connection<S, B>(
+/// Serves one TLS connection until it ends: the handshake first (a command from the
+/// supervisor ends it: an idle grace or a header timeout applies to a handshake as to a
+/// request head), then HTTP.
+#[cfg(feature = "tls")]
+async fn serve_tls<S, B>(
     builder: &auto::Builder<TokioExecutor>,
+    acceptor: tokio_rustls::TlsAcceptor,
     conn: Connection,
     service: S,
     state: Arc<ConnState>,
     times: (std::time::Duration, std::time::Duration),
-    tls: Tls,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -240,30 +258,20 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let Some(acceptor) = tls else {
-        return serve_stream(builder, conn, service, state, times).await;
-    };
-    #[cfg(feature = "tls")]
-    {
-        let mut handshake = acceptor.accept(conn);
-        let mut watch = CommandWatch::default();
-        let accepted = std::future::poll_fn(|cx| {
-            if watch.poll(&state, cx) != Command::Serve {
-                return Poll::Ready(None);
-            }
-            std::pin::Pin::new(&mut handshake).poll(cx).map(Some)
-        })
-        .await;
-        match accepted {
-            Some(Ok(stream)) => serve_stream(builder, stream, service, state, times).await,
-            Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-            None => {
-                tracing::debug!("TLS handshake cut: the worker is stopping or it took too long")
-            }
+    let mut handshake = acceptor.accept(conn);
+    let mut watch = CommandWatch::default();
+    let accepted = std::future::poll_fn(|cx| {
+        if watch.poll(&state, cx) != Command::Serve {
+            return Poll::Ready(None);
         }
+        std::pin::Pin::new(&mut handshake).poll(cx).map(Some)
+    })
+    .await;
+    match accepted {
+        Some(Ok(stream)) => serve_stream(builder, stream, service, state, times).await,
+        Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+        None => tracing::debug!("TLS handshake cut: the worker is stopping or it took too long"),
     }
-    #[cfg(not(feature = "tls"))]
-    match acceptor {}
 }
 
 /// Serves HTTP on one connection until it ends, carrying out the supervisor's commands.
