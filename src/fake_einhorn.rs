@@ -109,7 +109,7 @@ impl FakeEinhorn {
                             "no connection on the command socket",
                         ));
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(e) => return Err(e),
             }

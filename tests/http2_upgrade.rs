@@ -5,60 +5,16 @@
 
 mod http_support;
 
-use std::process::Command;
 use std::time::Duration;
 
-use graceful_listener_suite::harness::{Proc, wait_until};
+use graceful_listener_suite::h2load::{self, H2loadLog};
+use graceful_listener_suite::harness::wait_until;
 use graceful_listener_suite::load_h2;
 use http_support::{HttpMaster, WAIT};
 
 for_each_engine_framework!(multiplexed_clients_lose_nothing_across_upgrades);
 
 const UPGRADES: usize = 4;
-
-/// h2load (package nghttp2-client) for one upgrade: 16 connections of 8 streams, after a short
-/// warm-up, logging every request to `log`. h2load does not open a new connection after a
-/// GOAWAY, so each round needs its own.
-fn spawn_h2load(addr: std::net::SocketAddr, log: &std::path::Path) -> Proc {
-    let mut cmd = Command::new("h2load");
-    cmd.args(["-c", "16", "-m", "8", "-D", "3", "--warm-up-time", "100ms"])
-        .arg(format!("--log-file={}", log.display()))
-        .arg(format!("http://{addr}/"));
-    Proc::spawn(cmd).expect("h2load")
-}
-
-/// What h2load's request log (`--log-file`: start time in microseconds, status, duration) says.
-#[derive(Debug, Default)]
-struct H2loadLog {
-    /// Requests sent that got a 2xx.
-    succeeded: usize,
-    /// Requests sent that did not: a stream reset, refused, or an error status.
-    failed: Vec<String>,
-    /// Requests h2load queued and then never sent: it reads a response's end and the server's
-    /// GOAWAY in one batch, queues the next request on the first, and its HTTP/2 library
-    /// refuses it at send time on the second. h2load counts them as failed and does not
-    /// retry them; they never reach any server.
-    never_sent: usize,
-}
-
-fn read_h2load_log(text: &str) -> H2loadLog {
-    let mut log = H2loadLog::default();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split('\t').collect();
-        let [start, status, _] = fields[..] else {
-            panic!("unexpected h2load log line {line:?}");
-        };
-        // A request never sent has no send time: h2load logs the epoch.
-        if start == "0" {
-            log.never_sent += 1;
-        } else if status.starts_with('2') && status.len() == 3 {
-            log.succeeded += 1;
-        } else {
-            log.failed.push(line.to_string());
-        }
-    }
-    log
-}
 
 fn multiplexed_clients_lose_nothing_across_upgrades(example: &str) {
     let master = HttpMaster::start(example, 2, &["--drain-timeout", "10"]);
@@ -70,13 +26,13 @@ fn multiplexed_clients_lose_nothing_across_upgrades(example: &str) {
         })
     };
     assert!(answered(&current), "{}", master.master.output());
-    let h2load_installed = Command::new("h2load").arg("--version").output().is_ok();
+    let h2load_installed = h2load::installed();
     let logs = tempfile::tempdir().expect("temporary directory");
     let mut h2load_total = H2loadLog::default();
     for round in 1..=UPGRADES {
         let h2load_log = logs.path().join(format!("round-{round}.log"));
         let h2load = h2load_installed.then(|| {
-            let h2load = spawn_h2load(master.addr, &h2load_log);
+            let h2load = h2load::spawn(master.addr, &h2load_log);
             h2load
                 .wait_for_line("Main benchmark duration is started", WAIT)
                 .unwrap_or_else(|| panic!("h2load did not start:\n{}", h2load.output()));
@@ -95,7 +51,7 @@ fn multiplexed_clients_lose_nothing_across_upgrades(example: &str) {
         if let Some(mut h2load) = h2load {
             let status = h2load.wait_timeout(WAIT).expect("h2load finishes");
             let text = std::fs::read_to_string(&h2load_log).unwrap_or_default();
-            let log = read_h2load_log(&text);
+            let log = h2load::read_log(&text);
             assert!(
                 log.failed.is_empty(),
                 "round {round}: requests sent and lost: {:?}\n{}",
@@ -123,15 +79,4 @@ fn multiplexed_clients_lose_nothing_across_upgrades(example: &str) {
         );
         assert!(h2load_total.succeeded > 100, "{h2load_total:?}");
     }
-}
-
-#[test]
-fn h2load_log_lines_are_sorted_by_what_reached_the_server() {
-    let log = read_h2load_log(
-        "1764000000000000\t200\t812\n0\t-1\t1764000000000000\n1764000000000100\t-1\t90\n\
-         1764000000000200\t503\t70\n",
-    );
-    assert_eq!(log.succeeded, 1);
-    assert_eq!(log.never_sent, 1);
-    assert_eq!(log.failed.len(), 2);
 }

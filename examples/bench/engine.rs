@@ -1,65 +1,27 @@
-//! The load benchmark: each adapter against its framework's own plain serve, with the same
-//! handler (`bench-server`), on this machine, in one run.
-//!
-//! `cargo run --release --example bench` measures, for axum, hyper, warp and actix-web:
-//! - requests per second under keep-alive load, as the median of the ratios of paired runs
-//!   (ours / plain, alternating which goes first), beside the ratio of plain against a second
-//!   plain server (A/A), which shows how noisy the machine is;
-//! - p50 and p99 latency in those runs;
-//! - memory per idle keep-alive connection (RSS growth over N connections that each served
-//!   one request);
-//! - with `--callgrind` (valgrind installed), instructions per request, which unlike time
-//!   do not depend on what else the machine is doing.
-//!
-//! Load comes from `wrk` when installed, else from the in-repo client. `--short` runs a
-//! tiny version of everything (CI runs it, to keep it working); `--json` prints the results
-//! for machines.
+//! The framework's plain serve against ours on one machine: requests per second in paired
+//! runs (with the A/A ratio of plain against itself), memory per idle keep-alive connection,
+//! and instructions per request under callgrind.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use graceful_listener_suite::harness::{Proc, example};
 use graceful_listener_suite::load::{self, LoadConfig};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
-#[derive(Debug, clap::Parser)]
-#[command(about = "Each adapter against its framework's plain serve, same handler, same machine")]
-struct Args {
-    /// Frameworks to measure.
-    #[arg(long, value_delimiter = ',', default_value = "axum,hyper,warp,actix")]
-    frameworks: Vec<String>,
-    /// Paired throughput runs per framework (ours/plain and plain/plain each).
-    #[arg(long, default_value_t = 11)]
-    pairs: usize,
-    /// Seconds each throughput run lasts.
-    #[arg(long, default_value_t = 3.0)]
-    duration: f64,
-    /// Keep-alive connections of the load.
-    #[arg(long, default_value_t = 32)]
-    connections: usize,
-    /// Idle keep-alive connections for the memory measure.
-    #[arg(long, default_value_t = 2000)]
-    idle: usize,
-    /// Count instructions per request under valgrind's callgrind.
-    #[arg(long)]
-    callgrind: bool,
-    /// Use the in-repo load client even when wrk is installed.
-    #[arg(long)]
-    no_wrk: bool,
-    /// A tiny run of everything, to check the benchmark works.
-    #[arg(long)]
-    short: bool,
-    /// Print the results as JSON on stdout.
-    #[arg(long)]
-    json: bool,
+/// The shape of the throughput runs.
+pub(crate) struct LoadShape {
+    pub(crate) pairs: usize,
+    pub(crate) duration: Duration,
+    pub(crate) connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-enum Mode {
+pub(crate) enum Mode {
     Plain,
     Ours,
 }
@@ -74,13 +36,13 @@ impl Mode {
 }
 
 /// A `bench-server` running on a loopback port.
-struct Server {
-    proc: Proc,
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) proc: Proc,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Server {
-    fn start(framework: &str, mode: Mode, wrapper: &[String]) -> Result<Server, String> {
+    pub(crate) fn start(framework: &str, mode: Mode, wrapper: &[String]) -> Result<Server, String> {
         let binary = example("bench-server");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -128,14 +90,14 @@ impl Server {
 
 /// One throughput run.
 #[derive(Debug, Clone, Copy, Serialize)]
-struct Run {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Run {
+    pub(crate) rps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// Runs load against `addr` for `duration`.
-fn measure(
+pub(crate) fn measure(
     addr: SocketAddr,
     connections: usize,
     duration: Duration,
@@ -161,7 +123,11 @@ fn measure(
     })
 }
 
-fn run_wrk(addr: SocketAddr, connections: usize, duration: Duration) -> Result<Run, String> {
+pub(crate) fn run_wrk(
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+) -> Result<Run, String> {
     let output = Command::new("wrk")
         .args(["-t1", "--latency"])
         .arg(format!("-c{connections}"))
@@ -196,7 +162,7 @@ fn run_wrk(addr: SocketAddr, connections: usize, duration: Duration) -> Result<R
 }
 
 /// `812.00us`, `1.27ms`, `2.01s` in milliseconds.
-fn parse_wrk_duration(text: &str) -> Option<f64> {
+pub(crate) fn parse_wrk_duration(text: &str) -> Option<f64> {
     let (number, factor) = if let Some(n) = text.strip_suffix("us") {
         (n, 0.001)
     } else if let Some(n) = text.strip_suffix("ms") {
@@ -209,7 +175,7 @@ fn parse_wrk_duration(text: &str) -> Option<f64> {
     number.parse::<f64>().ok().map(|n| n * factor)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -224,29 +190,33 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Throughput of one framework: ours against plain, and plain against plain.
 #[derive(Debug, Serialize)]
-struct Throughput {
-    pairs: usize,
+pub(crate) struct Throughput {
+    pub(crate) pairs: usize,
     /// Median of ours/plain over the pairs.
-    ratio: f64,
+    pub(crate) ratio: f64,
     /// Median of plain'/plain over the pairs: the noise floor.
-    aa_ratio: f64,
-    plain: Run,
-    ours: Run,
+    pub(crate) aa_ratio: f64,
+    pub(crate) plain: Run,
+    pub(crate) ours: Run,
 }
 
-fn throughput(framework: &str, args: &Args, wrk: bool) -> Result<Throughput, String> {
+pub(crate) fn throughput(
+    framework: &str,
+    load: &LoadShape,
+    wrk: bool,
+) -> Result<Throughput, String> {
     let plain = Server::start(framework, Mode::Plain, &[])?;
     let plain2 = Server::start(framework, Mode::Plain, &[])?;
     let ours = Server::start(framework, Mode::Ours, &[])?;
-    let duration = Duration::from_secs_f64(args.duration);
-    let run = |addr| measure(addr, args.connections, duration, wrk);
+    let duration = load.duration;
+    let run = |addr| measure(addr, load.connections, duration, wrk);
     // One warm-up run each, not counted.
     for addr in [plain.addr, plain2.addr, ours.addr] {
-        measure(addr, args.connections, Duration::from_millis(500), false)?;
+        measure(addr, load.connections, Duration::from_millis(500), false)?;
     }
     let (mut ratios, mut aa) = (Vec::new(), Vec::new());
     let (mut plain_runs, mut ours_runs) = (Vec::new(), Vec::new());
-    for i in 0..args.pairs {
+    for i in 0..load.pairs {
         // Alternate which goes first, so that drift in the machine cancels out.
         let (a, b) = if i % 2 == 0 {
             let a = run(plain.addr)?;
@@ -270,7 +240,7 @@ fn throughput(framework: &str, args: &Args, wrk: bool) -> Result<Throughput, Str
         eprintln!(
             "bench: {framework} pair {}/{}: ours/plain {ratio:.3}, plain/plain {:.3}",
             i + 1,
-            args.pairs,
+            load.pairs,
             a2.rps / a.rps
         );
     }
@@ -280,7 +250,7 @@ fn throughput(framework: &str, args: &Args, wrk: bool) -> Result<Throughput, Str
         p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
     };
     let result = Throughput {
-        pairs: args.pairs,
+        pairs: load.pairs,
         ratio: median(ratios),
         aa_ratio: median(aa),
         plain: summary(&plain_runs),
@@ -293,7 +263,7 @@ fn throughput(framework: &str, args: &Args, wrk: bool) -> Result<Throughput, Str
 }
 
 /// Resident memory of `pid`, in bytes.
-fn rss(pid: i32) -> Result<u64, String> {
+pub(crate) fn rss(pid: i32) -> Result<u64, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     status
@@ -306,7 +276,10 @@ fn rss(pid: i32) -> Result<u64, String> {
 }
 
 /// Opens `n` keep-alive connections, each served one request, and holds them.
-fn idle_connections(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpStream>, String> {
+pub(crate) fn idle_connections(
+    addr: SocketAddr,
+    n: usize,
+) -> Result<Vec<std::net::TcpStream>, String> {
     use std::io::{Read, Write};
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
@@ -332,7 +305,7 @@ fn idle_connections(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpStrea
 }
 
 /// Memory per idle keep-alive connection of one server, in bytes.
-fn memory_per_connection(framework: &str, mode: Mode, n: usize) -> Result<f64, String> {
+pub(crate) fn memory_per_connection(framework: &str, mode: Mode, n: usize) -> Result<f64, String> {
     let server = Server::start(framework, mode, &[])?;
     // Warm up the allocator and the runtime with a tenth as many, then let them go.
     drop(idle_connections(server.addr, n / 10 + 1)?);
@@ -347,14 +320,14 @@ fn memory_per_connection(framework: &str, mode: Mode, n: usize) -> Result<f64, S
 }
 
 #[derive(Debug, Serialize)]
-struct Memory {
-    connections: usize,
-    plain_bytes: f64,
-    ours_bytes: f64,
-    ratio: f64,
+pub(crate) struct Memory {
+    pub(crate) connections: usize,
+    pub(crate) plain_bytes: f64,
+    pub(crate) ours_bytes: f64,
+    pub(crate) ratio: f64,
 }
 
-fn memory(framework: &str, n: usize) -> Result<Memory, String> {
+pub(crate) fn memory(framework: &str, n: usize) -> Result<Memory, String> {
     // Alternated, three times each: the median.
     let (mut plain, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..3 {
@@ -371,7 +344,12 @@ fn memory(framework: &str, n: usize) -> Result<Memory, String> {
 }
 
 /// Instructions the server executes, under callgrind, to answer `requests` requests.
-fn instructions(framework: &str, mode: Mode, requests: u64, dir: &Path) -> Result<u64, String> {
+pub(crate) fn instructions(
+    framework: &str,
+    mode: Mode,
+    requests: u64,
+    dir: &Path,
+) -> Result<u64, String> {
     let out = dir.join(format!("callgrind.{framework}.{}.{requests}", mode.arg()));
     let wrapper = vec![
         "valgrind".to_owned(),
@@ -403,14 +381,14 @@ fn instructions(framework: &str, mode: Mode, requests: u64, dir: &Path) -> Resul
 }
 
 #[derive(Debug, Serialize)]
-struct Instructions {
-    plain_per_request: f64,
-    ours_per_request: f64,
-    ratio: f64,
+pub(crate) struct Instructions {
+    pub(crate) plain_per_request: f64,
+    pub(crate) ours_per_request: f64,
+    pub(crate) ratio: f64,
 }
 
 /// Instructions per request: the difference between two runs, so that start and stop cancel.
-fn callgrind(framework: &str, short: bool) -> Result<Instructions, String> {
+pub(crate) fn callgrind(framework: &str, short: bool) -> Result<Instructions, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (few, many) = if short { (200, 1000) } else { (2000, 12000) };
     let per_request = |mode| -> Result<f64, String> {
@@ -428,123 +406,9 @@ fn callgrind(framework: &str, short: bool) -> Result<Instructions, String> {
 }
 
 #[derive(Debug, Serialize)]
-struct FrameworkResult {
-    framework: String,
-    throughput: Throughput,
-    memory: Memory,
-    instructions: Option<Instructions>,
-}
-
-#[derive(Debug, Serialize)]
-struct Summary {
-    load: &'static str,
-    connections: usize,
-    duration_s: f64,
-    cpus: usize,
-    results: Vec<FrameworkResult>,
-}
-
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
-fn main() -> ExitCode {
-    let mut args: Args = clap::Parser::parse();
-    if args.short {
-        args.pairs = 1;
-        args.duration = 0.5;
-        args.idle = 100;
-        args.connections = args.connections.min(8);
-    }
-    raise_fd_limit();
-    let wrk = !args.no_wrk && !args.short && Command::new("wrk").arg("-v").output().is_ok();
-    let valgrind = Command::new("valgrind").arg("--version").output().is_ok();
-    if args.callgrind && !valgrind {
-        eprintln!("error: --callgrind needs valgrind");
-        return ExitCode::from(2);
-    }
-    let started = Instant::now();
-    let mut results = Vec::new();
-    for framework in &args.frameworks {
-        let result = (|| -> Result<FrameworkResult, String> {
-            eprintln!("bench: {framework}: throughput");
-            let throughput = throughput(framework, &args, wrk)?;
-            eprintln!("bench: {framework}: memory per idle connection");
-            let memory = memory(framework, args.idle)?;
-            let instructions = if args.callgrind {
-                eprintln!("bench: {framework}: instructions per request (callgrind)");
-                Some(callgrind(framework, args.short)?)
-            } else {
-                None
-            };
-            Ok(FrameworkResult {
-                framework: framework.clone(),
-                throughput,
-                memory,
-                instructions,
-            })
-        })();
-        match result {
-            Ok(result) => results.push(result),
-            Err(e) => {
-                eprintln!("error: {framework}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let summary = Summary {
-        load: if wrk { "wrk -t1" } else { "in-repo client" },
-        connections: args.connections,
-        duration_s: args.duration,
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        results,
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("serializes")
-        );
-    } else {
-        print!("{}", render(&summary));
-    }
-    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
-    ExitCode::SUCCESS
-}
-
-fn render(summary: &Summary) -> String {
-    let mut out = format!(
-        "load: {}, {} keep-alive connections, {} s runs, {} CPUs\n\n",
-        summary.load, summary.connections, summary.duration_s, summary.cpus
-    );
-    out.push_str(
-        "framework  ours/plain req/s (A/A)   plain req/s   ours req/s   p99 ms plain/ours   bytes/idle conn plain/ours (ratio)   instr/req plain/ours (ratio)\n",
-    );
-    for r in &summary.results {
-        let t = &r.throughput;
-        let m = &r.memory;
-        let instructions = r.instructions.as_ref().map_or("-".to_owned(), |i| {
-            format!(
-                "{:.0} / {:.0} ({:.3})",
-                i.plain_per_request, i.ours_per_request, i.ratio
-            )
-        });
-        out.push_str(&format!(
-            "{:<9}  {:.3} ({:.3})              {:>11.0}   {:>10.0}   {:.2} / {:.2}         {:.0} / {:.0} ({:.3})               {}\n",
-            r.framework,
-            t.ratio,
-            t.aa_ratio,
-            t.plain.rps,
-            t.ours.rps,
-            t.plain.p99_ms,
-            t.ours.p99_ms,
-            m.plain_bytes,
-            m.ours_bytes,
-            m.ratio,
-            instructions
-        ));
-    }
-    out
+pub(crate) struct FrameworkResult {
+    pub(crate) framework: String,
+    pub(crate) throughput: Throughput,
+    pub(crate) memory: Memory,
+    pub(crate) instructions: Option<Instructions>,
 }
