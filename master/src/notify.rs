@@ -157,7 +157,10 @@ pub fn status(now: &Observed) -> String {
     }
     let mut text = format!("{serving} of {target} workers serving, version {base_version}");
     if base_version < version {
-        let why = now.failure.as_deref().unwrap_or("no new worker became ready");
+        let why = now
+            .failure
+            .as_deref()
+            .unwrap_or("no new worker became ready");
         text.push_str(&format!("; upgrade to version {version} failed: {why}"));
     }
     text
@@ -255,7 +258,10 @@ mod tests {
             serving: 0,
             ..serving(0, 1)
         };
-        assert!(matches!(&r.observe(&upgrading)[..], [Notice::Reloading { .. }]));
+        assert!(matches!(
+            &r.observe(&upgrading)[..],
+            [Notice::Reloading { .. }]
+        ));
         let progress = Observed {
             serving: 1,
             ..upgrading.clone()
@@ -272,7 +278,10 @@ mod tests {
             stopping: true,
             ..serving(2, 1)
         };
-        assert!(matches!(&r.observe(&stopping)[..], [Notice::Stopping { .. }]));
+        assert!(matches!(
+            &r.observe(&stopping)[..],
+            [Notice::Stopping { .. }]
+        ));
         let fewer = Observed {
             serving: 1,
             ..stopping.clone()

@@ -152,10 +152,7 @@ impl Observer {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&pid);
         if let (Some(report), Some(tail)) = (report, tail) {
-            tracing::error!(
-                "{report}; its last stderr lines:{}",
-                indent(&tail.lines())
-            );
+            tracing::error!("{report}; its last stderr lines:{}", indent(&tail.lines()));
         }
     }
 

@@ -96,7 +96,9 @@ pub enum SelfHostedError {
     #[error("self-hosted master: workers(0): at least one worker is needed")]
     NoWorkers,
     /// The program cannot be found again to start workers.
-    #[error("self-hosted master: cannot find this program again to start workers (argv[0] {argv0:?}): {source}; set it with .program(PATH)")]
+    #[error(
+        "self-hosted master: cannot find this program again to start workers (argv[0] {argv0:?}): {source}; set it with .program(PATH)"
+    )]
     Program {
         /// The name the program was started as.
         argv0: OsString,
@@ -384,7 +386,10 @@ mod tests {
             .master_args(["sh", "-c", "true"])
             .unwrap();
         let program = PathBuf::from(&args.command[0]);
-        assert!(program.is_absolute() && program.ends_with("sh"), "{program:?}");
+        assert!(
+            program.is_absolute() && program.ends_with("sh"),
+            "{program:?}"
+        );
         assert_eq!(&args.command[1..], ["-c", "true"]);
         assert_eq!(args.bind.len(), 2);
         assert_eq!(args.number, 3);

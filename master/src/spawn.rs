@@ -74,7 +74,10 @@ impl WorkerCommand {
                 einhorn_env::MASTER_PID.to_string(),
                 self.master_pid.to_string(),
             ),
-            (einhorn_env::FD_COUNT.to_string(), self.fds.len().to_string()),
+            (
+                einhorn_env::FD_COUNT.to_string(),
+                self.fds.len().to_string(),
+            ),
         ];
         for (i, fd) in self.fds.iter().enumerate() {
             env.push((einhorn_env::fd_var(i), fd.to_string()));

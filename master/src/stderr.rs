@@ -70,7 +70,8 @@ impl Tail {
 
     fn extend_partial(&mut self, bytes: &[u8]) {
         let room = MAX_KEPT_LINE.saturating_sub(self.partial.len());
-        self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     fn end_line(&mut self) {
