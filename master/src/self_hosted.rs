@@ -9,7 +9,7 @@
 //!   with `einhorn_axum::run(app, 0)`.
 //!
 //! Same binary, same arguments, no other tool installed, and the master is the full
-//! [`einhorn-master`](crate) (its [`driver`](crate::driver)): ACK-paced upgrades, the command
+//! [`einhorn-master`](crate) (its [`crate::driver`]): ACK-paced upgrades, the command
 //! socket and `einhorn-master ctl`, `state`, a stable pid.
 //!
 //! # Signals to the master
