@@ -95,6 +95,15 @@ impl App {
         (state.serving_pids(), started.elapsed())
     }
 
+    /// Starts a keep-alive load of `connections` connections, stopped by the test.
+    fn load(&self, connections: usize) -> load::Load {
+        load::start(
+            LoadConfig::new(self.addr)
+                .connections(connections)
+                .duration(Duration::from_secs(120)),
+        )
+    }
+
     /// The version fresh connections are answered by (asserting every answer agrees).
     fn answering_version(&self, tries: usize) -> String {
         let versions: Vec<String> = (0..tries)
@@ -123,11 +132,7 @@ fn five_sighup_upgrades_under_keep_alive_load_lose_nothing_and_keep_the_master_p
     let master_pid = app.master.pid();
     let mut current = app.master.wait_serving(2);
     let mut generations = vec![current.clone()];
-    let load = load::start(
-        LoadConfig::new(app.addr)
-            .connections(16)
-            .duration(Duration::from_secs(120)),
-    );
+    let load = app.load(16);
     assert!(
         wait_until(WAIT, || load.snapshot().ok >= 200),
         "the load gets answers"
@@ -184,11 +189,7 @@ fn the_binary_on_disk_replaced_between_upgrades_is_what_answers_next() {
 fn broken_new_builds_leave_the_old_workers_serving_and_are_reported() {
     let mut app = App::start(2, |_| {});
     let old = app.master.wait_serving(2);
-    let load = load::start(
-        LoadConfig::new(app.addr)
-            .connections(4)
-            .duration(Duration::from_secs(120)),
-    );
+    let load = app.load(4);
 
     // A build that exits at start.
     app.deploy_script("echo 'boom: cannot read /etc/app.toml' >&2\nexit 1");
@@ -310,11 +311,7 @@ fn systemd_hears_ready_reloading_ready_stopping_from_the_master_only() {
 fn sigterm_under_load_completes_requests_in_flight_and_exits_0() {
     let mut app = App::start(2, |_| {});
     let workers = app.master.wait_serving(2);
-    let load = load::start(
-        LoadConfig::new(app.addr)
-            .connections(16)
-            .duration(Duration::from_secs(120)),
-    );
+    let load = app.load(16);
     assert!(wait_until(WAIT, || load.snapshot().ok >= 200));
     // A slow request on a connection a worker has surely accepted (it answered one already).
     let mut slow = TcpStream::connect(app.addr).unwrap();
