@@ -60,7 +60,10 @@ pub enum Notice {
 ///
 /// let mut readiness = Readiness::default();
 /// let mut seen = Observed { serving: 0, target: 2, ..Observed::default() };
-/// assert_eq!(readiness.observe(&seen), vec![Notice::Status("starting: 0 of 2 workers serving".into())]);
+/// assert_eq!(
+///     readiness.observe(&seen),
+///     vec![Notice::Status("starting: 0 of 2 workers serving, version 0".into())]
+/// );
 /// seen.serving = 2;
 /// assert!(matches!(&readiness.observe(&seen)[..], [Notice::Ready { first: true, .. }]));
 /// seen.upgrading = true;
@@ -79,7 +82,11 @@ pub struct Readiness {
 impl Readiness {
     /// Compares `now` with what was sent; returns what to send, in order (often nothing).
     pub fn observe(&mut self, now: &Observed) -> Vec<Notice> {
-        let status = status(now);
+        let mut status = status(now);
+        let starting = !self.ready_sent && !now.upgrading && !now.stopping;
+        if starting && (now.target == 0 || now.serving < now.target) {
+            status = format!("starting: {status}");
+        }
         let mut notices = Vec::new();
         if now.stopping {
             if !self.stopping {
@@ -151,9 +158,6 @@ pub fn status(now: &Observed) -> String {
         return format!(
             "upgrading to version {version}: {serving} of {target} new workers serving"
         );
-    }
-    if !now.upgrading && base_version == version && *serving < *target && *version == 0 {
-        return format!("starting: {serving} of {target} workers serving");
     }
     let mut text = format!("{serving} of {target} workers serving, version {base_version}");
     if base_version < version {
@@ -243,7 +247,9 @@ mod tests {
         let mut r = Readiness::default();
         assert_eq!(
             r.observe(&serving(1, 0)),
-            [Notice::Status("starting: 1 of 2 workers serving".into())]
+            [Notice::Status(
+                "starting: 1 of 2 workers serving, version 0".into()
+            )]
         );
         assert_eq!(
             r.observe(&serving(2, 0)),
