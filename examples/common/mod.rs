@@ -79,7 +79,14 @@ impl Args {
 
 /// Logs to stderr at `info` (or as `RUST_LOG` says), every line tagged with this pid so
 /// that the lines of several workers under one master can be told apart.
+#[allow(dead_code)] // the self-hosted example tags only its workers' lines
 pub(crate) fn init_tracing() -> tracing::span::EnteredSpan {
+    init_logger();
+    tracing::info_span!("worker", pid = std::process::id()).entered()
+}
+
+/// Logs to stderr at `info` (or as `RUST_LOG` says), untagged.
+pub(crate) fn init_logger() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -87,7 +94,6 @@ pub(crate) fn init_tracing() -> tracing::span::EnteredSpan {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    tracing::info_span!("worker", pid = std::process::id()).entered()
 }
 
 /// Turns the end of a run into the process's exit status, saying why on failure.

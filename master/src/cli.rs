@@ -112,6 +112,12 @@ pub struct MasterArgs {
     )]
     pub idle_timeout: Duration,
 
+    /// Give workers a pipe as stderr: the master forwards it to its own stderr and keeps each
+    /// worker's last N lines, logged when a worker dies or never ACKs (0: workers write to the
+    /// master's stderr directly).
+    #[arg(long = "stderr-tail", value_name = "N", default_value_t = 0)]
+    pub stderr_tail: usize,
+
     /// Once bound, write one line `INDEX ADDR` per -b socket to this file (atomically).
     #[arg(long = "addr-file", value_name = "PATH")]
     pub addr_file: Option<PathBuf>,

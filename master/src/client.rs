@@ -311,5 +311,5 @@ pub fn state(socket: impl AsRef<Path>, timeout: Duration) -> Result<MasterState,
 /// Connection and write errors.
 pub fn ack(socket: impl AsRef<Path>, pid: u32) -> Result<(), ClientError> {
     let mut client = Client::connect(socket)?;
-    client.send_raw(format!("{{\"command\":\"worker:ack\",\"pid\":{pid}}}\n").as_bytes())
+    client.send_raw(graceful_listener::einhorn::ack_line(pid).as_bytes())
 }

@@ -23,6 +23,7 @@ use crate::conn::{ConnLimits, Connections, Incoming, sleep_until};
 use crate::machine::{
     Action, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
 };
+use crate::observer::Observer;
 use crate::pidfile::{Pidfile, PidfileError, WrittenFile};
 use crate::render;
 use crate::socket::{CommandSocket, SocketError};
@@ -151,6 +152,9 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         fds: bound.iter().map(Bound::fd).collect(),
         socket_path: socket_path.clone(),
         kill_on_master_exit: args.kill_children_on_exit,
+        capture_stderr: args.stderr_tail > 0,
+        // The master speaks to systemd for the service; systemd ignores other pids anyway.
+        remove_env: vec![graceful_listener::env::NOTIFY_SOCKET.to_string()],
     };
     let machine = Machine::new(MachineConfig {
         workers: args.number,
@@ -174,7 +178,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         .map_err(MasterError::EventLoop)?;
     let listener = command_socket.take_listener();
     let limits = fit_connection_limits(args.connection_limits());
-    let code = runtime.block_on(drive(machine, worker, listener, limits));
+    let code = runtime.block_on(drive(machine, worker, listener, limits, args.stderr_tail));
     // Connections and tasks first (a parse still running on a blocking thread gets a moment),
     // then the files (address file, sockets, lock, pid file).
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -190,6 +194,7 @@ async fn drive(
     worker: WorkerCommand,
     listener: std::os::unix::net::UnixListener,
     limits: ConnLimits,
+    stderr_tail: usize,
 ) -> Result<i32, MasterError> {
     let setup = MasterError::EventLoop;
     listener.set_nonblocking(true).map_err(setup)?;
@@ -208,17 +213,21 @@ async fn drive(
     let mut accept_paused: Option<Instant> = None;
     // Until one worker has started, a failed spawn ends the master: nothing would ever work.
     let mut spawned_any = false;
+    let (mut observer, mut stderr_closed) = Observer::new(stderr_tail, worker.master_pid);
 
-    let mut todo: VecDeque<Action> = machine.handle(Instant::now(), Event::Start).into();
-    write_logs(machine.take_logs());
+    let mut todo: VecDeque<Action> = step(&mut machine, &mut observer, Event::Start).into();
     loop {
         while let Some(action) = todo.pop_front() {
             match action {
                 Action::Spawn { id, index } => {
                     let event = match worker.spawn(index) {
-                        Ok(pid) => {
+                        Ok(started) => {
                             spawned_any = true;
-                            Event::Spawned { id, pid }
+                            observer.started(started.pid, started.stderr);
+                            Event::Spawned {
+                                id,
+                                pid: started.pid,
+                            }
                         }
                         Err(source) if !spawned_any => {
                             return Err(MasterError::Spawn {
@@ -231,8 +240,7 @@ async fn drive(
                             error: format!("{}: {e}", worker.program.to_string_lossy()),
                         },
                     };
-                    todo.extend(machine.handle(Instant::now(), event));
-                    write_logs(machine.take_logs());
+                    todo.extend(step(&mut machine, &mut observer, event));
                 }
                 Action::Signal { pid, signal } => send_signal(pid, signal),
                 Action::Reply { conn, reply } => conns.reply(conn, &render::reply(&reply)),
@@ -274,13 +282,22 @@ async fn drive(
                 Incoming::Reply { conn, reply } => conns.reply(conn, &reply),
             },
             done = conns.next_finished() => conns.finished(done),
+            Some(pid) = stderr_closed.recv() => observer.stderr_closed(pid),
             _ = sleep_until(deadline), if deadline.is_some() => events.push(Event::Tick),
         }
         for event in events {
-            todo.extend(machine.handle(Instant::now(), event));
+            todo.extend(step(&mut machine, &mut observer, event));
         }
-        write_logs(machine.take_logs());
     }
+}
+
+/// Feeds one event to the machine; the observer sees the result before the logs are written.
+fn step(machine: &mut Machine, observer: &mut Observer, event: Event) -> Vec<Action> {
+    let actions = machine.handle(Instant::now(), event);
+    let logs = machine.take_logs();
+    observer.after(machine, &logs);
+    write_logs(logs);
+    actions
 }
 
 /// Reaps every child that has exited.

@@ -93,7 +93,10 @@ fn describe(pid: Pid) -> Holder {
         .ok()
         .and_then(|env| {
             env.split(|&b| b == 0)
-                .find_map(|kv| kv.strip_prefix(b"EINHORN_MASTER_PID="))
+                .find_map(|kv| {
+                    kv.strip_prefix(graceful_listener::env::MASTER_PID.as_bytes())?
+                        .strip_prefix(b"=")
+                })
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse::<Pid>().ok())
         });
     let master_alive = einhorn_master.is_some_and(|master| {

@@ -54,6 +54,11 @@
 //!   master killed with SIGKILL) and what to do.
 //! - The lock file is removed when the master exits, and on every failed start (Einhorn
 //!   leaves it forever).
+//! - With `NOTIFY_SOCKET` set, the master speaks systemd's notify protocol for the service
+//!   (`Type=notify-reload`: `READY=1`, `RELOADING=1`, `STATUS=`, `STOPPING=1`; see [`notify`]),
+//!   and workers get no `NOTIFY_SOCKET`. Einhorn knows nothing of systemd.
+//! - `--stderr-tail N` pipes workers' stderr through the master, which keeps each worker's
+//!   last N lines and logs them when it dies or never ACKs (see [`stderr`]).
 //! - Not implemented: `-p` preloading, `-g`, `--reexec-as`, `--nice`, and the commands
 //!   `reload`, `quieter`, `louder` (answered with an error).
 //!
@@ -62,12 +67,19 @@
 //! or a typed [`driver::MasterError`]; it never exits the process and installs no logger
 //! (`main.rs` does both for the binary).
 //!
+//! # Self-hosted
+//! [`self_hosted::SelfHosted`] runs this master inside the application itself: one call at the
+//! top of `main` makes the first process the master and every copy it starts a worker, so one
+//! binary upgrades itself on SIGHUP with a stable pid and no other tool installed.
+//!
 //! # Modules
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
 //! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
-//! as data), [`render`] (data into the wire's text and YAML), [`bind`]'s parser, [`cli`]. I/O:
-//! [`driver`] (the event loop), [`conn`] (command-socket connections and their limits),
-//! [`spawn`], [`socket`], [`pidfile`], [`holders`], [`client`], [`ctl`].
+//! as data), [`render`] (data into the wire's text and YAML), [`bind`]'s parser, [`cli`],
+//! [`notify`]'s `Readiness`, [`stderr`]'s `Tail`. I/O: [`driver`] (the event loop), [`conn`]
+//! (command-socket connections and their limits), [`observer`] (stderr tails of failed
+//! workers, systemd notifications), [`spawn`], [`socket`], [`pidfile`], [`holders`],
+//! [`client`], [`ctl`], [`self_hosted`] (the master inside the application).
 //! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
@@ -79,9 +91,13 @@ pub mod ctl;
 pub mod driver;
 pub mod holders;
 pub mod machine;
+pub mod notify;
+pub mod observer;
 pub mod pidfile;
 pub mod render;
+pub mod self_hosted;
 pub mod socket;
 pub mod spawn;
 pub mod state;
+pub mod stderr;
 pub mod wire;

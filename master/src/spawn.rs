@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use graceful_listener::env as einhorn_env;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::unistd::{AccessFlags, access};
 
@@ -29,6 +30,21 @@ pub struct WorkerCommand {
     pub socket_path: PathBuf,
     /// Give workers SIGUSR2 when the master dies (`-k`).
     pub kill_on_master_exit: bool,
+    /// Give workers a pipe as stderr (the driver forwards it and keeps its last lines)
+    /// instead of the master's own stderr.
+    pub capture_stderr: bool,
+    /// Variables removed from the workers' environment (the master's `NOTIFY_SOCKET`: the
+    /// master speaks to systemd for the service, and systemd refuses any other pid's word).
+    pub remove_env: Vec<String>,
+}
+
+/// A worker just started.
+#[derive(Debug)]
+pub struct Started {
+    /// Its pid.
+    pub pid: Pid,
+    /// The read end of its stderr, with [`WorkerCommand::capture_stderr`].
+    pub stderr: Option<std::process::ChildStderr>,
 }
 
 impl WorkerCommand {
@@ -44,6 +60,8 @@ impl WorkerCommand {
     ///     fds: vec![3, 7],
     ///     socket_path: "/tmp/e.sock".into(),
     ///     kill_on_master_exit: false,
+    ///     capture_stderr: false,
+    ///     remove_env: vec![],
     /// };
     /// let env = command.env(2);
     /// assert!(env.contains(&("EINHORN_FD_1".to_string(), "7".to_string())));
@@ -53,39 +71,48 @@ impl WorkerCommand {
     pub fn env(&self, index: usize) -> Vec<(String, String)> {
         let mut env = vec![
             (
-                "EINHORN_MASTER_PID".to_string(),
+                einhorn_env::MASTER_PID.to_string(),
                 self.master_pid.to_string(),
             ),
-            ("EINHORN_FD_COUNT".to_string(), self.fds.len().to_string()),
+            (
+                einhorn_env::FD_COUNT.to_string(),
+                self.fds.len().to_string(),
+            ),
         ];
         for (i, fd) in self.fds.iter().enumerate() {
-            env.push((format!("EINHORN_FD_{i}"), fd.to_string()));
+            env.push((einhorn_env::fd_var(i), fd.to_string()));
         }
         env.push((
-            "EINHORN_SOCK_PATH".to_string(),
+            einhorn_env::SOCK_PATH.to_string(),
             self.socket_path.to_string_lossy().into_owned(),
         ));
-        env.push(("EINHORN_CHILD_INDEX".to_string(), index.to_string()));
+        env.push((einhorn_env::CHILD_INDEX.to_string(), index.to_string()));
         let fds: Vec<String> = self.fds.iter().map(|fd| fd.to_string()).collect();
-        env.push(("EINHORN_FDS".to_string(), fds.join(" ")));
+        env.push((einhorn_env::FDS.to_string(), fds.join(" ")));
         env
     }
 
-    /// Starts worker `index`; returns its pid. The child is not waited for here: the driver
-    /// reaps every child with `waitpid`.
+    /// Starts worker `index`; returns its pid (and its stderr pipe, when captured). The
+    /// child is not waited for here: the driver reaps every child with `waitpid`.
     ///
     /// # Errors
     /// The OS error when the program cannot be started (not found, not executable, ...).
-    pub fn spawn(&self, index: usize) -> std::io::Result<Pid> {
+    pub fn spawn(&self, index: usize) -> std::io::Result<Started> {
         let mut command = Command::new(&self.program);
         command.args(&self.args);
         // Einhorn variables inherited from an outer master would only confuse the worker.
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("EINHORN_") {
+            if key.to_string_lossy().starts_with(einhorn_env::PREFIX) {
                 command.env_remove(key);
             }
         }
+        for key in &self.remove_env {
+            command.env_remove(key);
+        }
         command.envs(self.env(index));
+        if self.capture_stderr {
+            command.stderr(std::process::Stdio::piped());
+        }
         command.process_group(0);
         let kill_on_master_exit = self.kill_on_master_exit;
         let master_pid = self.master_pid;
@@ -95,9 +122,11 @@ impl WorkerCommand {
         unsafe {
             command.pre_exec(move || child_setup(kill_on_master_exit, master_pid));
         }
-        let child = command.spawn()?;
+        let mut child = command.spawn()?;
+        let stderr = child.stderr.take();
         // Dropping `Child` neither waits nor kills; the driver reaps by pid.
-        Pid::try_from(child.id()).map_err(std::io::Error::other)
+        let pid = Pid::try_from(child.id()).map_err(std::io::Error::other)?;
+        Ok(Started { pid, stderr })
     }
 }
 
@@ -290,6 +319,8 @@ mod tests {
             fds: vec![5],
             socket_path: "/run/e.sock".into(),
             kill_on_master_exit: false,
+            capture_stderr: false,
+            remove_env: vec![],
         };
         assert_eq!(
             command.env(0),
@@ -342,6 +373,8 @@ mod tests {
             fds: vec![],
             socket_path: "/tmp/x".into(),
             kill_on_master_exit: false,
+            capture_stderr: false,
+            remove_env: vec![],
         };
         assert!(command.spawn(0).is_err());
     }

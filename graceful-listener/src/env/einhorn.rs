@@ -18,6 +18,20 @@ pub const SOCK_PATH: &str = "EINHORN_SOCK_PATH";
 pub const SOCK_FD: &str = "EINHORN_SOCK_FD";
 /// `EINHORN_CHILD_INDEX`: this worker's index.
 pub const CHILD_INDEX: &str = "EINHORN_CHILD_INDEX";
+/// `EINHORN_FDS`: the listening fds, space separated (deprecated by Einhorn; still set).
+pub const FDS: &str = "EINHORN_FDS";
+/// The prefix every Einhorn variable shares: a master clears inherited ones before it sets
+/// its own.
+pub const PREFIX: &str = "EINHORN_";
+
+/// The name of the variable that holds listener `index`'s fd: `EINHORN_FD_<index>`.
+///
+/// ```
+/// assert_eq!(graceful_listener::env::fd_var(2), "EINHORN_FD_2");
+/// ```
+pub fn fd_var(index: usize) -> String {
+    format!("{PREFIX}FD_{index}")
+}
 
 /// How to reach the master's command socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +102,7 @@ impl Environment {
 
     /// The name of the variable that holds listener `index`'s fd.
     pub fn einhorn_fd_var(index: usize) -> String {
-        format!("EINHORN_FD_{index}")
+        fd_var(index)
     }
 
     /// Where to send the ACK: `EINHORN_SOCK_FD` when it is set and numeric, else

@@ -29,7 +29,9 @@ mod systemd;
 
 use std::os::fd::RawFd;
 
-pub use einhorn::{CHILD_INDEX, CommandSocket, FD_COUNT, MASTER_PID, SOCK_FD, SOCK_PATH};
+pub use einhorn::{
+    CHILD_INDEX, CommandSocket, FD_COUNT, FDS, MASTER_PID, PREFIX, SOCK_FD, SOCK_PATH, fd_var,
+};
 pub use starter::{SERVER_STARTER_PORT, StarterPort};
 pub use systemd::{
     Activation, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_START, LISTEN_PID, NOTIFY_SOCKET,
@@ -42,7 +44,7 @@ pub const BIND: &str = "GRACEFUL_LISTENER_BIND";
 pub const PORT: &str = "PORT";
 
 /// The variables this crate reads, by prefix or name.
-const PREFIXES: [&str; 2] = ["EINHORN_", "LISTEN_"];
+const PREFIXES: [&str; 2] = [PREFIX, "LISTEN_"];
 const NAMES: [&str; 4] = [SERVER_STARTER_PORT, NOTIFY_SOCKET, BIND, PORT];
 
 /// A variable a socket manager sets is missing or wrong, or the sockets it passed are not

@@ -1,0 +1,98 @@
+//! The app of the `self-hosted` examples, following the examples' contract: `GET /` answers
+//! with `version=<V> pid=<worker pid>`, `GET /sleep/<ms>` answers after that long,
+//! `--drain-timeout` bounds a worker's drain, logs go to stderr, exit 0 after a graceful stop.
+
+use std::future::IntoFuture;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::get;
+use einhorn_master::self_hosted::SelfHosted;
+use graceful_listener::Bind;
+
+/// The command line: the master's settings and the workers' (every worker gets the same).
+#[derive(Debug, clap::Parser)]
+struct Args {
+    /// Where the master listens: HOST:PORT (port 0: any free port), `[V6]:PORT`; options
+    /// `,r` (SO_REUSEADDR) and `,n`. Repeat for more listeners; workers serve the first.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    bind: Vec<String>,
+    /// Number of workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Longest drain of a worker, in seconds, before open connections are forced closed.
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
+    /// An upgrade fails when no new worker is ready for this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    upgrade_timeout: f64,
+    /// The master's command socket [default: $TMPDIR/einhorn-self-hosted.sock].
+    #[arg(long)]
+    socket: Option<std::path::PathBuf>,
+}
+
+/// Runs the app as version `version`: the master, or (in a worker) the server.
+pub(crate) fn main(version: &'static str) -> ExitCode {
+    let args: Args = clap::Parser::parse();
+    for (flag, value) in [
+        ("--drain-timeout", args.drain_timeout),
+        ("--upgrade-timeout", args.upgrade_timeout),
+    ] {
+        if !(value.is_finite() && value >= 0.0) {
+            eprintln!("error: {flag} {value} is not a number of seconds");
+            return ExitCode::from(2);
+        }
+    }
+    crate::common::init_logger();
+
+    // First, before any runtime: in the master this never returns.
+    let mut master = args
+        .bind
+        .iter()
+        .fold(SelfHosted::new(), |master, spec| master.bind(spec))
+        .workers(args.workers)
+        .upgrade_timeout(Duration::from_secs_f64(args.upgrade_timeout));
+    if let Some(socket) = &args.socket {
+        master = master.command_socket(socket);
+    }
+    if let Err(e) = master.start() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    // A worker from here on.
+    let _span = tracing::info_span!("worker", pid = std::process::id()).entered();
+    tracing::info!("self-hosted version {version} starting");
+    let app = Router::new()
+        .route("/", get(move || hello(version)))
+        .route("/sleep/{ms}", get(sleep));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(
+        einhorn_axum::serve(app)
+            .bind(Bind::Einhorn(0))
+            .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
+            .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
+            .into_future(),
+    );
+    crate::common::exit_status(result)
+}
+
+async fn hello(version: &'static str) -> String {
+    format!(
+        "hello from self-hosted version={version} pid={}\n",
+        std::process::id()
+    )
+}
+
+async fn sleep(Path(ms): Path<u64>) -> String {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms}ms pid={}\n", std::process::id())
+}

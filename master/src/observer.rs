@@ -1,0 +1,189 @@
+//! What the driver tells the world beyond the machine's own log lines: the last stderr lines
+//! of a worker that failed (died, or never ACKed), and systemd's notifications.
+//!
+//! It watches the machine from outside: after each event it reads the machine's typed log
+//! messages (an exit before the ACK, a failed upgrade) and its counts, so the machine stays
+//! free of both concerns.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::PoisonError;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::machine::{ExitNote, Log, Machine, Message};
+use crate::notify::{Notifier, Observed, Readiness};
+use crate::render;
+use crate::state::Pid;
+use crate::stderr::{Tail, Tails, forward, indent};
+
+/// See the [module documentation](self).
+#[derive(Debug)]
+pub struct Observer {
+    /// Lines kept per worker; 0: stderr is not captured.
+    tail_lines: usize,
+    tails: Tails,
+    closed_tx: UnboundedSender<Pid>,
+    /// Workers reaped whose stderr is still open: the report to write at its end, if any.
+    exited: HashMap<Pid, Option<String>>,
+    /// Workers whose stderr ended before they were reaped.
+    closed: HashSet<Pid>,
+    readiness: Readiness,
+    notifier: Notifier,
+    was_upgrading: bool,
+    /// The last worker that died before its ACK, during the current upgrade.
+    last_exit: Option<String>,
+    /// Why the last upgrade failed.
+    failure: Option<String>,
+}
+
+impl Observer {
+    /// An observer keeping `tail_lines` stderr lines per worker (0: none captured) and
+    /// notifying systemd for master `master_pid` when `NOTIFY_SOCKET` is set. Returns the
+    /// receiver of "stderr closed" events, for the driver's loop to pass to
+    /// [`Observer::stderr_closed`].
+    pub fn new(tail_lines: usize, master_pid: Pid) -> (Observer, UnboundedReceiver<Pid>) {
+        let (closed_tx, closed_rx) = unbounded_channel();
+        let observer = Observer {
+            tail_lines,
+            tails: Tails::default(),
+            closed_tx,
+            exited: HashMap::new(),
+            closed: HashSet::new(),
+            readiness: Readiness::default(),
+            notifier: Notifier::from_env(u32::try_from(master_pid).unwrap_or_default()),
+            was_upgrading: false,
+            last_exit: None,
+            failure: None,
+        };
+        (observer, closed_rx)
+    }
+
+    /// Whether workers' stderr should be a pipe to the master.
+    pub fn captures_stderr(&self) -> bool {
+        self.tail_lines > 0
+    }
+
+    /// A worker started: forward its stderr, keeping its tail. Call it within the runtime.
+    pub fn started(&mut self, pid: Pid, stderr: Option<std::process::ChildStderr>) {
+        let Some(stderr) = stderr else { return };
+        let pipe = match tokio::process::ChildStderr::from_std(stderr) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                tracing::warn!("cannot read worker {pid}'s stderr: {e}");
+                return;
+            }
+        };
+        self.tails
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, Tail::new(self.tail_lines));
+        tokio::spawn(forward(
+            pid,
+            pipe,
+            self.tails.clone(),
+            self.closed_tx.clone(),
+        ));
+    }
+
+    /// Worker `pid`'s stderr reached its end.
+    pub fn stderr_closed(&mut self, pid: Pid) {
+        match self.exited.remove(&pid) {
+            Some(report) => self.finish(pid, report),
+            None => {
+                self.closed.insert(pid);
+            }
+        }
+    }
+
+    /// Looks at the machine after an event, with the log lines that event produced (before
+    /// they are written).
+    pub fn after(&mut self, machine: &Machine, logs: &[Log]) {
+        let upgrading = machine.is_upgrading();
+        if upgrading && !self.was_upgrading {
+            self.last_exit = None;
+        }
+        self.was_upgrading = upgrading;
+        for log in logs {
+            match &log.message {
+                Message::Exited { pid, note, status } => self.worker_exited(*pid, *note, status),
+                message @ Message::UpgradeFailed { signaled, .. } => {
+                    for &pid in signaled {
+                        self.report_now(pid, format!("worker {pid} never ACKed"));
+                    }
+                    let mut why = render::text(message);
+                    if let Some(exit) = self.last_exit.take() {
+                        why.push_str(&format!("; last new worker: {exit}"));
+                    }
+                    self.failure = Some(why);
+                }
+                _ => {}
+            }
+        }
+        let observed = observe(machine, self.failure.clone());
+        for notice in self.readiness.observe(&observed) {
+            self.notifier.send(&notice);
+        }
+    }
+
+    fn worker_exited(&mut self, pid: Pid, note: ExitNote, status: &str) {
+        let report = match note {
+            ExitNote::BeforeAck { .. } => {
+                self.last_exit = Some(format!("{pid} {status} before it ACKed"));
+                Some(format!("worker {pid} exited ({status}) before it ACKed"))
+            }
+            ExitNote::Unexpected => Some(format!("worker {pid} exited unexpectedly ({status})")),
+            ExitNote::Retired => None,
+        };
+        if !self.captures_stderr() {
+            return;
+        }
+        if self.closed.remove(&pid) {
+            self.finish(pid, report);
+        } else {
+            self.exited.insert(pid, report);
+        }
+    }
+
+    /// Logs `report` with the worker's last stderr lines (if any report), and forgets it.
+    fn finish(&mut self, pid: Pid, report: Option<String>) {
+        let tail = self
+            .tails
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&pid);
+        if let (Some(report), Some(tail)) = (report, tail) {
+            tracing::error!("{report}; its last stderr lines:{}", indent(&tail.lines()));
+        }
+    }
+
+    /// Logs `report` with what worker `pid` wrote to stderr so far (it is still running).
+    fn report_now(&self, pid: Pid, report: String) {
+        let lines = self
+            .tails
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            .map(Tail::lines);
+        if let Some(lines) = lines {
+            tracing::error!("{report}; its last stderr lines:{}", indent(&lines));
+        }
+    }
+}
+
+/// The machine as systemd's notifications see it.
+fn observe(machine: &Machine, failure: Option<String>) -> Observed {
+    let base = machine.base_version();
+    let serving = machine
+        .workers()
+        .filter(|w| w.version >= base && w.acked && w.retired.is_none())
+        .count();
+    Observed {
+        serving,
+        target: machine.target(),
+        version: machine.version(),
+        base_version: base,
+        upgrading: machine.is_upgrading(),
+        stopping: machine.is_stopping() || machine.is_done(),
+        failure,
+    }
+}

@@ -1,0 +1,409 @@
+//! Self-hosted mode: the application is its own master. One call at the top of `main`:
+//!
+//! - in a process that is not a worker yet, [`SelfHosted::start`] becomes the master: it binds
+//!   the listeners once, starts N copies of this same program (same path, same arguments) as
+//!   Einhorn workers, upgrades them on SIGHUP, and exits the process with the master's status
+//!   when it is done: it never returns;
+//! - in a worker (its parent is the master that started it, as Einhorn's environment says), it
+//!   returns `Ok(())` at once, and the program serves as under any Einhorn master, for example
+//!   with `einhorn_axum::run(app, 0)`.
+//!
+//! Same binary, same arguments, no other tool installed, and the master is the full
+//! [`einhorn-master`](crate) (its [`crate::driver`]): ACK-paced upgrades, the command
+//! socket and `einhorn-master ctl`, `state`, a stable pid.
+//!
+//! # Signals to the master
+//! | signal | effect |
+//! | --- | --- |
+//! | SIGHUP | smooth upgrade to the program now at the same path: each new worker that ACKs retires an old one |
+//! | SIGTERM, SIGINT | graceful stop of every worker, then exit 0 (a second one: stop now) |
+//! | SIGQUIT | SIGQUIT to every worker, exit at once |
+//!
+//! # A broken new build
+//! New workers that exit at start, or never ACK, leave the old workers serving: the upgrade
+//! fails after the upgrade timeout (no new ACK for that long), logged with each failed
+//! worker's exit status and last stderr lines (workers' stderr goes through the master, which
+//! keeps [`SelfHosted::stderr_tail`] lines of each). A worker that dies is respawned, with a
+//! backoff while they keep dying before their ACK.
+//!
+//! # systemd
+//! With `NOTIFY_SOCKET` set (`Type=notify` or `Type=notify-reload`), the master sends
+//! `READY=1` once every worker has ACKed, `RELOADING=1` with `MONOTONIC_USEC` when an
+//! upgrade starts, `READY=1` when it ends, `STATUS=` with the worker count, version and the
+//! last failure, `STOPPING=1` at the stop, and `MAINPID=` itself. See [`crate::notify`].
+//!
+//! # Example
+//! ```no_run
+//! use einhorn_master::self_hosted::SelfHosted;
+//!
+//! fn main() {
+//!     // Before any runtime: the master runs its own, and never returns.
+//!     if let Err(e) = SelfHosted::new().bind("127.0.0.1:8080").workers(4).start() {
+//!         eprintln!("error: {e}");
+//!         std::process::exit(1);
+//!     }
+//!     // A worker: serve on the inherited socket (einhorn@0), e.g. einhorn_axum::run(app, 0).
+//! }
+//! ```
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use graceful_listener::env::Environment;
+
+use crate::bind::{BindSpec, BindSpecError};
+use crate::cli::MasterArgs;
+use crate::driver::{self, MasterError};
+use crate::machine::AckMode;
+use crate::spawn::{ProgramError, check_program};
+
+/// Stderr lines kept per worker by default.
+pub const DEFAULT_STDERR_TAIL: usize = 20;
+
+/// The self-hosted master's settings; [`SelfHosted::start`] runs it (or returns, in a worker).
+/// See the [module documentation](self).
+#[derive(Clone, Debug)]
+#[must_use = "nothing happens until `start` is called"]
+pub struct SelfHosted {
+    binds: Vec<String>,
+    workers: usize,
+    socket_path: Option<PathBuf>,
+    upgrade_timeout: Option<Duration>,
+    signal_timeout: Option<Duration>,
+    stderr_tail: usize,
+    program: Option<PathBuf>,
+}
+
+impl Default for SelfHosted {
+    fn default() -> Self {
+        SelfHosted::new()
+    }
+}
+
+/// Why the self-hosted master could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelfHostedError {
+    /// A bind spec is not `HOST:PORT[,r][,n]`.
+    #[error(transparent)]
+    Bind(#[from] BindSpecError),
+    /// No bind spec was given: workers would have nothing to serve.
+    #[error("self-hosted master: no listener to bind (call .bind(\"HOST:PORT\"))")]
+    NoBind,
+    /// Zero workers.
+    #[error("self-hosted master: workers(0): at least one worker is needed")]
+    NoWorkers,
+    /// The program cannot be found again to start workers.
+    #[error(
+        "self-hosted master: cannot find this program again to start workers (argv[0] {argv0:?}): {source}; set it with .program(PATH)"
+    )]
+    Program {
+        /// The name the program was started as.
+        argv0: OsString,
+        /// What is wrong with it.
+        source: ProgramError,
+    },
+    /// A path could not be made absolute.
+    #[error("self-hosted master: invalid path {path}: {source}")]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Called inside a tokio runtime: the master runs its own, on this thread.
+    #[error(
+        "self-hosted master: start() was called inside a tokio runtime; call it first in main, before any runtime is built"
+    )]
+    InRuntime,
+    /// Called from another thread than the main one.
+    #[error(
+        "self-hosted master: start() was called from a thread other than the main thread; call it first in main"
+    )]
+    NotMainThread,
+    /// The master could not run (bind, command socket, first worker, ...).
+    #[error(transparent)]
+    Master(#[from] MasterError),
+}
+
+impl SelfHosted {
+    /// No listener yet, 1 worker, the command socket at `$TMPDIR/einhorn-NAME.sock` (NAME: the
+    /// program's file name, so `einhorn-master ctl -c NAME state` finds it), the master's
+    /// upgrade timeout (60 s), [`DEFAULT_STDERR_TAIL`] stderr lines kept per worker.
+    ///
+    /// ```
+    /// let master = einhorn_master::self_hosted::SelfHosted::new();
+    /// # let _ = master;
+    /// ```
+    pub fn new() -> SelfHosted {
+        SelfHosted {
+            binds: Vec::new(),
+            workers: 1,
+            socket_path: None,
+            upgrade_timeout: None,
+            signal_timeout: None,
+            stderr_tail: DEFAULT_STDERR_TAIL,
+            program: None,
+        }
+    }
+
+    /// Adds a listener: `HOST:PORT` with Einhorn's options (`,r` SO_REUSEADDR, `,n`
+    /// O_NONBLOCK), `[::1]:PORT` for IPv6, port 0 for any free port (the master logs
+    /// `listening on ADDR (einhorn@INDEX, fd FD)`). Workers take them as `einhorn@0`,
+    /// `einhorn@1`, ... in this order. Checked by [`start`](Self::start).
+    ///
+    /// ```
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().bind("127.0.0.1:8080,r");
+    /// # let _ = master;
+    /// ```
+    pub fn bind(mut self, spec: impl Into<String>) -> SelfHosted {
+        self.binds.push(spec.into());
+        self
+    }
+
+    /// The number of workers.
+    ///
+    /// ```
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().workers(4);
+    /// # let _ = master;
+    /// ```
+    pub fn workers(mut self, workers: usize) -> SelfHosted {
+        self.workers = workers;
+        self
+    }
+
+    /// The command socket's path (`einhorn-master ctl -d PATH ...`).
+    ///
+    /// ```
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().command_socket("/run/app/app.sock");
+    /// # let _ = master;
+    /// ```
+    pub fn command_socket(mut self, path: impl Into<PathBuf>) -> SelfHosted {
+        self.socket_path = Some(path.into());
+        self
+    }
+
+    /// An upgrade during which no new worker ACKs for this long fails (the old workers keep
+    /// serving).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().upgrade_timeout(Duration::from_secs(30));
+    /// # let _ = master;
+    /// ```
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> SelfHosted {
+        self.upgrade_timeout = Some(timeout);
+        self
+    }
+
+    /// SIGKILL a worker still alive this long after the master told it to stop (default:
+    /// never; the worker's own drain timeout ends it).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().signal_timeout(Duration::from_secs(60));
+    /// # let _ = master;
+    /// ```
+    pub fn signal_timeout(mut self, timeout: Duration) -> SelfHosted {
+        self.signal_timeout = Some(timeout);
+        self
+    }
+
+    /// Stderr lines kept per worker, logged when it fails (0: workers write to the master's
+    /// stderr directly, and failures are reported without their output).
+    ///
+    /// ```
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().stderr_tail(50);
+    /// # let _ = master;
+    /// ```
+    pub fn stderr_tail(mut self, lines: usize) -> SelfHosted {
+        self.stderr_tail = lines;
+        self
+    }
+
+    /// The program workers run (default: this program's `argv[0]`, made absolute at start).
+    /// An upgrade runs whatever is at this path then: replace the file, then SIGHUP.
+    ///
+    /// ```
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().program("/srv/app/current/bin/app");
+    /// # let _ = master;
+    /// ```
+    pub fn program(mut self, path: impl Into<PathBuf>) -> SelfHosted {
+        self.program = Some(path.into());
+        self
+    }
+
+    /// In a worker, returns `Ok(())` at once. Otherwise runs the master until it exits, then
+    /// exits the process with its status: it returns only with an error, before any worker
+    /// has started.
+    ///
+    /// Call it first in `main`, on the main thread, before any tokio runtime exists: the
+    /// master runs its own current-thread runtime on this thread.
+    ///
+    /// # Errors
+    /// A [`SelfHostedError`] naming what is wrong: a bind spec, the program path, the calling
+    /// context, or the master's setup (address in use, command socket taken, ...).
+    pub fn start(self) -> Result<(), SelfHostedError> {
+        if Environment::from_process().check_einhorn_worker().is_ok() {
+            return Ok(());
+        }
+        let args = self.master_args(std::env::args_os())?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(SelfHostedError::InRuntime);
+        }
+        if nix::unistd::gettid() != nix::unistd::getpid() {
+            return Err(SelfHostedError::NotMainThread);
+        }
+        let code = driver::run(&args)?;
+        std::process::exit(code)
+    }
+
+    /// The master's arguments for a program started with `argv`. Pure but for the lookup of
+    /// the program (and the current directory, to make it absolute).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start), but for the master's own errors.
+    ///
+    /// ```
+    /// use einhorn_master::self_hosted::SelfHosted;
+    ///
+    /// let args = SelfHosted::new()
+    ///     .bind("127.0.0.1:0")
+    ///     .workers(2)
+    ///     .master_args(["/usr/bin/env", "--flag"])
+    ///     .unwrap();
+    /// assert_eq!(args.number, 2);
+    /// assert_eq!(args.command, ["/usr/bin/env", "--flag"]);
+    /// assert_eq!(args.command_name.as_deref(), Some("env"));
+    ///
+    /// let err = SelfHosted::new().bind("localhost").master_args(["/usr/bin/env"]).unwrap_err();
+    /// assert!(err.to_string().contains("\"localhost\""), "{err}");
+    /// ```
+    pub fn master_args<I, T>(&self, argv: I) -> Result<MasterArgs, SelfHostedError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        if self.binds.is_empty() {
+            return Err(SelfHostedError::NoBind);
+        }
+        if self.workers == 0 {
+            return Err(SelfHostedError::NoWorkers);
+        }
+        let bind = self
+            .binds
+            .iter()
+            .map(|spec| spec.parse::<BindSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut argv = argv.into_iter().map(Into::into);
+        let argv0 = argv.next().unwrap_or_default();
+        let program = match &self.program {
+            Some(path) => absolute(path)?,
+            None => resolve_program(&argv0)?,
+        };
+        // Defaults come from the one place that defines them: the master's command line.
+        let mut args = MasterArgs::try_parse_from([
+            OsString::from("einhorn-master"),
+            OsString::from("--"),
+            program.clone().into_os_string(),
+        ])
+        .expect("the master's defaults parse");
+        args.bind = bind;
+        args.number = self.workers;
+        args.ack_mode = AckMode::Manual;
+        args.socket_path.clone_from(&self.socket_path);
+        args.command_name = program
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
+        if let Some(timeout) = self.upgrade_timeout {
+            args.upgrade_timeout = timeout;
+        }
+        args.signal_timeout = self.signal_timeout;
+        args.stderr_tail = self.stderr_tail;
+        args.command = std::iter::once(program.into_os_string())
+            .chain(argv)
+            .collect();
+        Ok(args)
+    }
+}
+
+/// Where `argv0` names this program, as an absolute path that is not resolved further: not
+/// `/proc/self/exe`, which names the running file even after it is replaced, and not through
+/// symbolic links, so that a `current -> release-N` link switched before SIGHUP is followed.
+fn resolve_program(argv0: &OsString) -> Result<PathBuf, SelfHostedError> {
+    let found = check_program(argv0).map_err(|source| SelfHostedError::Program {
+        argv0: argv0.clone(),
+        source,
+    })?;
+    absolute(&found)
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, SelfHostedError> {
+    std::path::absolute(path).map_err(|source| SelfHostedError::Path {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_typed_errors_naming_the_value() {
+        let argv = ["/bin/sh"];
+        assert!(matches!(
+            SelfHosted::new().master_args(argv),
+            Err(SelfHostedError::NoBind)
+        ));
+        assert!(matches!(
+            SelfHosted::new().bind(":80").workers(0).master_args(argv),
+            Err(SelfHostedError::NoWorkers)
+        ));
+        let err = SelfHosted::new()
+            .bind("127.0.0.1:99999")
+            .master_args(argv)
+            .unwrap_err();
+        assert!(err.to_string().contains("99999"), "{err}");
+        let err = SelfHosted::new()
+            .bind("127.0.0.1:0")
+            .master_args(["/nonexistent/app"])
+            .unwrap_err();
+        assert!(matches!(err, SelfHostedError::Program { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/app"), "{err}");
+    }
+
+    #[test]
+    fn the_program_is_found_through_path_and_made_absolute_with_its_arguments() {
+        let args = SelfHosted::new()
+            .bind("127.0.0.1:0")
+            .bind("[::1]:0,r")
+            .workers(3)
+            .command_socket("/tmp/x.sock")
+            .upgrade_timeout(Duration::from_secs(5))
+            .master_args(["sh", "-c", "true"])
+            .unwrap();
+        let program = PathBuf::from(&args.command[0]);
+        assert!(
+            program.is_absolute() && program.ends_with("sh"),
+            "{program:?}"
+        );
+        assert_eq!(&args.command[1..], ["-c", "true"]);
+        assert_eq!(args.bind.len(), 2);
+        assert_eq!(args.number, 3);
+        assert_eq!(args.ack_mode, AckMode::Manual);
+        assert_eq!(args.upgrade_timeout, Duration::from_secs(5));
+        assert_eq!(args.socket_path(), PathBuf::from("/tmp/x.sock"));
+        assert_eq!(args.stderr_tail, DEFAULT_STDERR_TAIL);
+
+        let relative = SelfHosted::new()
+            .bind("127.0.0.1:0")
+            .program("bin/app")
+            .master_args(["whatever"])
+            .unwrap();
+        assert!(PathBuf::from(&relative.command[0]).is_absolute());
+        assert!(PathBuf::from(&relative.command[0]).ends_with("bin/app"));
+    }
+}

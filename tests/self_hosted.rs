@@ -1,0 +1,397 @@
+//! The `self-hosted` example, its own master: SIGHUP upgrades under keep-alive load lose no
+//! request and keep the master's pid; the binary on disk replaced between upgrades is what
+//! runs next; broken new builds (exit at start, never ACK) leave the old workers serving and
+//! are reported with their exit status and last stderr lines; systemd's notify protocol;
+//! SIGTERM under load drains everything and exits 0.
+
+mod http_support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use graceful_listener_suite::harness::{Proc, example, is_alive, wait_until};
+use graceful_listener_suite::load::{self, LoadConfig};
+use graceful_listener_suite::master::{Master, WAIT};
+use http_support::get;
+use nix::sys::signal::Signal;
+
+/// The example copied to a temporary path and started from there, so that the test can
+/// replace the file at that path as a deployment would.
+struct App {
+    master: Master,
+    addr: SocketAddr,
+    program: PathBuf,
+}
+
+impl App {
+    fn start(workers: usize, adjust: impl FnOnce(&mut Command)) -> App {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let program = dir.path().join("app");
+        std::fs::copy(example("self-hosted"), &program).expect("copy the example");
+        let socket = dir.path().join("master.sock");
+        let mut cmd = Command::new(&program);
+        cmd.args(["--bind", "127.0.0.1:0", "--workers", &workers.to_string()])
+            .args(["--drain-timeout", "10", "--upgrade-timeout", "3"])
+            .arg("--socket")
+            .arg(&socket);
+        adjust(&mut cmd);
+        let proc = Proc::spawn(cmd).expect("start the example");
+        let master = Master {
+            proc,
+            socket,
+            dir,
+            orphans: Vec::new(),
+        };
+        let line = master.wait_for_line("listening on ");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        App {
+            master,
+            addr,
+            program,
+        }
+    }
+
+    /// Replaces the program file (a new inode, as `cp` to a temporary name and `mv` do: the
+    /// running binary's file is never written to).
+    fn deploy(&self, from: &Path) {
+        let staged = self.program.with_extension("new");
+        std::fs::copy(from, &staged).expect("stage the new build");
+        std::fs::rename(&staged, &self.program).expect("deploy the new build");
+    }
+
+    /// Deploys a shell script as the new build.
+    fn deploy_script(&self, body: &str) {
+        let staged = self.program.with_extension("new");
+        std::fs::write(&staged, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&staged, &self.program).unwrap();
+    }
+
+    /// SIGHUP, then waits until `workers` workers of `version` serve, none of them in
+    /// `before`. Returns their pids and how long it took.
+    fn upgrade(&self, version: u64, workers: usize, before: &[i32]) -> (Vec<i32>, Duration) {
+        let started = Instant::now();
+        self.master.signal(Signal::SIGHUP);
+        let state = self
+            .master
+            .wait_state(&format!("version {version} serving"), |s| {
+                let serving = s.serving_pids();
+                s.version == version
+                    && s.base_version == version
+                    && s.upgrading.is_none()
+                    && serving.len() == workers
+                    && serving.iter().all(|p| !before.contains(p))
+            });
+        (state.serving_pids(), started.elapsed())
+    }
+
+    /// Starts a keep-alive load of `connections` connections, stopped by the test.
+    fn load(&self, connections: usize) -> load::Load {
+        load::start(
+            LoadConfig::new(self.addr)
+                .connections(connections)
+                .duration(Duration::from_secs(120)),
+        )
+    }
+
+    /// The version fresh connections are answered by (asserting every answer agrees).
+    fn answering_version(&self, tries: usize) -> String {
+        let versions: Vec<String> = (0..tries)
+            .map(|_| {
+                let answer = get(self.addr, "/").expect("GET /");
+                assert_eq!(answer.status, 200, "{answer:?}");
+                answer
+                    .body
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("version="))
+                    .unwrap_or_else(|| panic!("no version in {:?}", answer.body))
+                    .to_string()
+            })
+            .collect();
+        assert!(
+            versions.iter().all(|v| *v == versions[0]),
+            "mixed versions {versions:?}"
+        );
+        versions[0].clone()
+    }
+}
+
+#[test]
+fn five_sighup_upgrades_under_keep_alive_load_lose_nothing_and_keep_the_master_pid() {
+    let app = App::start(2, |_| {});
+    let master_pid = app.master.pid();
+    let mut current = app.master.wait_serving(2);
+    let mut generations = vec![current.clone()];
+    let load = app.load(16);
+    assert!(
+        wait_until(WAIT, || load.snapshot().ok >= 200),
+        "the load gets answers"
+    );
+    let mut times = Vec::new();
+    for version in 1..=5u64 {
+        let (new, took) = app.upgrade(version, 2, &current);
+        times.push(took);
+        // Some traffic on the new generation before the next upgrade.
+        let seen = load.snapshot().ok;
+        assert!(wait_until(WAIT, || load.snapshot().ok >= seen + 200));
+        assert_eq!(app.master.state().master_pid, master_pid);
+        current = new;
+        generations.push(current.clone());
+    }
+    let report = load.stop();
+    eprintln!("5 SIGHUP upgrades of 2 workers, 16 connections: {report}; upgrade times {times:?}");
+    assert_eq!(report.failed(), 0, "{report}\n{}", app.master.output());
+    for (i, generation) in generations.iter().enumerate() {
+        assert!(
+            generation
+                .iter()
+                .any(|&p| report.pids.contains_key(&(p as u32))),
+            "generation {i} ({generation:?}) never answered: {report}"
+        );
+    }
+    assert!(
+        app.master
+            .proc
+            .output()
+            .contains(&format!("einhorn-master {master_pid}: command socket"))
+    );
+    assert!(is_alive(master_pid));
+}
+
+#[test]
+fn the_binary_on_disk_replaced_between_upgrades_is_what_answers_next() {
+    let app = App::start(2, |_| {});
+    let v1 = app.master.wait_serving(2);
+    assert_eq!(app.answering_version(4), "1");
+
+    app.deploy(&example("self-hosted-v2"));
+    // Deployed but not upgraded: the running workers are still the old build.
+    assert_eq!(app.answering_version(4), "1");
+    let (v2, _) = app.upgrade(1, 2, &v1);
+    assert_eq!(app.answering_version(6), "2");
+
+    app.deploy(&example("self-hosted"));
+    app.upgrade(2, 2, &v2);
+    assert_eq!(app.answering_version(6), "1");
+}
+
+#[test]
+fn broken_new_builds_leave_the_old_workers_serving_and_are_reported() {
+    let mut app = App::start(2, |_| {});
+    let old = app.master.wait_serving(2);
+    let load = app.load(4);
+
+    // A build that exits at start.
+    app.deploy_script("echo 'boom: cannot read /etc/app.toml' >&2\nexit 1");
+    app.master.signal(Signal::SIGHUP);
+    app.master.wait_for_line("Upgrade failed");
+    let output = app.master.output();
+    assert!(
+        output.contains("before it ACKed; its last stderr lines:")
+            && output.contains("(exit status 1)")
+            && output.contains("  | boom: cannot read /etc/app.toml"),
+        "the failure names the exit status and the last stderr lines:\n{output}"
+    );
+    let state = app.master.state();
+    assert_eq!(sorted(state.serving_pids()), old, "the old workers serve");
+    assert_eq!(app.answering_version(4), "1");
+
+    // A build that never ACKs.
+    app.deploy_script("echo 'stuck: waiting for a database' >&2\nexec sleep 600");
+    app.master.signal(Signal::SIGHUP);
+    assert!(
+        app.master
+            .proc
+            .wait_for_lines("Upgrade failed", 2, WAIT)
+            .is_some(),
+        "{}",
+        app.master.output()
+    );
+    let output = app.master.output();
+    assert!(
+        output.contains("never ACKed; its last stderr lines:")
+            && output.contains("  | stuck: waiting for a database"),
+        "the failure shows what the stuck worker said:\n{output}"
+    );
+    assert_eq!(sorted(app.master.state().serving_pids()), old);
+    assert_eq!(app.answering_version(4), "1");
+    assert!(app.master.proc.try_wait().is_none(), "the master stays up");
+
+    // The next good build upgrades as usual.
+    app.deploy(&example("self-hosted-v2"));
+    app.upgrade(3, 2, &old);
+    assert_eq!(app.answering_version(4), "2");
+    let report = load.stop();
+    eprintln!("broken builds: {report}");
+    assert_eq!(report.failed(), 0, "{report}\n{}", app.master.output());
+}
+
+#[test]
+fn systemd_hears_ready_reloading_ready_stopping_from_the_master_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let mut app = App::start(2, |cmd| {
+        cmd.env("NOTIFY_SOCKET", &path);
+    });
+    let master_pid = app.master.pid();
+    let recv_until = |what: &str| -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "no {what}");
+            let mut buf = [0u8; 4096];
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {what}: {e}"));
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.lines().any(|l| l == what) {
+                return message;
+            }
+        }
+    };
+    let ready = recv_until("READY=1");
+    assert!(
+        ready.contains(&format!("MAINPID={master_pid}")),
+        "{ready:?}"
+    );
+    assert!(
+        ready.contains("STATUS=2 of 2 workers serving, version 0"),
+        "{ready:?}"
+    );
+    let workers = app.master.wait_serving(2);
+    for pid in &workers {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            !environ
+                .split(|&b| b == 0)
+                .any(|kv| kv.starts_with(b"NOTIFY_SOCKET=")),
+            "worker {pid} must not speak to systemd"
+        );
+    }
+
+    let before = monotonic_usec();
+    app.master.signal(Signal::SIGHUP);
+    let reloading = recv_until("RELOADING=1");
+    let after = monotonic_usec();
+    let stamp: u128 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {reloading:?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        (before..=after).contains(&stamp),
+        "{before} <= {stamp} <= {after}"
+    );
+    let ready = recv_until("READY=1");
+    assert!(
+        ready.contains("STATUS=2 of 2 workers serving, version 1"),
+        "{ready:?}"
+    );
+
+    app.master.signal(Signal::SIGTERM);
+    let stopping = recv_until("STOPPING=1");
+    assert!(stopping.contains("STATUS=stopping"), "{stopping:?}");
+    let status = app.master.wait_exit(WAIT).expect("the master exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigterm_under_load_completes_requests_in_flight_and_exits_0() {
+    let mut app = App::start(2, |_| {});
+    let workers = app.master.wait_serving(2);
+    let load = app.load(16);
+    assert!(wait_until(WAIT, || load.snapshot().ok >= 200));
+    // A slow request on a connection a worker has surely accepted (it answered one already).
+    let mut slow = TcpStream::connect(app.addr).unwrap();
+    slow.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(slow.try_clone().unwrap());
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+    read_response(&mut reader);
+    slow.write_all(b"GET /sleep/1500 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .unwrap();
+
+    let stopped_at = Instant::now();
+    app.master.signal(Signal::SIGTERM);
+    // No new request after the stop (one that reconnected would reach only the backlog).
+    let report = load.stop();
+    let (head, body) = read_response(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("slept 1500ms"), "{body}");
+    let status = app.master.wait_exit(WAIT).expect("the master exits");
+    eprintln!(
+        "SIGTERM under load: {report}; master exited {:?} after the signal",
+        stopped_at.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "{}", app.master.output());
+    assert_eq!(report.failed(), 0, "{report}\n{}", app.master.output());
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(1400),
+        "the master waited for the slow request"
+    );
+    for pid in workers {
+        assert!(!is_alive(pid), "worker {pid} is gone");
+        app.master
+            .proc
+            .wait_for_line(&format!("Exited worker {pid} (exit status 0)"), WAIT)
+            .expect("every worker exits 0");
+    }
+}
+
+fn sorted(mut pids: Vec<i32>) -> Vec<i32> {
+    pids.sort_unstable();
+    pids
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd's `MONOTONIC_USEC` counts it.
+fn monotonic_usec() -> u128 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which we own.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    u128::try_from(now.tv_sec).unwrap() * 1_000_000 + u128::try_from(now.tv_nsec).unwrap() / 1_000
+}
+
+/// Reads one response with a `content-length` body; returns its head and body.
+fn read_response(reader: &mut impl BufRead) -> (String, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "closed in {head:?}"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head:?}"));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
