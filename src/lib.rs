@@ -19,3 +19,46 @@ pub mod load_h2;
 pub mod master;
 pub mod tls;
 pub mod upgrades;
+
+/// The book's chapters (`book/src/*.md`), compiled as doctests: every ` ```rust ` snippet in
+/// them is built (and run, unless marked `no_run`) by `cargo test --workspace`, with this
+/// package's dev-dependencies (every adapter with `tls`, axum, warp, actix-web, tokio).
+#[cfg(doctest)]
+mod book {
+    #[doc = include_str!("../book/src/introduction.md")]
+    mod introduction {}
+    #[doc = include_str!("../book/src/quickstart.md")]
+    mod quickstart {}
+    #[doc = include_str!("../book/src/options.md")]
+    mod options {}
+    #[doc = include_str!("../book/src/operations.md")]
+    mod operations {}
+    #[doc = include_str!("../book/src/protocol.md")]
+    mod protocol {}
+    #[doc = include_str!("../book/src/core.md")]
+    mod core_crate {}
+    #[doc = include_str!("../book/src/drain.md")]
+    mod drain {}
+    #[doc = include_str!("../book/src/streams.md")]
+    mod streams {}
+    #[doc = include_str!("../book/src/actix.md")]
+    mod actix {}
+    #[doc = include_str!("../book/src/managers.md")]
+    mod managers {}
+    #[doc = include_str!("../book/src/systemd.md")]
+    mod systemd {}
+    #[doc = include_str!("../book/src/server-starter.md")]
+    mod server_starter {}
+    #[doc = include_str!("../book/src/kubernetes.md")]
+    mod kubernetes {}
+    #[doc = include_str!("../book/src/master.md")]
+    mod master {}
+    #[doc = include_str!("../book/src/demo.md")]
+    mod demo {}
+    #[doc = include_str!("../book/src/comparison.md")]
+    mod comparison {}
+    #[doc = include_str!("../book/src/self-hosted.md")]
+    mod self_hosted {}
+    #[doc = include_str!("../book/src/benchmarks.md")]
+    mod benchmarks {}
+}
