@@ -70,8 +70,9 @@ pub struct Run<S> {
 }
 
 impl<S> Run<S> {
-    /// A worker for `server`, bound with [`Bind::Auto`] (Einhorn's first listener when run by
-    /// Einhorn, else `127.0.0.1:8000`), with a 30 s drain timeout.
+    /// A worker for `server`, bound with [`Bind::Auto`] (the first socket a manager passed:
+    /// Einhorn, systemd, Server::Starter; else `:$PORT`; else `127.0.0.1:8000`), with a 30 s
+    /// drain timeout.
     ///
     /// # Example
     /// ```

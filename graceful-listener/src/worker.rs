@@ -325,11 +325,19 @@ impl Worker {
         let at_stop = self.handle.counts();
         self.handle.stop();
         let live_at_stop = at_stop.live;
-        tracing::info!(
-            cause = %stop.cause,
-            live = live_at_stop,
-            "stopping: no longer accepting, draining"
-        );
+        if stop.immediate {
+            tracing::info!(
+                cause = %stop.cause,
+                live = live_at_stop,
+                "stopping now: no longer accepting, closing every connection"
+            );
+        } else {
+            tracing::info!(
+                cause = %stop.cause,
+                live = live_at_stop,
+                "stopping: no longer accepting, draining"
+            );
+        }
         self.notifier
             .stopping(&format!("draining {live_at_stop} connections"));
         let mut on_stop = match self.options.on_stop.take() {

@@ -46,8 +46,9 @@ where
     serve(service).bind(Bind::Einhorn(fd_index))
 }
 
-/// Like [`run`], bound with [`Bind::Auto`] (Einhorn's first listener when run by Einhorn, else
-/// `127.0.0.1:8000`); set another spec with `.bind(..)`.
+/// Like [`run`], bound with [`Bind::Auto`] (the first socket a manager passed: Einhorn,
+/// systemd, Server::Starter; else `:$PORT`; else `127.0.0.1:8000`); set another spec with
+/// `.bind(..)`.
 ///
 /// # Example
 /// ```no_run
@@ -98,8 +99,8 @@ pub struct HttpRun<M> {
 }
 
 impl<M> HttpRun<M> {
-    /// A worker for `server`, bound with [`Bind::Auto`] (Einhorn's first listener when run by
-    /// Einhorn, else `127.0.0.1:8000`).
+    /// A worker for `server`, bound with [`Bind::Auto`] (the first socket a manager passed:
+    /// Einhorn, systemd, Server::Starter; else `:$PORT`; else `127.0.0.1:8000`).
     ///
     /// # Example
     /// ```
