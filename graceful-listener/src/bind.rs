@@ -113,6 +113,16 @@ impl ParseBindError {
     pub fn spec(&self) -> &str {
         &self.spec
     }
+
+    /// What is wrong with it.
+    ///
+    /// ```
+    /// let error = "127.0.0.1:99999".parse::<graceful_listener::Bind>().unwrap_err();
+    /// assert_eq!(error.reason(), "port 99999 is above 65535");
+    /// ```
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
 }
 
 const EXPECTED: &str = "expected einhorn@N, systemd@N, systemd@NAME, starter@N, starter@KEY, fd@N, \

@@ -1,5 +1,8 @@
 //! `-b HOST:PORT[,OPT...]`: parsing (pure) and binding the listening sockets.
 //!
+//! `HOST:PORT` is read by the workers' own parser ([`graceful_listener::Bind`]), so a value
+//! means the same to the master and to a worker; the master adds Einhorn's options.
+//!
 //! The master binds each socket once, keeps it open for its whole life and never accepts on
 //! it. The fd is not close-on-exec, so every worker inherits it under the same number.
 
@@ -44,16 +47,17 @@ pub enum BindSpecError {
     /// No host before the `:`.
     #[error("bind address {0:?} has no host (expected HOST:PORT)")]
     NoHost(String),
-    /// An IPv6 address without brackets.
-    #[error("bind address {0:?} is ambiguous: write IPv6 addresses in brackets, like [::1]:8080")]
-    BareIpv6(String),
-    /// The port is not a number in 0..=65535.
-    #[error("invalid port {port:?} in bind address {spec:?}")]
-    BadPort {
+    /// A bind spec, but not a TCP address (`unix:PATH`, `einhorn@N`, ...).
+    #[error("bind address {0:?} is not HOST:PORT (the master binds TCP sockets)")]
+    NotHostPort(String),
+    /// The address does not parse, as the workers' own bind specs would say
+    /// ([`graceful_listener::Bind`]: one parser for both).
+    #[error("invalid bind address {spec:?}: {reason}")]
+    Invalid {
         /// The whole value.
         spec: String,
-        /// The port part.
-        port: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// An option other than `r`, `so_reuseaddr`, `n`, `o_nonblock`.
     #[error(
@@ -73,29 +77,26 @@ impl FromStr for BindSpec {
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let mut parts = spec.split(',');
         let addr = parts.next().unwrap_or_default().trim();
-        let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
-            let (host, port) = rest
-                .split_once("]:")
-                .ok_or_else(|| BindSpecError::NoPort(spec.to_string()))?;
-            (host, port)
-        } else {
-            let (host, port) = addr
-                .rsplit_once(':')
-                .ok_or_else(|| BindSpecError::NoPort(spec.to_string()))?;
-            if host.contains(':') {
-                return Err(BindSpecError::BareIpv6(spec.to_string()));
-            }
-            (host, port)
-        };
-        if host.is_empty() {
-            return Err(BindSpecError::NoHost(spec.to_string()));
+        if !addr.contains(':') {
+            return Err(BindSpecError::NoPort(spec.to_string()));
         }
-        let port = port.parse::<u16>().map_err(|_| BindSpecError::BadPort {
-            spec: spec.to_string(),
-            port: port.to_string(),
-        })?;
+        // The address is parsed as the workers parse theirs: one grammar for HOST:PORT.
+        let (host, port) = match addr.parse::<graceful_listener::Bind>() {
+            Ok(graceful_listener::Bind::Addr(addr)) => (addr.ip().to_string(), addr.port()),
+            Ok(graceful_listener::Bind::Host(host, port)) => (host, port),
+            Ok(graceful_listener::Bind::Port(_)) => {
+                return Err(BindSpecError::NoHost(spec.to_string()));
+            }
+            Ok(_) => return Err(BindSpecError::NotHostPort(spec.to_string())),
+            Err(e) => {
+                return Err(BindSpecError::Invalid {
+                    spec: spec.to_string(),
+                    reason: e.reason().to_owned(),
+                });
+            }
+        };
         let mut out = BindSpec {
-            host: host.to_string(),
+            host,
             port,
             reuse_addr: false,
             nonblock: false,
@@ -302,10 +303,10 @@ mod tests {
         assert_eq!(spec.host, "::1");
         assert_eq!(spec.port, 0);
         assert_eq!(spec.to_string(), "[::1]:0");
-        assert_eq!(
+        assert!(matches!(
             parse("::1:80"),
-            Err(BindSpecError::BareIpv6("::1:80".into()))
-        );
+            Err(BindSpecError::Invalid { reason, .. }) if reason.contains("IPv6")
+        ));
     }
 
     #[test]
@@ -317,11 +318,16 @@ mod tests {
         assert_eq!(parse(":80"), Err(BindSpecError::NoHost(":80".into())));
         assert_eq!(
             parse("127.0.0.1:99999"),
-            Err(BindSpecError::BadPort {
+            Err(BindSpecError::Invalid {
                 spec: "127.0.0.1:99999".into(),
-                port: "99999".into()
+                reason: "port 99999 is above 65535".into()
             })
         );
+        assert_eq!(
+            parse("unix:/tmp/x.sock"),
+            Err(BindSpecError::NotHostPort("unix:/tmp/x.sock".into()))
+        );
+        assert!(matches!(parse("bad host:80"), Err(BindSpecError::Invalid { .. })));
         assert_eq!(
             parse("127.0.0.1:80,x"),
             Err(BindSpecError::UnknownOption {
@@ -329,7 +335,7 @@ mod tests {
                 option: "x".into()
             })
         );
-        assert_eq!(parse("[::1]"), Err(BindSpecError::NoPort("[::1]".into())));
+        assert!(matches!(parse("[::1]"), Err(BindSpecError::Invalid { .. })));
     }
 
     #[test]

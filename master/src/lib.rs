@@ -73,6 +73,9 @@
 //! binary upgrades itself on SIGHUP with a stable pid and no other tool installed.
 //!
 //! # Modules
+//! Einhorn's protocol facts (variable names, the ACK line, `HOST:PORT`) come from the
+//! workers' crate, `graceful-listener`, written once for both sides.
+//!
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
 //! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
 //! as data), [`render`] (data into the wire's text and YAML), [`bind`]'s parser, [`cli`],
