@@ -25,7 +25,10 @@ use crate::socket::{self, StdListener};
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
 
 /// Where a listener comes from. Parse one with [`str::parse`]; [`Display`](fmt::Display)
-/// prints a spec that parses back to the same value.
+/// prints a spec that parses back to the same value, for every value a parse can produce.
+/// Values built by hand that no spec can express print something that does not parse back:
+/// a negative `Fd`, a Unix path that is not UTF-8 or contains `,mode=`, an IPv6 address with
+/// a flow label, a mode above `0o7777`.
 ///
 /// # Example
 /// ```
