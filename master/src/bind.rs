@@ -327,7 +327,10 @@ mod tests {
             parse("unix:/tmp/x.sock"),
             Err(BindSpecError::NotHostPort("unix:/tmp/x.sock".into()))
         );
-        assert!(matches!(parse("bad host:80"), Err(BindSpecError::Invalid { .. })));
+        assert!(matches!(
+            parse("bad host:80"),
+            Err(BindSpecError::Invalid { .. })
+        ));
         assert_eq!(
             parse("127.0.0.1:80,x"),
             Err(BindSpecError::UnknownOption {
