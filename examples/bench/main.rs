@@ -188,9 +188,11 @@ fn main() -> ExitCode {
         eprintln!("error: --pairs, --connections, --workers and --idle must be at least 1");
         return ExitCode::from(2);
     }
-    if !(args.duration.is_finite() && args.duration > 0.0)
-        || !(args.interval.is_finite() && args.interval >= 0.0)
-    {
+    let seconds_ok = args.duration.is_finite()
+        && args.duration > 0.0
+        && args.interval.is_finite()
+        && args.interval >= 0.0;
+    if !seconds_ok {
         eprintln!("error: --duration and --interval must be numbers of seconds");
         return ExitCode::from(2);
     }
