@@ -47,6 +47,10 @@ struct Args {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Also write the JSON summary to this file (tests read it there: stdout and stderr
+    /// interleave when both are captured).
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
     /// Do not build the master and workers first: use the binaries next to this one.
     #[arg(long)]
     no_build: bool,
@@ -150,11 +154,15 @@ fn main() -> ExitCode {
         connections: args.connections,
         results,
     };
+    let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
+    if let Some(path) = &args.json_out
+        && let Err(e) = std::fs::write(path, &json)
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).expect("summary serializes")
-        );
+        println!("{json}");
     } else {
         print!("{}", render(&summary));
     }

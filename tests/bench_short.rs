@@ -13,17 +13,20 @@ use graceful_listener_suite::harness::{Proc, example};
 fn the_short_benchmark_runs_every_section_and_ours_loses_nothing() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let svg = dir.path().join("timeline.svg");
+    let results = dir.path().join("bench.json");
     let mut cmd = Command::new(example("bench"));
-    cmd.args(["--short", "--json", "--svg"]).arg(&svg);
+    cmd.args(["--short", "--svg"])
+        .arg(&svg)
+        .arg("--json-out")
+        .arg(&results);
     let mut bench = Proc::spawn(cmd).expect("start the benchmark");
     let status = bench
         .wait_timeout(Duration::from_secs(600))
         .expect("the benchmark finishes");
     let output = bench.output();
     assert!(status.success(), "{output}");
-    let json = &output[output.find("{\n").expect("a JSON summary")..];
-    let json = &json[..json.rfind("\n}").expect("the end of the summary") + 2];
-    let summary: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+    let json = std::fs::read_to_string(&results).expect("the JSON results");
+    let summary: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
 
     let engine = summary["engine"].as_array().unwrap();
     assert_eq!(engine.len(), 4, "{summary:#}");

@@ -18,11 +18,14 @@ fn actix_ours_loses_no_request_and_every_upgrade_replaces_every_pid() {
 }
 
 fn ours_loses_no_request_and_every_upgrade_replaces_every_pid(framework: &str) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let results = dir.path().join("demo.json");
     let mut cmd = Command::new(example("demo"));
-    cmd.args(["--framework", framework]);
+    cmd.args(["--framework", framework])
+        .arg("--json-out")
+        .arg(&results);
     cmd.args([
         "--no-build",
-        "--json",
         "--workers",
         "3",
         "--upgrades",
@@ -36,10 +39,8 @@ fn ours_loses_no_request_and_every_upgrade_replaces_every_pid(framework: &str) {
         .wait_timeout(Duration::from_secs(240))
         .expect("the demo finishes");
     assert!(status.success(), "{}", demo.output());
-    let output = demo.output();
-    let json = &output[output.find("{\n").expect("a JSON summary")..];
-    let json = &json[..json.rfind("\n}").expect("the end of the summary") + 2];
-    let summary: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+    let json = std::fs::read_to_string(&results).expect("the JSON summary");
+    let summary: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
 
     let results = summary["results"].as_array().unwrap();
     let ours = results

@@ -23,7 +23,7 @@
 //!   (when installed), ours beside axum's baseline.
 //!
 //! `--short` runs a tiny version of everything (a test runs it, to keep it working);
-//! `--json` prints the results for machines.
+//! `--json` prints the results for machines (`--json-out PATH` writes them to a file).
 
 mod engine;
 mod hostile;
@@ -106,6 +106,10 @@ struct Args {
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON results to this file (tests read it there: stdout and stderr
+    /// interleave when both are captured).
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -207,11 +211,15 @@ fn main() -> ExitCode {
     let started = Instant::now();
     match run(&args, wrk, callgrind) {
         Ok(summary) => {
+            let json = serde_json::to_string_pretty(&summary).expect("serializes");
+            if let Some(path) = &args.json_out
+                && let Err(e) = std::fs::write(path, &json)
+            {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&summary).expect("serializes")
-                );
+                println!("{json}");
             } else {
                 print!("{}", render(&summary));
             }
