@@ -154,17 +154,15 @@ fn main() -> ExitCode {
         connections: args.connections,
         results,
     };
-    let json = serde_json::to_string_pretty(&summary).expect("summary serializes");
-    if let Some(path) = &args.json_out
-        && let Err(e) = std::fs::write(path, &json)
-    {
-        eprintln!("error: cannot write {}: {e}", path.display());
+    let printed = graceful_listener_suite::print_results(
+        &summary,
+        || render(&summary),
+        args.json,
+        args.json_out.as_deref(),
+    );
+    if let Err(e) = printed {
+        eprintln!("error: {e}");
         return ExitCode::FAILURE;
-    }
-    if args.json {
-        println!("{json}");
-    } else {
-        print!("{}", render(&summary));
     }
     ExitCode::SUCCESS
 }

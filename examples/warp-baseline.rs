@@ -30,18 +30,6 @@ struct Args {
     drain_timeout: f64,
 }
 
-/// Einhorn's first listener if we have one, else a fresh one on `bind`.
-async fn listener(bind: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    match by_hand::einhorn_listener() {
-        Some(inherited) => {
-            let std_listener = inherited?;
-            std_listener.set_nonblocking(true)?;
-            tokio::net::TcpListener::from_std(std_listener)
-        }
-        None => tokio::net::TcpListener::bind(bind).await,
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Args = clap::Parser::parse();
@@ -51,7 +39,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let mut usr2 = signal(SignalKind::user_defined2()).expect("SIGUSR2 handler");
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let listener = match listener(args.bind).await {
+    let listener = match by_hand::tokio_listener(args.bind).await {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen");

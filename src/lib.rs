@@ -20,6 +20,31 @@ pub mod master;
 pub mod tls;
 pub mod upgrades;
 
+/// Prints a run's results as the demo and the benchmark do: as JSON on stdout with `json`,
+/// else as `text`; and as JSON to the file `json_out` too, when given (tests read it there:
+/// a captured stdout interleaves with stderr).
+///
+/// # Errors
+/// When the file cannot be written, naming it.
+pub fn print_results(
+    results: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
+    json: bool,
+    json_out: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let encoded = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
+    if let Some(path) = json_out {
+        std::fs::write(path, &encoded)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if json {
+        println!("{encoded}");
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}
+
 /// The book's chapters (`book/src/*.md`), compiled as doctests: every ` ```rust ` snippet in
 /// them is built (and run, unless marked `no_run`) by `cargo test --workspace`, with this
 /// package's dev-dependencies (every adapter with `tls`, axum, warp, actix-web, tokio).

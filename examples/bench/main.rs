@@ -211,17 +211,15 @@ fn main() -> ExitCode {
     let started = Instant::now();
     match run(&args, wrk, callgrind) {
         Ok(summary) => {
-            let json = serde_json::to_string_pretty(&summary).expect("serializes");
-            if let Some(path) = &args.json_out
-                && let Err(e) = std::fs::write(path, &json)
-            {
-                eprintln!("error: cannot write {}: {e}", path.display());
+            let printed = graceful_listener_suite::print_results(
+                &summary,
+                || render(&summary),
+                args.json,
+                args.json_out.as_deref(),
+            );
+            if let Err(e) = printed {
+                eprintln!("error: {e}");
                 return ExitCode::FAILURE;
-            }
-            if args.json {
-                println!("{json}");
-            } else {
-                print!("{}", render(&summary));
             }
             eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
             ExitCode::SUCCESS

@@ -15,6 +15,21 @@ pub(crate) fn einhorn_listener() -> Option<std::io::Result<std::net::TcpListener
     )
 }
 
+/// Einhorn's first listener as a tokio one if we have one, else a fresh one on `bind`.
+#[allow(dead_code)] // actix-baseline takes a std listener
+pub(crate) async fn tokio_listener(
+    bind: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpListener> {
+    match einhorn_listener() {
+        Some(inherited) => {
+            let std_listener = inherited?;
+            std_listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(std_listener)
+        }
+        None => tokio::net::TcpListener::bind(bind).await,
+    }
+}
+
 /// Tells the Einhorn master we are up (nothing to do without one).
 pub(crate) fn ack() -> std::io::Result<()> {
     use std::io::Write;
