@@ -100,6 +100,13 @@ impl H2Load {
         self.shared.lock().unwrap().clone()
     }
 
+    /// Waits until `n` more requests have been answered than now; `false` if that takes
+    /// longer than `timeout`. Before an upgrade: load is flowing on the workers it replaces.
+    pub fn wait_answers(&self, n: u64, timeout: Duration) -> bool {
+        let target = self.snapshot().ok + n;
+        crate::harness::wait_until(timeout, || self.snapshot().ok >= target)
+    }
+
     /// Ends the run (requests in flight complete) and returns its report.
     ///
     /// # Panics

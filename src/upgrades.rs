@@ -310,18 +310,11 @@ pub fn run(contender: &Contender, config: &UpgradeConfig) -> Result<ContenderRes
             progress.steady(k, config.interval, &load);
             let before = load.snapshot();
             outside.absorb(before.since(&mark));
-            let result = upgrade(&master, &load, &before);
-            let after = load.snapshot();
-            let window = after.since(&before);
-            let upgrade_result = UpgradeResult {
-                failed_requests: window.failed(),
-                started_s: before.elapsed.as_secs_f64(),
-                ..result
-            };
-            during.absorb(window);
-            mark = after;
-            progress.upgraded(k, &upgrade_result, &load);
-            upgrades.push(upgrade_result);
+            let (result, settled) = upgrade(&master, &load, &before);
+            during.absorb(settled.since(&before));
+            mark = settled;
+            progress.upgraded(k, &result, &load);
+            upgrades.push(result);
         }
         progress.steady(config.upgrades + 1, config.interval, &load);
         done.store(true, Ordering::Release);
@@ -358,8 +351,9 @@ pub fn run(contender: &Contender, config: &UpgradeConfig) -> Result<ContenderRes
     })
 }
 
-/// Performs one smooth upgrade and waits for every old worker to exit.
-fn upgrade(master: &Master, load: &load::Load, before: &LoadReport) -> UpgradeResult {
+/// Performs one smooth upgrade and waits for every old worker to exit; returns what it did
+/// and the load's snapshot once it was done.
+fn upgrade(master: &Master, load: &load::Load, before: &LoadReport) -> (UpgradeResult, LoadReport) {
     let old_pids = serving_pids(master).unwrap_or_default();
     let started = Instant::now();
     let outcome = einhorn_master::client::upgrade(&master.socket, CONTROL_TIMEOUT);
@@ -385,17 +379,18 @@ fn upgrade(master: &Master, load: &load::Load, before: &LoadReport) -> UpgradeRe
         .map(|&pid| pid as i32)
         .filter(|pid| !old_pids.contains(pid) && !new_pids.contains(pid))
         .collect();
-    UpgradeResult {
+    let result = UpgradeResult {
         replaced_every_pid: fresh && exited && unexpected_pids.is_empty(),
         unexpected_pids,
         old_pids,
         new_pids,
-        started_s: 0.0,
+        started_s: before.elapsed.as_secs_f64(),
         acked_ms,
         old_exited_ms,
-        failed_requests: 0,
+        failed_requests: recent.failed(),
         error,
-    }
+    };
+    (result, settled)
 }
 
 /// One line of progress on stderr, rewritten in place on a terminal.

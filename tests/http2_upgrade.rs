@@ -38,7 +38,10 @@ fn multiplexed_clients_lose_nothing_across_upgrades(example: &str) {
                 .unwrap_or_else(|| panic!("h2load did not start:\n{}", h2load.output()));
             h2load
         });
-        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            load.wait_answers(200, WAIT),
+            "round {round}: no load before the upgrade"
+        );
         master.upgrade();
         let new = master.wait_serving(2);
         assert!(new.iter().all(|p| !current.contains(p)), "round {round}");

@@ -64,7 +64,10 @@ fn https_http2_loses_nothing_across_upgrades(example: &str) {
     };
     assert!(answered(&current), "{}", master.master.output());
     for round in 1..=4 {
-        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            load.wait_answers(200, WAIT),
+            "round {round}: no load before the upgrade"
+        );
         master.upgrade();
         let new = master.wait_serving(2);
         assert!(answered(&new), "round {round}: {}", master.master.output());

@@ -22,17 +22,29 @@ pub(crate) struct Hostile {
     pub(crate) target_s: f64,
 }
 
-/// Sends a request head a byte every 100 ms until the server stops reading or `stop`.
-fn trickle(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// Sends a request head a byte every 100 ms until the server stops reading or `stop`; says
+/// on `started` once its first bytes are out (the connection is then a partial head).
+fn trickle(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    started: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let Ok(mut stream) = TcpStream::connect(addr) else {
             return;
         };
         let head = b"GET / HTTP/1.1\r\nhost: bench\r\nx-slow: ";
         // Bounded: 60 s of bytes at most.
-        for byte in head.iter().chain(std::iter::repeat_n(&b'a', 600)) {
+        for (i, byte) in head
+            .iter()
+            .chain(std::iter::repeat_n(&b'a', 600))
+            .enumerate()
+        {
             if stop.load(Ordering::Acquire) || stream.write_all(&[*byte]).is_err() {
                 return;
+            }
+            if i == 2 {
+                let _ = started.send(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -53,9 +65,11 @@ pub(crate) fn hostile(framework: &str, idle: usize) -> Result<Hostile, String> {
     let mut server = Server::start(framework, Mode::Ours, &[])?;
     let held = idle_connections(server.addr, idle)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let trickler = trickle(server.addr, stop.clone());
-    // Let the trickler's first bytes reach the server: its connection is then a partial head.
-    std::thread::sleep(Duration::from_millis(300));
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let trickler = trickle(server.addr, stop.clone(), started_tx);
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| format!("{framework}: the trickling client could not connect"))?;
     let stopped = Instant::now();
     server
         .proc

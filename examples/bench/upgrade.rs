@@ -82,7 +82,9 @@ fn http2_run(contender: &Contender, upgrades: usize) -> Result<Http2Result, Stri
             None => None,
         };
         // Load flowing on the old workers before the upgrade.
-        std::thread::sleep(Duration::from_millis(300));
+        if !pooled.wait_answers(200, Duration::from_secs(30)) {
+            return Err(format!("upgrade {round}: no load before it"));
+        }
         let old = serving_pids(&master)?;
         einhorn_master::client::upgrade(&master.socket, upgrades::CONTROL_TIMEOUT)
             .map_err(|e| format!("upgrade {round}: {e}"))?;

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use graceful_listener::{Connection, GracefulListener, Server};
+use graceful_listener::{GracefulListener, Server};
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -246,7 +246,7 @@ impl CommandWatch {
 async fn serve_tls<S, B>(
     builder: &auto::Builder<TokioExecutor>,
     acceptor: tokio_rustls::TlsAcceptor,
-    conn: Connection,
+    conn: graceful_listener::Connection,
     service: S,
     state: Arc<ConnState>,
     times: (std::time::Duration, std::time::Duration),

@@ -58,9 +58,7 @@ async fn a_thousand_idle_connections_and_a_trickler_do_not_hold_the_drain() {
         TcpStream::connect(addr).await.unwrap(),
         Duration::from_millis(100),
     );
-    // Wait until the trickler's head has started arriving.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(handle.live(), IDLE + 1);
+    support::wait_live(&handle, IDLE + 1).await;
 
     let stopped = Instant::now();
     handle.stop();
@@ -97,7 +95,7 @@ async fn a_partial_head_at_the_stop_gets_the_grace_then_a_408() {
         .write_all(b"GET / HTTP/1.1\r\nhost: te")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    support::wait_live(&handle, 1).await;
     let stopped = Instant::now();
     handle.stop();
     let answer = read_until_closed(&mut client).await.unwrap();

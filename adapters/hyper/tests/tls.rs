@@ -27,27 +27,6 @@ async fn tls_client(
         .expect("a TLS handshake")
 }
 
-/// One response, read up to its body's announced length; the head lower-cased.
-async fn response<T: tokio::io::AsyncRead + Unpin>(stream: &mut T) -> (String, String) {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head");
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await.unwrap();
-    (head, String::from_utf8(body).unwrap())
-}
-
 #[tokio::test]
 async fn https_drains_like_http_and_closes_with_close_notify() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +40,7 @@ async fn https_drains_like_http_and_closes_with_close_notify() {
         .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
         .await
         .unwrap();
-    let (head, body) = response(&mut client).await;
+    let (head, body) = support::read_response(&mut client).await;
     assert!(
         head.starts_with("http/1.1 200") && !head.contains("connection: close"),
         "{head}"
@@ -74,7 +53,7 @@ async fn https_drains_like_http_and_closes_with_close_notify() {
         .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
         .await
         .unwrap();
-    let (head, _) = response(&mut client).await;
+    let (head, _) = support::read_response(&mut client).await;
     assert!(head.contains("connection: close"), "{head}");
     // ...and then a clean TLS close: close_notify, not a bare end of the TCP stream (which
     // rustls reports as an unexpected end of file).
@@ -97,8 +76,7 @@ async fn a_handshake_in_progress_at_the_stop_gets_the_grace() {
     // Connected, and the first bytes of a ClientHello sent: the handshake is under way.
     let mut stalled = TcpStream::connect(addr).await.unwrap();
     stalled.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(handle.live(), 1);
+    support::wait_live(&handle, 1).await;
 
     let stopped = Instant::now();
     handle.stop();

@@ -78,9 +78,20 @@ pub async fn start(config: HttpConfig) -> (std::net::SocketAddr, ListenerHandle)
     (addr, handle)
 }
 
+/// Waits until the listener has accepted and tracks `n` live connections (up to [`LIMIT`]).
+pub async fn wait_live(handle: &ListenerHandle, n: usize) {
+    tokio::time::timeout(LIMIT, async {
+        while handle.live() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} live connections, not {n}", handle.live()));
+}
+
 /// Reads one response (head and `content-length` body) from `stream`; returns the head,
 /// lower-cased, and the body.
-pub async fn read_response(stream: &mut TcpStream) -> (String, String) {
+pub async fn read_response<T: tokio::io::AsyncRead + Unpin>(stream: &mut T) -> (String, String) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
