@@ -96,6 +96,17 @@ pub struct MasterArgs {
     )]
     pub upgrade_timeout: Duration,
 
+    /// A worker that dies within SECONDS of its ACK counts as a failed start, as one that
+    /// dies before it: respawns back off (1 s, 1.5 s, 2.25 s ... up to 30 s) until a worker
+    /// stays up that long.
+    #[arg(
+        long = "min-uptime",
+        value_name = "SECONDS",
+        default_value = "10",
+        value_parser = parse_seconds
+    )]
+    pub min_uptime: Duration,
+
     /// Serve at most N command-socket connections at once; beyond that, new connections may
     /// only deliver a worker:ack or worker:ping, and are otherwise refused with the reason.
     #[arg(long = "max-connections", value_name = "N", default_value_t = 256,

@@ -162,6 +162,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         spawn_spacing: args.seconds,
         signal_timeout: args.signal_timeout,
         upgrade_timeout: args.upgrade_timeout,
+        min_uptime: args.min_uptime,
         master_pid,
         command_name: args.command_name.clone(),
         socket_path: socket_path.display().to_string(),

@@ -97,6 +97,10 @@ pub struct MachineConfig {
     pub signal_timeout: Option<Duration>,
     /// Fail an upgrade when no new worker ACKs for this long (`--upgrade-timeout`).
     pub upgrade_timeout: Duration,
+    /// A worker that dies this soon after its ACK counts as a failed start, as one that dies
+    /// before it (`--min-uptime`); one that stays up this long after its ACK ends the
+    /// backoff.
+    pub min_uptime: Duration,
     /// The master's pid (for `ehlo` and `state`).
     pub master_pid: Pid,
     /// The `-c` name, if any.
@@ -111,7 +115,8 @@ pub struct MachineConfig {
 
 impl MachineConfig {
     /// A configuration for `workers` workers with Einhorn's defaults: timer ACK of 1 s, no
-    /// spacing, no signal timeout, a 60 s upgrade timeout.
+    /// spacing, no signal timeout; and ours: a 60 s upgrade timeout, a
+    /// [`DEFAULT_MIN_UPTIME`].
     pub fn new(workers: usize) -> Self {
         MachineConfig {
             workers,
@@ -119,6 +124,7 @@ impl MachineConfig {
             spawn_spacing: Duration::ZERO,
             signal_timeout: None,
             upgrade_timeout: Duration::from_secs(60),
+            min_uptime: DEFAULT_MIN_UPTIME,
             master_pid: 0,
             command_name: None,
             socket_path: String::new(),
@@ -243,10 +249,17 @@ struct Worker {
     index: usize,
     version: u64,
     spawned_at: Instant,
-    acked: bool,
+    /// When it ACKed.
+    acked_at: Option<Instant>,
     retired: Option<(Signal, Instant)>,
     killed: bool,
     last_ping: Option<Instant>,
+}
+
+impl Worker {
+    fn acked(&self) -> bool {
+        self.acked_at.is_some()
+    }
 }
 
 type Subscriber = (ConnId, Option<RequestId>);
@@ -273,6 +286,9 @@ enum Phase {
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Wait before the first respawn after a failure, when `-s` is shorter.
 pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
+/// How long after its ACK a worker must stay up before its death stops counting as a failed
+/// start (`--min-uptime`).
+pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(10);
 
 /// The state machine. See the [module documentation](self) for the rules.
 #[derive(Debug)]
@@ -286,6 +302,9 @@ pub struct Machine {
     next_spawn: u64,
     last_spawn: Option<Instant>,
     failures: u32,
+    /// When the last failure counted in `failures` happened: only a worker started after it
+    /// can end the backoff by staying up.
+    last_failure: Option<Instant>,
     upgrade: Option<Upgrade>,
     phase: Phase,
     started: bool,
@@ -305,6 +324,7 @@ impl Machine {
             next_spawn: 0,
             last_spawn: None,
             failures: 0,
+            last_failure: None,
             upgrade: None,
             phase: Phase::Running,
             started: false,
@@ -327,8 +347,8 @@ impl Machine {
         match event {
             Event::Start => self.start(now),
             Event::Spawned { id, pid } => self.spawned(now, id, pid),
-            Event::SpawnFailed { id, error } => self.spawn_failed(id, &error),
-            Event::Exited { pid, status } => self.exited(pid, &status),
+            Event::SpawnFailed { id, error } => self.spawn_failed(now, id, &error),
+            Event::Exited { pid, status } => self.exited(now, pid, &status),
             Event::Request { conn, id, command } => self.request(now, conn, id, command),
             Event::Signal(signal) => self.master_signal(now, signal),
             Event::Tick => {}
@@ -347,13 +367,14 @@ impl Machine {
             deadlines.extend(
                 self.workers
                     .iter()
-                    .filter(|w| w.pid.is_some() && !w.acked && w.retired.is_none())
+                    .filter(|w| w.pid.is_some() && !w.acked() && w.retired.is_none())
                     .map(|w| w.spawned_at + after),
             );
         }
         if let Some(up) = &self.upgrade {
             deadlines.push(up.progress_at + self.config.upgrade_timeout);
         }
+        deadlines.extend(self.backoff_ends_at());
         if let Some(after) = self.config.signal_timeout {
             deadlines.extend(
                 self.workers
@@ -378,7 +399,7 @@ impl Machine {
             pid: w.pid,
             index: w.index,
             version: w.version,
-            acked: w.acked,
+            acked: w.acked(),
             retired: w.retired.map(|(s, _)| s),
         })
     }
@@ -468,13 +489,13 @@ impl Machine {
         }
     }
 
-    fn spawn_failed(&mut self, id: SpawnId, error: &str) {
+    fn spawn_failed(&mut self, now: Instant, id: SpawnId, error: &str) {
         let Some(i) = self.workers.iter().position(|w| w.spawn == id) else {
             return;
         };
         let worker = self.workers.remove(i);
         if worker.retired.is_none() {
-            self.failures += 1;
+            self.failed(now);
         }
         self.progress_level(
             Level::Error,
@@ -485,7 +506,7 @@ impl Machine {
         );
     }
 
-    fn exited(&mut self, pid: Pid, status: &str) {
+    fn exited(&mut self, now: Instant, pid: Pid, status: &str) {
         let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
             self.log(
                 Level::Debug,
@@ -497,15 +518,22 @@ impl Machine {
             return;
         };
         let worker = self.workers.remove(i);
-        let note = if worker.retired.is_none() && !worker.acked {
-            self.failures += 1;
-            ExitNote::BeforeAck {
-                failures: self.failures,
+        let note = match (worker.retired, worker.acked_at) {
+            (Some(_), _) => ExitNote::Retired,
+            (None, None) => {
+                self.failed(now);
+                ExitNote::BeforeAck {
+                    failures: self.failures,
+                }
             }
-        } else if worker.retired.is_none() {
-            ExitNote::Unexpected
-        } else {
-            ExitNote::Retired
+            (None, Some(at)) if now < at + self.config.min_uptime => {
+                self.failed(now);
+                ExitNote::SoonAfterAck {
+                    after: now.saturating_duration_since(at),
+                    failures: self.failures,
+                }
+            }
+            (None, Some(_)) => ExitNote::Unexpected,
         };
         let level = if worker.retired.is_none() && self.phase == Phase::Running {
             Level::Warn
@@ -656,7 +684,7 @@ impl Machine {
         }
         match self.find(Some(pid)) {
             None => self.log(Level::Warn, Message::AckFromUnknown { pid }),
-            Some(i) if self.workers[i].acked => {
+            Some(i) if self.workers[i].acked() => {
                 self.log(Level::Debug, Message::AckedAgain { pid });
             }
             Some(i) => self.ack(now, i),
@@ -669,8 +697,7 @@ impl Machine {
     }
 
     fn ack(&mut self, now: Instant, i: usize) {
-        self.workers[i].acked = true;
-        self.failures = 0;
+        self.workers[i].acked_at = Some(now);
         let worker = self.workers[i].clone();
         let pid = worker.pid.unwrap_or_default();
         let counts = self.is_current(&worker) && worker.retired.is_none();
@@ -805,6 +832,7 @@ impl Machine {
             return;
         }
         self.timer_acks(now);
+        self.end_backoff(now);
         self.check_upgrade_timeout(now);
         if self.phase == Phase::Running {
             self.cull(now);
@@ -825,9 +853,41 @@ impl Machine {
         };
         for i in 0..self.workers.len() {
             let w = &self.workers[i];
-            if w.pid.is_some() && !w.acked && w.retired.is_none() && now >= w.spawned_at + after {
+            if w.pid.is_some() && !w.acked() && w.retired.is_none() && now >= w.spawned_at + after {
                 self.ack(now, i);
             }
+        }
+    }
+
+    /// A failed start: the next spawns back off.
+    fn failed(&mut self, now: Instant) {
+        self.failures += 1;
+        self.last_failure = Some(now);
+    }
+
+    /// When the backoff ends: the first time a worker started after the last failure has
+    /// been up for `min_uptime` since its ACK.
+    fn backoff_ends_at(&self) -> Option<Instant> {
+        let since = self.last_failure.filter(|_| self.failures > 0)?;
+        self.workers
+            .iter()
+            .filter(|w| w.pid.is_some() && w.retired.is_none() && w.spawned_at >= since)
+            .filter_map(|w| w.acked_at)
+            .map(|at| at + self.config.min_uptime)
+            .min()
+    }
+
+    fn end_backoff(&mut self, now: Instant) {
+        if self.backoff_ends_at().is_some_and(|at| now >= at) {
+            self.log(
+                Level::Info,
+                Message::BackoffEnded {
+                    failures: self.failures,
+                    uptime: self.config.min_uptime,
+                },
+            );
+            self.failures = 0;
+            self.last_failure = None;
         }
     }
 
@@ -842,7 +902,7 @@ impl Machine {
         let unacked: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
                 let w = &self.workers[i];
-                w.version > up.base && w.retired.is_none() && !w.acked
+                w.version > up.base && w.retired.is_none() && !w.acked()
             })
             .collect();
         let signaled = self.retire(now, &unacked, Signal::SIGUSR2);
@@ -860,6 +920,21 @@ impl Machine {
     }
 
     fn cull(&mut self, now: Instant) {
+        // Old workers that never ACKed belong to a superseded upgrade (or were still
+        // starting when the upgrade began): they serve nobody, so they are the ones stopped,
+        // at once. Old workers that serve are retired only as new ones ACK in their place.
+        let superseded: Vec<usize> = self
+            .live_old()
+            .into_iter()
+            .filter(|&i| !self.workers[i].acked())
+            .collect();
+        if !superseded.is_empty() {
+            self.progress(Message::SupersededStopping {
+                count: superseded.len(),
+            });
+            let pids = self.retire(now, &superseded, Signal::SIGUSR2);
+            self.progress(usr2_sent(pids));
+        }
         let acked = self.acked_count();
         let mut finished = None;
         if self.upgrade.is_some() && acked >= self.target {
@@ -903,7 +978,7 @@ impl Machine {
             // Retire unACKed workers first, then the highest indexes.
             current.sort_by_key(|&i| {
                 (
-                    self.workers[i].acked,
+                    self.workers[i].acked(),
                     std::cmp::Reverse(self.workers[i].index),
                 )
             });
@@ -957,7 +1032,7 @@ impl Machine {
             .workers
             .iter()
             .filter(|w| self.is_current(w) && w.retired.is_none());
-        let (count, unacked) = current.fold((0, 0), |(c, u), w| (c + 1, u + usize::from(!w.acked)));
+        let (count, unacked) = current.fold((0, 0), |(c, u), w| (c + 1, u + usize::from(!w.acked())));
         if count >= self.target {
             return false;
         }
@@ -985,7 +1060,7 @@ impl Machine {
             index,
             version: self.version,
             spawned_at: now,
-            acked: false,
+            acked_at: None,
             retired: None,
             killed: false,
             last_ping: None,
@@ -1005,7 +1080,7 @@ impl Machine {
     fn acked_count(&self) -> usize {
         self.workers
             .iter()
-            .filter(|w| self.is_current(w) && w.retired.is_none() && w.acked)
+            .filter(|w| self.is_current(w) && w.retired.is_none() && w.acked())
             .count()
     }
 
@@ -1104,6 +1179,8 @@ impl Machine {
                 .map(|up| if up.fleet { "fleet" } else { "smooth" }.to_string()),
             stopping: self.phase != Phase::Running,
             consecutive_failures: self.failures,
+            respawn_backoff_seconds: (self.failures > 0)
+                .then(|| self.spawn_interval().as_secs_f64()),
             listeners: self.config.listeners.clone(),
             workers: self
                 .workers
@@ -1112,7 +1189,7 @@ impl Machine {
                     pid: w.pid,
                     index: w.index,
                     version: w.version,
-                    acked: w.acked,
+                    acked: w.acked(),
                     retired: w.retired.map(|(s, _)| signal_name(s).to_string()),
                     age_seconds: now.saturating_duration_since(w.spawned_at).as_secs_f64(),
                     last_ping_seconds_ago: w
@@ -1133,6 +1210,7 @@ impl Machine {
             spawn_spacing_seconds: c.spawn_spacing.as_secs_f64(),
             signal_timeout_seconds: c.signal_timeout.map(|d| d.as_secs_f64()),
             upgrade_timeout_seconds: c.upgrade_timeout.as_secs_f64(),
+            min_uptime_seconds: c.min_uptime.as_secs_f64(),
             socket_path: c.socket_path.clone(),
             command_name: c.command_name.clone(),
             listeners: c.listeners.clone(),

@@ -131,6 +131,10 @@ impl Observer {
                 self.last_exit = Some(format!("{pid} {status} before it ACKed"));
                 Some(format!("worker {pid} exited ({status}) before it ACKed"))
             }
+            ExitNote::SoonAfterAck { after, .. } => Some(format!(
+                "worker {pid} exited ({status}) {:.3}s after its ACK",
+                after.as_secs_f64()
+            )),
             ExitNote::Unexpected => Some(format!("worker {pid} exited unexpectedly ({status})")),
             ExitNote::Retired => None,
         };

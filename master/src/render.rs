@@ -107,6 +107,10 @@ pub fn text(message: &Message) -> String {
                 ExitNote::BeforeAck { failures } => {
                     format!(" before it ACKed ({failures} consecutive failures)")
                 }
+                ExitNote::SoonAfterAck { after, failures } => format!(
+                    " {:.3}s after its ACK, within --min-uptime ({failures} consecutive failures)",
+                    after.as_secs_f64()
+                ),
                 ExitNote::Unexpected => " unexpectedly".to_string(),
                 ExitNote::Retired => String::new(),
             };
@@ -122,6 +126,9 @@ pub fn text(message: &Message) -> String {
         Message::SmoothKilling { count } => {
             format!("Smooth upgrade: killing off {count} old workers.")
         }
+        Message::SupersededStopping { count } => format!(
+            "Stopping {count} workers of a superseded version that never ACKed; the workers serving stay until new ones ACK."
+        ),
         Message::TooManyCurrent { count } => {
             format!("Have too many workers at the current version, so killing off {count} of them.")
         }
@@ -165,6 +172,10 @@ pub fn text(message: &Message) -> String {
             signal_name(sent.signal),
             sent.pids.len(),
             sent.pids
+        ),
+        Message::BackoffEnded { failures, uptime } => format!(
+            "a worker stayed up {}s after its ACK: {failures} failed starts forgiven, spawns no longer back off",
+            uptime.as_secs_f64()
         ),
         Message::Quitting => "quitting: sending QUIT to every worker and exiting now".to_string(),
         Message::AllGone => "all workers are gone; exiting".to_string(),

@@ -52,8 +52,12 @@ pub struct MasterState {
     pub upgrading: Option<String>,
     /// Whether the master is stopping.
     pub stopping: bool,
-    /// Workers that died before ACKing, in a row (drives the respawn backoff).
+    /// Failed starts in a row: workers that died before their ACK or within `--min-uptime`
+    /// of it (drives the respawn backoff).
     pub consecutive_failures: u32,
+    /// The wait between spawns while failed starts back them off (`None`: no backoff).
+    #[serde(default)]
+    pub respawn_backoff_seconds: Option<f64>,
     /// The listening sockets, with their real addresses.
     pub listeners: Vec<ListenerInfo>,
     /// Every worker the master has not yet reaped.
@@ -111,6 +115,9 @@ pub struct ConfigState {
     pub signal_timeout_seconds: Option<f64>,
     /// `--upgrade-timeout`.
     pub upgrade_timeout_seconds: f64,
+    /// `--min-uptime`.
+    #[serde(default)]
+    pub min_uptime_seconds: f64,
     /// The command socket's path.
     pub socket_path: String,
     /// The `-c` name, if any.

@@ -90,7 +90,15 @@ pub enum ExitNote {
         /// Such deaths in a row, this one included.
         failures: u32,
     },
-    /// It had ACKed and was not told to stop.
+    /// It died soon after its ACK (within `--min-uptime`), without having been told to stop:
+    /// a failed start too.
+    SoonAfterAck {
+        /// How long after its ACK.
+        after: Duration,
+        /// Failed starts in a row, this one included.
+        failures: u32,
+    },
+    /// It had ACKed, stayed up, and was not told to stop.
     Unexpected,
     /// It had been told to stop.
     Retired,
@@ -221,6 +229,11 @@ pub enum Message {
         /// How many.
         count: usize,
     },
+    /// Old workers that never ACKed (a superseded upgrade's) are stopped.
+    SupersededStopping {
+        /// How many.
+        count: usize,
+    },
     /// More current workers than the target: the excess is retired.
     TooManyCurrent {
         /// How many are retired.
@@ -302,6 +315,13 @@ pub enum Message {
     PingFromUnknown {
         /// The pid it named.
         pid: Option<i64>,
+    },
+    /// A worker started after the last failed start stayed up: spawns no longer back off.
+    BackoffEnded {
+        /// The failed starts in a row that are forgiven.
+        failures: u32,
+        /// How long the worker stayed up after its ACK.
+        uptime: Duration,
     },
     /// The master starts stopping.
     Stopping {

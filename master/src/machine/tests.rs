@@ -48,8 +48,44 @@ impl Sim {
         (sim, pids)
     }
 
+    /// The workers serving: ACKed and not told to stop.
+    fn serving(&self) -> BTreeSet<Pid> {
+        self.m
+            .workers()
+            .filter(|w| w.acked && w.retired.is_none())
+            .filter_map(|w| w.pid)
+            .collect()
+    }
+
     /// Feeds an event; spawns get pids at once, as the real driver does. Returns every action.
+    ///
+    /// Checks the rule "never a gap": unless the event stops the master, the workers serving
+    /// after it are at least as many as before (the one that exited aside), up to the
+    /// target; a serving worker is retired only once another serves in its place.
     fn feed(&mut self, event: Event) -> Vec<Action> {
+        let mut serving_before = self.serving();
+        if let Event::Exited { pid, .. } = &event {
+            serving_before.remove(pid);
+        }
+        let stops = match &event {
+            Event::Signal(signal) => *signal != MasterSignal::Hup,
+            Event::Request { command, .. } => matches!(command, Command::Die(_)),
+            _ => false,
+        };
+        let out = self.feed_unchecked(event.clone());
+        if !stops && !self.m.is_stopping() {
+            let floor = serving_before.len().min(self.m.target());
+            let after = self.serving();
+            assert!(
+                after.len() >= floor,
+                "a gap: {} serving after {event:?}, {floor} before ({serving_before:?} -> {after:?})",
+                after.len()
+            );
+        }
+        out
+    }
+
+    fn feed_unchecked(&mut self, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         let mut queue = vec![event];
         let mut rounds = 0;
@@ -441,6 +477,36 @@ fn sighup_upgrades_without_a_requester() {
 }
 
 #[test]
+fn overlapping_upgrades_stop_the_superseded_unacked_workers_never_the_serving_ones() {
+    let (mut sim, old) = Sim::started(2);
+    // Three upgrades before any new worker ACKs: each supersedes the last one's unACKed
+    // worker, which is stopped; the old workers keep serving throughout.
+    let mut superseded = Vec::new();
+    for conn in 1..=3 {
+        let actions = sim.command(conn, Command::Upgrade { fleet: false });
+        superseded.extend(signals(&actions).into_iter().map(|(pid, _)| pid));
+        assert!(old.iter().all(|p| sim.serving().contains(p)), "{conn}");
+        assert_eq!(sim.pids(conn as u64).len(), 1, "one new worker at a time");
+    }
+    assert_eq!(superseded.len(), 2, "{superseded:?}");
+    assert!(superseded.iter().all(|p| !old.contains(p)));
+    // A SIGHUP too, with the newest worker half way.
+    sim.feed(Event::Signal(MasterSignal::Hup));
+    assert!(old.iter().all(|p| sim.serving().contains(p)));
+    for _ in 0..2 {
+        let unacked = sim.m.workers().find(|w| w.version == 4 && !w.acked);
+        sim.ack(unacked.and_then(|w| w.pid).expect("an unACKed version-4 worker"));
+    }
+    assert!(!sim.m.is_upgrading());
+    assert_eq!(sim.serving().len(), 2);
+    assert!(sim.m.workers().filter(|w| w.retired.is_none()).all(|w| w.version == 4));
+    for conn in 1..=3 {
+        let all = replies(&sim.actions, conn);
+        assert_eq!(all.last().unwrap().message, "Upgrade done", "conn {conn}");
+    }
+}
+
+#[test]
 fn upgrade_during_upgrade_starts_over_and_answers_both() {
     let (mut sim, old) = Sim::started(2);
     sim.command(1, Command::Upgrade { fleet: false });
@@ -598,8 +664,9 @@ fn new_workers_crashing_before_ack_are_respawned_with_backoff_during_upgrade() {
 // ----- crashes and backoff -----
 
 #[test]
-fn an_acked_worker_that_crashes_is_respawned_at_once() {
+fn an_acked_worker_that_crashes_after_its_min_uptime_is_respawned_at_once() {
     let (mut sim, pids) = Sim::started(2);
+    sim.advance(DEFAULT_MIN_UPTIME);
     let actions = sim.exit(pids[0]);
     assert_eq!(
         spawns(&actions),
@@ -631,11 +698,100 @@ fn workers_dying_before_ack_back_off_by_half_each_time_up_to_30s() {
         assert_eq!(spawns(&sim.advance(secs(0.001))), 1);
         expected = (expected * 1.5).min(30.0);
     }
-    // An ACK resets the backoff.
+    // An ACK alone does not end the backoff; staying up for --min-uptime after it does.
     let pid = sim.pids(0)[0];
     sim.ack(pid);
+    assert_eq!(sim.m.spawn_interval(), secs(30.0));
+    sim.advance(DEFAULT_MIN_UPTIME - secs(0.001));
+    assert_eq!(sim.m.spawn_interval(), secs(30.0));
+    sim.advance(secs(0.001));
     assert_eq!(sim.m.spawn_interval(), Duration::ZERO);
     assert_eq!(spawns(&sim.exit(pid)), 1);
+}
+
+/// The delays between the spawns of a worker that keeps dying `after` its start (ACKing
+/// first when `ack` is `Some(delay)`), over `rounds` deaths.
+fn crash_loop_delays(ack_mode: AckMode, ack: Option<f64>, after: f64, rounds: usize) -> Vec<f64> {
+    let mut sim = Sim::new(MachineConfig {
+        ack_mode,
+        ..MachineConfig::new(1)
+    });
+    sim.feed(Event::Start);
+    let mut spawned_at = sim.now;
+    let mut delays = Vec::new();
+    for _ in 0..rounds {
+        if let Some(delay) = ack {
+            sim.advance(secs(delay));
+            let pid = sim.pids(0)[0];
+            if ack_mode == AckMode::Manual {
+                sim.ack(pid);
+            }
+            assert!(sim.m.workers().all(|w| w.acked), "ACKed by now");
+        }
+        sim.advance(secs(after));
+        let pid = sim.pids(0)[0];
+        let mut respawned = spawns(&sim.exit(pid)) == 1;
+        for _ in 0..10 {
+            if respawned {
+                break;
+            }
+            let wait = sim.m.next_deadline().expect("a respawn is due");
+            respawned = spawns(&sim.advance(wait - sim.now)) == 1;
+        }
+        assert!(respawned, "{ack_mode}: respawned");
+        delays.push((sim.now - spawned_at).as_secs_f64());
+        spawned_at = sim.now;
+    }
+    delays
+}
+
+#[test]
+fn crash_loops_after_the_ack_back_off_in_every_ack_mode() {
+    // -m manual: ACK at once, die 0.3 s later. -m 1: timer ACK, die 0.3 s after it. -m 0:
+    // ACKed at once, die at once.
+    let cases = [
+        (AckMode::Manual, Some(0.0), 0.3),
+        (AckMode::Timer(secs(1.0)), Some(1.0), 0.3),
+        (AckMode::Timer(Duration::ZERO), Some(0.0), 0.0),
+        (AckMode::Manual, None, 0.2),
+    ];
+    for (mode, ack, after) in cases {
+        let delays = crash_loop_delays(mode, ack, after, 12);
+        assert!(
+            delays.windows(2).all(|w| w[1] >= w[0]),
+            "{mode}: launches grow apart: {delays:?}"
+        );
+        assert!(delays[3] > 2.0 * delays[0], "{mode}: backs off: {delays:?}");
+        assert!(
+            (delays[11] - delays[10]).abs() < 1e-6 && delays[11] >= 30.0,
+            "{mode}: capped at 30 s: {delays:?}"
+        );
+    }
+}
+
+#[test]
+fn state_shows_the_backoff_and_a_worker_that_stays_up_ends_it() {
+    let (mut sim, pids) = Sim::started(2);
+    sim.advance(secs(0.5));
+    sim.exit(pids[0]);
+    let state = |sim: &mut Sim| {
+        let actions = sim.command(9, Command::State);
+        serde_norway::from_str::<crate::state::MasterState>(&replies(&actions, 9)[0].message)
+            .unwrap()
+    };
+    let seen = state(&mut sim);
+    assert_eq!(seen.consecutive_failures, 1);
+    assert_eq!(seen.respawn_backoff_seconds, Some(1.0));
+    // The worker that kept running since before the failure does not end the backoff...
+    sim.advance(secs(60.0));
+    let respawned = sim.pids(0).into_iter().find(|p| !pids.contains(p)).unwrap();
+    assert_eq!(state(&mut sim).consecutive_failures, 1);
+    // ... the one started after it does, once up for --min-uptime after its ACK.
+    sim.ack(respawned);
+    sim.advance(DEFAULT_MIN_UPTIME);
+    let seen = state(&mut sim);
+    assert_eq!(seen.consecutive_failures, 0);
+    assert_eq!(seen.respawn_backoff_seconds, None);
 }
 
 #[test]
@@ -874,7 +1030,8 @@ fn signal_command_sends_to_all_without_retiring() {
         )
     );
     assert!(sim.retired().is_empty());
-    // A worker that exits on such a signal is replaced.
+    // A worker that exits on such a signal is replaced (at once, past --min-uptime).
+    sim.advance(DEFAULT_MIN_UPTIME);
     assert_eq!(spawns(&sim.exit(pids[0])), 1);
 }
 
