@@ -20,13 +20,52 @@ impl StopRequest {
     }
 }
 
-/// The signals that stop a worker.
-const STOP_SIGNALS: [Signal; 4] = [
+/// The signals that stop a worker: SIGUSR2 (Einhorn's stop), SIGTERM, SIGINT (graceful) and
+/// SIGQUIT (now).
+///
+/// A master may start a worker with these blocked, so that one sent before the worker's
+/// handlers exist stays pending instead of killing it by its default action: the worker
+/// unblocks them as soon as its handlers are installed ([`Worker::new`](crate::Worker::new),
+/// which [`run`](crate::run) and every adapter call first). `einhorn-master` does.
+///
+/// ```
+/// use nix::sys::signal::Signal;
+/// assert!(graceful_listener::STOP_SIGNALS.contains(&Signal::SIGUSR2));
+/// ```
+pub const STOP_SIGNALS: [Signal; 4] = [
     Signal::SIGUSR2,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
 ];
+
+/// The bytes every program that installs the stop handlers carries, so that a master can tell
+/// from the program file, before it starts it, that the program unblocks the stop signals
+/// itself (see [`unblocks_stop_signals_marker`]). Kept alive by [`StopSignals::install`]:
+/// linked into exactly the programs that call it.
+static UNBLOCKS_STOP_SIGNALS: &[u8; 41] = b"graceful-listener/unblocks-stop-signals/1";
+
+/// The halves of that marker, apart: a program that only searches for it (a master) must not
+/// carry it whole.
+const MARKER_HEAD: &str = "graceful-listener/";
+const MARKER_TAIL: &str = "unblocks-stop-signals/1";
+
+/// The bytes found in every program built with this crate's stop-signal handling (every
+/// worker that calls [`Worker::new`](crate::Worker::new), as [`run`](crate::run) and every
+/// adapter do), and only in those.
+///
+/// A master that starts workers with the [`STOP_SIGNALS`] blocked (so that a stop signal sent
+/// during a worker's start waits instead of killing it) looks for these bytes in the program
+/// file first: a program without them would never unblock the signals, and never stop.
+/// `einhorn-master` does this.
+///
+/// ```
+/// let marker = graceful_listener::unblocks_stop_signals_marker();
+/// assert!(marker.starts_with(b"graceful-listener/"));
+/// ```
+pub fn unblocks_stop_signals_marker() -> Vec<u8> {
+    [MARKER_HEAD, MARKER_TAIL].concat().into_bytes()
+}
 
 /// Whether a stop signal is pending for this thread or the process (sent while blocked).
 fn stop_signal_pending() -> std::io::Result<bool> {
@@ -64,6 +103,8 @@ impl StopSignals {
     /// delivers it to the handlers, but tokio's signal driver reports it only when it next
     /// runs, so whoever must not act before seeing it (the ACK) has to wait for it.
     pub(crate) fn install() -> std::io::Result<(StopSignals, bool)> {
+        // Keeps the marker in every program that gets here (a master reads it from the file).
+        std::hint::black_box(UNBLOCKS_STOP_SIGNALS);
         let signals = StopSignals {
             usr2: signal(SignalKind::user_defined2())?,
             term: signal(SignalKind::terminate())?,
@@ -87,5 +128,15 @@ impl StopSignals {
             Some(()) = self.int.recv() => StopRequest::Graceful("SIGINT"),
             Some(()) = self.quit.recv() => StopRequest::Immediate("SIGQUIT"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_searched_for_is_the_marker_carried() {
+        assert_eq!(unblocks_stop_signals_marker(), UNBLOCKS_STOP_SIGNALS.to_vec());
     }
 }

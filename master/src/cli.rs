@@ -70,6 +70,13 @@ pub struct MasterArgs {
     #[arg(short = 'k', long = "kill-children-on-exit")]
     pub kill_children_on_exit: bool,
 
+    /// When workers start with the stop signals (USR2, TERM, INT, QUIT) blocked, so that one
+    /// sent during a worker's start waits for its handlers instead of killing it: `auto`,
+    /// for programs built with graceful-listener (which unblock them once their handlers are
+    /// installed; found by a marker in the file); `always`; `never` (as Einhorn).
+    #[arg(long = "block-signals", value_name = "WHEN", value_enum, default_value = "auto")]
+    pub block_signals: crate::held_signals::BlockSignals,
+
     /// Listen backlog of the -b sockets.
     #[arg(short = 'l', long = "backlog", value_name = "N", default_value_t = 100)]
     pub backlog: i32,

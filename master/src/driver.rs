@@ -23,6 +23,7 @@ use crate::conn::{ConnLimits, Connections, Incoming, sleep_until};
 use crate::machine::{
     Action, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
 };
+use crate::held_signals::{HeldStops, ProgramCheck};
 use crate::observer::Observer;
 use crate::pidfile::{Pidfile, PidfileError, WrittenFile};
 use crate::render;
@@ -179,7 +180,15 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         .map_err(MasterError::EventLoop)?;
     let listener = command_socket.take_listener();
     let limits = fit_connection_limits(args.connection_limits());
-    let code = runtime.block_on(drive(machine, worker, listener, limits, args.stderr_tail));
+    let check = ProgramCheck::new(args.block_signals);
+    let code = runtime.block_on(drive(
+        machine,
+        worker,
+        check,
+        listener,
+        limits,
+        args.stderr_tail,
+    ));
     // Connections and tasks first (a parse still running on a blocking thread gets a moment),
     // then the files (address file, sockets, lock, pid file).
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -193,6 +202,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
 async fn drive(
     mut machine: Machine,
     worker: WorkerCommand,
+    mut check: ProgramCheck,
     listener: std::os::unix::net::UnixListener,
     limits: ConnLimits,
     stderr_tail: usize,
@@ -215,15 +225,20 @@ async fn drive(
     // Until one worker has started, a failed spawn ends the master: nothing would ever work.
     let mut spawned_any = false;
     let (mut observer, mut stderr_closed) = Observer::new(stderr_tail, worker.master_pid);
+    let mut held = HeldStops::default();
 
     let mut todo: VecDeque<Action> = step(&mut machine, &mut observer, Event::Start).into();
     loop {
         while let Some(action) = todo.pop_front() {
             match action {
                 Action::Spawn { id, index } => {
-                    let event = match worker.spawn(index) {
+                    let block = check.blocks(&worker.program);
+                    let event = match worker.spawn(index, block) {
                         Ok(started) => {
                             spawned_any = true;
+                            if block {
+                                held.started(started.pid, Instant::now());
+                            }
                             observer.started(started.pid, started.stderr);
                             Event::Spawned {
                                 id,
@@ -243,7 +258,10 @@ async fn drive(
                     };
                     todo.extend(step(&mut machine, &mut observer, event));
                 }
-                Action::Signal { pid, signal } => send_signal(pid, signal),
+                Action::Signal { pid, signal } => {
+                    send_signal(pid, signal);
+                    held.sent(pid, signal);
+                }
                 Action::Reply { conn, reply } => conns.reply(conn, &render::reply(&reply)),
                 Action::Close { conn } => conns.close(conn),
                 Action::Exit { code } => {
@@ -255,10 +273,16 @@ async fn drive(
         }
 
         let deadline = machine.next_deadline();
+        let recheck = held.next_check(Instant::now());
         let paused = accept_paused.filter(|&until| until > Instant::now());
         let mut events = Vec::new();
         tokio::select! {
             _ = sigchld.recv() => reap(&mut events),
+            _ = sleep_until(recheck), if recheck.is_some() => {
+                for pid in held.check(Instant::now()) {
+                    send_signal(pid, Signal::SIGKILL);
+                }
+            }
             _ = sighup.recv() => events.push(Event::Signal(MasterSignal::Hup)),
             _ = sigusr2.recv() => events.push(Event::Signal(MasterSignal::Usr2)),
             _ = sigint.recv() => events.push(Event::Signal(MasterSignal::Int)),
@@ -287,6 +311,9 @@ async fn drive(
             _ = sleep_until(deadline), if deadline.is_some() => events.push(Event::Tick),
         }
         for event in events {
+            if let Event::Exited { pid, .. } = &event {
+                held.exited(*pid);
+            }
             todo.extend(step(&mut machine, &mut observer, event));
         }
     }

@@ -92,6 +92,7 @@ pub mod command;
 pub mod conn;
 pub mod ctl;
 pub mod driver;
+pub mod held_signals;
 pub mod holders;
 pub mod machine;
 pub mod notify;

@@ -18,6 +18,7 @@
 //! | SIGHUP | smooth upgrade to the program now at the same path: each new worker that ACKs retires an old one |
 //! | SIGTERM, SIGINT | graceful stop of every worker, then exit 0 (a second one: stop now) |
 //! | SIGQUIT | SIGQUIT to every worker, exit at once |
+//! | SIGKILL (or any death) | workers get SIGUSR2 and drain ([`SelfHosted::kill_children_on_exit`]) |
 //!
 //! # A broken new build
 //! New workers that exit at start, or never ACK, leave the old workers serving: the upgrade
@@ -72,6 +73,7 @@ pub struct SelfHosted {
     socket_path: Option<PathBuf>,
     upgrade_timeout: Option<Duration>,
     signal_timeout: Option<Duration>,
+    kill_children_on_exit: bool,
     stderr_tail: usize,
     program: Option<PathBuf>,
 }
@@ -144,6 +146,7 @@ impl SelfHosted {
             socket_path: None,
             upgrade_timeout: None,
             signal_timeout: None,
+            kill_children_on_exit: true,
             stderr_tail: DEFAULT_STDERR_TAIL,
             program: None,
         }
@@ -208,6 +211,19 @@ impl SelfHosted {
     /// ```
     pub fn signal_timeout(mut self, timeout: Duration) -> SelfHosted {
         self.signal_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether workers get SIGUSR2 (a graceful stop) when the master dies, even by SIGKILL
+    /// (default `true`; einhorn-master's `-k`). Then a supervisor that restarts the service
+    /// finds the port free within the workers' drain, instead of orphans still holding it.
+    ///
+    /// ```
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().kill_children_on_exit(false);
+    /// # let _ = master;
+    /// ```
+    pub fn kill_children_on_exit(mut self, kill: bool) -> SelfHosted {
+        self.kill_children_on_exit = kill;
         self
     }
 
@@ -321,6 +337,7 @@ impl SelfHosted {
             args.upgrade_timeout = timeout;
         }
         args.signal_timeout = self.signal_timeout;
+        args.kill_children_on_exit = self.kill_children_on_exit;
         args.stderr_tail = self.stderr_tail;
         args.command = std::iter::once(program.into_os_string())
             .chain(argv)
@@ -397,6 +414,7 @@ mod tests {
         assert_eq!(args.upgrade_timeout, Duration::from_secs(5));
         assert_eq!(args.socket_path(), PathBuf::from("/tmp/x.sock"));
         assert_eq!(args.stderr_tail, DEFAULT_STDERR_TAIL);
+        assert!(args.kill_children_on_exit, "workers follow the master by default");
 
         let relative = SelfHosted::new()
             .bind("127.0.0.1:0")

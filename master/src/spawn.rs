@@ -1,5 +1,6 @@
 //! Starting a worker: Einhorn's environment, its own process group, default signal
-//! dispositions, and optionally a parent-death signal.
+//! dispositions, the stop signals blocked until the worker has handlers for them, and
+//! optionally a parent-death signal.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::RawFd;
@@ -92,12 +93,15 @@ impl WorkerCommand {
         env
     }
 
-    /// Starts worker `index`; returns its pid (and its stderr pipe, when captured). The
-    /// child is not waited for here: the driver reaps every child with `waitpid`.
+    /// Starts worker `index`; returns its pid (and its stderr pipe, when captured). With
+    /// `block_stop_signals`, it starts with [`graceful_listener::STOP_SIGNALS`] blocked: one
+    /// sent before its handlers exist waits for them instead of killing it (see
+    /// [`crate::held_signals`]). The child is not waited for here: the driver reaps every
+    /// child with `waitpid`.
     ///
     /// # Errors
     /// The OS error when the program cannot be started (not found, not executable, ...).
-    pub fn spawn(&self, index: usize) -> std::io::Result<Started> {
+    pub fn spawn(&self, index: usize, block_stop_signals: bool) -> std::io::Result<Started> {
         let mut command = Command::new(&self.program);
         command.args(&self.args);
         // Einhorn variables inherited from an outer master would only confuse the worker.
@@ -116,11 +120,16 @@ impl WorkerCommand {
         command.process_group(0);
         let kill_on_master_exit = self.kill_on_master_exit;
         let master_pid = self.master_pid;
+        let mask: SigSet = if block_stop_signals {
+            graceful_listener::STOP_SIGNALS.into_iter().collect()
+        } else {
+            SigSet::empty()
+        };
         // SAFETY: the closure runs in the forked child before exec and only makes
         // async-signal-safe calls (sigaction, sigprocmask, prctl, getppid, kill); it
-        // allocates nothing.
+        // allocates nothing (the mask is built here, in the parent).
         unsafe {
-            command.pre_exec(move || child_setup(kill_on_master_exit, master_pid));
+            command.pre_exec(move || child_setup(kill_on_master_exit, master_pid, &mask));
         }
         let mut child = command.spawn()?;
         let stderr = child.stderr.take();
@@ -232,9 +241,9 @@ pub fn cloexec_inherited_fds() -> std::io::Result<()> {
     Ok(())
 }
 
-/// In the child, between fork and exec: default signal dispositions, nothing blocked, and the
-/// parent-death signal.
-fn child_setup(kill_on_master_exit: bool, master_pid: Pid) -> std::io::Result<()> {
+/// In the child, between fork and exec: default signal dispositions, exactly `mask` blocked,
+/// and the parent-death signal (it stays pending, if blocked, until the worker unblocks it).
+fn child_setup(kill_on_master_exit: bool, master_pid: Pid, mask: &SigSet) -> std::io::Result<()> {
     // Handlers are reset by exec anyway; ignored signals are not. The master (or whatever
     // started it, like `nohup`) may ignore some: give the worker the defaults, real-time
     // signals included.
@@ -243,7 +252,7 @@ fn child_setup(kill_on_master_exit: bool, master_pid: Pid) -> std::io::Result<()
             reset_to_default(signal);
         }
     }
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(mask), None)?;
     if kill_on_master_exit {
         // Delivered when the thread that forked us exits: the driver spawns from the main
         // thread, which lives as long as the master.
@@ -376,6 +385,6 @@ mod tests {
             capture_stderr: false,
             remove_env: vec![],
         };
-        assert!(command.spawn(0).is_err());
+        assert!(command.spawn(0, false).is_err());
     }
 }
