@@ -59,7 +59,9 @@ fn overlapping_upgrades_never_leave_the_port_without_an_acceptor() {
         s.version == 4
             && s.upgrading.is_none()
             && s.serving_pids().len() == 2
-            && s.workers.iter().all(|w| w.version == 4 && w.retired.is_none())
+            && s.workers
+                .iter()
+                .all(|w| w.version == 4 && w.retired.is_none())
     });
     for upgrade in upgrades {
         let replies = upgrade
@@ -72,11 +74,7 @@ fn overlapping_upgrades_never_leave_the_port_without_an_acceptor() {
     let report = load.stop();
     eprintln!("probe: {probed}\nload: {report}");
 
-    assert!(
-        probed.failures.is_empty(),
-        "{probed}\n{}",
-        master.output()
-    );
+    assert!(probed.failures.is_empty(), "{probed}\n{}", master.output());
     assert!(
         probed.slowest < SLOWEST_PROBE,
         "a fresh connection waited: {probed}\n{}",

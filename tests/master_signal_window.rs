@@ -38,7 +38,8 @@ fn a_stop_signal_right_after_spawn_never_kills_a_worker_by_default_action() {
     // Every superseded worker was reaped: ROUNDS - 1 of them, plus the first one retired by
     // the last upgrade.
     assert!(
-        wait_until(WAIT, || master.proc.count_lines("===> Exited worker") >= ROUNDS as usize),
+        wait_until(WAIT, || master.proc.count_lines("===> Exited worker")
+            >= ROUNDS as usize),
         "every retired worker exits:\n{}",
         master.output()
     );

@@ -350,6 +350,53 @@ fn sigterm_under_load_completes_requests_in_flight_and_exits_0() {
     }
 }
 
+#[test]
+fn workers_follow_a_master_killed_with_sigkill_and_a_restart_binds_at_once() {
+    let mut app = App::start(2, |_| {});
+    let workers = app.master.wait_serving(2);
+    // In case the test fails below: the workers are killed on drop.
+    app.master.orphans.extend(&workers);
+    let load = app.load(4);
+    assert!(wait_until(WAIT, || load.snapshot().ok >= 100));
+    app.master.proc.signal(Signal::SIGKILL).unwrap();
+    app.master.wait_exit(WAIT).expect("the master is gone");
+    let killed = Instant::now();
+    // Each worker got SIGUSR2 (its parent-death signal) and drains: idle keep-alive
+    // connections are closed within the idle grace, so they are gone in a few seconds.
+    assert!(
+        wait_until(Duration::from_secs(10), || workers
+            .iter()
+            .all(|&p| !is_alive(p))),
+        "workers still running 10 s after their master was killed: {:?}\n{}",
+        workers
+            .iter()
+            .map(|&p| (p, graceful_listener_suite::harness::parent_pid(p)))
+            .collect::<Vec<_>>(),
+        app.master.output()
+    );
+    let gone_after = killed.elapsed();
+    let report = load.stop();
+    eprintln!("workers gone {gone_after:?} after the master's SIGKILL; load: {report}");
+    // A supervisor's restart: the same port binds at once.
+    let socket = app.master.dir.path().join("again.sock");
+    let mut cmd = Command::new(&app.program);
+    cmd.args(["--bind", &app.addr.to_string(), "--workers", "1"])
+        .arg("--socket")
+        .arg(&socket);
+    let restarted = Master {
+        proc: Proc::spawn(cmd).expect("restart the app"),
+        socket,
+        dir: tempfile::tempdir().expect("tempdir"),
+        orphans: Vec::new(),
+    };
+    restarted.wait_for_line(&format!("listening on {}", app.addr));
+    restarted.wait_serving(1);
+    assert_eq!(
+        get(app.addr, "/").expect("GET / after the restart").status,
+        200
+    );
+}
+
 fn sorted(mut pids: Vec<i32>) -> Vec<i32> {
     pids.sort_unstable();
     pids

@@ -67,6 +67,39 @@ pub fn unblocks_stop_signals_marker() -> Vec<u8> {
     [MARKER_HEAD, MARKER_TAIL].concat().into_bytes()
 }
 
+/// Points stderr at `/dev/null` when it is a pipe that nobody reads any more.
+///
+/// A master that keeps its workers' last stderr lines (`einhorn-master --stderr-tail`, the
+/// self-hosted master) gives them a pipe as stderr. When that master dies (and its
+/// parent-death signal is what stops the worker), every write to stderr fails with EPIPE, and
+/// a logger that reports its own write errors with `eprintln!` (tracing-subscriber's `fmt`
+/// does) panics: the worker would die in the middle of its drain. Output nobody can read is
+/// dropped instead. Stderr that is a terminal, a file, or a pipe still read is left alone.
+fn release_orphaned_stderr() {
+    use std::os::fd::AsFd;
+    let stderr = std::io::stderr();
+    let fd = stderr.as_fd();
+    let is_pipe =
+        nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFIFO);
+    if !is_pipe {
+        return;
+    }
+    // A pipe's write end polls as an error once its last reader is gone.
+    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
+    let orphaned = nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok()
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLERR));
+    if !orphaned {
+        return;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 2 replaces the dead pipe atomically; `null` is closed after.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDERR_FILENO) };
+    }
+}
+
 /// Whether a stop signal is pending for this thread or the process (sent while blocked).
 fn stop_signal_pending() -> std::io::Result<bool> {
     let mut pending = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
@@ -122,12 +155,15 @@ impl StopSignals {
     /// # Cancel safety
     /// Cancel safe: a signal that arrives meanwhile is kept for the next call.
     pub(crate) async fn recv(&mut self) -> StopRequest {
-        tokio::select! {
+        let request = tokio::select! {
             Some(()) = self.usr2.recv() => StopRequest::Graceful("SIGUSR2"),
             Some(()) = self.term.recv() => StopRequest::Graceful("SIGTERM"),
             Some(()) = self.int.recv() => StopRequest::Graceful("SIGINT"),
             Some(()) = self.quit.recv() => StopRequest::Immediate("SIGQUIT"),
-        }
+        };
+        // Before the stop is logged: the signal may be a parent-death signal.
+        release_orphaned_stderr();
+        request
     }
 }
 
@@ -137,6 +173,9 @@ mod tests {
 
     #[test]
     fn the_marker_searched_for_is_the_marker_carried() {
-        assert_eq!(unblocks_stop_signals_marker(), UNBLOCKS_STOP_SIGNALS.to_vec());
+        assert_eq!(
+            unblocks_stop_signals_marker(),
+            UNBLOCKS_STOP_SIGNALS.to_vec()
+        );
     }
 }

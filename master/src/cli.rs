@@ -74,7 +74,12 @@ pub struct MasterArgs {
     /// sent during a worker's start waits for its handlers instead of killing it: `auto`,
     /// for programs built with graceful-listener (which unblock them once their handlers are
     /// installed; found by a marker in the file); `always`; `never` (as Einhorn).
-    #[arg(long = "block-signals", value_name = "WHEN", value_enum, default_value = "auto")]
+    #[arg(
+        long = "block-signals",
+        value_name = "WHEN",
+        value_enum,
+        default_value = "auto"
+    )]
     pub block_signals: crate::held_signals::BlockSignals,
 
     /// Listen backlog of the -b sockets.

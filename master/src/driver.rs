@@ -20,10 +20,10 @@ use crate::bind::{BindError, Bound};
 use crate::cli::MasterArgs;
 pub use crate::conn::MAX_REQUEST_LINE;
 use crate::conn::{ConnLimits, Connections, Incoming, sleep_until};
+use crate::held_signals::{HeldStops, ProgramCheck};
 use crate::machine::{
     Action, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
 };
-use crate::held_signals::{HeldStops, ProgramCheck};
 use crate::observer::Observer;
 use crate::pidfile::{Pidfile, PidfileError, WrittenFile};
 use crate::render;

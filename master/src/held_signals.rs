@@ -146,7 +146,13 @@ impl ProgramCheck {
             return false;
         };
         use std::os::unix::fs::MetadataExt;
-        let id = (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+        let id = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        );
         if let Some((last, blocks)) = self.last
             && last == id
         {
@@ -229,8 +235,7 @@ impl HeldStops {
 
     /// A stop signal was just sent to `pid`: watch it if the worker holds it.
     pub fn sent(&mut self, pid: Pid, signal: Signal) {
-        if !self.started.contains_key(&pid) || !graceful_listener::STOP_SIGNALS.contains(&signal)
-        {
+        if !self.started.contains_key(&pid) || !graceful_listener::STOP_SIGNALS.contains(&signal) {
             return;
         }
         if SignalMasks::read(pid).is_ok_and(|m| m.holds(signal)) {
@@ -301,7 +306,10 @@ mod tests {
             ..masks
         };
         assert!(!ignored.holds(Signal::SIGTERM), "ignored: nothing waits");
-        assert_eq!(SignalMasks::parse("SigBlk:\tzz\nSigIgn:\t0\nSigCgt:\t0\n"), None);
+        assert_eq!(
+            SignalMasks::parse("SigBlk:\tzz\nSigIgn:\t0\nSigCgt:\t0\n"),
+            None
+        );
         assert_eq!(SignalMasks::parse("Name: x\n"), None);
     }
 }

@@ -1032,7 +1032,8 @@ impl Machine {
             .workers
             .iter()
             .filter(|w| self.is_current(w) && w.retired.is_none());
-        let (count, unacked) = current.fold((0, 0), |(c, u), w| (c + 1, u + usize::from(!w.acked())));
+        let (count, unacked) =
+            current.fold((0, 0), |(c, u), w| (c + 1, u + usize::from(!w.acked())));
         if count >= self.target {
             return false;
         }

@@ -152,9 +152,9 @@ impl SelfHosted {
         }
     }
 
-    /// Adds a listener: `HOST:PORT` with Einhorn's options (`,r` SO_REUSEADDR, `,n`
-    /// O_NONBLOCK), `[::1]:PORT` for IPv6, port 0 for any free port (the master logs
-    /// `listening on ADDR (einhorn@INDEX, fd FD)`). Workers take them as `einhorn@0`,
+    /// Adds a listener: `HOST:PORT` with Einhorn's options (`,r` SO_REUSEADDR, always set
+    /// here so that a restart binds at once; `,n` O_NONBLOCK), `[::1]:PORT` for IPv6, port
+    /// 0 for any free port (the master logs `listening on ADDR (einhorn@INDEX, fd FD)`). Workers take them as `einhorn@0`,
     /// `einhorn@1`, ... in this order. Checked by [`start`](Self::start).
     ///
     /// ```
@@ -308,11 +308,16 @@ impl SelfHosted {
         if self.workers == 0 {
             return Err(SelfHostedError::NoWorkers);
         }
-        let bind = self
+        let mut bind = self
             .binds
             .iter()
             .map(|spec| spec.parse::<BindSpec>())
             .collect::<Result<Vec<_>, _>>()?;
+        // SO_REUSEADDR always (`,r`): a restart after the master died must bind at once,
+        // while the connections its workers closed linger in TIME_WAIT on that port.
+        for spec in &mut bind {
+            spec.reuse_addr = true;
+        }
         let mut argv = argv.into_iter().map(Into::into);
         let argv0 = argv.next().unwrap_or_default();
         let program = match &self.program {
@@ -409,12 +414,19 @@ mod tests {
         );
         assert_eq!(&args.command[1..], ["-c", "true"]);
         assert_eq!(args.bind.len(), 2);
+        assert!(
+            args.bind.iter().all(|b| b.reuse_addr),
+            "SO_REUSEADDR always"
+        );
         assert_eq!(args.number, 3);
         assert_eq!(args.ack_mode, AckMode::Manual);
         assert_eq!(args.upgrade_timeout, Duration::from_secs(5));
         assert_eq!(args.socket_path(), PathBuf::from("/tmp/x.sock"));
         assert_eq!(args.stderr_tail, DEFAULT_STDERR_TAIL);
-        assert!(args.kill_children_on_exit, "workers follow the master by default");
+        assert!(
+            args.kill_children_on_exit,
+            "workers follow the master by default"
+        );
 
         let relative = SelfHosted::new()
             .bind("127.0.0.1:0")

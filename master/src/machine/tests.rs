@@ -495,11 +495,20 @@ fn overlapping_upgrades_stop_the_superseded_unacked_workers_never_the_serving_on
     assert!(old.iter().all(|p| sim.serving().contains(p)));
     for _ in 0..2 {
         let unacked = sim.m.workers().find(|w| w.version == 4 && !w.acked);
-        sim.ack(unacked.and_then(|w| w.pid).expect("an unACKed version-4 worker"));
+        sim.ack(
+            unacked
+                .and_then(|w| w.pid)
+                .expect("an unACKed version-4 worker"),
+        );
     }
     assert!(!sim.m.is_upgrading());
     assert_eq!(sim.serving().len(), 2);
-    assert!(sim.m.workers().filter(|w| w.retired.is_none()).all(|w| w.version == 4));
+    assert!(
+        sim.m
+            .workers()
+            .filter(|w| w.retired.is_none())
+            .all(|w| w.version == 4)
+    );
     for conn in 1..=3 {
         let all = replies(&sim.actions, conn);
         assert_eq!(all.last().unwrap().message, "Upgrade done", "conn {conn}");
