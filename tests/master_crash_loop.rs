@@ -56,7 +56,10 @@ fn crash_loop_backs_off_then_a_worker_that_stays_up_ends_it(ack_mode: &str, dies
     }
     let state = master.state();
     assert!(state.consecutive_failures >= 4, "{state:?}");
-    assert!(state.respawn_backoff_seconds.is_some_and(|s| s >= 2.0), "{state:?}");
+    assert!(
+        state.respawn_backoff_seconds.is_some_and(|s| s >= 2.0),
+        "{state:?}"
+    );
 
     // The next worker stays up: once it has been up --min-uptime after its ACK, the
     // backoff is over.

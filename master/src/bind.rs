@@ -7,6 +7,7 @@
 //! it. The fd is not close-on-exec, so every worker inherits it under the same number.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::FromRawFd;
 use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
 
@@ -185,6 +186,28 @@ impl Bound {
     /// The fd workers inherit.
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
+    }
+
+    /// A socket bound by an earlier master, for `spec`, handed over on `fd` (made
+    /// inheritable again).
+    ///
+    /// # Errors
+    /// When `fd` is not a listening socket.
+    pub fn adopt(spec: BindSpec, fd: RawFd) -> std::io::Result<Bound> {
+        // SAFETY: the fd was handed over to this process to be taken, once.
+        let socket = unsafe { Socket::from_raw_fd(fd) };
+        if !socket.is_listener()? {
+            return Err(std::io::Error::other(format!(
+                "fd {fd} handed over for {spec} is not a listening socket"
+            )));
+        }
+        socket.set_cloexec(false)?;
+        let addr = socket.local_addr()?.as_socket().ok_or_else(|| {
+            std::io::Error::other(format!(
+                "fd {fd} handed over for {spec} is not an IP socket"
+            ))
+        })?;
+        Ok(Bound { spec, addr, socket })
     }
 }
 

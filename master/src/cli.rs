@@ -141,6 +141,50 @@ pub struct MasterArgs {
     #[arg(long = "stderr-tail", value_name = "N", default_value_t = 0)]
     pub stderr_tail: usize,
 
+    /// Give each worker an fd already connected to the command socket, as
+    /// `EINHORN_SOCK_FD`, to ACK through without knowing the socket's path.
+    #[arg(short = 'g', long = "command-socket-as-fd")]
+    pub command_socket_as_fd: bool,
+
+    /// Remove VAR from the environment of the master's next code (after `reload` or
+    /// `upgrade`), and so of the workers it starts (repeatable).
+    #[arg(long = "drop-env-var", value_name = "VAR")]
+    pub drop_env_var: Vec<String>,
+
+    /// Run the master at nice level MASTER and its workers at WORKER (default: as the
+    /// master); lowering a level needs privileges.
+    #[arg(long = "nice", value_name = "MASTER[:WORKER]", value_parser = parse_nice)]
+    pub nice: Option<Nice>,
+
+    /// During a smooth upgrade, start up to N new workers before the first ACKs (the upgrade
+    /// is still paced by ACKs: one more starts for each ACK).
+    #[arg(long = "max-unacked", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_unacked: u32,
+
+    /// During an upgrade, run at most N workers beyond -n, old ones draining included.
+    #[arg(long = "max-upgrade-additional", value_name = "N")]
+    pub max_upgrade_additional: Option<usize>,
+
+    /// Exec CMDLINE (split at whitespace) instead of this program when the master reloads
+    /// its own code (`reload`, `upgrade`, SIGHUP), e.g. a path through a `current` link.
+    #[arg(long = "reexec-as", value_name = "CMDLINE")]
+    pub reexec_as: Option<String>,
+
+    /// [Internal] The state handed over by the master that exec'd this one.
+    #[arg(long = "with-state-fd", value_name = "FD", hide = true)]
+    pub with_state_fd: Option<i32>,
+
+    /// [Internal] Only check that this program could take over from the running master
+    /// (with --with-state-fd), then exit.
+    #[arg(long = "upgrade-check", hide = true)]
+    pub upgrade_check: bool,
+
+    /// How this master re-execs itself; `None`: it cannot (`reload` is refused and
+    /// `upgrade` upgrades the workers only).
+    #[arg(skip)]
+    pub self_exec: Option<crate::reexec::SelfExec>,
+
     /// Once bound, write one line `INDEX ADDR` per -b socket to this file (atomically).
     #[arg(long = "addr-file", value_name = "PATH")]
     pub addr_file: Option<PathBuf>,
@@ -186,15 +230,13 @@ impl MasterArgs {
 
     /// The log level from `-q` and `-v` (info by default).
     pub fn log_level(&self) -> tracing_subscriber::filter::LevelFilter {
-        use tracing_subscriber::filter::LevelFilter;
-        match i16::from(self.verbose) - i16::from(self.quiet) {
-            i16::MIN..=-3 => LevelFilter::OFF,
-            -2 => LevelFilter::ERROR,
-            -1 => LevelFilter::WARN,
-            0 => LevelFilter::INFO,
-            1 => LevelFilter::DEBUG,
-            2..=i16::MAX => LevelFilter::TRACE,
-        }
+        crate::log_level::level(self.verbosity())
+    }
+
+    /// `-v` minus `-q`: steps from `info` (see [`crate::log_level::level`]).
+    pub fn verbosity(&self) -> i8 {
+        let offset = i16::from(self.verbose) - i16::from(self.quiet);
+        offset.clamp(i16::from(i8::MIN), i16::from(i8::MAX)) as i8
     }
 }
 
@@ -290,6 +332,51 @@ where
         return CtlArgs::try_parse_from(rest).map(Invocation::Ctl);
     }
     MasterArgs::try_parse_from(args).map(|a| Invocation::Master(Box::new(a)))
+}
+
+/// `--nice MASTER[:WORKER]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nice {
+    /// The master's nice level.
+    pub master: i32,
+    /// The workers' (`None`: as the master's).
+    pub worker: Option<i32>,
+}
+
+/// Why a `--nice` value is not one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid nice levels {0:?}: expected MASTER or MASTER:WORKER, each from -20 to 19")]
+pub struct NiceError(pub String);
+
+/// Parses `--nice`: `MASTER` or `MASTER:WORKER`, each in `-20..=19`.
+///
+/// # Errors
+/// [`NiceError`] naming the input.
+///
+/// ```
+/// use einhorn_master::cli::{Nice, parse_nice};
+/// assert_eq!(parse_nice("5:10").unwrap(), Nice { master: 5, worker: Some(10) });
+/// assert_eq!(parse_nice("5").unwrap(), Nice { master: 5, worker: None });
+/// assert!(parse_nice("99").is_err());
+/// ```
+pub fn parse_nice(text: &str) -> Result<Nice, NiceError> {
+    let level = |s: &str| {
+        s.trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (-20..=19).contains(n))
+            .ok_or_else(|| NiceError(text.to_string()))
+    };
+    match text.split_once(':') {
+        Some((master, worker)) => Ok(Nice {
+            master: level(master)?,
+            worker: Some(level(worker)?),
+        }),
+        None => Ok(Nice {
+            master: level(text)?,
+            worker: None,
+        }),
+    }
 }
 
 /// Why a number of seconds is not one.

@@ -23,6 +23,13 @@ pub enum Command {
         /// `true` for `upgrade_fleet`.
         fleet: bool,
     },
+    /// `reload`: re-exec the master in place (same pid, sockets and workers), leaving the
+    /// workers as they are.
+    Reload,
+    /// `quieter`: log less.
+    Quieter,
+    /// `louder`: log more.
+    Louder,
     /// `inc`: one more worker.
     Inc,
     /// `dec`: one worker fewer (never below one).
@@ -87,6 +94,9 @@ impl Command {
             Command::Config => "config",
             Command::Upgrade { fleet: false } => "upgrade",
             Command::Upgrade { fleet: true } => "upgrade_fleet",
+            Command::Reload => "reload",
+            Command::Quieter => "quieter",
+            Command::Louder => "louder",
             Command::Inc => "inc",
             Command::Dec => "dec",
             Command::SetWorkers(_) => "set_workers",
@@ -110,6 +120,12 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("ehlo", "Print a welcome message"),
     ("help", "Print out available commands"),
     ("inc", "Increment the number of workers"),
+    ("louder", "Increase the master's verbosity"),
+    ("quieter", "Decrease the master's verbosity"),
+    (
+        "reload",
+        "Reload the master's own code in place (same pid, sockets and workers) after checking that the new program can take over",
+    ),
     (
         "set_workers",
         "[Takes 1 argument: the number of workers] Set the number of workers",
@@ -121,11 +137,11 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("state", "Get a dump of the master's state"),
     (
         "upgrade",
-        "Upgrade all workers smoothly: start new ones one at a time, retire one old worker per new ACK",
+        "Reload the master's code, then upgrade all workers smoothly: start new ones (--max-unacked at a time), retire one old worker per new ACK",
     ),
     (
         "upgrade_fleet",
-        "Upgrade all workers at once: start every new worker, retire the old ones once all have ACKed",
+        "Reload the master's code, then upgrade all workers at once: start every new worker, retire the old ones once all have ACKed",
     ),
     (
         "worker:ack",
@@ -197,9 +213,9 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
         }),
         "worker:ack" => Command::WorkerAck { pid: request.pid },
         "worker:ping" => Command::WorkerPing { pid: request.pid },
-        "reload" | "quieter" | "louder" => {
-            return Err(CommandError::Unsupported(name.to_string()));
-        }
+        "reload" => Command::Reload,
+        "quieter" => Command::Quieter,
+        "louder" => Command::Louder,
         _ => return Err(CommandError::Unrecognized(name.to_string())),
     })
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::{Id as TaskId, JoinError, JoinSet};
 
 use crate::command::{Command, DecodeError, decode};
@@ -126,12 +126,29 @@ pub(crate) enum Incoming {
     Reply { conn: ConnId, reply: Reply },
 }
 
-/// A line for a connection to write.
+/// What the driver sends a connection's task.
 #[derive(Debug)]
-struct Outgoing {
-    line: String,
-    /// The request's final reply: the connection owes one reply fewer.
-    last: bool,
+enum Outgoing {
+    /// A line to write.
+    Line {
+        line: String,
+        /// The request's final reply: the connection owes one reply fewer.
+        last: bool,
+    },
+    /// Stop serving and hand the connection back (after writing every line sent before).
+    Detach(oneshot::Sender<Detached>),
+}
+
+/// A connection taken out of its task, to be carried across the master's exec (or served
+/// again, [`Connections::adopt`], if the exec fails).
+#[derive(Debug)]
+pub(crate) struct Detached {
+    pub(crate) conn: ConnId,
+    pub(crate) stream: std::os::unix::net::UnixStream,
+    /// Bytes received and not handled yet.
+    pub(crate) unread: Vec<u8>,
+    /// Final replies still owed.
+    pub(crate) owed: usize,
 }
 
 /// Which limit a connection counts against.
@@ -265,6 +282,7 @@ impl Connections {
                     self.shared.clone(),
                     self.to_driver.clone(),
                     replies,
+                    Carried::default(),
                 );
                 (Some(out), self.tasks.spawn(task))
             }
@@ -285,6 +303,92 @@ impl Connections {
         None
     }
 
+    /// Serves a connection carried over (from the master before an exec, or back after a
+    /// failed one) under its old id.
+    pub(crate) fn adopt(&mut self, detached: Detached) {
+        let Detached {
+            conn,
+            stream,
+            unread,
+            owed,
+        } = detached;
+        self.next = self.next.max(conn.0 + 1);
+        let stream = match stream
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(stream))
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("command socket: cannot serve a connection carried over: {e}");
+                return;
+            }
+        };
+        self.regular += 1;
+        let (out, replies) = mpsc::unbounded_channel();
+        let task = serve(
+            conn,
+            stream,
+            self.shared.clone(),
+            self.to_driver.clone(),
+            replies,
+            Carried { unread, owed },
+        );
+        let task = self.tasks.spawn(task);
+        self.by_task.insert(task.id(), conn);
+        self.handles.insert(
+            conn,
+            Handle {
+                lane: Lane::Regular,
+                out: Some(out),
+            },
+        );
+    }
+
+    /// Serves a new connection made by the master itself (a worker's `-g` socket); returns
+    /// its id.
+    pub(crate) fn adopt_new(&mut self, stream: std::os::unix::net::UnixStream) -> ConnId {
+        let conn = ConnId(self.next);
+        self.adopt(Detached {
+            conn,
+            stream,
+            unread: Vec::new(),
+            owed: 0,
+        });
+        conn
+    }
+
+    /// Takes every served connection out of its task, once it has written what it was sent
+    /// (waiting at most `within`); they no longer count here. Connections in the reserve,
+    /// and any that do not answer in time, are left to close.
+    pub(crate) async fn detach_all(&mut self, within: Duration) -> Vec<Detached> {
+        let mut waiting = Vec::new();
+        for (&conn, handle) in &self.handles {
+            if let Some(out) = &handle.out {
+                let (tx, rx) = oneshot::channel();
+                if out.send(Outgoing::Detach(tx)).is_ok() {
+                    waiting.push((conn, rx));
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        let mut detached = Vec::new();
+        for (conn, rx) in waiting {
+            if let Ok(Ok(d)) = tokio::time::timeout_at(deadline, rx).await {
+                // Its task is ending: forget it now (its end is ignored), so that the
+                // connection can be adopted again under the same id.
+                if let Some(handle) = self.handles.remove(&conn) {
+                    match handle.lane {
+                        Lane::Regular => self.regular -= 1,
+                        Lane::Reserve => self.reserve -= 1,
+                    }
+                }
+                self.by_task.retain(|_, c| *c != conn);
+                detached.push(d);
+            }
+        }
+        detached
+    }
+
     /// `accept` failed (out of fds, most likely): log once per burst.
     pub(crate) fn accept_failed(&self, error: &std::io::Error) {
         if let Some(skipped) = self.accept_failed.hit(Instant::now()) {
@@ -296,7 +400,7 @@ impl Connections {
     pub(crate) fn reply(&self, conn: ConnId, reply: &Reply) {
         if let Some(out) = self.handles.get(&conn).and_then(|h| h.out.as_ref()) {
             // The connection may be gone already: then nobody is waiting for the reply.
-            let _ = out.send(Outgoing {
+            let _ = out.send(Outgoing::Line {
                 line: encode_reply(reply),
                 last: !reply.wait,
             });
@@ -346,6 +450,11 @@ impl Connections {
         let tasks = &mut self.tasks;
         let flush = async { while tasks.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(grace, flush).await;
+    }
+
+    /// Connections served now.
+    pub(crate) fn open_count(&self) -> usize {
+        self.regular
     }
 
     /// Connections open, served and in the reserve.
@@ -416,23 +525,42 @@ async fn serve_reserved(
     conn
 }
 
+/// What a connection carried over brings with it.
+#[derive(Debug, Default)]
+struct Carried {
+    /// Bytes received and not handled yet.
+    unread: Vec<u8>,
+    /// Final replies owed.
+    owed: usize,
+}
+
 /// One served connection: lines in, replies out, until either side is done, the connection
-/// idles too long, or its client stops reading.
+/// idles too long, or its client stops reading (or the driver takes it back).
 async fn serve(
     conn: ConnId,
     stream: UnixStream,
     shared: Arc<Shared>,
     to_driver: mpsc::Sender<Incoming>,
     mut replies: mpsc::UnboundedReceiver<Outgoing>,
+    carried: Carried,
 ) -> ConnId {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let mut partial = Vec::new();
     let idle_timeout = shared.limits.idle_timeout;
     // Requests handed over whose final reply is not written yet.
-    let mut owed = 0usize;
+    let mut owed = carried.owed;
     let mut last_active = Instant::now();
     let mut reading = true;
+    // Whole lines carried over first, as if just read; the rest starts the next line.
+    let mut partial = carried.unread;
+    while reading && let Some(end) = partial.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = partial.drain(..=end).take(end).collect();
+        match take_line(conn, line, &reader, &shared, &to_driver).await {
+            Taken::Owed => owed += 1,
+            Taken::WorkerMessage => reading = false,
+            Taken::Drop => return conn,
+        }
+    }
     loop {
         if !reading && owed == 0 {
             // The client sent all it will, and got every reply: done.
@@ -469,14 +597,28 @@ async fn serve(
                 }
             }
             out = replies.recv() => match out {
-                Some(out) => {
-                    if !write_line(&mut write, &out.line).await {
+                Some(Outgoing::Line { line, last }) => {
+                    if !write_line(&mut write, &line).await {
                         return conn;
                     }
-                    if out.last {
+                    if last {
                         owed = owed.saturating_sub(1);
                     }
                     last_active = Instant::now();
+                }
+                Some(Outgoing::Detach(back)) => {
+                    partial.extend_from_slice(reader.buffer());
+                    if let Ok(stream) = reader.into_inner().reunite(write)
+                        && let Ok(stream) = stream.into_std()
+                    {
+                        let _ = back.send(Detached {
+                            conn,
+                            stream,
+                            unread: partial,
+                            owed,
+                        });
+                    }
+                    return conn;
                 }
                 // The driver is done with this connection: closing it.
                 None => return conn,

@@ -7,11 +7,12 @@
 
 use std::collections::VecDeque;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{SigmaskHow, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,13 +20,18 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::bind::{BindError, Bound};
 use crate::cli::MasterArgs;
 pub use crate::conn::MAX_REQUEST_LINE;
-use crate::conn::{ConnLimits, Connections, Incoming, sleep_until};
+use crate::conn::{ConnLimits, Connections, Detached, Incoming, sleep_until};
+use crate::handover::{
+    CommandSocketHandover, ConnectionHandover, Handover, HandoverError, ListenerHandover,
+    RetiredListener, StderrHandover,
+};
 use crate::held_signals::{HeldStops, ProgramCheck};
 use crate::machine::{
-    Action, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
+    Action, ConnId, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
 };
 use crate::observer::Observer;
 use crate::pidfile::{Pidfile, PidfileError, WrittenFile};
+use crate::reexec::{PREFLIGHT_TIMEOUT, Preflight};
 use crate::render;
 use crate::socket::{CommandSocket, SocketError};
 use crate::spawn::{ProgramError, WorkerCommand, check_program};
@@ -71,6 +77,9 @@ pub enum MasterError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The state handed over by the master that exec'd this one cannot be taken over.
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
     /// The event loop (runtime, signal handlers, socket registration) could not be set up.
     #[error("cannot set up the event loop: {0}")]
     EventLoop(std::io::Error),
@@ -79,15 +88,23 @@ pub enum MasterError {
 /// Runs a master until it exits; returns its exit status.
 ///
 /// Checks the worker command and binds everything first (so errors are reported before any
-/// worker starts), then spawns the workers and serves the command socket. Never exits the
-/// process and installs no logger: it logs through `tracing`, to whatever subscriber the
-/// caller set up.
+/// worker starts), then spawns the workers and serves the command socket. With
+/// [`MasterArgs::with_state_fd`], it goes on from the master that exec'd it instead: same
+/// sockets, workers and connections. Never exits the process and installs no logger: it
+/// logs through `tracing`, to whatever subscriber the caller set up.
 ///
 /// # Errors
 /// [`MasterError`] when the setup fails, or when the very first worker cannot be started;
 /// once workers run, the master only exits on a signal or `die`.
 pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     let master_pid = std::process::id() as Pid;
+    let handover = match args.with_state_fd {
+        Some(fd) => Some(read_handover(fd)?),
+        None => None,
+    };
+    if args.upgrade_check {
+        return upgrade_check(args, handover.as_ref());
+    }
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     // Before anything is created: a typo in the command fails here, not in a respawn loop.
     check_program(program)?;
@@ -100,6 +117,16 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
             let _ = nix::sys::prctl::set_name(&name);
         }
     }
+    if let Some(nice) = args.nice {
+        // SAFETY: setpriority on this process only.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice.master) } != 0 {
+            tracing::warn!(
+                "cannot set the master's nice level to {}: {}",
+                nice.master,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     let pidfile = match &args.pidfile {
         Some(path) => Some(Pidfile::create(path, master_pid)?),
         None => None,
@@ -108,21 +135,18 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         std::path::absolute(&path).map_err(|source| MasterError::Path { path, source })
     };
     let socket_path = absolute(args.socket_path())?;
-    let mut command_socket = CommandSocket::open(&socket_path, &absolute(args.lockfile())?)?;
-    let bound = args
-        .bind
-        .iter()
-        .map(|spec| spec.bind(args.backlog))
-        .collect::<Result<Vec<Bound>, _>>()?;
-    let listeners: Vec<ListenerInfo> = bound
-        .iter()
-        .enumerate()
-        .map(|(index, b)| ListenerInfo {
-            index,
-            addr: b.addr.to_string(),
-            fd: b.fd(),
-        })
-        .collect();
+    let mut command_socket = match &handover {
+        Some(h) => CommandSocket::adopt(
+            &h.command_socket.path,
+            h.command_socket.fd,
+            &h.command_socket.lock_path,
+            h.command_socket.lock_fd,
+        )?,
+        None => CommandSocket::open(&socket_path, &absolute(args.lockfile())?)?,
+    };
+    let socket_path = command_socket.path().to_path_buf();
+    let (bound, retired) = bind_listeners(args, handover.as_ref())?;
+    let listeners = listener_infos(&bound);
     for l in &listeners {
         tracing::info!("listening on {} (einhorn@{}, fd {})", l.addr, l.index, l.fd);
     }
@@ -156,8 +180,10 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         capture_stderr: args.stderr_tail > 0,
         // The master speaks to systemd for the service; systemd ignores other pids anyway.
         remove_env: vec![graceful_listener::env::NOTIFY_SOCKET.to_string()],
+        command_socket_as_fd: args.command_socket_as_fd,
+        nice: args.nice.and_then(|n| n.worker),
     };
-    let machine = Machine::new(MachineConfig {
+    let config = MachineConfig {
         workers: args.number,
         ack_mode: args.ack_mode,
         spawn_spacing: args.seconds,
@@ -173,7 +199,19 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
         listeners,
-    });
+        reexec: args.self_exec.is_some(),
+        max_unacked: args.max_unacked as usize,
+        max_upgrade_additional: args.max_upgrade_additional,
+    };
+    let mut machine = match &handover {
+        Some(h) => Machine::resume(config, &h.machine, Instant::now())
+            .map_err(|e| MasterError::Handover(HandoverError::Malformed(e.to_string())))?,
+        None => Machine::new(config),
+    };
+    if handover.is_none() {
+        machine.set_verbosity(args.verbosity());
+    }
+    crate::log_level::apply(machine.verbosity());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -181,144 +219,568 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     let listener = command_socket.take_listener();
     let limits = fit_connection_limits(args.connection_limits());
     let check = ProgramCheck::new(args.block_signals);
-    let code = runtime.block_on(drive(
-        machine,
-        worker,
-        check,
-        listener,
-        limits,
-        args.stderr_tail,
-    ));
+    let code = runtime.block_on(async {
+        let mut driver = Driver::new(
+            machine,
+            worker,
+            check,
+            listener,
+            limits,
+            args,
+            Resources {
+                command_socket,
+                bound,
+                retired,
+                _pidfile: pidfile,
+                _addr_file: addr_file,
+            },
+        )?;
+        driver.drive(handover).await
+    });
     // Connections and tasks first (a parse still running on a blocking thread gets a moment),
-    // then the files (address file, sockets, lock, pid file).
+    // then the files (address file, sockets, lock, pid file): dropped with the driver.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    drop(addr_file);
-    drop(bound);
-    drop(command_socket);
-    drop(pidfile);
     code
 }
 
-async fn drive(
-    mut machine: Machine,
+/// Reads the state an earlier master handed over on `fd`.
+fn read_handover(fd: i32) -> Result<Handover, MasterError> {
+    let bytes = crate::reexec::read_state(fd)
+        .map_err(|source| MasterError::Handover(HandoverError::Read { fd, source }))?;
+    Handover::decode(&bytes).map_err(MasterError::Handover)
+}
+
+/// `--upgrade-check`: could this program take over from the master that runs it, with
+/// these arguments and that state? Prints the verdict; the exit status says it.
+fn upgrade_check(args: &MasterArgs, handover: Option<&Handover>) -> Result<i32, MasterError> {
+    let Some(handover) = handover else {
+        return Err(MasterError::Handover(HandoverError::Malformed(
+            "--upgrade-check needs the state (--with-state-fd)".to_string(),
+        )));
+    };
+    let config = MachineConfig::new(args.number);
+    Machine::resume(config, &handover.machine, Instant::now())
+        .map_err(|e| MasterError::Handover(HandoverError::Malformed(e.to_string())))?;
+    println!(
+        "upgrade check passed: {} reads the state of {} (format {}, {} workers)",
+        crate::handover::writer(),
+        handover.writer,
+        handover.format,
+        handover.machine.workers.len()
+    );
+    Ok(0)
+}
+
+/// The `-b` sockets: those handed over whose spec is still configured are kept, new ones
+/// bound; those no longer configured stay open (retired) while workers started with them
+/// run.
+fn bind_listeners(
+    args: &MasterArgs,
+    handover: Option<&Handover>,
+) -> Result<(Vec<Bound>, Vec<(Bound, u64)>), MasterError> {
+    let mut handed: Vec<(String, i32)> = handover
+        .map(|h| h.listeners.iter().map(|l| (l.spec.clone(), l.fd)).collect())
+        .unwrap_or_default();
+    let mut bound = Vec::new();
+    for spec in &args.bind {
+        let text = spec.to_string();
+        let b = match handed.iter().position(|(s, _)| *s == text) {
+            Some(i) => {
+                let (_, fd) = handed.remove(i);
+                Bound::adopt(spec.clone(), fd)
+                    .map_err(|e| MasterError::Handover(HandoverError::Malformed(e.to_string())))?
+            }
+            None => spec.bind(args.backlog)?,
+        };
+        bound.push(b);
+    }
+    let mut retired = Vec::new();
+    if let Some(h) = handover {
+        let used_below = h.machine.next_spawn;
+        for (spec, fd) in handed {
+            let adopted = spec
+                .parse::<crate::bind::BindSpec>()
+                .ok()
+                .and_then(|s| Bound::adopt(s, fd).ok());
+            if let Some(b) = adopted {
+                tracing::info!(
+                    "{spec} is no longer configured: closing it once the workers started with it are gone"
+                );
+                retired.push((b, used_below));
+            }
+        }
+        for r in &h.retired_listeners {
+            let adopted = r
+                .listener
+                .spec
+                .parse::<crate::bind::BindSpec>()
+                .ok()
+                .and_then(|s| Bound::adopt(s, r.listener.fd).ok());
+            if let Some(b) = adopted {
+                retired.push((b, r.used_below_spawn));
+            }
+        }
+    }
+    Ok((bound, retired))
+}
+
+fn listener_infos(bound: &[Bound]) -> Vec<ListenerInfo> {
+    bound
+        .iter()
+        .enumerate()
+        .map(|(index, b)| ListenerInfo {
+            index,
+            addr: b.addr.to_string(),
+            fd: b.fd(),
+        })
+        .collect()
+}
+
+/// What the master holds open for its whole life, and hands over across an exec.
+struct Resources {
+    command_socket: CommandSocket,
+    bound: Vec<Bound>,
+    /// Sockets no longer configured, with the spawn below which workers use them.
+    retired: Vec<(Bound, u64)>,
+    _pidfile: Option<Pidfile>,
+    _addr_file: Option<WrittenFile>,
+}
+
+/// The event loop's state.
+struct Driver<'a> {
+    machine: Machine,
     worker: WorkerCommand,
-    mut check: ProgramCheck,
-    listener: std::os::unix::net::UnixListener,
-    limits: ConnLimits,
-    stderr_tail: usize,
-) -> Result<i32, MasterError> {
-    let setup = MasterError::EventLoop;
-    listener.set_nonblocking(true).map_err(setup)?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(setup)?;
-    // Every handler is installed before the first worker exists: no exit is missed and no
-    // early signal kills the master.
-    let mut sigchld = signal(SignalKind::child()).map_err(setup)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(setup)?;
-    let mut sigusr2 = signal(SignalKind::user_defined2()).map_err(setup)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(setup)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(setup)?;
-    let mut sigquit = signal(SignalKind::quit()).map_err(setup)?;
+    check: ProgramCheck,
+    listener: tokio::net::UnixListener,
+    conns: Connections,
+    from_conns: tokio::sync::mpsc::Receiver<Incoming>,
+    observer: Observer,
+    stderr_closed: tokio::sync::mpsc::UnboundedReceiver<Pid>,
+    held: HeldStops,
+    args: &'a MasterArgs,
+    resources: Resources,
+    /// The new program checking that it can take over.
+    preflight: Option<(Preflight, OwnedFd, Instant)>,
+    /// Until one worker has started, a failed spawn ends the master: nothing would ever work.
+    spawned_any: bool,
+}
 
-    let (mut conns, mut from_conns) = Connections::new(limits);
-    // After a failed accept (out of fds), accepting pauses briefly instead of spinning.
-    let mut accept_paused: Option<Instant> = None;
-    // Until one worker has started, a failed spawn ends the master: nothing would ever work.
-    let mut spawned_any = false;
-    let (mut observer, mut stderr_closed) = Observer::new(stderr_tail, worker.master_pid);
-    let mut held = HeldStops::default();
+impl<'a> Driver<'a> {
+    fn new(
+        machine: Machine,
+        worker: WorkerCommand,
+        check: ProgramCheck,
+        listener: std::os::unix::net::UnixListener,
+        limits: ConnLimits,
+        args: &'a MasterArgs,
+        resources: Resources,
+    ) -> Result<Driver<'a>, MasterError> {
+        let setup = MasterError::EventLoop;
+        listener.set_nonblocking(true).map_err(setup)?;
+        let listener = tokio::net::UnixListener::from_std(listener).map_err(setup)?;
+        let (conns, from_conns) = Connections::new(limits);
+        let (observer, stderr_closed) = Observer::new(args.stderr_tail, worker.master_pid);
+        Ok(Driver {
+            machine,
+            worker,
+            check,
+            listener,
+            conns,
+            from_conns,
+            observer,
+            stderr_closed,
+            held: HeldStops::default(),
+            args,
+            resources,
+            preflight: None,
+            spawned_any: false,
+        })
+    }
 
-    let mut todo: VecDeque<Action> = step(&mut machine, &mut observer, Event::Start).into();
-    loop {
-        while let Some(action) = todo.pop_front() {
-            match action {
-                Action::Spawn { id, index } => {
-                    let block = check.blocks(&worker.program);
-                    let event = match worker.spawn(index, block) {
-                        Ok(started) => {
-                            spawned_any = true;
-                            if block {
-                                held.started(started.pid, Instant::now());
-                            }
-                            observer.started(started.pid, started.stderr);
-                            Event::Spawned {
-                                id,
-                                pid: started.pid,
-                            }
-                        }
-                        Err(source) if !spawned_any => {
-                            return Err(MasterError::Spawn {
-                                program: worker.program.to_string_lossy().into_owned(),
-                                source,
-                            });
-                        }
-                        Err(e) => Event::SpawnFailed {
-                            id,
-                            error: format!("{}: {e}", worker.program.to_string_lossy()),
-                        },
-                    };
-                    todo.extend(step(&mut machine, &mut observer, event));
-                }
-                Action::Signal { pid, signal } => {
-                    send_signal(pid, signal);
-                    held.sent(pid, signal);
-                }
-                Action::Reply { conn, reply } => conns.reply(conn, &render::reply(&reply)),
-                Action::Close { conn } => conns.close(conn),
-                Action::Exit { code } => {
-                    // Let connections flush what they were sent, briefly.
-                    conns.shutdown(Duration::from_millis(500)).await;
+    async fn drive(&mut self, handover: Option<Handover>) -> Result<i32, MasterError> {
+        let setup = MasterError::EventLoop;
+        // Every handler is installed before the first worker exists: no exit is missed and no
+        // early signal kills the master. A master exec'd by another starts with them blocked
+        // (so none is lost in between): unblocked once the handlers are in place.
+        let mut sigchld = signal(SignalKind::child()).map_err(setup)?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(setup)?;
+        let mut sigusr2 = signal(SignalKind::user_defined2()).map_err(setup)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(setup)?;
+        let mut sigterm = signal(SignalKind::terminate()).map_err(setup)?;
+        let mut sigquit = signal(SignalKind::quit()).map_err(setup)?;
+        crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK).map_err(setup)?;
+
+        // After a failed accept (out of fds), accepting pauses briefly instead of spinning.
+        let mut accept_paused: Option<Instant> = None;
+        let first = match handover {
+            Some(handover) => {
+                self.spawned_any = true;
+                self.adopt(handover);
+                // Workers that exited while the master was exec'ing.
+                let mut events = vec![Event::Resumed];
+                reap(&mut events);
+                events
+            }
+            None => vec![Event::Start],
+        };
+        let mut todo: VecDeque<Action> = VecDeque::new();
+        for event in first {
+            let actions = self.step(event);
+            todo.extend(actions);
+        }
+        loop {
+            while let Some(action) = todo.pop_front() {
+                if let Some(code) = self.act(action, &mut todo).await? {
                     return Ok(code);
                 }
             }
-        }
+            self.close_unused_listeners();
 
-        let deadline = machine.next_deadline();
-        let recheck = held.next_check(Instant::now());
-        let paused = accept_paused.filter(|&until| until > Instant::now());
-        let mut events = Vec::new();
-        tokio::select! {
-            _ = sigchld.recv() => reap(&mut events),
-            _ = sleep_until(recheck), if recheck.is_some() => {
-                for pid in held.check(Instant::now()) {
-                    send_signal(pid, Signal::SIGKILL);
-                }
-            }
-            _ = sighup.recv() => events.push(Event::Signal(MasterSignal::Hup)),
-            _ = sigusr2.recv() => events.push(Event::Signal(MasterSignal::Usr2)),
-            _ = sigint.recv() => events.push(Event::Signal(MasterSignal::Int)),
-            _ = sigterm.recv() => events.push(Event::Signal(MasterSignal::Term)),
-            _ = sigquit.recv() => events.push(Event::Signal(MasterSignal::Quit)),
-            accepted = listener.accept(), if paused.is_none() => match accepted {
-                Ok((stream, _)) => {
-                    if let Some((conn, command)) = conns.accept(stream) {
-                        events.push(Event::Request { conn, id: None, command });
+            let deadline = self.machine.next_deadline();
+            let recheck = self.held.next_check(Instant::now());
+            let preflight_due = self
+                .preflight
+                .as_ref()
+                .map(|(_, _, at)| *at + PREFLIGHT_TIMEOUT);
+            let paused = accept_paused.filter(|&until| until > Instant::now());
+            let preflight_pid = self.preflight.as_ref().map(|(p, _, _)| p.pid);
+            let mut events = Vec::new();
+            tokio::select! {
+                _ = sigchld.recv() => reap(&mut events),
+                _ = sighup.recv() => events.push(Event::Signal(MasterSignal::Hup)),
+                _ = sigusr2.recv() => events.push(Event::Signal(MasterSignal::Usr2)),
+                _ = sigint.recv() => events.push(Event::Signal(MasterSignal::Int)),
+                _ = sigterm.recv() => events.push(Event::Signal(MasterSignal::Term)),
+                _ = sigquit.recv() => events.push(Event::Signal(MasterSignal::Quit)),
+                _ = sleep_until(recheck), if recheck.is_some() => {
+                    for pid in self.held.check(Instant::now()) {
+                        send_signal(pid, Signal::SIGKILL);
                     }
                 }
-                Err(e) => {
-                    conns.accept_failed(&e);
-                    accept_paused = Some(Instant::now() + Duration::from_millis(100));
+                _ = sleep_until(preflight_due), if preflight_due.is_some() => {
+                    if let Some((preflight, _, _)) = &self.preflight {
+                        tracing::warn!("the new master's check takes longer than {}s: killing it", PREFLIGHT_TIMEOUT.as_secs());
+                        send_signal(preflight.pid, Signal::SIGKILL);
+                    }
                 }
-            },
-            _ = sleep_until(paused), if paused.is_some() => accept_paused = None,
-            Some(incoming) = from_conns.recv() => match incoming {
-                Incoming::Request { conn, id, command } => {
-                    events.push(Event::Request { conn, id, command });
-                }
-                Incoming::Reply { conn, reply } => conns.reply(conn, &reply),
-            },
-            done = conns.next_finished() => conns.finished(done),
-            Some(pid) = stderr_closed.recv() => observer.stderr_closed(pid),
-            _ = sleep_until(deadline), if deadline.is_some() => events.push(Event::Tick),
-        }
-        for event in events {
-            if let Event::Exited { pid, .. } = &event {
-                held.exited(*pid);
+                accepted = self.listener.accept(), if paused.is_none() => match accepted {
+                    Ok((stream, _)) => {
+                        if let Some((conn, command)) = self.conns.accept(stream) {
+                            events.push(Event::Request { conn, id: None, command });
+                        }
+                    }
+                    Err(e) => {
+                        self.conns.accept_failed(&e);
+                        accept_paused = Some(Instant::now() + Duration::from_millis(100));
+                    }
+                },
+                _ = sleep_until(paused), if paused.is_some() => accept_paused = None,
+                Some(incoming) = self.from_conns.recv() => match incoming {
+                    Incoming::Request { conn, id, command } => {
+                        events.push(Event::Request { conn, id, command });
+                    }
+                    Incoming::Reply { conn, reply } => self.conns.reply(conn, &reply),
+                },
+                done = self.conns.next_finished() => self.conns.finished(done),
+                Some(pid) = self.stderr_closed.recv() => self.observer.stderr_closed(pid),
+                _ = sleep_until(deadline), if deadline.is_some() => events.push(Event::Tick),
             }
-            todo.extend(step(&mut machine, &mut observer, event));
+            for event in events {
+                if let Event::Exited { pid, status } = &event {
+                    if preflight_pid == Some(*pid) {
+                        // Returns only if the new master could not take over.
+                        if let Err(reason) = self.preflight_done(status).await {
+                            todo.extend(self.step(Event::ReexecFailed { reason }));
+                        }
+                        continue;
+                    }
+                    self.held.exited(*pid);
+                }
+                let actions = self.step(event);
+                todo.extend(actions);
+            }
         }
     }
-}
 
+    /// Carries out one action; `Some(code)` when the master exits.
+    async fn act(
+        &mut self,
+        action: Action,
+        todo: &mut VecDeque<Action>,
+    ) -> Result<Option<i32>, MasterError> {
+        match action {
+            Action::Spawn { id, index } => {
+                let block = self.check.blocks(&self.worker.program);
+                let event = match self.worker.spawn(index, block) {
+                    Ok(started) => {
+                        self.spawned_any = true;
+                        if block {
+                            self.held.started(started.pid, Instant::now());
+                        }
+                        if let Some(connection) = started.command_connection {
+                            self.conns.adopt_new(connection);
+                        }
+                        self.observer.started(started.pid, started.stderr);
+                        Event::Spawned {
+                            id,
+                            pid: started.pid,
+                        }
+                    }
+                    Err(source) if !self.spawned_any => {
+                        return Err(MasterError::Spawn {
+                            program: self.worker.program.to_string_lossy().into_owned(),
+                            source,
+                        });
+                    }
+                    Err(e) => Event::SpawnFailed {
+                        id,
+                        error: format!("{}: {e}", self.worker.program.to_string_lossy()),
+                    },
+                };
+                todo.extend(self.step(event));
+            }
+            Action::Signal { pid, signal } => {
+                send_signal(pid, signal);
+                self.held.sent(pid, signal);
+            }
+            Action::Reply { conn, reply } => self.conns.reply(conn, &render::reply(&reply)),
+            Action::Close { conn } => self.conns.close(conn),
+            Action::Exit { code } => {
+                // Let connections flush what they were sent, briefly.
+                self.conns.shutdown(Duration::from_millis(500)).await;
+                return Ok(Some(code));
+            }
+            Action::SetLogLevel { offset } => {
+                if !crate::log_level::apply(offset) {
+                    tracing::warn!(
+                        "the log level cannot be changed: the program running this master did not register its logger (einhorn_master::log_level::set_control)"
+                    );
+                }
+            }
+            Action::Reexec => {
+                if let Err(reason) = self.start_preflight() {
+                    todo.extend(self.step(Event::ReexecFailed { reason }));
+                }
+            }
+            Action::CancelReexec => {
+                if let Some((preflight, _, _)) = self.preflight.take() {
+                    send_signal(preflight.pid, Signal::SIGKILL);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Starts the new program's check on the state as it is now.
+    fn start_preflight(&mut self) -> Result<(), String> {
+        let exec = self
+            .args
+            .self_exec
+            .as_ref()
+            .ok_or_else(|| "this master cannot re-exec itself".to_string())?;
+        let handover = self.handover_now(Vec::new(), Vec::new());
+        let state = crate::reexec::state_file(&handover.encode())
+            .map_err(|e| format!("cannot write the state for the new master: {e}"))?;
+        let preflight = Preflight::start(exec, &state, &self.args.drop_env_var)
+            .map_err(|e| format!("cannot start {}: {e}", exec.program.display()))?;
+        tracing::info!(
+            "checking that {} can take over (pid {})",
+            exec.program.display(),
+            preflight.pid
+        );
+        self.preflight = Some((preflight, state, Instant::now()));
+        Ok(())
+    }
+
+    /// The check ended with `status`: exec the new program (never returning), or say why
+    /// not.
+    async fn preflight_done(&mut self, status: &str) -> Result<(), String> {
+        let Some((preflight, _, _)) = self.preflight.take() else {
+            return Ok(());
+        };
+        preflight.verdict(status == "exit status 0", status)?;
+        tracing::info!("the new master passed its check; handing over");
+        self.reexec().await
+    }
+
+    /// Hands everything over to the new program and execs it. Returns only if the exec
+    /// failed, with everything taken back as it was.
+    async fn reexec(&mut self) -> Result<(), String> {
+        let exec = self
+            .args
+            .self_exec
+            .clone()
+            .ok_or_else(|| "this master cannot re-exec itself".to_string())?;
+        let connections = self.conns.detach_all(Duration::from_secs(2)).await;
+        let pipes = self.observer.detach_stderr(Duration::from_secs(2)).await;
+        let handover = self.handover_now(
+            connections
+                .iter()
+                .map(|c| ConnectionHandover {
+                    conn: c.conn.0,
+                    fd: c.stream.as_raw_fd(),
+                    unread: c.unread.clone(),
+                    owed: c.owed,
+                })
+                .collect(),
+            pipes
+                .iter()
+                .map(|(pid, fd, lines)| StderrHandover {
+                    pid: *pid,
+                    fd: fd.as_raw_fd(),
+                    lines: lines.clone(),
+                })
+                .collect(),
+        );
+        let error = match crate::reexec::state_file(&handover.encode()) {
+            Ok(state) => {
+                let mut fds = handover.fds();
+                fds.push(state.as_raw_fd());
+                let ready = fds
+                    .iter()
+                    .try_for_each(|&fd| crate::reexec::set_cloexec(fd, false))
+                    .and_then(|()| crate::reexec::mask_master_signals(SigmaskHow::SIG_BLOCK));
+                let error = match ready {
+                    Ok(()) => {
+                        tracing::info!(
+                            "exec'ing {} (pid {} stays)",
+                            exec.program.display(),
+                            self.worker.master_pid
+                        );
+                        crate::reexec::exec(&exec, state.as_raw_fd(), &self.args.drop_env_var)
+                    }
+                    Err(e) => e,
+                };
+                // Still here: the exec failed. Back as it was.
+                let _ = crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK);
+                for &fd in &handover.fds() {
+                    // The listening sockets stay inheritable: workers get them.
+                    let listening = self.resources.bound.iter().any(|b| b.fd() == fd)
+                        || self.resources.retired.iter().any(|(b, _)| b.fd() == fd);
+                    let _ = crate::reexec::set_cloexec(fd, !listening);
+                }
+                error
+            }
+            Err(e) => e,
+        };
+        for connection in connections {
+            self.conns.adopt(connection);
+        }
+        for (pid, fd, lines) in pipes {
+            self.observer.adopt_stderr(pid, fd, &lines);
+        }
+        Err(format!("cannot exec {}: {error}", exec.program.display()))
+    }
+
+    /// Everything this master would hand over now, with these connections and pipes.
+    fn handover_now(
+        &self,
+        connections: Vec<ConnectionHandover>,
+        stderr: Vec<StderrHandover>,
+    ) -> Handover {
+        let listener = |b: &Bound| ListenerHandover {
+            spec: b.spec.to_string(),
+            addr: b.addr.to_string(),
+            fd: b.fd(),
+        };
+        let (readiness, failure) = self.observer.notified();
+        Handover {
+            format: crate::handover::FORMAT,
+            writer: crate::handover::writer(),
+            machine: self.machine.snapshot(Instant::now()),
+            listeners: self.resources.bound.iter().map(listener).collect(),
+            retired_listeners: self
+                .resources
+                .retired
+                .iter()
+                .map(|(b, below)| RetiredListener {
+                    listener: listener(b),
+                    used_below_spawn: *below,
+                })
+                .collect(),
+            command_socket: CommandSocketHandover {
+                path: self.resources.command_socket.path().to_path_buf(),
+                fd: self.listener.as_raw_fd(),
+                lock_path: self.resources.command_socket.lock_path().to_path_buf(),
+                lock_fd: self.resources.command_socket.lock_fd(),
+            },
+            pidfile: self.args.pidfile.clone(),
+            addr_file: self.args.addr_file.clone(),
+            connections,
+            stderr,
+            readiness,
+            failure,
+        }
+    }
+
+    /// Takes over what the master before the exec handed over: its connections and its
+    /// workers' stderr pipes, and what systemd was told.
+    fn adopt(&mut self, handover: Handover) {
+        for c in handover.connections {
+            // SAFETY: handed over to this process to be taken, once.
+            let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(c.fd) };
+            self.conns.adopt(Detached {
+                conn: ConnId(c.conn),
+                stream,
+                unread: c.unread,
+                owed: c.owed,
+            });
+        }
+        for s in handover.stderr {
+            // SAFETY: as above.
+            let fd = unsafe { OwnedFd::from_raw_fd(s.fd) };
+            self.observer.adopt_stderr(s.pid, fd, &s.lines);
+        }
+        for w in &handover.machine.workers {
+            if self.check.blocks(&self.worker.program) {
+                // Its age, not now: the grace for holding a stop signal runs from its start.
+                let age = Duration::try_from_secs_f64(w.age).unwrap_or_default();
+                self.held.started(
+                    w.pid,
+                    Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                );
+            }
+        }
+        self.observer
+            .resume_notified(handover.readiness, handover.failure);
+        tracing::info!(
+            "took over from {} (state format {}): {} workers, {} connections",
+            handover.writer,
+            handover.format,
+            handover.machine.workers.len(),
+            self.conns_count()
+        );
+    }
+
+    fn conns_count(&self) -> usize {
+        self.conns.open_count()
+    }
+
+    /// Closes the retired listening sockets that no worker uses any more.
+    fn close_unused_listeners(&mut self) {
+        if self.resources.retired.is_empty() {
+            return;
+        }
+        let oldest = self.machine.workers().map(|w| w.spawn.0).min();
+        self.resources.retired.retain(|(b, below)| {
+            let used = oldest.is_some_and(|spawn| spawn < *below);
+            if !used {
+                tracing::info!(
+                    "closing {} ({}): no worker uses it any more",
+                    b.spec,
+                    b.addr
+                );
+            }
+            used
+        });
+    }
+
+    /// Feeds one event to the machine; the observer sees the result before the logs are
+    /// written.
+    fn step(&mut self, event: Event) -> Vec<Action> {
+        step(&mut self.machine, &mut self.observer, event)
+    }
+}
 /// Feeds one event to the machine; the observer sees the result before the logs are written.
 fn step(machine: &mut Machine, observer: &mut Observer, event: Event) -> Vec<Action> {
     let actions = machine.handle(Instant::now(), event);

@@ -47,12 +47,17 @@
 //! ```
 
 mod message;
+mod snapshot;
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 pub use self::message::{CountChange, ExitNote, Level, Log, Message, Response, Sent};
+pub use self::snapshot::{
+    MachineSnapshot, ReexecSnapshot, SnapshotError, SubscriberSnapshot, UpgradeSnapshot,
+    WorkerSnapshot,
+};
 use crate::command::{Command, signal_name};
 use crate::state::{ConfigState, MasterState, WorkerState};
 pub use crate::state::{ListenerInfo, Pid};
@@ -111,6 +116,15 @@ pub struct MachineConfig {
     pub command: Vec<String>,
     /// The listening sockets (for `state`).
     pub listeners: Vec<ListenerInfo>,
+    /// Whether the master can re-exec itself: then `upgrade`, `upgrade_fleet` and SIGHUP
+    /// re-exec it first ([`Action::Reexec`]), and `reload` re-execs it alone.
+    pub reexec: bool,
+    /// At most this many new workers unACKed at once during a smooth upgrade
+    /// (`--max-unacked`).
+    pub max_unacked: usize,
+    /// At most this many workers beyond the target during an upgrade, draining ones
+    /// included (`--max-upgrade-additional`); `None`: no limit.
+    pub max_upgrade_additional: Option<usize>,
 }
 
 impl MachineConfig {
@@ -130,6 +144,9 @@ impl MachineConfig {
             socket_path: String::new(),
             command: Vec::new(),
             listeners: Vec::new(),
+            reexec: false,
+            max_unacked: 1,
+            max_upgrade_additional: None,
         }
     }
 }
@@ -188,6 +205,15 @@ pub enum Event {
     Signal(MasterSignal),
     /// Time passed: handle whatever deadline is due.
     Tick,
+    /// The re-exec asked for by [`Action::Reexec`] could not happen: the new program failed
+    /// its check, or the exec failed. Everything goes on as it was.
+    ReexecFailed {
+        /// Why, for the log and the requesters.
+        reason: String,
+    },
+    /// This master was just exec'd in place of the one that asked for [`Action::Reexec`],
+    /// and resumed from its snapshot: finish what the re-exec was for.
+    Resumed,
 }
 
 /// Something the driver must do.
@@ -225,11 +251,26 @@ pub enum Action {
         /// The exit status.
         code: i32,
     },
+    /// Check the new program, then exec it in place of this master, handing over a
+    /// [snapshot](Machine::snapshot) taken then; report [`Event::ReexecFailed`] if it cannot
+    /// be done. The snapshot says what to do once the new master runs ([`Event::Resumed`]).
+    Reexec,
+    /// A re-exec asked for is no longer wanted (the master is stopping): give it up, and do
+    /// not report back.
+    CancelReexec,
+    /// Set the master's log level: `offset` steps from `info`, up (`> 0`: debug, trace) or
+    /// down (`< 0`: warn, error, off), as `-v` and `-q` count them.
+    SetLogLevel {
+        /// Steps from `info`.
+        offset: i8,
+    },
 }
 
 /// What the machine knows about one worker, as [`Machine::workers`] shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerView {
+    /// Its spawn request: workers started later have higher ones.
+    pub spawn: SpawnId,
     /// The pid (`None` while its spawn is pending).
     pub pid: Option<Pid>,
     /// Its `EINHORN_CHILD_INDEX`.
@@ -264,6 +305,17 @@ impl Worker {
 
 type Subscriber = (ConnId, Option<RequestId>);
 
+/// A re-exec of the master asked for and not carried out yet.
+#[derive(Clone, Debug, Default)]
+struct Reexec {
+    /// Upgrade the workers once the new master runs: `Some(fleet)`.
+    upgrade: Option<bool>,
+    /// Who asked for that upgrade: they get its replies.
+    upgraders: Vec<Subscriber>,
+    /// Who asked for a reload of the master alone.
+    reloaders: Vec<Subscriber>,
+}
+
 #[derive(Clone, Debug)]
 struct Upgrade {
     fleet: bool,
@@ -286,6 +338,11 @@ enum Phase {
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Wait before the first respawn after a failure, when `-s` is shorter.
 pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
+/// The quietest log level offset: off.
+pub const MIN_VERBOSITY: i8 = -3;
+/// The loudest log level offset: trace.
+pub const MAX_VERBOSITY: i8 = 2;
+
 /// How long after its ACK a worker must stay up before its death stops counting as a failed
 /// start (`--min-uptime`).
 pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(10);
@@ -306,6 +363,14 @@ pub struct Machine {
     /// can end the backoff by staying up.
     last_failure: Option<Instant>,
     upgrade: Option<Upgrade>,
+    reexec: Option<Reexec>,
+    /// Upgrade and reload requests accepted so far (restarts included): what systemd is told
+    /// about (each gets `RELOADING=1`). Not bumped by an upgrade resumed after a re-exec.
+    requests: u64,
+    /// Log level offset from `info` (`-v` minus `-q`, then `louder` and `quieter`).
+    verbosity: i8,
+    /// A manual ACK in timer mode was already warned about.
+    warned_ack_mode: bool,
     phase: Phase,
     started: bool,
     actions: Vec<Action>,
@@ -326,6 +391,10 @@ impl Machine {
             failures: 0,
             last_failure: None,
             upgrade: None,
+            reexec: None,
+            requests: 0,
+            verbosity: 0,
+            warned_ack_mode: false,
             phase: Phase::Running,
             started: false,
             actions: Vec::new(),
@@ -352,6 +421,8 @@ impl Machine {
             Event::Request { conn, id, command } => self.request(now, conn, id, command),
             Event::Signal(signal) => self.master_signal(now, signal),
             Event::Tick => {}
+            Event::ReexecFailed { reason } => self.reexec_failed(&reason),
+            Event::Resumed => self.resumed(now),
         }
         self.converge(now);
         std::mem::take(&mut self.actions)
@@ -396,6 +467,7 @@ impl Machine {
     /// The workers the machine knows about, in spawn order.
     pub fn workers(&self) -> impl Iterator<Item = WorkerView> + '_ {
         self.workers.iter().map(|w| WorkerView {
+            spawn: w.spawn,
             pid: w.pid,
             index: w.index,
             version: w.version,
@@ -421,9 +493,30 @@ impl Machine {
         self.base
     }
 
-    /// Whether an upgrade is in progress.
+    /// Whether an upgrade is in progress, or a re-exec of the master asked for.
     pub fn is_upgrading(&self) -> bool {
+        self.upgrade.is_some() || self.reexec.is_some()
+    }
+
+    /// Whether an upgrade of the workers runs (not only a re-exec asked for).
+    pub fn upgrade_running(&self) -> bool {
         self.upgrade.is_some()
+    }
+
+    /// Upgrade and reload requests accepted so far: a new one is something to tell systemd
+    /// (`RELOADING=1`).
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// The log level offset from `info` (`-v` minus `-q`, then `louder` and `quieter`).
+    pub fn verbosity(&self) -> i8 {
+        self.verbosity
+    }
+
+    /// Sets the log level offset (from `-v` and `-q`, at start).
+    pub fn set_verbosity(&mut self, offset: i8) {
+        self.verbosity = offset.clamp(MIN_VERBOSITY, MAX_VERBOSITY);
     }
 
     /// Whether the master is stopping (no more spawns; exits once the workers are gone).
@@ -552,7 +645,7 @@ impl Machine {
 
     fn master_signal(&mut self, now: Instant, signal: MasterSignal) {
         match signal {
-            MasterSignal::Hup => self.start_upgrade(now, false, None),
+            MasterSignal::Hup => self.upgrade_requested(now, false, None),
             MasterSignal::Usr2 | MasterSignal::Int => {
                 self.stop(now, Signal::SIGUSR2);
             }
@@ -585,7 +678,20 @@ impl Machine {
                 let config = self.config_state();
                 self.actions.push(reply(Message::Config(Box::new(config))));
             }
-            Command::Upgrade { fleet } => self.start_upgrade(now, fleet, Some((conn, id))),
+            Command::Upgrade { fleet } => self.upgrade_requested(now, fleet, Some((conn, id))),
+            Command::Reload => self.reload_requested((conn, id)),
+            Command::Quieter | Command::Louder => {
+                let step = if command == Command::Louder { 1 } else { -1 };
+                self.set_verbosity(self.verbosity.saturating_add(step));
+                self.actions.push(Action::SetLogLevel {
+                    offset: self.verbosity,
+                });
+                let message = Message::Verbosity {
+                    offset: self.verbosity,
+                };
+                self.log(Level::Info, message.clone());
+                self.actions.push(reply(message));
+            }
             Command::Inc => {
                 let from = self.target;
                 self.target += 1;
@@ -679,7 +785,14 @@ impl Machine {
         };
         if let AckMode::Timer(_) = self.config.ack_mode {
             let ack_mode = self.config.ack_mode;
-            self.log(Level::Info, Message::AckIgnored { pid, ack_mode });
+            // Once a warning (a forgotten `-m manual`), then quietly.
+            let level = if self.warned_ack_mode {
+                Level::Debug
+            } else {
+                Level::Warn
+            };
+            self.warned_ack_mode = true;
+            self.log(level, Message::AckIgnored { pid, ack_mode });
             return;
         }
         match self.find(Some(pid)) {
@@ -722,7 +835,9 @@ impl Machine {
         }
     }
 
-    fn start_upgrade(&mut self, now: Instant, fleet: bool, requester: Option<Subscriber>) {
+    /// `upgrade`, `upgrade_fleet` or SIGHUP: re-exec the master first when it can, then
+    /// upgrade the workers.
+    fn upgrade_requested(&mut self, now: Instant, fleet: bool, requester: Option<Subscriber>) {
         if self.phase != Phase::Running {
             self.log(Level::Warn, Message::UpgradeRefused);
             if let Some((conn, id)) = requester {
@@ -739,12 +854,103 @@ impl Machine {
                 reply: Response::more(Message::UpgradeAccepted { fleet }, id.clone()),
             });
         }
+        self.requests += 1;
+        if !self.config.reexec {
+            self.start_upgrade(now, fleet, requester.into_iter().collect());
+            return;
+        }
+        let reexec = self.ask_reexec();
+        reexec.upgrade = Some(fleet);
+        reexec.upgraders.extend(requester);
+    }
+
+    /// `reload`: re-exec the master alone.
+    fn reload_requested(&mut self, requester: Subscriber) {
+        let (conn, id) = requester.clone();
+        let refusal = if self.phase != Phase::Running {
+            Some(Message::ReloadRefused { stopping: true })
+        } else if !self.config.reexec {
+            Some(Message::ReloadRefused { stopping: false })
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            self.log(Level::Warn, message.clone());
+            self.actions.push(Action::Reply {
+                conn,
+                reply: Response::failure(message, id),
+            });
+            return;
+        }
+        self.actions.push(Action::Reply {
+            conn,
+            reply: Response::more(Message::ReloadAccepted, id),
+        });
+        self.requests += 1;
+        self.ask_reexec().reloaders.push(requester);
+    }
+
+    /// The pending re-exec, asked for now if it was not yet.
+    fn ask_reexec(&mut self) -> &mut Reexec {
+        if self.reexec.is_none() {
+            self.log(Level::Info, Message::Reexecing);
+            self.actions.push(Action::Reexec);
+        }
+        self.reexec.get_or_insert_with(Reexec::default)
+    }
+
+    fn reexec_failed(&mut self, reason: &str) {
+        let Some(reexec) = self.reexec.take() else {
+            return;
+        };
+        let message = Message::ReexecFailed {
+            reason: reason.to_string(),
+            upgrade: reexec.upgrade.is_some(),
+        };
+        self.log(Level::Error, message.clone());
+        for (conn, id) in reexec.upgraders.into_iter().chain(reexec.reloaders) {
+            self.actions.push(Action::Reply {
+                conn,
+                reply: Response::failure(message.clone(), id),
+            });
+        }
+    }
+
+    /// In the new master: the re-exec is done; answer the reloads, start the upgrade.
+    fn resumed(&mut self, now: Instant) {
+        let Some(reexec) = self.reexec.take() else {
+            return;
+        };
+        let message = Message::Reexeced {
+            master_pid: self.config.master_pid,
+        };
+        self.log(Level::Info, message.clone());
+        for (conn, id) in reexec.reloaders {
+            self.actions.push(Action::Reply {
+                conn,
+                reply: Response::last(message.clone(), id),
+            });
+        }
+        if let Some(fleet) = reexec.upgrade {
+            for (conn, id) in &reexec.upgraders {
+                self.actions.push(Action::Reply {
+                    conn: *conn,
+                    reply: Response::more(message.clone(), id.clone()),
+                });
+            }
+            if self.phase == Phase::Running {
+                self.start_upgrade(now, fleet, reexec.upgraders);
+            }
+        }
+    }
+
+    fn start_upgrade(&mut self, now: Instant, fleet: bool, requesters: Vec<Subscriber>) {
         let acked = self.acked_count();
         match &mut self.upgrade {
             Some(up) => {
                 up.fleet = fleet;
                 up.progress_at = now;
-                up.subscribers.extend(requester);
+                up.subscribers.extend(requesters);
                 self.progress(Message::UpgradeRestarting {
                     acked,
                     target: self.target,
@@ -755,7 +961,7 @@ impl Machine {
                     fleet,
                     base: self.base,
                     progress_at: now,
-                    subscribers: requester.into_iter().collect(),
+                    subscribers: requesters,
                 });
                 self.progress(Message::UpgradeStarting {
                     fleet,
@@ -775,6 +981,7 @@ impl Machine {
     /// left alone. Once stopping, every worker still running gets `signal` again, as Einhorn
     /// re-sends it: workers on graceful-listener take a second signal as "stop now".
     fn stop(&mut self, now: Instant, signal: Signal) -> Vec<Pid> {
+        self.abort_reexec();
         if let Some(up) = self.upgrade.take() {
             self.finish(
                 up,
@@ -802,7 +1009,26 @@ impl Machine {
         pids
     }
 
+    /// Gives up a pending re-exec: the master is stopping.
+    fn abort_reexec(&mut self) {
+        let Some(reexec) = self.reexec.take() else {
+            return;
+        };
+        self.actions.push(Action::CancelReexec);
+        let message = Message::ReexecFailed {
+            reason: "the master is stopping".to_string(),
+            upgrade: reexec.upgrade.is_some(),
+        };
+        for (conn, id) in reexec.upgraders.into_iter().chain(reexec.reloaders) {
+            self.actions.push(Action::Reply {
+                conn,
+                reply: Response::failure(message.clone(), id),
+            });
+        }
+    }
+
     fn quit(&mut self) {
+        self.abort_reexec();
         if let Some(up) = self.upgrade.take() {
             self.finish(
                 up,
@@ -1038,10 +1264,17 @@ impl Machine {
             return false;
         }
         let max_unacked = match &self.upgrade {
-            Some(up) if !up.fleet => 1,
+            Some(up) if !up.fleet => self.config.max_unacked.max(1),
             _ => usize::MAX,
         };
-        unacked < max_unacked
+        if unacked >= max_unacked {
+            return false;
+        }
+        // During an upgrade, within --max-upgrade-additional: draining workers count.
+        match (self.upgrade.is_some(), self.config.max_upgrade_additional) {
+            (true, Some(additional)) => self.workers.len() < self.target + additional,
+            _ => true,
+        }
     }
 
     fn spawn_ready_at(&self) -> Option<Instant> {

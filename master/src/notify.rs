@@ -21,8 +21,12 @@ pub struct Observed {
     pub version: u64,
     /// The oldest version still current (below `version` after a failed upgrade).
     pub base_version: u64,
-    /// Whether an upgrade is in progress.
+    /// Whether an upgrade is in progress (or a reload of the master).
     pub upgrading: bool,
+    /// Whether the master is about to re-exec itself (before an upgrade, or alone).
+    pub reexec: bool,
+    /// Upgrade and reload requests so far: each new one is a reload systemd hears of.
+    pub requests: u64,
     /// Whether the master is stopping.
     pub stopping: bool,
     /// Why the last upgrade failed, if it did.
@@ -67,13 +71,13 @@ pub enum Notice {
 /// seen.serving = 2;
 /// assert!(matches!(&readiness.observe(&seen)[..], [Notice::Ready { first: true, .. }]));
 /// seen.upgrading = true;
-/// seen.version = 1;
+/// seen.requests = 1;
 /// assert!(matches!(&readiness.observe(&seen)[..], [Notice::Reloading { .. }]));
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Readiness {
     ready_sent: bool,
-    /// The upgrade last reported as reloading (its version), while it runs.
+    /// The request last reported as reloading (its number), while it runs.
     reloading: Option<u64>,
     stopping: bool,
     status: String,
@@ -103,8 +107,8 @@ impl Readiness {
         if now.upgrading {
             // A SIGHUP during an upgrade restarts it under a new version: systemd asked again,
             // so it is told again.
-            if self.reloading != Some(now.version) {
-                self.reloading = Some(now.version);
+            if self.reloading != Some(now.requests) {
+                self.reloading = Some(now.requests);
                 notices.push(Notice::Reloading {
                     status: status.clone(),
                 });
@@ -153,6 +157,11 @@ pub fn status(now: &Observed) -> String {
     } = now;
     if now.stopping {
         return format!("stopping: {serving} workers still serving");
+    }
+    if now.reexec {
+        return format!(
+            "reloading the master: {serving} of {target} workers serving, version {base_version}"
+        );
     }
     if now.upgrading {
         return format!(
@@ -238,6 +247,7 @@ mod tests {
             target: 2,
             version,
             base_version: version,
+            requests: version,
             ..Observed::default()
         }
     }

@@ -6,15 +6,18 @@
 //! free of both concerns.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
 use std::sync::PoisonError;
+use std::time::Duration;
 
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::watch;
 
 use crate::machine::{ExitNote, Log, Machine, Message};
 use crate::notify::{Notifier, Observed, Readiness};
 use crate::render;
 use crate::state::Pid;
-use crate::stderr::{Tail, Tails, forward, indent};
+use crate::stderr::{Forwarding, Tail, Tails, forward, indent};
 
 /// See the [module documentation](self).
 #[derive(Debug)]
@@ -22,7 +25,11 @@ pub struct Observer {
     /// Lines kept per worker; 0: stderr is not captured.
     tail_lines: usize,
     tails: Tails,
-    closed_tx: UnboundedSender<Pid>,
+    to: Forwarding,
+    detach: watch::Sender<bool>,
+    returned: UnboundedReceiver<(Pid, OwnedFd)>,
+    /// Workers whose stderr is being forwarded.
+    forwarding: HashSet<Pid>,
     /// Workers reaped whose stderr is still open: the report to write at its end, if any.
     exited: HashMap<Pid, Option<String>>,
     /// Workers whose stderr ended before they were reaped.
@@ -43,10 +50,19 @@ impl Observer {
     /// [`Observer::stderr_closed`].
     pub fn new(tail_lines: usize, master_pid: Pid) -> (Observer, UnboundedReceiver<Pid>) {
         let (closed_tx, closed_rx) = unbounded_channel();
+        let (returned_tx, returned) = unbounded_channel();
+        let (detach, detach_rx) = watch::channel(false);
         let observer = Observer {
             tail_lines,
             tails: Tails::default(),
-            closed_tx,
+            to: Forwarding {
+                closed: closed_tx,
+                detach: detach_rx,
+                returned: returned_tx,
+            },
+            detach,
+            returned,
+            forwarding: HashSet::new(),
             exited: HashMap::new(),
             closed: HashSet::new(),
             readiness: Readiness::default(),
@@ -77,16 +93,84 @@ impl Observer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(pid, Tail::new(self.tail_lines));
-        tokio::spawn(forward(
-            pid,
-            pipe,
-            self.tails.clone(),
-            self.closed_tx.clone(),
-        ));
+        self.forward(pid, pipe);
+    }
+
+    fn forward(&mut self, pid: Pid, pipe: tokio::process::ChildStderr) {
+        self.forwarding.insert(pid);
+        tokio::spawn(forward(pid, pipe, self.tails.clone(), self.to.clone()));
+    }
+
+    /// Forwards worker `pid`'s stderr pipe again, carried over (from the master before an
+    /// exec, or back after a failed one) with the lines kept so far. Call it within the
+    /// runtime.
+    pub fn adopt_stderr(&mut self, pid: Pid, pipe: OwnedFd, lines: &[String]) {
+        let pipe =
+            match tokio::process::ChildStderr::from_std(std::process::ChildStderr::from(pipe)) {
+                Ok(pipe) => pipe,
+                Err(e) => {
+                    tracing::warn!("cannot read worker {pid}'s stderr any more: {e}");
+                    return;
+                }
+            };
+        let mut tail = Tail::new(self.tail_lines);
+        for line in lines {
+            tail.push(line.as_bytes());
+            tail.push(b"\n");
+        }
+        self.tails
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, tail);
+        self.forward(pid, pipe);
+    }
+
+    /// Takes every stderr pipe back from its forwarding task (waiting at most `within`), with
+    /// the lines kept of each, to carry them across an exec. Pipes of workers already reaped
+    /// are left to close.
+    pub async fn detach_stderr(&mut self, within: Duration) -> Vec<(Pid, OwnedFd, Vec<String>)> {
+        let mut pipes: Vec<(Pid, OwnedFd)> = Vec::new();
+        if self.forwarding.is_empty() {
+            return Vec::new();
+        }
+        let _ = self.detach.send(true);
+        let deadline = tokio::time::Instant::now() + within;
+        while pipes.len() < self.forwarding.len() {
+            match tokio::time::timeout_at(deadline, self.returned.recv()).await {
+                Ok(Some(pipe)) => pipes.push(pipe),
+                _ => break,
+            }
+        }
+        let _ = self.detach.send(false);
+        let mut tails = self.tails.lock().unwrap_or_else(PoisonError::into_inner);
+        pipes
+            .into_iter()
+            .map(|(pid, fd)| {
+                self.forwarding.remove(&pid);
+                let lines = tails.remove(&pid).map(|t| t.lines()).unwrap_or_default();
+                (pid, fd, lines)
+            })
+            .collect()
+    }
+
+    /// What systemd was told, and why the last upgrade failed: carried across an exec.
+    pub fn notified(&self) -> (crate::notify::Readiness, Option<String>) {
+        (self.readiness.clone(), self.failure.clone())
+    }
+
+    /// Goes on from what a previous master told systemd.
+    pub fn resume_notified(
+        &mut self,
+        readiness: crate::notify::Readiness,
+        failure: Option<String>,
+    ) {
+        self.readiness = readiness;
+        self.failure = failure;
     }
 
     /// Worker `pid`'s stderr reached its end.
     pub fn stderr_closed(&mut self, pid: Pid) {
+        self.forwarding.remove(&pid);
         match self.exited.remove(&pid) {
             Some(report) => self.finish(pid, report),
             None => {
@@ -187,6 +271,8 @@ fn observe(machine: &Machine, failure: Option<String>) -> Observed {
         version: machine.version(),
         base_version: base,
         upgrading: machine.is_upgrading(),
+        reexec: machine.is_upgrading() && !machine.upgrade_running(),
+        requests: machine.requests(),
         stopping: machine.is_stopping() || machine.is_done(),
         failure,
     }

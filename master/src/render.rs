@@ -84,6 +84,29 @@ pub fn text(message: &Message) -> String {
         Message::UpgradeAccepted { fleet: true } => "Upgrading fleet, as commanded".to_string(),
         Message::UpgradeAccepted { fleet: false } => "Upgrading smoothly, as commanded".to_string(),
         Message::UpgradeRefused => "Not upgrading: the master is stopping".to_string(),
+        Message::ReloadAccepted => "Reloading einhorn-master, as commanded".to_string(),
+        Message::ReloadRefused { stopping: true } => {
+            "Not reloading: the master is stopping".to_string()
+        }
+        Message::ReloadRefused { stopping: false } => {
+            "Not reloading: this master cannot re-exec itself (it runs inside another program that did not say how)".to_string()
+        }
+        Message::Verbosity { offset } => format!(
+            "Verbosity set to {} (log level {})",
+            offset,
+            crate::log_level::level_name(*offset)
+        ),
+        Message::Reexecing => {
+            "Reloading the master: checking the new program before it takes over".to_string()
+        }
+        Message::ReexecFailed { reason, upgrade } => format!(
+            "{}: the new master cannot take over: {reason}; this master keeps running with every worker and socket as they were",
+            if *upgrade { "Upgrade refused" } else { "Reload refused" }
+        ),
+        Message::Reexeced { master_pid } => format!(
+            "Reloaded: einhorn-master {} runs as the master (pid {master_pid}, unchanged)",
+            env!("CARGO_PKG_VERSION")
+        ),
         Message::UpgradeStarting {
             fleet,
             from_version,
@@ -157,7 +180,9 @@ pub fn text(message: &Message) -> String {
         Message::ReapedStranger { pid, status } => format!("reaped {pid}, not a worker ({status})"),
         Message::AckWithoutPid => "invalid worker:ack (no pid)".to_string(),
         Message::AckIgnored { pid, ack_mode } => {
-            format!("received a manual ACK from {pid}, but the ACK mode is {ack_mode}; ignoring it")
+            format!(
+                "received a manual ACK from {pid}, but the ACK mode is {ack_mode}; ignoring it (to count workers as up only once they ACK, start the master with -m manual)"
+            )
         }
         Message::AckFromUnknown { pid } => format!("received an ACK from unknown pid {pid}"),
         Message::AckedAgain { pid } => format!("worker {pid} ACKed again; ignoring it"),

@@ -172,6 +172,49 @@ impl CommandSocket {
         })
     }
 
+    /// The command socket of an earlier master, handed over: the listening fd and the lock
+    /// file's fd (the lock belongs to the open file, so it is still held).
+    ///
+    /// # Errors
+    /// [`SocketError::Locked`] when the lock is not held through `lock_fd` (another master
+    /// has it).
+    pub fn adopt(
+        path: &Path,
+        listener_fd: std::os::fd::RawFd,
+        lock: &Path,
+        lock_fd: std::os::fd::RawFd,
+    ) -> Result<CommandSocket, SocketError> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: both fds were handed over to this process to be taken, once.
+        let (listener, file) = unsafe {
+            (
+                UnixListener::from_raw_fd(listener_fd),
+                File::from_raw_fd(lock_fd),
+            )
+        };
+        let lock_guard =
+            LockFile::lock_if_current(file, lock, path)?.ok_or_else(|| SocketError::Locked {
+                socket: path.to_path_buf(),
+                lock: lock.to_path_buf(),
+            })?;
+        Ok(CommandSocket {
+            listener: Some(listener),
+            path: path.to_path_buf(),
+            _lock: lock_guard,
+        })
+    }
+
+    /// The lock file's fd (to hand it over across an exec).
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self._lock._flock.as_raw_fd()
+    }
+
+    /// The lock file's path.
+    pub fn lock_path(&self) -> &Path {
+        &self._lock.path
+    }
+
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -3,7 +3,7 @@
 //! optionally a parent-death signal.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,11 @@ pub struct WorkerCommand {
     /// Variables removed from the workers' environment (the master's `NOTIFY_SOCKET`: the
     /// master speaks to systemd for the service, and systemd refuses any other pid's word).
     pub remove_env: Vec<String>,
+    /// Give each worker an fd connected to the command socket, as `EINHORN_SOCK_FD` (`-g`);
+    /// the master's end comes back in [`Started::command_connection`].
+    pub command_socket_as_fd: bool,
+    /// The workers' nice level (`--nice M:W`); `None`: as the master's.
+    pub nice: Option<i32>,
 }
 
 /// A worker just started.
@@ -46,6 +51,9 @@ pub struct Started {
     pub pid: Pid,
     /// The read end of its stderr, with [`WorkerCommand::capture_stderr`].
     pub stderr: Option<std::process::ChildStderr>,
+    /// The master's end of its command connection, with
+    /// [`WorkerCommand::command_socket_as_fd`].
+    pub command_connection: Option<std::os::unix::net::UnixStream>,
 }
 
 impl WorkerCommand {
@@ -63,6 +71,8 @@ impl WorkerCommand {
     ///     kill_on_master_exit: false,
     ///     capture_stderr: false,
     ///     remove_env: vec![],
+    ///     command_socket_as_fd: false,
+    ///     nice: None,
     /// };
     /// let env = command.env(2);
     /// assert!(env.contains(&("EINHORN_FD_1".to_string(), "7".to_string())));
@@ -114,6 +124,17 @@ impl WorkerCommand {
             command.env_remove(key);
         }
         command.envs(self.env(index));
+        // -g: a connected pair; the worker's end is inherited (made so in the child only).
+        let pair = if self.command_socket_as_fd {
+            Some(std::os::unix::net::UnixStream::pair()?)
+        } else {
+            None
+        };
+        let worker_end = pair.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+        if let Some(fd) = worker_end {
+            command.env(einhorn_env::SOCK_FD, fd.to_string());
+        }
+        let nice = self.nice;
         if self.capture_stderr {
             command.stderr(std::process::Stdio::piped());
         }
@@ -129,13 +150,26 @@ impl WorkerCommand {
         // async-signal-safe calls (sigaction, sigprocmask, prctl, getppid, kill); it
         // allocates nothing (the mask is built here, in the parent).
         unsafe {
-            command.pre_exec(move || child_setup(kill_on_master_exit, master_pid, &mask));
+            command.pre_exec(move || {
+                if let Some(fd) = worker_end {
+                    crate::reexec::set_cloexec(fd, false)?;
+                }
+                if let Some(level) = nice {
+                    // Best effort: lowering the level needs privileges.
+                    libc::setpriority(libc::PRIO_PROCESS, 0, level);
+                }
+                child_setup(kill_on_master_exit, master_pid, &mask)
+            });
         }
         let mut child = command.spawn()?;
         let stderr = child.stderr.take();
         // Dropping `Child` neither waits nor kills; the driver reaps by pid.
         let pid = Pid::try_from(child.id()).map_err(std::io::Error::other)?;
-        Ok(Started { pid, stderr })
+        Ok(Started {
+            pid,
+            stderr,
+            command_connection: pair.map(|(ours, _)| ours),
+        })
     }
 }
 
@@ -330,6 +364,8 @@ mod tests {
             kill_on_master_exit: false,
             capture_stderr: false,
             remove_env: vec![],
+            command_socket_as_fd: false,
+            nice: None,
         };
         assert_eq!(
             command.env(0),
@@ -384,6 +420,8 @@ mod tests {
             kill_on_master_exit: false,
             capture_stderr: false,
             remove_env: vec![],
+            command_socket_as_fd: false,
+            nice: None,
         };
         assert!(command.spawn(0, false).is_err());
     }

@@ -92,19 +92,40 @@ impl Tail {
 /// driver (one thread: the lock is never contended for long).
 pub type Tails = Arc<Mutex<HashMap<Pid, Tail>>>;
 
+/// Where [`forward`] reports: a pipe's end, or the pipe itself when asked to give it back.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// Gets the pid when its pipe reaches end of file.
+    pub closed: UnboundedSender<Pid>,
+    /// Becomes `true` when every pipe must be given back (the master is about to exec).
+    pub detach: tokio::sync::watch::Receiver<bool>,
+    /// Gets the pipes given back.
+    pub returned: UnboundedSender<(Pid, std::os::fd::OwnedFd)>,
+}
+
 /// Reads worker `pid`'s stderr until end of file: every chunk goes to the master's stderr as
 /// it comes, and into the worker's [`Tail`]. At end of file (the worker and whatever inherited
-/// its stderr are gone) sends `pid` on `closed`.
+/// its stderr are gone) sends `pid` on `to.closed`; asked to detach, gives the pipe back on
+/// `to.returned` instead.
 pub async fn forward(
     pid: Pid,
     pipe: tokio::process::ChildStderr,
     tails: Tails,
-    closed: UnboundedSender<Pid>,
+    mut to: Forwarding,
 ) {
     let mut pipe = pipe;
     let mut buffer = vec![0u8; 8192];
     loop {
-        let n = match pipe.read(&mut buffer).await {
+        let read = tokio::select! {
+            read = pipe.read(&mut buffer) => read,
+            _ = to.detach.wait_for(|detach| *detach) => {
+                if let Ok(fd) = pipe.into_owned_fd() {
+                    let _ = to.returned.send((pid, fd));
+                }
+                return;
+            }
+        };
+        let n = match read {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -120,7 +141,7 @@ pub async fn forward(
             tail.push(chunk);
         }
     }
-    let _ = closed.send(pid);
+    let _ = to.closed.send(pid);
 }
 
 /// `lines` indented under a report, or a note that there were none.

@@ -167,6 +167,32 @@ pub enum Message {
     },
     /// An upgrade refused: the master is stopping.
     UpgradeRefused,
+    /// `reload` accepted.
+    ReloadAccepted,
+    /// `reload` refused.
+    ReloadRefused {
+        /// Because the master is stopping (else: it cannot re-exec itself).
+        stopping: bool,
+    },
+    /// `quieter` or `louder`: the log level now.
+    Verbosity {
+        /// Steps from `info`.
+        offset: i8,
+    },
+    /// The master re-execs itself: the new program is checked first.
+    Reexecing,
+    /// The re-exec did not happen; the master runs on, unchanged.
+    ReexecFailed {
+        /// Why.
+        reason: String,
+        /// It was for an upgrade, which does not happen either.
+        upgrade: bool,
+    },
+    /// This master was exec'd in place of the previous one.
+    Reexeced {
+        /// Its pid, unchanged.
+        master_pid: Pid,
+    },
 
     // ----- upgrade progress: logged, and streamed to the upgrade's requesters -----
     /// An upgrade starts.

@@ -1,0 +1,69 @@
+//! The master's log level, changed while it runs (`quieter`, `louder`) and kept across a
+//! re-exec.
+//!
+//! The master library installs no logger: the program that does (the `einhorn-master`
+//! binary, or an application running a [self-hosted](crate::self_hosted) master) registers a
+//! [`LevelControl`] with [`set_control`], and the master calls it. Without one, `quieter` and
+//! `louder` are answered but change nothing, and the log says so.
+
+use std::sync::OnceLock;
+
+use tracing_subscriber::filter::LevelFilter;
+
+/// Sets the level of the logger that the master's `tracing` events go to.
+pub type LevelControl = Box<dyn Fn(LevelFilter) + Send + Sync>;
+
+static CONTROL: OnceLock<LevelControl> = OnceLock::new();
+
+/// Registers the control of the process's logger (once; later calls are ignored).
+///
+/// ```
+/// use tracing_subscriber::filter::LevelFilter;
+/// use tracing_subscriber::{prelude::*, reload};
+///
+/// let (filter, handle) = reload::Layer::new(LevelFilter::INFO);
+/// let _ = tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).try_init();
+/// einhorn_master::log_level::set_control(Box::new(move |level| {
+///     let _ = handle.modify(|filter| *filter = level);
+/// }));
+/// ```
+pub fn set_control(control: LevelControl) {
+    let _ = CONTROL.set(control);
+}
+
+/// Applies `offset` (steps from `info`) to the registered logger; `false` when there is none.
+pub fn apply(offset: i8) -> bool {
+    match CONTROL.get() {
+        Some(control) => {
+            control(level(offset));
+            true
+        }
+        None => false,
+    }
+}
+
+/// The level `offset` steps from `info`: `-1` warn, `-2` error, `-3` off, `1` debug, `2`
+/// trace (as `-q` and `-v` count).
+///
+/// ```
+/// use einhorn_master::log_level::level;
+/// use tracing_subscriber::filter::LevelFilter;
+/// assert_eq!(level(0), LevelFilter::INFO);
+/// assert_eq!(level(-1), LevelFilter::WARN);
+/// assert_eq!(level(9), LevelFilter::TRACE);
+/// ```
+pub fn level(offset: i8) -> LevelFilter {
+    match offset {
+        i8::MIN..=-3 => LevelFilter::OFF,
+        -2 => LevelFilter::ERROR,
+        -1 => LevelFilter::WARN,
+        0 => LevelFilter::INFO,
+        1 => LevelFilter::DEBUG,
+        2..=i8::MAX => LevelFilter::TRACE,
+    }
+}
+
+/// The name of the level `offset` steps from `info` (`warn`, `off`, ...).
+pub fn level_name(offset: i8) -> String {
+    level(offset).to_string().to_lowercase()
+}
