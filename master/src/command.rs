@@ -59,9 +59,6 @@ pub enum CommandError {
     /// No such command.
     #[error("unrecognized command {0:?}")]
     Unrecognized(String),
-    /// An Einhorn command this master does not implement.
-    #[error("command {0:?} is not supported by einhorn-master")]
-    Unsupported(String),
     /// The command needs arguments and got none.
     #[error("command {command:?} needs {needs}, got no args")]
     NoArgs {
@@ -387,10 +384,7 @@ mod tests {
         let message = crate::render::command_error(&err);
         assert!(message.starts_with("Unrecognized command: \"frobnicate\""));
         assert!(message.contains("upgrade_fleet"));
-        assert_eq!(
-            cmd(r#"{"command":"reload"}"#),
-            Err(CommandError::Unsupported("reload".into()))
-        );
+        assert_eq!(cmd(r#"{"command":"reload"}"#), Ok(Command::Reload));
     }
 
     #[test]
@@ -402,6 +396,9 @@ mod tests {
             Command::Config,
             Command::Upgrade { fleet: false },
             Command::Upgrade { fleet: true },
+            Command::Reload,
+            Command::Quieter,
+            Command::Louder,
             Command::Inc,
             Command::Dec,
             Command::SetWorkers(2),

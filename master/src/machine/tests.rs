@@ -139,6 +139,20 @@ impl Sim {
         }
     }
 
+    /// Carries out a re-exec: a snapshot, a new machine with `config` resumed from it (which
+    /// takes the same snapshot again), then [`Event::Resumed`].
+    fn reexec(&mut self, config: MachineConfig) -> Vec<Action> {
+        let snapshot = self.m.snapshot(self.now);
+        let encoded = serde_json::to_string(&snapshot).unwrap();
+        let decoded: MachineSnapshot = serde_json::from_str(&encoded).unwrap();
+        let same_config = config.workers == snapshot.configured_workers;
+        self.m = Machine::resume(config, &decoded, self.now).expect("resumes");
+        if same_config {
+            assert_eq!(self.m.snapshot(self.now), snapshot, "a resumed machine is the same");
+        }
+        self.feed(Event::Resumed)
+    }
+
     /// Starts the machine; returns the pids of the first workers.
     fn start(&mut self) -> Vec<Pid> {
         let first = self.next_pid;
@@ -1125,6 +1139,183 @@ fn a_worker_retired_while_its_spawn_is_pending_is_signaled_once_it_runs() {
     assert_eq!(actions, vec![Action::Exit { code: 0 }]);
 }
 
+// ----- reloading the master -----
+
+fn reexec_config(workers: usize) -> MachineConfig {
+    MachineConfig {
+        ack_mode: AckMode::Manual,
+        reexec: true,
+        ..MachineConfig::new(workers)
+    }
+}
+
+#[test]
+fn an_upgrade_re_execs_the_master_first_then_upgrades_in_the_new_one() {
+    let mut sim = Sim::new(reexec_config(2));
+    let old = sim.start();
+    for &pid in &old {
+        sim.ack(pid);
+    }
+    let actions = sim.command(1, Command::Upgrade { fleet: false });
+    assert!(actions.contains(&Action::Reexec), "{actions:?}");
+    assert_eq!(spawns(&actions), 0, "no worker before the new master runs");
+    assert!(sim.m.is_upgrading() && !sim.m.upgrade_running());
+    assert_eq!(
+        replies(&actions, 1)[0].message,
+        "Upgrading smoothly, as commanded"
+    );
+    // A second upgrade and a reload meanwhile join the same re-exec.
+    let again = sim.command(2, Command::Upgrade { fleet: true });
+    let reload = sim.command(3, Command::Reload);
+    assert!(!again.contains(&Action::Reexec) && !reload.contains(&Action::Reexec));
+    let actions = sim.reexec(reexec_config(2));
+    assert_eq!(spawns(&actions), 2, "fleet: every new worker at once");
+    for conn in [1, 2] {
+        assert!(
+            replies(&sim.actions, conn)
+                .iter()
+                .any(|r| r.wait && r.message.starts_with("Reloaded:"))
+        );
+    }
+    let reloaded = replies(&sim.actions, 3);
+    assert!(
+        reloaded.last().unwrap().message.starts_with("Reloaded:") && !reloaded.last().unwrap().wait
+    );
+    for pid in sim.pids(1) {
+        sim.ack(pid);
+    }
+    for conn in [1, 2] {
+        assert_eq!(
+            replies(&sim.actions, conn).last().unwrap().message,
+            "Upgrade done"
+        );
+    }
+    assert!(old.iter().all(|p| sim.retired().contains(p)));
+}
+
+#[test]
+fn a_failed_re_exec_answers_every_requester_and_changes_nothing() {
+    let (mut sim, old) = Sim::started(2);
+    sim.m = Machine::resume(reexec_config(2), &sim.m.snapshot(sim.now), sim.now).unwrap();
+    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(2, Command::Reload);
+    let actions = sim.feed(Event::ReexecFailed {
+        reason: "its check exited with exit status 1".into(),
+    });
+    for conn in [1, 2] {
+        let last = replies(&actions, conn);
+        let last = last.last().unwrap();
+        assert!(last.error && !last.wait, "{last:?}");
+        assert!(
+            last.message.contains("its check exited with exit status 1"),
+            "{}",
+            last.message
+        );
+    }
+    assert!(!sim.m.is_upgrading());
+    assert_eq!(sim.m.version(), 0);
+    assert_eq!(sim.serving(), old.iter().copied().collect());
+    // The next one works.
+    let actions = sim.command(3, Command::Reload);
+    assert!(actions.contains(&Action::Reexec));
+}
+
+#[test]
+fn a_stop_while_re_exec_is_pending_cancels_it() {
+    let mut sim = Sim::new(reexec_config(1));
+    let pids = sim.start();
+    sim.ack(pids[0]);
+    sim.command(1, Command::Reload);
+    let actions = sim.feed(Event::Signal(MasterSignal::Term));
+    assert!(actions.contains(&Action::CancelReexec));
+    assert!(replies(&actions, 1).last().unwrap().error);
+    let refused = sim.command(2, Command::Reload);
+    assert!(replies(&refused, 2)[0].error);
+}
+
+#[test]
+fn without_re_exec_reload_is_refused_and_upgrade_upgrades_the_workers() {
+    let (mut sim, _) = Sim::started(1);
+    let actions = sim.command(1, Command::Reload);
+    let reply = &replies(&actions, 1)[0];
+    assert!(reply.error && reply.message.contains("cannot re-exec"), "{reply:?}");
+    let actions = sim.command(2, Command::Upgrade { fleet: false });
+    assert_eq!(spawns(&actions), 1);
+}
+
+#[test]
+fn a_resumed_machine_keeps_a_changed_count_unless_its_configuration_changed_it() {
+    let mut sim = Sim::new(reexec_config(2));
+    for pid in sim.start() {
+        sim.ack(pid);
+    }
+    sim.command(1, Command::Inc);
+    assert_eq!(sim.m.target(), 3);
+    sim.reexec(reexec_config(2));
+    assert_eq!(sim.m.target(), 3, "inc survives a reload");
+    sim.reexec(reexec_config(5));
+    assert_eq!(sim.m.target(), 5, "a new configured count takes effect");
+}
+
+#[test]
+fn quieter_and_louder_change_the_log_level_within_bounds() {
+    let (mut sim, _) = Sim::started(1);
+    let levels: Vec<i8> = (0..6)
+        .map(|i| {
+            let actions = sim.command(i, Command::Quieter);
+            match actions.iter().find(|a| matches!(a, Action::SetLogLevel { .. })) {
+                Some(Action::SetLogLevel { offset }) => *offset,
+                _ => panic!("{actions:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(levels, [-1, -2, -3, -3, -3, -3]);
+    sim.command(9, Command::Louder);
+    assert_eq!(sim.m.verbosity(), -2);
+}
+
+#[test]
+fn max_unacked_starts_that_many_new_workers_and_max_additional_caps_them() {
+    let mut sim = Sim::new(MachineConfig {
+        max_unacked: 3,
+        ..reexec_config(8)
+    });
+    for pid in sim.start() {
+        sim.ack(pid);
+    }
+    sim.m = Machine::resume(
+        MachineConfig {
+            max_unacked: 3,
+            reexec: false,
+            ..reexec_config(8)
+        },
+        &sim.m.snapshot(sim.now),
+        sim.now,
+    )
+    .unwrap();
+    let actions = sim.command(1, Command::Upgrade { fleet: false });
+    assert_eq!(spawns(&actions), 3);
+    let first = sim.pids(1)[0];
+    assert_eq!(spawns(&sim.ack(first)), 1, "one more per ACK");
+
+    let mut capped = Sim::new(MachineConfig {
+        max_unacked: 8,
+        max_upgrade_additional: Some(2),
+        ..MachineConfig::new(8)
+    });
+    capped.m = Machine::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        max_unacked: 8,
+        max_upgrade_additional: Some(2),
+        ..MachineConfig::new(8)
+    });
+    for pid in capped.start() {
+        capped.ack(pid);
+    }
+    let actions = capped.command(1, Command::Upgrade { fleet: false });
+    assert_eq!(spawns(&actions), 2, "8 + 2 workers at most");
+}
+
 // ----- random sequences -----
 
 /// A tiny deterministic generator (xorshift), so failures reproduce.
@@ -1149,7 +1340,7 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let workers = 1 + rng.below(4) as usize;
         let manual = rng.below(2) == 0;
-        let mut sim = Sim::new(MachineConfig {
+        let config = MachineConfig {
             ack_mode: if manual {
                 AckMode::Manual
             } else {
@@ -1162,13 +1353,32 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
                 None
             },
             upgrade_timeout: secs(30.0),
+            reexec: rng.below(2) == 0,
+            max_unacked: 1 + rng.below(3) as usize,
             ..MachineConfig::new(workers)
-        });
+        };
+        let mut sim = Sim::new(config.clone());
         sim.feed(Event::Start);
         let mut conn = 0;
         for _ in 0..150 {
             let live: Vec<Pid> = sim.live.iter().copied().collect();
-            match rng.below(10) {
+            // A re-exec asked for: it fails, or happens (snapshot, then a new machine).
+            if sim.actions.iter().any(|a| *a == Action::Reexec) {
+                sim.actions.retain(|a| *a != Action::Reexec);
+                if sim.m.is_upgrading() && rng.below(3) == 0 {
+                    sim.feed(Event::ReexecFailed {
+                        reason: "check failed".into(),
+                    });
+                } else {
+                    sim.reexec(config.clone());
+                }
+                continue;
+            }
+            match rng.below(11) {
+                10 => {
+                    conn += 1;
+                    sim.command(conn, Command::Reload);
+                }
                 0 | 1 if !live.is_empty() => {
                     let pid = live[rng.below(live.len() as u64) as usize];
                     sim.ack(pid);
@@ -1211,6 +1421,10 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
         // Calm: retired workers exit, live ones ACK, time passes. The pool must settle on the
         // target count, all of the current version, ACKed, and any upgrade must be answered.
         for _ in 0..50 {
+            if sim.actions.iter().any(|a| *a == Action::Reexec) {
+                sim.actions.retain(|a| *a != Action::Reexec);
+                sim.reexec(config.clone());
+            }
             for pid in sim.retired() {
                 sim.exit(pid);
             }
