@@ -58,6 +58,7 @@ use crate::bind::{BindSpec, BindSpecError};
 use crate::cli::MasterArgs;
 use crate::driver::{self, MasterError};
 use crate::machine::AckMode;
+use crate::reexec::{STATE_FD_ENV, SelfExec, StateVia, UPGRADE_CHECK_ENV};
 use crate::spawn::{ProgramError, check_program};
 
 /// Stderr lines kept per worker by default.
@@ -125,6 +126,9 @@ pub enum SelfHostedError {
         "self-hosted master: start() was called from a thread other than the main thread; call it first in main"
     )]
     NotMainThread,
+    /// The state a previous master handed over names no fd.
+    #[error("self-hosted master: {STATE_FD_ENV}={0:?} is not an fd number")]
+    StateFd(String),
     /// The master could not run (bind, command socket, first worker, ...).
     #[error(transparent)]
     Master(#[from] MasterError),
@@ -265,7 +269,22 @@ impl SelfHosted {
         if Environment::from_process().check_einhorn_worker().is_ok() {
             return Ok(());
         }
-        let args = self.master_args(std::env::args_os())?;
+        let mut args = self.master_args(std::env::args_os())?;
+        // Reloading: exec'd by the previous master with its state, or only checking that it
+        // could take over (see `crate::reexec`).
+        if let Some(fd) = std::env::var_os(STATE_FD_ENV) {
+            let text = fd.to_string_lossy();
+            let fd = text
+                .parse()
+                .map_err(|_| SelfHostedError::StateFd(text.into_owned()))?;
+            args.with_state_fd = Some(fd);
+            args.upgrade_check = std::env::var_os(UPGRADE_CHECK_ENV).is_some_and(|v| v == "1");
+        }
+        args.self_exec = Some(SelfExec {
+            program: PathBuf::from(&args.command[0]),
+            args: args.command[1..].to_vec(),
+            via: StateVia::Environment,
+        });
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(SelfHostedError::InRuntime);
         }

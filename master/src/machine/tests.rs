@@ -148,7 +148,11 @@ impl Sim {
         let same_config = config.workers == snapshot.configured_workers;
         self.m = Machine::resume(config, &decoded, self.now).expect("resumes");
         if same_config {
-            assert_eq!(self.m.snapshot(self.now), snapshot, "a resumed machine is the same");
+            assert_eq!(
+                self.m.snapshot(self.now),
+                snapshot,
+                "a resumed machine is the same"
+            );
         }
         self.feed(Event::Resumed)
     }
@@ -1238,7 +1242,10 @@ fn without_re_exec_reload_is_refused_and_upgrade_upgrades_the_workers() {
     let (mut sim, _) = Sim::started(1);
     let actions = sim.command(1, Command::Reload);
     let reply = &replies(&actions, 1)[0];
-    assert!(reply.error && reply.message.contains("cannot re-exec"), "{reply:?}");
+    assert!(
+        reply.error && reply.message.contains("cannot re-exec"),
+        "{reply:?}"
+    );
     let actions = sim.command(2, Command::Upgrade { fleet: false });
     assert_eq!(spawns(&actions), 1);
 }
@@ -1263,7 +1270,10 @@ fn quieter_and_louder_change_the_log_level_within_bounds() {
     let levels: Vec<i8> = (0..6)
         .map(|i| {
             let actions = sim.command(i, Command::Quieter);
-            match actions.iter().find(|a| matches!(a, Action::SetLogLevel { .. })) {
+            match actions
+                .iter()
+                .find(|a| matches!(a, Action::SetLogLevel { .. }))
+            {
                 Some(Action::SetLogLevel { offset }) => *offset,
                 _ => panic!("{actions:?}"),
             }

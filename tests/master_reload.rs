@@ -1,0 +1,285 @@
+//! `einhorn-master` reloads its own code in place, as Einhorn does: `reload` (the master
+//! alone) and `upgrade` (the master, then the workers) exec the program now at the master's
+//! path with the same pid, keeping the sockets, the workers and the clients waiting; a new
+//! master that fails its check is refused and nothing changes. Also `-g`: workers ACK through
+//! `EINHORN_SOCK_FD`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use graceful_listener_suite::harness::{Proc, binary, example, wait_until};
+use graceful_listener_suite::load::{self, LoadConfig};
+use graceful_listener_suite::master::{Master, WAIT};
+use graceful_listener_suite::probe::Probe;
+
+/// `einhorn-master` copied to a temporary path and started from there (so the test can put
+/// a new release at that path), with `hyper-hello` workers.
+fn start_master(flags: &[&str], command: &[&std::ffi::OsStr]) -> (Master, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = dir.path().join("einhorn-master");
+    std::fs::copy(binary("einhorn-master"), &program).expect("copy einhorn-master");
+    let socket = dir.path().join("master.sock");
+    let mut cmd = Command::new(&program);
+    cmd.arg("-d")
+        .arg(&socket)
+        .arg("--addr-file")
+        .arg(dir.path().join("addrs"))
+        .args(["-b", "127.0.0.1:0", "-m", "manual"])
+        .args(flags)
+        .arg("--")
+        .args(command);
+    let master = Master {
+        proc: Proc::spawn(cmd).expect("start einhorn-master"),
+        socket,
+        dir,
+        orphans: Vec::new(),
+    };
+    (master, program)
+}
+
+/// Puts a new release at `path`: a copy of einhorn-master under a new inode, renamed over.
+fn deploy(path: &Path) -> u64 {
+    let staged = path.with_extension("new");
+    std::fs::copy(binary("einhorn-master"), &staged).expect("stage the new master");
+    std::fs::rename(&staged, path).expect("deploy the new master");
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// Puts a script at `path` as the new "release".
+fn deploy_script(path: &Path, body: &str, mode: u32) {
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// The inode of the file process `pid` runs.
+fn exe_inode(pid: i32) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino()
+}
+
+/// `einhorn-master ctl -d SOCKET COMMAND`: its exit status and output.
+fn ctl(socket: &Path, command: &str) -> (i32, String) {
+    let out = Command::new(binary("einhorn-master"))
+        .arg("ctl")
+        .arg("-d")
+        .arg(socket)
+        .args(["--timeout", "60", command])
+        .output()
+        .expect("run ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn ten_reload_and_upgrade_cycles_keep_the_pid_the_sockets_and_every_request() {
+    let (master, program) = start_master(&["-n", "2"], &[example("hyper-hello").as_os_str()]);
+    let pid = master.pid();
+    let addr = master.addr(0);
+    let mut workers = master.wait_serving(2);
+    let load = load::start(
+        LoadConfig::new(addr)
+            .connections(8)
+            .duration(Duration::from_secs(300)),
+    );
+    let probe = Probe::start(addr, Duration::from_millis(50));
+    assert!(wait_until(WAIT, || load.snapshot().ok >= 200));
+    for cycle in 0..10 {
+        let inode = deploy(&program);
+        let reload = cycle % 2 == 0;
+        let (code, out) = ctl(&master.socket, if reload { "reload" } else { "upgrade" });
+        assert_eq!(code, 0, "cycle {cycle}: {out}\n{}", master.output());
+        assert!(out.contains("Reloaded: einhorn-master"), "{out}");
+        assert_eq!(
+            exe_inode(pid),
+            inode,
+            "cycle {cycle}: the master runs the new file"
+        );
+        let state = master.state();
+        assert_eq!(state.master_pid, pid);
+        let serving = {
+            let mut s = state.serving_pids();
+            s.sort_unstable();
+            s
+        };
+        if reload {
+            assert_eq!(
+                serving, workers,
+                "cycle {cycle}: a reload keeps every worker"
+            );
+            assert!(out.contains(&format!("(pid {pid}, unchanged)")), "{out}");
+        } else {
+            assert!(out.contains("Upgrade done"), "{out}");
+            let new = master.wait_serving(2);
+            assert!(new.iter().all(|p| !workers.contains(p)), "cycle {cycle}");
+            workers = new;
+        }
+        let seen = load.snapshot().ok;
+        assert!(wait_until(WAIT, || load.snapshot().ok >= seen + 100));
+    }
+    let probed = probe.stop();
+    let report = load.stop();
+    eprintln!("10 reload/upgrade cycles: {report}; probe: {probed}");
+    assert_eq!(report.failed(), 0, "{report}\n{}", master.output());
+    assert!(probed.failures.is_empty(), "{probed}");
+    assert_eq!(
+        master
+            .output()
+            .matches("took over from einhorn-master")
+            .count(),
+        10
+    );
+}
+
+#[test]
+fn a_broken_new_master_is_refused_and_everything_keeps_serving() {
+    let (master, program) = start_master(&["-n", "2"], &[example("hyper-hello").as_os_str()]);
+    let pid = master.pid();
+    let workers = master.wait_serving(2);
+    let load = load::start(
+        LoadConfig::new(master.addr(0))
+            .connections(4)
+            .duration(Duration::from_secs(120)),
+    );
+    let real = binary("einhorn-master");
+    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+        (
+            "exits 1",
+            Box::new(|| {
+                deploy_script(&program, "echo 'new master: bad config' >&2; exit 1", 0o755)
+            }),
+            "its check exited with exit status 1: new master: bad config",
+        ),
+        (
+            "not executable",
+            Box::new(|| deploy_script(&program, "exit 0", 0o644)),
+            "Permission denied",
+        ),
+        (
+            "missing",
+            Box::new(|| {
+                let _ = std::fs::remove_file(&program);
+            }),
+            "No such file or directory",
+        ),
+        (
+            // A master that cannot read the state it is handed: here, the state it gets is
+            // empty (the script empties the file on the fd before the real master reads it).
+            "cannot read the state",
+            Box::new(|| {
+                deploy_script(
+                    &program,
+                    &format!(": > /proc/self/fd/$3; exec '{}' \"$@\"", real.display()),
+                    0o755,
+                )
+            }),
+            "the state handed over is not one",
+        ),
+    ];
+    for (what, break_it, expected) in &cases {
+        break_it();
+        for command in ["reload", "upgrade"] {
+            let (code, out) = ctl(&master.socket, command);
+            assert_ne!(code, 0, "{what}: ctl {command} fails: {out}");
+            assert!(
+                out.contains("the new master cannot take over") && out.contains(expected),
+                "{what}: ctl {command} says why: {out}\n{}",
+                master.output()
+            );
+            let state = master.state();
+            assert_eq!(state.master_pid, pid);
+            assert_eq!(state.version, 0, "{what}: no upgrade happened");
+            let mut serving = state.serving_pids();
+            serving.sort_unstable();
+            assert_eq!(serving, workers, "{what}: the same workers serve");
+        }
+    }
+    // The next good release reloads.
+    let inode = deploy(&program);
+    let (code, out) = ctl(&master.socket, "reload");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(exe_inode(pid), inode);
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{report}\n{}", master.output());
+}
+
+#[test]
+fn a_reload_during_an_upgrade_lets_the_upgrade_finish_in_the_new_master() {
+    // Workers that take 2 s to start, so the upgrade is still running when the reload comes.
+    let slow_start = "trap 'kill $! 2>/dev/null; exit 0' USR2; sleep 2 & wait $!; exec \"$0\"";
+    let (master, program) = start_master(
+        &["-n", "2"],
+        &[
+            "sh".as_ref(),
+            "-c".as_ref(),
+            slow_start.as_ref(),
+            example("hyper-hello").as_os_str(),
+        ],
+    );
+    let pid = master.pid();
+    let old = master.wait_serving(2);
+    let socket = master.socket.clone();
+    let upgrade = std::thread::spawn(move || ctl(&socket, "upgrade"));
+    master.wait_for_line("version 1)");
+    let inode = deploy(&program);
+    let (code, out) = ctl(&master.socket, "reload");
+    assert_eq!(code, 0, "{out}\n{}", master.output());
+    assert_eq!(exe_inode(pid), inode);
+    let (code, out) = upgrade.join().unwrap();
+    assert_eq!(code, 0, "the upgrade ends in the new master: {out}");
+    assert!(out.trim_end().ends_with("Upgrade done"), "{out}");
+    let new = master.wait_serving(2);
+    assert!(new.iter().all(|p| !old.contains(p)));
+    assert_eq!(master.state().master_pid, pid);
+}
+
+#[test]
+fn with_g_workers_ack_through_einhorn_sock_fd_without_the_socket_path() {
+    let (master, _) = start_master(&["-n", "2", "-g"], &[example("hyper-hello").as_os_str()]);
+    // The path workers were told no longer exists: only the inherited fd can carry an ACK.
+    let hidden = master.dir.path().join("elsewhere.sock");
+    let first = master.wait_serving(2);
+    std::fs::rename(&master.socket, &hidden).unwrap();
+    let client = |command: &str| {
+        let out = Command::new(binary("einhorn-master"))
+            .arg("ctl")
+            .arg("-d")
+            .arg(&hidden)
+            .args(["--timeout", "60", command])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = client("upgrade");
+    assert_eq!(
+        code,
+        Some(0),
+        "new workers ACK through their fd: {out}\n{}",
+        master.output()
+    );
+    let output = master.output();
+    assert!(
+        output
+            .matches("acked to the Einhorn master (EINHORN_SOCK_FD)")
+            .count()
+            >= 4,
+        "{output}"
+    );
+    assert!(
+        !output.contains("acked to the Einhorn master path="),
+        "{output}"
+    );
+    let state = master.wait_state("2 new workers", |s| {
+        s.serving_pids().len() == 2 && s.version == 1
+    });
+    assert!(state.serving_pids().iter().all(|p| !first.contains(p)));
+}
