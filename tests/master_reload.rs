@@ -21,22 +21,47 @@ fn start_master(flags: &[&str], command: &[&std::ffi::OsStr]) -> (Master, PathBu
     let program = dir.path().join("einhorn-master");
     std::fs::copy(binary("einhorn-master"), &program).expect("copy einhorn-master");
     let socket = dir.path().join("master.sock");
-    let mut cmd = Command::new(&program);
-    cmd.arg("-d")
-        .arg(&socket)
-        .arg("--addr-file")
-        .arg(dir.path().join("addrs"))
-        .args(["-b", "127.0.0.1:0", "-m", "manual"])
-        .args(flags)
-        .arg("--")
-        .args(command);
+    let cmd = command_for(&program, &socket, dir.path(), flags, command);
+    // A thread of another test may fork while our copy is still open for writing: exec
+    // then fails with "text file busy" until that child has exec'd too. Bounded retries.
+    let mut proc = Proc::spawn(cmd);
+    for _ in 0..100 {
+        match &proc {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(10));
+                proc = Proc::spawn(command_for(&program, &socket, dir.path(), flags, command));
+            }
+            _ => break,
+        }
+    }
     let master = Master {
-        proc: Proc::spawn(cmd).expect("start einhorn-master"),
+        proc: proc.expect("start einhorn-master"),
         socket,
         dir,
         orphans: Vec::new(),
     };
+    master.wait_for_line(": command socket ");
     (master, program)
+}
+
+/// `PROGRAM -d SOCKET --addr-file DIR/addrs -b 127.0.0.1:0 -m manual FLAGS -- COMMAND`.
+fn command_for(
+    program: &Path,
+    socket: &Path,
+    dir: &Path,
+    flags: &[&str],
+    command: &[&std::ffi::OsStr],
+) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg("-d")
+        .arg(socket)
+        .arg("--addr-file")
+        .arg(dir.join("addrs"))
+        .args(["-b", "127.0.0.1:0", "-m", "manual"])
+        .args(flags)
+        .arg("--")
+        .args(command);
+    cmd
 }
 
 /// Puts a new release at `path`: a copy of einhorn-master under a new inode, renamed over.
@@ -266,18 +291,20 @@ fn with_g_workers_ack_through_einhorn_sock_fd_without_the_socket_path() {
         "new workers ACK through their fd: {out}\n{}",
         master.output()
     );
-    let output = master.output();
     assert!(
-        output
-            .matches("acked to the Einhorn master (EINHORN_SOCK_FD)")
-            .count()
-            >= 4,
-        "{output}"
+        master
+            .proc
+            .wait_for_lines("acked to the Einhorn master (EINHORN_SOCK_FD)", 4, WAIT)
+            .is_some(),
+        "{}",
+        master.output()
     );
+    let output = master.output();
     assert!(
         !output.contains("acked to the Einhorn master path="),
         "{output}"
     );
+    std::fs::rename(&hidden, &master.socket).unwrap();
     let state = master.wait_state("2 new workers", |s| {
         s.serving_pids().len() == 2 && s.version == 1
     });
