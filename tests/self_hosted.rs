@@ -8,7 +8,7 @@ mod http_support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -403,6 +403,68 @@ fn workers_follow_a_master_killed_with_sigkill_and_a_restart_binds_at_once() {
     assert_eq!(
         get(app.addr, "/").expect("GET / after the restart").status,
         200
+    );
+}
+
+#[test]
+fn sighup_reloads_the_master_into_the_new_build_with_its_worker_count_and_binds() {
+    // Version 2 runs 3 workers and adds a second listener; version 1 again drops it.
+    let app = App::start(2, |cmd| {
+        cmd.args(["--v2-workers", "3"]).args([
+            "--v2-bind",
+            "127.0.0.1:0",
+            "--v2-bind",
+            "127.0.0.1:0",
+        ]);
+    });
+    let master_pid = app.master.pid();
+    let v1 = app.master.wait_serving(2);
+    let load = app.load(8);
+    assert!(wait_until(WAIT, || load.snapshot().ok >= 200));
+
+    app.deploy(&example("self-hosted-v2"));
+    let deployed = std::fs::metadata(&app.program).unwrap().ino();
+    let (v2, _) = app.upgrade(1, 3, &v1);
+    assert_eq!(app.master.pid(), master_pid);
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{master_pid}/exe"))
+            .unwrap()
+            .ino(),
+        deployed,
+        "the master runs the new build"
+    );
+    assert_eq!(app.answering_version(6), "2");
+    let state = app.master.state();
+    assert_eq!((state.master_pid, state.target_workers), (master_pid, 3));
+    assert_eq!(state.listeners.len(), 2, "{state:?}");
+    assert_eq!(
+        state.listeners[0].addr,
+        app.addr.to_string(),
+        "the first socket kept"
+    );
+    let added: SocketAddr = state.listeners[1].addr.parse().unwrap();
+    // Bound and listening (the app's workers serve only the first listener).
+    TcpStream::connect(added).expect("the added listener accepts connections");
+
+    // Back to version 1: 2 workers, and the added listener closes once version 2 is gone.
+    app.deploy(&example("self-hosted"));
+    app.upgrade(2, 2, &v2);
+    assert_eq!(app.answering_version(6), "1");
+    assert_eq!(app.master.state().listeners.len(), 1);
+    assert!(
+        wait_until(WAIT, || TcpStream::connect(added).is_err()),
+        "the dropped listener is closed once no worker uses it:\n{}",
+        app.master.output()
+    );
+    let report = load.stop();
+    eprintln!("self-hosted reloads with new settings: {report}");
+    assert_eq!(report.failed(), 0, "{report}\n{}", app.master.output());
+    assert_eq!(
+        app.master
+            .output()
+            .matches("took over from einhorn-master")
+            .count(),
+        2
     );
 }
 

@@ -31,6 +31,13 @@ struct Args {
     /// The master's command socket [default: $TMPDIR/einhorn-self-hosted.sock].
     #[arg(long)]
     socket: Option<std::path::PathBuf>,
+    /// Version 2 of the app runs this many workers instead of --workers: the tests' new
+    /// build with a new setting, taken by the master when it reloads into it.
+    #[arg(long)]
+    v2_workers: Option<usize>,
+    /// Version 2 of the app listens here instead of --bind (repeatable).
+    #[arg(long)]
+    v2_bind: Vec<String>,
 }
 
 /// Runs the app as version `version`: the master, or (in a worker) the server.
@@ -48,11 +55,15 @@ pub(crate) fn main(version: &'static str) -> ExitCode {
     crate::common::init_logger();
 
     // First, before any runtime: in the master this never returns.
-    let mut master = args
-        .bind
+    let (binds, workers) = match version {
+        "2" if !args.v2_bind.is_empty() => (&args.v2_bind, args.v2_workers),
+        "2" => (&args.bind, args.v2_workers),
+        _ => (&args.bind, None),
+    };
+    let mut master = binds
         .iter()
         .fold(SelfHosted::new(), |master, spec| master.bind(spec))
-        .workers(args.workers)
+        .workers(workers.unwrap_or(args.workers))
         .upgrade_timeout(Duration::from_secs_f64(args.upgrade_timeout));
     if let Some(socket) = &args.socket {
         master = master.command_socket(socket);

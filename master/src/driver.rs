@@ -321,6 +321,10 @@ fn bind_listeners(
             }
         }
     }
+    for (b, _) in &retired {
+        // Workers started from now on do not get it.
+        let _ = crate::reexec::set_cloexec(b.fd(), true);
+    }
     Ok((bound, retired))
 }
 
@@ -655,8 +659,7 @@ impl<'a> Driver<'a> {
                 let _ = crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK);
                 for &fd in &handover.fds() {
                     // The listening sockets stay inheritable: workers get them.
-                    let listening = self.resources.bound.iter().any(|b| b.fd() == fd)
-                        || self.resources.retired.iter().any(|(b, _)| b.fd() == fd);
+                    let listening = self.resources.bound.iter().any(|b| b.fd() == fd);
                     let _ = crate::reexec::set_cloexec(fd, !listening);
                 }
                 error
