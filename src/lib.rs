@@ -80,6 +80,8 @@ mod book {
     mod kubernetes {}
     #[doc = include_str!("../book/src/master.md")]
     mod master {}
+    #[doc = include_str!("../book/src/compatibility.md")]
+    mod compatibility {}
     #[doc = include_str!("../book/src/demo.md")]
     mod demo {}
     #[doc = include_str!("../book/src/comparison.md")]

@@ -33,8 +33,18 @@
 //!   stopping, sends the signal again to every worker still running, as Einhorn does: workers
 //!   on graceful-listener take a second SIGUSR2 or SIGTERM as "stop now", so a second Ctrl-C
 //!   or SIGTERM from a supervisor ends a slow drain.
-//! - The master does not re-exec itself on upgrade; the command is looked up by path at each
-//!   spawn, so the new binary at that path is what runs.
+//! - The master re-execs itself as Einhorn does (`reload`, and first thing in `upgrade`,
+//!   `upgrade_fleet` and on SIGHUP; see [`reexec`] and [`handover`]), but only after the new
+//!   program has read the state it would get (`--upgrade-check`); a new master that cannot
+//!   take over is refused with an error reply, and this one runs on unchanged. The state is
+//!   versioned JSON on a memfd, and the command-socket connections (the client waiting for
+//!   `Upgrade done`) are carried over too.
+//! - Overlapping upgrades never leave a gap: an upgrade that supersedes another stops that
+//!   one's unACKed workers, never a serving one (Einhorn's `cull` retires serving workers).
+//! - A worker that dies within `--min-uptime` of its ACK counts as a failed start, and
+//!   respawns back off; Einhorn only counts deaths before the ACK.
+//! - Workers built with graceful-listener start with the stop signals blocked until their
+//!   handlers exist (`--block-signals`).
 //! - `-b` accepts IPv6 literals (`[::1]:8080`) and host names.
 //! - Workers inherit stdio and the `-b` sockets only: fds the master itself inherited are made
 //!   close-on-exec (Einhorn passes them through).
@@ -59,8 +69,9 @@
 //!   and workers get no `NOTIFY_SOCKET`. Einhorn knows nothing of systemd.
 //! - `--stderr-tail N` pipes workers' stderr through the master, which keeps each worker's
 //!   last N lines and logs them when it dies or never ACKs (see [`stderr`]).
-//! - Not implemented: `-p` preloading, `-g`, `--reexec-as`, `--nice`, and the commands
-//!   `reload`, `quieter`, `louder` (answered with an error).
+//! - Not implemented: `-p` preloading and `--gc-before-fork` (Ruby's). `--nice` sets levels
+//!   with `setpriority`, not an external `renice`. The book's chapter "Beside Einhorn" has
+//!   every flag and command of Einhorn 0.8.2 and 1.1.1 beside ours.
 //!
 //! # As a library
 //! [`driver::run`] runs a master from parsed [`cli::MasterArgs`] and returns its exit status
@@ -78,11 +89,13 @@
 //!
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
 //! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
-//! as data), [`render`] (data into the wire's text and YAML), [`bind`]'s parser, [`cli`],
-//! [`notify`]'s `Readiness`, [`stderr`]'s `Tail`. I/O: [`driver`] (the event loop), [`conn`]
+//! as data), [`render`] (data into the wire's text and YAML), [`handover`] (the state a
+//! reload hands over), [`bind`]'s parser, [`cli`], [`notify`]'s `Readiness`, [`stderr`]'s
+//! `Tail`, [`held_signals`]' parsers. I/O: [`driver`] (the event loop), [`conn`]
 //! (command-socket connections and their limits), [`observer`] (stderr tails of failed
-//! workers, systemd notifications), [`spawn`], [`socket`], [`pidfile`], [`holders`],
-//! [`client`], [`ctl`], [`self_hosted`] (the master inside the application).
+//! workers, systemd notifications), [`reexec`] (the check and the exec), [`spawn`],
+//! [`socket`], [`pidfile`], [`holders`], [`client`], [`ctl`], [`log_level`],
+//! [`self_hosted`] (the master inside the application).
 //! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;

@@ -84,7 +84,7 @@ pub fn text(message: &Message) -> String {
         Message::UpgradeAccepted { fleet: true } => "Upgrading fleet, as commanded".to_string(),
         Message::UpgradeAccepted { fleet: false } => "Upgrading smoothly, as commanded".to_string(),
         Message::UpgradeRefused => "Not upgrading: the master is stopping".to_string(),
-        Message::ReloadAccepted => "Reloading einhorn-master, as commanded".to_string(),
+        Message::ReloadAccepted => "Reloading, as commanded".to_string(),
         Message::ReloadRefused { stopping: true } => {
             "Not reloading: the master is stopping".to_string()
         }

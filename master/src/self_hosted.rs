@@ -15,17 +15,25 @@
 //! # Signals to the master
 //! | signal | effect |
 //! | --- | --- |
-//! | SIGHUP | smooth upgrade to the program now at the same path: each new worker that ACKs retires an old one |
+//! | SIGHUP | the master reloads into the program now at the same path (same pid, sockets and workers kept, the new build's settings taken), then upgrades the workers smoothly: each new worker that ACKs retires an old one |
 //! | SIGTERM, SIGINT | graceful stop of every worker, then exit 0 (a second one: stop now) |
 //! | SIGQUIT | SIGQUIT to every worker, exit at once |
 //! | SIGKILL (or any death) | workers get SIGUSR2 and drain ([`SelfHosted::kill_children_on_exit`]) |
 //!
-//! # A broken new build
+//! # A new build
+//! On SIGHUP the master first runs the new build in a check mode (it reaches
+//! [`SelfHosted::start`], reads the state it would be handed, and exits 0), then execs it in
+//! its own place: same pid, sockets, workers and command connections. The new build's
+//! settings apply from then on: a new [`workers`](SelfHosted::workers) count takes effect, a
+//! [`bind`](SelfHosted::bind) it adds is opened, one it drops is closed once the workers
+//! started with it are gone. A build that fails the check (exits non-zero, is missing or not
+//! executable) is refused: everything keeps running as it was, and the log says why.
+//!
 //! New workers that exit at start, or never ACK, leave the old workers serving: the upgrade
 //! fails after the upgrade timeout (no new ACK for that long), logged with each failed
 //! worker's exit status and last stderr lines (workers' stderr goes through the master, which
 //! keeps [`SelfHosted::stderr_tail`] lines of each). A worker that dies is respawned, with a
-//! backoff while they keep dying before their ACK.
+//! backoff while they keep dying before their ACK or soon after it.
 //!
 //! # systemd
 //! With `NOTIFY_SOCKET` set (`Type=notify` or `Type=notify-reload`), the master sends
