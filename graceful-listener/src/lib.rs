@@ -75,6 +75,6 @@ pub use report::{RunError, RunReport, StopCause};
 pub use run::{Run, run};
 pub use server::Server;
 pub use shutdown::{Phase, Shutdown, ShutdownSignal};
-pub use signals::{STOP_SIGNALS, unblocks_stop_signals_marker};
+pub use signals::{STOP_SIGNALS, UNBLOCKS_STOP_SIGNALS_SECTION, unblocks_stop_signals_marker};
 pub use socket::StdListener;
 pub use worker::{Stop, Worker};

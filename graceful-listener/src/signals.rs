@@ -39,20 +39,27 @@ pub const STOP_SIGNALS: [Signal; 4] = [
     Signal::SIGQUIT,
 ];
 
-/// The bytes every program that installs the stop handlers carries, so that a master can tell
-/// from the program file, before it starts it, that the program unblocks the stop signals
-/// itself (see [`unblocks_stop_signals_marker`]). Kept alive by [`StopSignals::install`]:
-/// linked into exactly the programs that call it.
-static UNBLOCKS_STOP_SIGNALS: &[u8; 41] = b"graceful-listener/unblocks-stop-signals/1";
+/// The bytes every program that installs the stop handlers carries, in an ELF section of its
+/// own ([`UNBLOCKS_STOP_SIGNALS_SECTION`]), so that a master can tell from the program file,
+/// before it starts it, that the program unblocks the stop signals itself (see
+/// [`unblocks_stop_signals_marker`]). Kept alive by [`StopSignals::install`]: linked into
+/// exactly the programs that call it.
+#[unsafe(link_section = "graceful_listener_stop_signals")]
+static UNBLOCKS_STOP_SIGNALS: [u8; 41] = *b"graceful-listener/unblocks-stop-signals/1";
+
+/// The name of the ELF section that holds [`unblocks_stop_signals_marker`] in every program
+/// that installs graceful-listener's stop handlers.
+pub const UNBLOCKS_STOP_SIGNALS_SECTION: &str = "graceful_listener_stop_signals";
 
 /// The halves of that marker, apart: a program that only searches for it (a master) must not
 /// carry it whole.
 const MARKER_HEAD: &str = "graceful-listener/";
 const MARKER_TAIL: &str = "unblocks-stop-signals/1";
 
-/// The bytes found in every program built with this crate's stop-signal handling (every
-/// worker that calls [`Worker::new`](crate::Worker::new), as [`run`](crate::run) and every
-/// adapter do), and only in those.
+/// The bytes found, in the ELF section [`UNBLOCKS_STOP_SIGNALS_SECTION`], in every program
+/// built with this crate's stop-signal handling (every worker that calls
+/// [`Worker::new`](crate::Worker::new), as [`run`](crate::run) and every adapter do), and
+/// only in those.
 ///
 /// A master that starts workers with the [`STOP_SIGNALS`] blocked (so that a stop signal sent
 /// during a worker's start waits instead of killing it) looks for these bytes in the program
@@ -137,7 +144,7 @@ impl StopSignals {
     /// runs, so whoever must not act before seeing it (the ACK) has to wait for it.
     pub(crate) fn install() -> std::io::Result<(StopSignals, bool)> {
         // Keeps the marker in every program that gets here (a master reads it from the file).
-        std::hint::black_box(UNBLOCKS_STOP_SIGNALS);
+        std::hint::black_box(&UNBLOCKS_STOP_SIGNALS);
         let signals = StopSignals {
             usr2: signal(SignalKind::user_defined2())?,
             term: signal(SignalKind::terminate())?,

@@ -120,6 +120,8 @@ pub(crate) enum Incoming {
         conn: ConnId,
         id: Option<RequestId>,
         command: Command,
+        /// The line it came as (to carry it across an exec, should it not be handled yet).
+        line: Vec<u8>,
     },
     /// A reply the connection itself decided on (a bad line), sent through the driver so that
     /// it comes after the replies to earlier requests.
@@ -357,10 +359,24 @@ impl Connections {
         conn
     }
 
+    /// Queues an encoded reply line on a connection, if it is still open.
+    pub(crate) fn reply_line(&self, conn: ConnId, line: String) {
+        if let Some(out) = self.handles.get(&conn).and_then(|h| h.out.as_ref()) {
+            let _ = out.send(Outgoing::Line { line, last: true });
+        }
+    }
+
     /// Takes every served connection out of its task, once it has written what it was sent
     /// (waiting at most `within`); they no longer count here. Connections in the reserve,
-    /// and any that do not answer in time, are left to close.
-    pub(crate) async fn detach_all(&mut self, within: Duration) -> Vec<Detached> {
+    /// and any that do not answer in time, are left to close. Meanwhile, and until the end,
+    /// whatever connections hand over (`from`) is put in `queued`: a task waiting for room
+    /// in that queue could not answer otherwise, and what it hands over is not lost.
+    pub(crate) async fn detach_all(
+        &mut self,
+        within: Duration,
+        from: &mut mpsc::Receiver<Incoming>,
+        queued: &mut Vec<Incoming>,
+    ) -> Vec<Detached> {
         let mut waiting = Vec::new();
         for (&conn, handle) in &self.handles {
             if let Some(out) = &handle.out {
@@ -372,8 +388,17 @@ impl Connections {
         }
         let deadline = tokio::time::Instant::now() + within;
         let mut detached = Vec::new();
-        for (conn, rx) in waiting {
-            if let Ok(Ok(d)) = tokio::time::timeout_at(deadline, rx).await {
+        for (conn, mut rx) in waiting {
+            let answer = loop {
+                tokio::select! {
+                    // An answer already there is taken even past the deadline.
+                    biased;
+                    answer = &mut rx => break answer.ok(),
+                    Some(incoming) = from.recv() => queued.push(incoming),
+                    () = tokio::time::sleep_until(deadline) => break None,
+                }
+            };
+            if let Some(d) = answer {
                 // Its task is ending: forget it now (its end is ignored), so that the
                 // connection can be adopted again under the same id.
                 if let Some(handle) = self.handles.remove(&conn) {
@@ -385,6 +410,9 @@ impl Connections {
                 self.by_task.retain(|_, c| *c != conn);
                 detached.push(d);
             }
+        }
+        while let Ok(incoming) = from.try_recv() {
+            queued.push(incoming);
         }
         detached
     }
@@ -504,7 +532,12 @@ async fn serve_reserved(
         match decode(&line) {
             Ok((id, command)) if command.is_worker_message() => {
                 let _ = to_driver
-                    .send(Incoming::Request { conn, id, command })
+                    .send(Incoming::Request {
+                        conn,
+                        id,
+                        command,
+                        line,
+                    })
                     .await;
                 return conn;
             }
@@ -681,7 +714,12 @@ async fn take_line(
                 );
                 return Taken::Drop;
             }
-            permit.send(Incoming::Request { conn, id, command });
+            permit.send(Incoming::Request {
+                conn,
+                id,
+                command,
+                line,
+            });
             if worker {
                 Taken::WorkerMessage
             } else {

@@ -19,11 +19,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::bind::{BindError, Bound};
 use crate::cli::MasterArgs;
+use crate::command::decode;
 pub use crate::conn::MAX_REQUEST_LINE;
 use crate::conn::{ConnLimits, Connections, Detached, Incoming, sleep_until};
 use crate::handover::{
     CommandSocketHandover, ConnectionHandover, Handover, HandoverError, ListenerHandover,
-    RetiredListener, StderrHandover,
+    QueuedHandover, RetiredListener, StderrHandover,
 };
 use crate::held_signals::{HeldStops, ProgramCheck};
 use crate::machine::{
@@ -32,6 +33,9 @@ use crate::machine::{
 use crate::observer::Observer;
 use crate::pidfile::{Pidfile, PidfileError, WrittenFile};
 use crate::reexec::{PREFLIGHT_TIMEOUT, Preflight};
+
+/// How long connections and stderr pipes get to be handed back before an exec.
+const DETACH_WITHIN: Duration = Duration::from_millis(500);
 use crate::render;
 use crate::socket::{CommandSocket, SocketError};
 use crate::spawn::{ProgramError, WorkerCommand, check_program};
@@ -367,6 +371,8 @@ struct Driver<'a> {
     preflight: Option<(Preflight, OwnedFd, Instant)>,
     /// Until one worker has started, a failed spawn ends the master: nothing would ever work.
     spawned_any: bool,
+    /// Requests handed over but not handled when an exec was tried: handled next.
+    requeued: Vec<Event>,
 }
 
 impl<'a> Driver<'a> {
@@ -398,6 +404,7 @@ impl<'a> Driver<'a> {
             resources,
             preflight: None,
             spawned_any: false,
+            requeued: Vec::new(),
         })
     }
 
@@ -422,6 +429,7 @@ impl<'a> Driver<'a> {
                 self.adopt(handover);
                 // Workers that exited while the master was exec'ing.
                 let mut events = vec![Event::Resumed];
+                events.append(&mut self.requeued);
                 reap(&mut events);
                 events
             }
@@ -480,7 +488,7 @@ impl<'a> Driver<'a> {
                 },
                 _ = sleep_until(paused), if paused.is_some() => accept_paused = None,
                 Some(incoming) = self.from_conns.recv() => match incoming {
-                    Incoming::Request { conn, id, command } => {
+                    Incoming::Request { conn, id, command, .. } => {
                         events.push(Event::Request { conn, id, command });
                     }
                     Incoming::Reply { conn, reply } => self.conns.reply(conn, &reply),
@@ -495,6 +503,9 @@ impl<'a> Driver<'a> {
                         // Returns only if the new master could not take over.
                         if let Err(reason) = self.preflight_done(status).await {
                             todo.extend(self.step(Event::ReexecFailed { reason }));
+                            for event in std::mem::take(&mut self.requeued) {
+                                todo.extend(self.step(event));
+                            }
                         }
                         continue;
                     }
@@ -615,9 +626,15 @@ impl<'a> Driver<'a> {
             .self_exec
             .clone()
             .ok_or_else(|| "this master cannot re-exec itself".to_string())?;
-        let connections = self.conns.detach_all(Duration::from_secs(2)).await;
-        let pipes = self.observer.detach_stderr(Duration::from_secs(2)).await;
-        let handover = self.handover_now(
+        // A healthy connection answers within a turn of its task; a flood's may not: those
+        // are left to close.
+        let mut queued = Vec::new();
+        let connections = self
+            .conns
+            .detach_all(DETACH_WITHIN, &mut self.from_conns, &mut queued)
+            .await;
+        let pipes = self.observer.detach_stderr(DETACH_WITHIN).await;
+        let mut handover = self.handover_now(
             connections
                 .iter()
                 .map(|c| ConnectionHandover {
@@ -636,6 +653,19 @@ impl<'a> Driver<'a> {
                 })
                 .collect(),
         );
+        handover.queued = queued
+            .iter()
+            .map(|incoming| match incoming {
+                Incoming::Request { conn, line, .. } => QueuedHandover::Request {
+                    conn: conn.0,
+                    line: line.clone(),
+                },
+                Incoming::Reply { conn, reply } => QueuedHandover::Reply {
+                    conn: conn.0,
+                    line: crate::wire::encode_reply(reply),
+                },
+            })
+            .collect();
         let error = match crate::reexec::state_file(&handover.encode()) {
             Ok(state) => {
                 let mut fds = handover.fds();
@@ -672,6 +702,17 @@ impl<'a> Driver<'a> {
         for (pid, fd, lines) in pipes {
             self.observer.adopt_stderr(pid, fd, &lines);
         }
+        // What was queued is handled now, as if it had just come.
+        let mut events = Vec::new();
+        for incoming in queued {
+            match incoming {
+                Incoming::Request {
+                    conn, id, command, ..
+                } => events.push(Event::Request { conn, id, command }),
+                Incoming::Reply { conn, reply } => self.conns.reply(conn, &reply),
+            }
+        }
+        self.requeued = events;
         Err(format!("cannot exec {}: {error}", exec.program.display()))
     }
 
@@ -711,6 +752,7 @@ impl<'a> Driver<'a> {
             addr_file: self.args.addr_file.clone(),
             connections,
             stderr,
+            queued: Vec::new(),
             readiness,
             failure,
         }
@@ -746,6 +788,22 @@ impl<'a> Driver<'a> {
         }
         self.observer
             .resume_notified(handover.readiness, handover.failure);
+        for queued in handover.queued {
+            match queued {
+                QueuedHandover::Request { conn, line } => match decode(&line) {
+                    Ok((id, command)) => self.requeued.push(Event::Request {
+                        conn: ConnId(conn),
+                        id,
+                        command,
+                    }),
+                    Err(e) => self.conns.reply_line(
+                        ConnId(conn),
+                        crate::wire::encode_reply(&render::decode_error(&e)),
+                    ),
+                },
+                QueuedHandover::Reply { conn, line } => self.conns.reply_line(ConnId(conn), line),
+            }
+        }
         tracing::info!(
             "took over from {} (state format {}): {} workers, {} connections",
             handover.writer,

@@ -53,6 +53,9 @@ pub struct Handover {
     pub connections: Vec<ConnectionHandover>,
     /// Workers' stderr pipes, with the lines kept of each.
     pub stderr: Vec<StderrHandover>,
+    /// What connections had handed over and the master had not handled yet, in order.
+    #[serde(default)]
+    pub queued: Vec<QueuedHandover>,
     /// What systemd was last told.
     #[serde(default)]
     pub readiness: Readiness,
@@ -108,6 +111,25 @@ pub struct ConnectionHandover {
     pub unread: Vec<u8>,
     /// Final replies still owed to it.
     pub owed: usize,
+}
+
+/// A request line or a reply not handled when the master exec'd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueuedHandover {
+    /// A request line from a connection, to decode and carry out.
+    Request {
+        /// The connection.
+        conn: u64,
+        /// The line, without its `\n`.
+        line: Vec<u8>,
+    },
+    /// A reply line (encoded, with its `\n`) for a connection.
+    Reply {
+        /// The connection.
+        conn: u64,
+        /// The line.
+        line: String,
+    },
 }
 
 /// A worker's stderr pipe.

@@ -7,8 +7,8 @@
 //! and a worker on graceful-listener unblocks them once its handlers are installed, which
 //! delivers it. A program that knows nothing of this would never unblock them, and never
 //! stop: [`BlockSignals::Auto`] (the default) blocks them only for programs whose file
-//! carries graceful-listener's marker ([`graceful_listener::unblocks_stop_signals_marker`]),
-//! found by [`ProgramCheck`].
+//! carries graceful-listener's marker ([`graceful_listener::unblocks_stop_signals_marker`])
+//! in its section, found by [`ProgramCheck`] from the ELF section headers.
 //!
 //! Should a worker that got them blocked still hold one (blocked, not ignored) well after
 //! its start, [`HeldStops`] carries out the signal's default action with SIGKILL once the
@@ -124,7 +124,8 @@ impl ProgramCheck {
     }
 
     /// Whether workers running `program` (as the spawn will look it up) start with the stop
-    /// signals blocked. A file that cannot be read gets them unblocked.
+    /// signals blocked: whether its file has graceful-listener's marker in its section (see
+    /// [`elf_section`]). A file that cannot be read, or is not ELF, gets them unblocked.
     ///
     /// ```
     /// use einhorn_master::held_signals::{BlockSignals, ProgramCheck};
@@ -158,8 +159,10 @@ impl ProgramCheck {
         {
             return blocks;
         }
-        let blocks = std::fs::read(&path)
-            .is_ok_and(|bytes| memchr::memmem::find(&bytes, &self.marker).is_some());
+        let blocks = std::fs::File::open(&path).is_ok_and(|file| {
+            elf_section(&file, graceful_listener::UNBLOCKS_STOP_SIGNALS_SECTION)
+                .is_some_and(|content| content.starts_with(&self.marker))
+        });
         tracing::debug!(
             "{}: {} graceful-listener's marker; workers start with the stop signals {}",
             path.display(),
@@ -169,6 +172,64 @@ impl ProgramCheck {
         self.last = Some((id, blocks));
         blocks
     }
+}
+
+/// The content of the section named `name` of the 64-bit little-endian ELF file `file`, read
+/// from its section headers (a few small reads, however large the program); `None` when the
+/// file is not such an ELF file or has no such section.
+///
+/// ```
+/// use einhorn_master::held_signals::elf_section;
+///
+/// let sh = std::fs::File::open("/bin/sh").unwrap();
+/// assert!(elf_section(&sh, ".text").is_some_and(|text| !text.is_empty()));
+/// assert!(elf_section(&sh, "graceful_listener_stop_signals").is_none());
+/// ```
+pub fn elf_section(file: &std::fs::File, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let read = |offset: u64, len: usize| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
+    };
+    let u16_at =
+        |b: &[u8], at: usize| Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?));
+    let u32_at =
+        |b: &[u8], at: usize| Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    let u64_at =
+        |b: &[u8], at: usize| Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?));
+    let header = read(0, 64)?;
+    // ELF magic, 64-bit, little-endian.
+    if header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return None;
+    }
+    let table = u64_at(&header, 0x28)?;
+    let entry = usize::from(u16_at(&header, 0x3A)?);
+    let count = usize::from(u16_at(&header, 0x3C)?);
+    let names_index = usize::from(u16_at(&header, 0x3E)?);
+    // Bounded: a real program has a few dozen sections.
+    if entry < 64 || count == 0 || count > 4096 || names_index >= count {
+        return None;
+    }
+    let headers = read(table, entry * count)?;
+    let section = |i: usize| {
+        let h = headers.get(i * entry..(i + 1) * entry)?;
+        Some((u32_at(h, 0)?, u64_at(h, 24)?, u64_at(h, 32)?))
+    };
+    let (_, names_at, names_len) = section(names_index)?;
+    if names_len > 1 << 20 {
+        return None;
+    }
+    let names = read(names_at, usize::try_from(names_len).ok()?)?;
+    (0..count).find_map(|i| {
+        let (name_at, offset, size) = section(i)?;
+        let rest = names.get(usize::try_from(name_at).ok()?..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        if rest[..end] != *name.as_bytes() || size > 1 << 16 {
+            return None;
+        }
+        read(offset, usize::try_from(size).ok()?)
+    })
 }
 
 /// What [`HeldStops::check`] found for one worker.
