@@ -141,6 +141,16 @@ pub struct MasterArgs {
     #[arg(long = "stderr-tail", value_name = "N", default_value_t = 0)]
     pub stderr_tail: usize,
 
+    /// Canary upgrades: start N new workers first, beside every old one, and roll back if
+    /// one exits or their 5xx share exceeds the old workers' during --soak (the same as
+    /// `ctl upgrade --canary N --soak SECS`, for every upgrade and SIGHUP).
+    #[arg(long = "canary", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub canary: Option<u32>,
+
+    /// How long a canary serves beside the old workers once it has ACKed (with --canary).
+    #[arg(long = "soak", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub soak: Duration,
+
     /// Give each worker an fd already connected to the command socket, as
     /// `EINHORN_SOCK_FD`, to ACK through without knowing the socket's path.
     #[arg(short = 'g', long = "command-socket-as-fd")]
@@ -226,6 +236,14 @@ impl MasterArgs {
             idle_timeout: self.idle_timeout,
             ..Default::default()
         }
+    }
+
+    /// The canary plan of every upgrade (`--canary`, `--soak`).
+    pub fn canary(&self) -> Option<crate::command::CanaryPlan> {
+        self.canary.map(|workers| crate::command::CanaryPlan {
+            workers: workers as usize,
+            soak: self.soak,
+        })
     }
 
     /// The log level from `-q` and `-v` (info by default).

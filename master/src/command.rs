@@ -4,6 +4,9 @@ use nix::sys::signal::Signal;
 
 use crate::wire::{Request, RequestError, RequestId, parse_request};
 
+/// The worker message with response counts ([`Command::WorkerStats`]).
+pub const WORKER_STATS: &str = "worker:stats";
+
 /// A checked command from the command socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -22,6 +25,8 @@ pub enum Command {
     Upgrade {
         /// `true` for `upgrade_fleet`.
         fleet: bool,
+        /// `--canary N --soak SECS`: prove the new version on N workers first.
+        canary: Option<CanaryPlan>,
     },
     /// `reload`: re-exec the master in place (same pid, sockets and workers), leaving the
     /// workers as they are.
@@ -51,6 +56,24 @@ pub enum Command {
         /// The worker's pid, as it sent it.
         pid: Option<i64>,
     },
+    /// `worker:stats`: a worker's responses so far, by status class (only from workers told
+    /// that this master understands it, through `EINHORN_MASTER_EXTENSIONS`).
+    WorkerStats {
+        /// The worker's pid.
+        pid: i64,
+        /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+        responses: [u64; 5],
+    },
+}
+
+/// A canary upgrade: `workers` new workers serve beside every old one for `soak`, compared
+/// with them, before the upgrade goes on (or is rolled back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CanaryPlan {
+    /// New workers started first.
+    pub workers: usize,
+    /// How long they serve beside the old ones once they have all ACKed.
+    pub soak: std::time::Duration,
 }
 
 /// Why a request is not a command the master can run.
@@ -67,6 +90,9 @@ pub enum CommandError {
         /// What it needs.
         needs: &'static str,
     },
+    /// `upgrade`'s arguments are not `--canary N --soak SECS`.
+    #[error("invalid upgrade arguments {0:?}: expected --canary N --soak SECONDS (N at least 1)")]
+    InvalidCanary(Vec<String>),
     /// The worker count is not an integer in `[1, 100]`.
     #[error("invalid count {0:?}: must be an integer in [1, 100]")]
     InvalidCount(String),
@@ -79,7 +105,10 @@ impl Command {
     /// Whether this is a message from a worker (`worker:ack`, `worker:ping`): the worker closes
     /// the connection right after sending it and expects no reply.
     pub fn is_worker_message(&self) -> bool {
-        matches!(self, Command::WorkerAck { .. } | Command::WorkerPing { .. })
+        matches!(
+            self,
+            Command::WorkerAck { .. } | Command::WorkerPing { .. } | Command::WorkerStats { .. }
+        )
     }
 
     /// The command's name on the wire.
@@ -89,8 +118,9 @@ impl Command {
             Command::Help => "help",
             Command::State => "state",
             Command::Config => "config",
-            Command::Upgrade { fleet: false } => "upgrade",
-            Command::Upgrade { fleet: true } => "upgrade_fleet",
+            Command::Upgrade { fleet: false, .. } => "upgrade",
+            Command::Upgrade { fleet: true, .. } => "upgrade_fleet",
+            Command::WorkerStats { .. } => WORKER_STATS,
             Command::Reload => "reload",
             Command::Quieter => "quieter",
             Command::Louder => "louder",
@@ -177,8 +207,10 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
         "help" => Command::Help,
         "state" => Command::State,
         "config" => Command::Config,
-        "upgrade" => Command::Upgrade { fleet: false },
-        "upgrade_fleet" => Command::Upgrade { fleet: true },
+        "upgrade" | "upgrade_fleet" => Command::Upgrade {
+            fleet: name == "upgrade_fleet",
+            canary: parse_canary(args)?,
+        },
         "inc" => Command::Inc,
         "dec" => Command::Dec,
         "set_workers" => {
@@ -210,11 +242,57 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
         }),
         "worker:ack" => Command::WorkerAck { pid: request.pid },
         "worker:ping" => Command::WorkerPing { pid: request.pid },
+        // Its counts are not in a `Request`'s keys: [`decode`] reads the line whole.
+        WORKER_STATS => return Err(CommandError::Unrecognized(name.to_string())),
         "reload" => Command::Reload,
         "quieter" => Command::Quieter,
         "louder" => Command::Louder,
         _ => return Err(CommandError::Unrecognized(name.to_string())),
     })
+}
+
+/// Parses `upgrade`'s arguments: none, or `--canary N --soak SECS` (in any order; the soak
+/// defaults to 0 s: a canary that only has to ACK).
+///
+/// # Errors
+/// [`CommandError::InvalidCanary`] naming the arguments.
+///
+/// ```
+/// use std::time::Duration;
+/// use einhorn_master::command::{CanaryPlan, parse_canary};
+///
+/// let args = ["--canary", "2", "--soak", "30"].map(String::from);
+/// assert_eq!(
+///     parse_canary(&args).unwrap(),
+///     Some(CanaryPlan { workers: 2, soak: Duration::from_secs(30) })
+/// );
+/// assert_eq!(parse_canary(&[]).unwrap(), None);
+/// assert!(parse_canary(&["--canary".to_string()]).is_err());
+/// ```
+pub fn parse_canary(args: &[String]) -> Result<Option<CanaryPlan>, CommandError> {
+    if args.is_empty() {
+        return Ok(None);
+    }
+    let bad = || CommandError::InvalidCanary(args.to_vec());
+    let (mut workers, mut soak) = (None, None);
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let value = rest.next().ok_or_else(bad)?;
+        match flag.as_str() {
+            "--canary" => workers = Some(value.trim().parse::<usize>().map_err(|_| bad())?),
+            "--soak" => {
+                soak = Some(crate::cli::parse_seconds(value).map_err(|_| bad())?);
+            }
+            _ => return Err(bad()),
+        }
+    }
+    match workers {
+        Some(workers) if workers > 0 => Ok(Some(CanaryPlan {
+            workers,
+            soak: soak.unwrap_or_default(),
+        })),
+        _ => Err(bad()),
+    }
 }
 
 /// Why a request line is not a command the master can run.
@@ -304,11 +382,17 @@ mod tests {
         assert_eq!(cmd(r#"{"command":"dec"}"#), Ok(Command::Dec));
         assert_eq!(
             cmd(r#"{"command":"upgrade"}"#),
-            Ok(Command::Upgrade { fleet: false })
+            Ok(Command::Upgrade {
+                fleet: false,
+                canary: None
+            })
         );
         assert_eq!(
             cmd(r#"{"command":"upgrade_fleet"}"#),
-            Ok(Command::Upgrade { fleet: true })
+            Ok(Command::Upgrade {
+                fleet: true,
+                canary: None
+            })
         );
         assert_eq!(
             cmd(r#"{"command":"ehlo","user":"gdb"}"#),
@@ -394,8 +478,14 @@ mod tests {
             Command::Help,
             Command::State,
             Command::Config,
-            Command::Upgrade { fleet: false },
-            Command::Upgrade { fleet: true },
+            Command::Upgrade {
+                fleet: false,
+                canary: None,
+            },
+            Command::Upgrade {
+                fleet: true,
+                canary: None,
+            },
             Command::Reload,
             Command::Quieter,
             Command::Louder,

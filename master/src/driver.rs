@@ -206,6 +206,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         reexec: args.self_exec.is_some(),
         max_unacked: args.max_unacked as usize,
         max_upgrade_additional: args.max_upgrade_additional,
+        canary: args.canary(),
     };
     let mut machine = match &handover {
         Some(h) => Machine::resume(config, &h.machine, Instant::now())

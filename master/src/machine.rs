@@ -53,11 +53,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-pub use self::message::{CountChange, ExitNote, Level, Log, Message, Response, Sent};
+pub use self::message::{CountChange, ExitNote, Level, Log, Message, Response, Rollback, Sent};
 pub use self::snapshot::{
     MachineSnapshot, ReexecSnapshot, SnapshotError, SubscriberSnapshot, UpgradeSnapshot,
     WorkerSnapshot,
 };
+pub use crate::command::CanaryPlan;
 use crate::command::{Command, signal_name};
 use crate::state::{ConfigState, MasterState, WorkerState};
 pub use crate::state::{ListenerInfo, Pid};
@@ -125,6 +126,8 @@ pub struct MachineConfig {
     /// At most this many workers beyond the target during an upgrade, draining ones
     /// included (`--max-upgrade-additional`); `None`: no limit.
     pub max_upgrade_additional: Option<usize>,
+    /// The canary of every upgrade that does not name its own (`--canary N --soak SECS`).
+    pub canary: Option<CanaryPlan>,
 }
 
 impl MachineConfig {
@@ -147,6 +150,7 @@ impl MachineConfig {
             reexec: false,
             max_unacked: 1,
             max_upgrade_additional: None,
+            canary: None,
         }
     }
 }
@@ -295,6 +299,8 @@ struct Worker {
     retired: Option<(Signal, Instant)>,
     killed: bool,
     last_ping: Option<Instant>,
+    /// Its responses so far by status class, as it last reported them (`worker:stats`).
+    responses: [u64; 5],
 }
 
 impl Worker {
@@ -308,17 +314,34 @@ type Subscriber = (ConnId, Option<RequestId>);
 /// A re-exec of the master asked for and not carried out yet.
 #[derive(Clone, Debug, Default)]
 struct Reexec {
-    /// Upgrade the workers once the new master runs: `Some(fleet)`.
-    upgrade: Option<bool>,
+    /// Upgrade the workers once the new master runs.
+    upgrade: Option<UpgradeOrder>,
     /// Who asked for that upgrade: they get its replies.
     upgraders: Vec<Subscriber>,
     /// Who asked for a reload of the master alone.
     reloaders: Vec<Subscriber>,
 }
 
+/// A canary upgrade's progress.
+#[derive(Clone, Debug)]
+struct Canary {
+    plan: CanaryPlan,
+    /// Since when every canary has ACKed, with the old generation's counts then.
+    soaking: Option<(Instant, [u64; 5])>,
+}
+
+/// What an upgrade request asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct UpgradeOrder {
+    fleet: bool,
+    canary: Option<CanaryPlan>,
+}
+
 #[derive(Clone, Debug)]
 struct Upgrade {
     fleet: bool,
+    /// Until the canaries have soaked and passed.
+    canary: Option<Canary>,
     /// The base version before this upgrade (or the first of a chain of restarted ones): what
     /// counts as current again if it fails.
     base: u64,
@@ -338,6 +361,13 @@ enum Phase {
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Wait before the first respawn after a failure, when `-s` is shorter.
 pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
+/// A canary generation needs at least this many responses before its 5xx share is compared.
+pub const CANARY_MIN_RESPONSES: u64 = 20;
+/// A canary generation is rolled back when its share of 5xx responses exceeds the old
+/// generation's (over the soak) by more than this, in points of share (0.05: 5 percentage
+/// points, e.g. 6% against 0.5%).
+pub const CANARY_MAX_5XX_EXCESS: f64 = 0.05;
+
 /// The quietest log level offset: off.
 pub const MIN_VERBOSITY: i8 = -3;
 /// The loudest log level offset: trace.
@@ -371,6 +401,11 @@ pub struct Machine {
     verbosity: i8,
     /// A manual ACK in timer mode was already warned about.
     warned_ack_mode: bool,
+    /// Responses by status class of every version that had workers, as they reported them
+    /// (`worker:stats`): cumulative, workers that exited included.
+    generations: std::collections::BTreeMap<u64, [u64; 5]>,
+    /// Why the last canary upgrade was rolled back.
+    last_rollback: Option<Rollback>,
     phase: Phase,
     started: bool,
     actions: Vec<Action>,
@@ -395,6 +430,8 @@ impl Machine {
             requests: 0,
             verbosity: 0,
             warned_ack_mode: false,
+            generations: Default::default(),
+            last_rollback: None,
             phase: Phase::Running,
             started: false,
             actions: Vec::new(),
@@ -446,6 +483,7 @@ impl Machine {
             deadlines.push(up.progress_at + self.config.upgrade_timeout);
         }
         deadlines.extend(self.backoff_ends_at());
+        deadlines.extend(self.soak_ends_at());
         if let Some(after) = self.config.signal_timeout {
             deadlines.extend(
                 self.workers
@@ -628,6 +666,9 @@ impl Machine {
             }
             (None, Some(_)) => ExitNote::Unexpected,
         };
+        let canary_died = worker.retired.is_none()
+            && worker.version == self.version
+            && self.upgrade.as_ref().is_some_and(|up| up.canary.is_some());
         let level = if worker.retired.is_none() && self.phase == Phase::Running {
             Level::Warn
         } else {
@@ -641,11 +682,21 @@ impl Machine {
                 status: status.to_string(),
             },
         );
+        if canary_died {
+            let status = status.to_string();
+            self.roll_back(now, Rollback::Exited { pid, status });
+        }
     }
 
     fn master_signal(&mut self, now: Instant, signal: MasterSignal) {
         match signal {
-            MasterSignal::Hup => self.upgrade_requested(now, false, None),
+            MasterSignal::Hup => {
+                let order = UpgradeOrder {
+                    fleet: false,
+                    canary: self.config.canary,
+                };
+                self.upgrade_requested(now, order, None);
+            }
             MasterSignal::Usr2 | MasterSignal::Int => {
                 self.stop(now, Signal::SIGUSR2);
             }
@@ -678,7 +729,14 @@ impl Machine {
                 let config = self.config_state();
                 self.actions.push(reply(Message::Config(Box::new(config))));
             }
-            Command::Upgrade { fleet } => self.upgrade_requested(now, fleet, Some((conn, id))),
+            Command::Upgrade { fleet, canary } => {
+                let canary = canary.or(self.config.canary);
+                self.upgrade_requested(now, UpgradeOrder { fleet, canary }, Some((conn, id)));
+            }
+            Command::WorkerStats { pid, responses } => {
+                self.actions.push(Action::Close { conn });
+                self.worker_stats(now, pid, responses);
+            }
             Command::Reload => self.reload_requested((conn, id)),
             Command::Quieter | Command::Louder => {
                 let step = if command == Command::Louder { 1 } else { -1 };
@@ -837,7 +895,13 @@ impl Machine {
 
     /// `upgrade`, `upgrade_fleet` or SIGHUP: re-exec the master first when it can, then
     /// upgrade the workers.
-    fn upgrade_requested(&mut self, now: Instant, fleet: bool, requester: Option<Subscriber>) {
+    fn upgrade_requested(
+        &mut self,
+        now: Instant,
+        order: UpgradeOrder,
+        requester: Option<Subscriber>,
+    ) {
+        let fleet = order.fleet;
         if self.phase != Phase::Running {
             self.log(Level::Warn, Message::UpgradeRefused);
             if let Some((conn, id)) = requester {
@@ -856,11 +920,11 @@ impl Machine {
         }
         self.requests += 1;
         if !self.config.reexec {
-            self.start_upgrade(now, fleet, requester.into_iter().collect());
+            self.start_upgrade(now, order, requester.into_iter().collect());
             return;
         }
         let reexec = self.ask_reexec();
-        reexec.upgrade = Some(fleet);
+        reexec.upgrade = Some(order);
         reexec.upgraders.extend(requester);
     }
 
@@ -931,7 +995,7 @@ impl Machine {
                 reply: Response::last(message.clone(), id),
             });
         }
-        if let Some(fleet) = reexec.upgrade {
+        if let Some(order) = reexec.upgrade {
             for (conn, id) in &reexec.upgraders {
                 self.actions.push(Action::Reply {
                     conn: *conn,
@@ -939,16 +1003,26 @@ impl Machine {
                 });
             }
             if self.phase == Phase::Running {
-                self.start_upgrade(now, fleet, reexec.upgraders);
+                self.start_upgrade(now, order, reexec.upgraders);
             }
         }
     }
 
-    fn start_upgrade(&mut self, now: Instant, fleet: bool, requesters: Vec<Subscriber>) {
+    fn start_upgrade(&mut self, now: Instant, order: UpgradeOrder, requesters: Vec<Subscriber>) {
         let acked = self.acked_count();
+        // A canary is at most the whole generation; it makes the upgrade smooth.
+        let canary = order.canary.map(|plan| Canary {
+            plan: CanaryPlan {
+                workers: plan.workers.min(self.target).max(1),
+                ..plan
+            },
+            soaking: None,
+        });
+        let fleet = order.fleet && canary.is_none();
         match &mut self.upgrade {
             Some(up) => {
                 up.fleet = fleet;
+                up.canary = canary.clone();
                 up.progress_at = now;
                 up.subscribers.extend(requesters);
                 self.progress(Message::UpgradeRestarting {
@@ -959,6 +1033,7 @@ impl Machine {
             None => {
                 self.upgrade = Some(Upgrade {
                     fleet,
+                    canary: canary.clone(),
                     base: self.base,
                     progress_at: now,
                     subscribers: requesters,
@@ -972,6 +1047,144 @@ impl Machine {
         self.version += 1;
         self.base = self.version;
         self.failures = 0;
+        if let Some(c) = canary {
+            self.progress(Message::CanaryStarting {
+                workers: c.plan.workers,
+                soak: c.plan.soak,
+            });
+        }
+    }
+
+    // ----- canaries -----
+
+    /// A worker's response counts (`worker:stats`); during a soak, the canaries' are
+    /// compared with the old workers'.
+    fn worker_stats(&mut self, now: Instant, pid: i64, responses: [u64; 5]) {
+        let Some(i) = self.find(Some(pid)) else {
+            self.log(Level::Debug, Message::StatsFromUnknown { pid });
+            return;
+        };
+        let worker = &mut self.workers[i];
+        let totals = self.generations.entry(worker.version).or_default();
+        for (class, count) in responses.iter().enumerate() {
+            // Cumulative: only growth counts (a count going down is a confused sender).
+            totals[class] += count.saturating_sub(worker.responses[class]);
+            worker.responses[class] = worker.responses[class].max(*count);
+        }
+        self.judge_canary(now, false);
+    }
+
+    /// Responses and 5xx among them: the canaries' (the newest version's) and the other
+    /// workers' since the soak began; `None` outside a soak.
+    fn soak_counts(&self) -> Option<((u64, u64), (u64, u64))> {
+        let up = self.upgrade.as_ref()?;
+        let (_, old_then) = up.canary.as_ref()?.soaking?;
+        let mut new = [0u64; 5];
+        let mut old = [0u64; 5];
+        for (&version, counts) in &self.generations {
+            let into = if version == self.version {
+                &mut new
+            } else {
+                &mut old
+            };
+            for class in 0..5 {
+                into[class] += counts[class];
+            }
+        }
+        let sum = |c: &[u64; 5]| c.iter().sum::<u64>();
+        let old_since: [u64; 5] = std::array::from_fn(|c| old[c].saturating_sub(old_then[c]));
+        Some(((sum(&new), new[4]), (sum(&old_since), old_since[4])))
+    }
+
+    /// The counts of every version but the newest (the canaries'), now.
+    fn old_counts(&self) -> [u64; 5] {
+        let mut old = [0u64; 5];
+        for counts in self.generations.range(..self.version).map(|(_, c)| c) {
+            for class in 0..5 {
+                old[class] += counts[class];
+            }
+        }
+        old
+    }
+
+    /// During a soak: rolls back when the canaries' 5xx share exceeds the old workers' by
+    /// more than [`CANARY_MAX_5XX_EXCESS`] (with at least [`CANARY_MIN_RESPONSES`]); at the
+    /// soak's end (`end`), lets the upgrade go on otherwise.
+    fn judge_canary(&mut self, now: Instant, end: bool) {
+        let Some((new, old)) = self.soak_counts() else {
+            return;
+        };
+        let share = |(total, errors): (u64, u64)| {
+            if total == 0 {
+                0.0
+            } else {
+                errors as f64 / total as f64
+            }
+        };
+        if new.0 >= CANARY_MIN_RESPONSES && share(new) > share(old) + CANARY_MAX_5XX_EXCESS {
+            self.roll_back(now, Rollback::ServerErrors { new, old });
+            return;
+        }
+        if end {
+            if let Some(up) = &mut self.upgrade {
+                up.canary = None;
+                up.progress_at = now;
+            }
+            self.progress(Message::CanaryPassed { new, old });
+        }
+    }
+
+    fn soak_ends_at(&self) -> Option<Instant> {
+        let canary = self.upgrade.as_ref()?.canary.as_ref()?;
+        let (since, _) = canary.soaking?;
+        Some(since + canary.plan.soak)
+    }
+
+    /// Starts the soak once every canary has ACKed; ends it when its time is up.
+    fn soak(&mut self, now: Instant) {
+        let acked = self.acked_count();
+        let Some(up) = &self.upgrade else { return };
+        let Some(canary) = &up.canary else { return };
+        match canary.soaking {
+            None if acked >= canary.plan.workers => {
+                let (workers, soak) = (canary.plan.workers, canary.plan.soak);
+                let old = self.old_counts();
+                if let Some(c) = self.upgrade.as_mut().and_then(|up| up.canary.as_mut()) {
+                    c.soaking = Some((now, old));
+                }
+                self.progress(Message::CanarySoaking { workers, soak });
+                if soak.is_zero() {
+                    self.judge_canary(now, true);
+                }
+            }
+            Some((since, _)) if now >= since + canary.plan.soak => self.judge_canary(now, true),
+            _ => {}
+        }
+    }
+
+    /// Stops the canaries (the newest version's workers, gracefully) and keeps every other
+    /// worker: the upgrade ends in an error.
+    fn roll_back(&mut self, now: Instant, why: Rollback) {
+        let Some(up) = self.upgrade.take() else {
+            return;
+        };
+        let others_serve = self
+            .workers
+            .iter()
+            .any(|w| w.version != self.version && w.acked() && w.retired.is_none());
+        // Never a gap: canaries that serve alone (every old worker died meanwhile) are kept.
+        let new: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| {
+                let w = &self.workers[i];
+                w.version == self.version && w.retired.is_none() && (others_serve || !w.acked())
+            })
+            .collect();
+        self.retire(now, &new, Signal::SIGUSR2);
+        self.base = up.base;
+        let message = Message::RolledBack { why: why.clone() };
+        self.log(Level::Error, message.clone());
+        self.last_rollback = Some(why);
+        self.finish(up, Response::failure(message, None));
     }
 
     /// Retires every worker with `signal`, stops respawning, aborts an upgrade. Returns the pids
@@ -1058,6 +1271,7 @@ impl Machine {
             return;
         }
         self.timer_acks(now);
+        self.soak(now);
         self.end_backoff(now);
         self.check_upgrade_timeout(now);
         if self.phase == Phase::Running {
@@ -1163,11 +1377,14 @@ impl Machine {
         }
         let acked = self.acked_count();
         let mut finished = None;
-        if self.upgrade.is_some() && acked >= self.target {
+        let canary = self.upgrade.as_ref().is_some_and(|up| up.canary.is_some());
+        if self.upgrade.is_some() && !canary && acked >= self.target {
             finished = self.upgrade.take();
         }
         let old = self.live_old();
         match &self.upgrade {
+            // Canaries serve beside every old worker until they have passed.
+            Some(up) if up.canary.is_some() => {}
             None if !old.is_empty() => {
                 let message = Message::KillingOld { count: old.len() };
                 self.notify(finished.as_ref(), message);
@@ -1260,7 +1477,11 @@ impl Machine {
             .filter(|w| self.is_current(w) && w.retired.is_none());
         let (count, unacked) =
             current.fold((0, 0), |(c, u), w| (c + 1, u + usize::from(!w.acked())));
-        if count >= self.target {
+        let wanted = match self.upgrade.as_ref().and_then(|up| up.canary.as_ref()) {
+            Some(canary) => canary.plan.workers.min(self.target),
+            None => self.target,
+        };
+        if count >= wanted {
             return false;
         }
         let max_unacked = match &self.upgrade {
@@ -1298,6 +1519,7 @@ impl Machine {
             retired: None,
             killed: false,
             last_ping: None,
+            responses: [0; 5],
         });
         self.last_spawn = Some(now);
         self.actions.push(Action::Spawn { id, index });
@@ -1415,6 +1637,28 @@ impl Machine {
             consecutive_failures: self.failures,
             respawn_backoff_seconds: (self.failures > 0)
                 .then(|| self.spawn_interval().as_secs_f64()),
+            canary: self
+                .upgrade
+                .as_ref()
+                .and_then(|up| up.canary.as_ref())
+                .map(|c| match c.soaking {
+                    None => format!("starting {}", c.plan.workers),
+                    Some((since, _)) => format!(
+                        "soaking ({:.1} s left)",
+                        (since + c.plan.soak)
+                            .saturating_duration_since(now)
+                            .as_secs_f64()
+                    ),
+                }),
+            last_rollback: self
+                .last_rollback
+                .as_ref()
+                .map(|why| format!("rolled back: {}", crate::render::rollback_text(why))),
+            generations: self
+                .generations
+                .iter()
+                .map(|(&version, &responses)| crate::state::GenerationState { version, responses })
+                .collect(),
             listeners: self.config.listeners.clone(),
             workers: self
                 .workers

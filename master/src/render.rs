@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::command::{COMMANDS, CommandError, DecodeError, signal_name};
-use crate::machine::{CountChange, ExitNote, Message, Response, Sent};
+use crate::machine::{CountChange, ExitNote, Message, Response, Rollback, Sent};
 use crate::state::{ConfigState, MasterState};
 use crate::wire::Reply;
 
@@ -155,6 +155,20 @@ pub fn text(message: &Message) -> String {
         Message::TooManyCurrent { count } => {
             format!("Have too many workers at the current version, so killing off {count} of them.")
         }
+        Message::CanaryStarting { workers, soak } => format!(
+            "Canary: {workers} new workers first, serving beside every old one; then a soak of {}s",
+            soak.as_secs_f64()
+        ),
+        Message::CanarySoaking { workers, soak } => format!(
+            "Canary: all {workers} new workers ACKed; soaking {}s beside the old ones",
+            soak.as_secs_f64()
+        ),
+        Message::CanaryPassed { new, old } => format!(
+            "Canary passed: new workers {} 5xx of {} responses, old workers {} of {}; upgrading the rest",
+            new.1, new.0, old.1, old.0
+        ),
+        Message::RolledBack { why } => format!("rolled back: {}", rollback_text(why)),
+        Message::StatsFromUnknown { pid } => format!("worker:stats from unknown pid {pid}"),
         Message::Sent(sent) => sent_text(sent),
         Message::Upgraded { version } => format!("Upgraded successfully to version {version}."),
         Message::UpgradeDone => "Upgrade done".to_string(),
@@ -208,6 +222,42 @@ pub fn text(message: &Message) -> String {
             "worker {pid} is still alive {}s after {}; sending KILL",
             after.as_secs_f64(),
             signal_name(*signal)
+        ),
+    }
+}
+
+/// Why a canary upgrade was rolled back, in words.
+///
+/// ```
+/// use einhorn_master::machine::Rollback;
+/// use einhorn_master::render::rollback_text;
+///
+/// let why = Rollback::ServerErrors { new: (100, 20), old: (400, 0) };
+/// assert_eq!(
+///     rollback_text(&why),
+///     "new workers answered 20 5xx of 100 responses (20.0%), old workers 0 of 400 (0.0%) during the soak"
+/// );
+/// ```
+pub fn rollback_text(why: &Rollback) -> String {
+    let percent = |(total, errors): (u64, u64)| {
+        if total == 0 {
+            0.0
+        } else {
+            100.0 * errors as f64 / total as f64
+        }
+    };
+    match why {
+        Rollback::Exited { pid, status } => {
+            format!("new worker {pid} exited ({status}) during the canary")
+        }
+        Rollback::ServerErrors { new, old } => format!(
+            "new workers answered {} 5xx of {} responses ({:.1}%), old workers {} of {} ({:.1}%) during the soak",
+            new.1,
+            new.0,
+            percent(*new),
+            old.1,
+            old.0,
+            percent(*old)
         ),
     }
 }

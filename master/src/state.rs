@@ -58,10 +58,30 @@ pub struct MasterState {
     /// The wait between spawns while failed starts back them off (`None`: no backoff).
     #[serde(default)]
     pub respawn_backoff_seconds: Option<f64>,
+    /// During a canary upgrade: `starting N` until the N canaries have ACKed, then
+    /// `soaking (S s left)`.
+    #[serde(default)]
+    pub canary: Option<String>,
+    /// Why the last canary upgrade was rolled back (`rolled back: ...`), if one was.
+    #[serde(default)]
+    pub last_rollback: Option<String>,
+    /// Responses by status class (`1xx` ... `5xx`) of each version, as its workers reported
+    /// them (`worker:stats`), workers that exited included.
+    #[serde(default)]
+    pub generations: Vec<GenerationState>,
     /// The listening sockets, with their real addresses.
     pub listeners: Vec<ListenerInfo>,
     /// Every worker the master has not yet reaped.
     pub workers: Vec<WorkerState>,
+}
+
+/// One version's responses, in [`MasterState`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationState {
+    /// The version.
+    pub version: u64,
+    /// Its responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [u64; 5],
 }
 
 /// One worker in [`MasterState`].

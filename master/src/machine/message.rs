@@ -104,6 +104,25 @@ pub enum ExitNote {
     Retired,
 }
 
+/// Why a canary upgrade was rolled back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Rollback {
+    /// A new worker exited without having been told to.
+    Exited {
+        /// Its pid.
+        pid: Pid,
+        /// How it ended.
+        status: String,
+    },
+    /// The new workers answered too many 5xx, compared with the old ones.
+    ServerErrors {
+        /// The new workers' responses and 5xx among them.
+        new: (u64, u64),
+        /// The old workers' responses and 5xx since the soak began.
+        old: (u64, u64),
+    },
+}
+
 /// Which command changed the target number of workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CountChange {
@@ -267,6 +286,32 @@ pub enum Message {
     },
     /// A stop signal was sent to workers.
     Sent(Sent),
+    /// A canary upgrade starts its new workers beside every old one.
+    CanaryStarting {
+        /// How many.
+        workers: usize,
+        /// The soak that follows their ACKs.
+        soak: Duration,
+    },
+    /// Every canary has ACKed: the soak begins.
+    CanarySoaking {
+        /// How many canaries.
+        workers: usize,
+        /// How long.
+        soak: Duration,
+    },
+    /// The soak passed: the upgrade goes on.
+    CanaryPassed {
+        /// The canaries' responses and 5xx among them.
+        new: (u64, u64),
+        /// The old workers' responses and 5xx during the soak.
+        old: (u64, u64),
+    },
+    /// The new version was rolled back: its workers stopped, the old ones serve on.
+    RolledBack {
+        /// Why.
+        why: Rollback,
+    },
     /// An upgrade reached its target.
     Upgraded {
         /// The new version.
@@ -336,6 +381,11 @@ pub enum Message {
         pid: Pid,
         /// Its index.
         index: usize,
+    },
+    /// A `worker:stats` naming no known worker.
+    StatsFromUnknown {
+        /// The pid it named.
+        pid: i64,
     },
     /// A `worker:ping` naming no known worker.
     PingFromUnknown {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use super::{ConnId, Machine, MachineConfig, Phase, Reexec, SpawnId, Subscriber, Upgrade, Worker};
+use super::{
+    Canary, CanaryPlan, ConnId, Machine, MachineConfig, Phase, Reexec, Rollback, SpawnId,
+    Subscriber, Upgrade, UpgradeOrder, Worker,
+};
 use crate::command::{parse_signal, signal_name};
 use crate::state::Pid;
 use crate::wire::RequestId;
@@ -50,6 +53,12 @@ pub struct MachineSnapshot {
     pub upgrade: Option<UpgradeSnapshot>,
     /// What the re-exec that took this snapshot is for.
     pub reexec: Option<ReexecSnapshot>,
+    /// Responses by status class of each version, as workers reported them.
+    #[serde(default)]
+    pub generations: Vec<(u64, [u64; 5])>,
+    /// Why the last canary upgrade was rolled back.
+    #[serde(default)]
+    pub last_rollback: Option<Rollback>,
 }
 
 /// One worker.
@@ -73,6 +82,20 @@ pub struct WorkerSnapshot {
     pub killed: bool,
     /// Seconds since its last `worker:ping`.
     pub last_ping_ago: Option<f64>,
+    /// Its responses by status class, as it last reported them.
+    #[serde(default)]
+    pub responses: [u64; 5],
+}
+
+/// A canary upgrade's plan and progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanarySnapshot {
+    /// Canary workers.
+    pub workers: usize,
+    /// The soak, in seconds.
+    pub soak: f64,
+    /// Seconds since the soak began, and the old generation's counts then.
+    pub soaking: Option<(f64, [u64; 5])>,
 }
 
 /// A command-socket client waiting for replies.
@@ -95,6 +118,9 @@ pub struct UpgradeSnapshot {
     pub progress_ago: f64,
     /// Who waits for `Upgrade done`.
     pub subscribers: Vec<SubscriberSnapshot>,
+    /// Its canary, until passed.
+    #[serde(default)]
+    pub canary: Option<CanarySnapshot>,
 }
 
 /// What a re-exec is for.
@@ -102,6 +128,9 @@ pub struct UpgradeSnapshot {
 pub struct ReexecSnapshot {
     /// Upgrade the workers afterwards: `Some(fleet)`.
     pub upgrade: Option<bool>,
+    /// That upgrade's canary: workers, and soak in seconds.
+    #[serde(default)]
+    pub canary: Option<(usize, f64)>,
     /// Who asked for that upgrade.
     pub upgraders: Vec<SubscriberSnapshot>,
     /// Who asked for a reload alone.
@@ -141,9 +170,12 @@ fn ago(now: Instant, at: Instant) -> f64 {
     now.saturating_duration_since(at).as_secs_f64()
 }
 
+fn seconds(what: &'static str, value: f64) -> Result<Duration, SnapshotError> {
+    Duration::try_from_secs_f64(value).map_err(|_| SnapshotError::Age { what, value })
+}
+
 fn at(now: Instant, what: &'static str, ago: f64) -> Result<Instant, SnapshotError> {
-    let age =
-        Duration::try_from_secs_f64(ago).map_err(|_| SnapshotError::Age { what, value: ago })?;
+    let age = seconds(what, ago)?;
     // Monotonic time starts at boot: an age beyond it is clamped, not an error.
     Ok(now.checked_sub(age).unwrap_or(now))
 }
@@ -205,6 +237,7 @@ impl Machine {
                             .map(|(s, t)| (signal_name(s).to_string(), ago(now, t))),
                         killed: w.killed,
                         last_ping_ago: w.last_ping.map(|t| ago(now, t)),
+                        responses: w.responses,
                     })
                 })
                 .collect(),
@@ -213,12 +246,23 @@ impl Machine {
                 base: up.base,
                 progress_ago: ago(now, up.progress_at),
                 subscribers: up.subscribers.iter().map(subscriber).collect(),
+                canary: up.canary.as_ref().map(|c| CanarySnapshot {
+                    workers: c.plan.workers,
+                    soak: c.plan.soak.as_secs_f64(),
+                    soaking: c.soaking.map(|(at, old)| (ago(now, at), old)),
+                }),
             }),
             reexec: self.reexec.as_ref().map(|r| ReexecSnapshot {
-                upgrade: r.upgrade,
+                upgrade: r.upgrade.map(|o| o.fleet),
+                canary: r
+                    .upgrade
+                    .and_then(|o| o.canary)
+                    .map(|c| (c.workers, c.soak.as_secs_f64())),
                 upgraders: r.upgraders.iter().map(subscriber).collect(),
                 reloaders: r.reloaders.iter().map(subscriber).collect(),
             }),
+            generations: self.generations.iter().map(|(&v, &c)| (v, c)).collect(),
+            last_rollback: self.last_rollback.clone(),
         }
     }
 
@@ -264,6 +308,7 @@ impl Machine {
                 retired,
                 killed: w.killed,
                 last_ping: w.last_ping_ago.map(|a| at(now, "ping", a)).transpose()?,
+                responses: w.responses,
             });
         }
         let target = if config.workers == snapshot.configured_workers {
@@ -274,6 +319,19 @@ impl Machine {
         let upgrade = match &snapshot.upgrade {
             Some(up) => Some(Upgrade {
                 fleet: up.fleet,
+                canary: match &up.canary {
+                    Some(c) => Some(Canary {
+                        plan: CanaryPlan {
+                            workers: c.workers,
+                            soak: seconds("canary soak", c.soak)?,
+                        },
+                        soaking: match c.soaking {
+                            Some((ago, old)) => Some((at(now, "soak", ago)?, old)),
+                            None => None,
+                        },
+                    }),
+                    None => None,
+                },
                 base: up.base,
                 progress_at: at(now, "upgrade progress", up.progress_ago)?,
                 subscribers: subscribers(&up.subscribers),
@@ -299,11 +357,28 @@ impl Machine {
         machine.set_verbosity(snapshot.verbosity);
         machine.warned_ack_mode = snapshot.warned_ack_mode;
         machine.upgrade = upgrade;
-        machine.reexec = snapshot.reexec.as_ref().map(|r| Reexec {
-            upgrade: r.upgrade,
-            upgraders: subscribers(&r.upgraders),
-            reloaders: subscribers(&r.reloaders),
-        });
+        machine.reexec = match &snapshot.reexec {
+            Some(r) => Some(Reexec {
+                upgrade: match r.upgrade {
+                    Some(fleet) => Some(UpgradeOrder {
+                        fleet,
+                        canary: match r.canary {
+                            Some((workers, soak)) => Some(CanaryPlan {
+                                workers,
+                                soak: seconds("canary soak", soak)?,
+                            }),
+                            None => None,
+                        },
+                    }),
+                    None => None,
+                },
+                upgraders: subscribers(&r.upgraders),
+                reloaders: subscribers(&r.reloaders),
+            }),
+            None => None,
+        };
+        machine.generations = snapshot.generations.iter().copied().collect();
+        machine.last_rollback = snapshot.last_rollback.clone();
         machine.started = true;
         machine.phase = Phase::Running;
         Ok(machine)

@@ -72,9 +72,16 @@ impl Sim {
             Event::Request { command, .. } => matches!(command, Command::Die(_)),
             _ => false,
         };
+        let rollbacks = self.m.snapshot(self.now).last_rollback;
         let out = self.feed_unchecked(event.clone());
+        // A rollback stops serving canaries by design, as long as others serve.
+        let rolled_back = self.m.snapshot(self.now).last_rollback != rollbacks;
         if !stops && !self.m.is_stopping() {
-            let floor = serving_before.len().min(self.m.target());
+            let floor = if rolled_back {
+                serving_before.len().min(1)
+            } else {
+                serving_before.len().min(self.m.target())
+            };
             let after = self.serving();
             assert!(
                 after.len() >= floor,
@@ -358,7 +365,13 @@ fn worker_ping_closes_and_is_recorded() {
 #[test]
 fn smooth_upgrade_retires_one_old_worker_per_new_ack() {
     let (mut sim, old) = Sim::started(4);
-    let actions = sim.command(1, Command::Upgrade { fleet: false });
+    let actions = sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     let first = replies(&actions, 1);
     assert_eq!(first[0].message, "Upgrading smoothly, as commanded");
     assert!(
@@ -425,7 +438,13 @@ fn smooth_upgrade_retires_one_old_worker_per_new_ack() {
 #[test]
 fn upgrade_done_comes_after_every_old_worker_is_signaled() {
     let (mut sim, old) = Sim::started(2);
-    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     let new = sim.pids(1)[0];
     sim.ack(new);
     let new = sim.pids(1)[1];
@@ -455,7 +474,13 @@ fn spacing_is_a_minimum_between_spawns() {
         sim.ack(pid);
     }
     sim.advance(secs(10.0));
-    let actions = sim.command(1, Command::Upgrade { fleet: false });
+    let actions = sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     assert_eq!(spawns(&actions), 1, "the last spawn was long ago");
     sim.advance(secs(0.5));
     let actions = sim.ack(sim.pids(1)[0]);
@@ -468,7 +493,13 @@ fn spacing_is_a_minimum_between_spawns() {
 #[test]
 fn fleet_upgrade_spawns_all_and_retires_old_ones_when_all_acked() {
     let (mut sim, old) = Sim::started(3);
-    let actions = sim.command(1, Command::Upgrade { fleet: true });
+    let actions = sim.command(
+        1,
+        Command::Upgrade {
+            fleet: true,
+            canary: None,
+        },
+    );
     assert_eq!(
         replies(&actions, 1)[0].message,
         "Upgrading fleet, as commanded"
@@ -501,7 +532,13 @@ fn overlapping_upgrades_stop_the_superseded_unacked_workers_never_the_serving_on
     // worker, which is stopped; the old workers keep serving throughout.
     let mut superseded = Vec::new();
     for conn in 1..=3 {
-        let actions = sim.command(conn, Command::Upgrade { fleet: false });
+        let actions = sim.command(
+            conn,
+            Command::Upgrade {
+                fleet: false,
+                canary: None,
+            },
+        );
         superseded.extend(signals(&actions).into_iter().map(|(pid, _)| pid));
         assert!(old.iter().all(|p| sim.serving().contains(p)), "{conn}");
         assert_eq!(sim.pids(conn as u64).len(), 1, "one new worker at a time");
@@ -536,11 +573,23 @@ fn overlapping_upgrades_stop_the_superseded_unacked_workers_never_the_serving_on
 #[test]
 fn upgrade_during_upgrade_starts_over_and_answers_both() {
     let (mut sim, old) = Sim::started(2);
-    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     let first_new = sim.pids(1)[0];
     sim.ack(first_new);
     assert_eq!(sim.retired().len(), 1);
-    let actions = sim.command(2, Command::Upgrade { fleet: false });
+    let actions = sim.command(
+        2,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     assert!(
         replies(&actions, 1)
             .iter()
@@ -577,7 +626,13 @@ fn upgrade_during_upgrade_starts_over_and_answers_both() {
 #[test]
 fn an_upgrade_whose_workers_never_ack_fails_and_leaves_old_workers_serving() {
     let (mut sim, old) = Sim::started(2);
-    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     let new = sim.pids(1)[0];
     let actions = sim.advance(secs(59.0));
     assert!(actions.is_empty());
@@ -624,7 +679,13 @@ fn an_upgrade_whose_workers_never_ack_fails_and_leaves_old_workers_serving() {
     assert_eq!(sim.pids(1).len(), 1);
     let fresh = sim.pids(1)[0];
     sim.ack(fresh);
-    sim.command(3, Command::Upgrade { fleet: true });
+    sim.command(
+        3,
+        Command::Upgrade {
+            fleet: true,
+            canary: None,
+        },
+    );
     assert_eq!(sim.m.base_version(), 2);
     for pid in sim.pids(2) {
         sim.ack(pid);
@@ -639,7 +700,13 @@ fn an_upgrade_whose_workers_never_ack_fails_and_leaves_old_workers_serving() {
 #[test]
 fn each_new_ack_restarts_the_upgrade_timeout() {
     let (mut sim, old) = Sim::started(2);
-    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     sim.advance(secs(50.0));
     let first = sim.pids(1)[0];
     sim.ack(first);
@@ -670,7 +737,13 @@ fn new_workers_crashing_before_ack_are_respawned_with_backoff_during_upgrade() {
     });
     let old = sim.start();
     sim.ack(old[0]);
-    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     let mut delays = Vec::new();
     for _ in 0..12 {
         let pid = sim.pids(1)[0];
@@ -856,7 +929,13 @@ fn signal_timeout_escalates_to_kill_once() {
     });
     let old = sim.start()[0];
     sim.ack(old);
-    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     let actions = sim.ack(sim.pids(1)[0]);
     assert_eq!(signals(&actions), vec![(old, Signal::SIGUSR2)]);
     assert!(signals(&sim.advance(secs(2.9))).is_empty());
@@ -917,7 +996,13 @@ fn a_second_stop_reaches_draining_workers_and_keeps_the_first_kill_deadline() {
     for &pid in &old {
         sim.ack(pid);
     }
-    sim.command(1, Command::Upgrade { fleet: true });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: true,
+            canary: None,
+        },
+    );
     let new = sim.pids(1);
     for &pid in &new {
         sim.ack(pid);
@@ -979,12 +1064,24 @@ fn stopping_with_no_workers_exits_at_once() {
 #[test]
 fn stopping_aborts_an_upgrade_and_refuses_new_ones() {
     let (mut sim, _) = Sim::started(2);
-    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     let actions = sim.feed(Event::Signal(MasterSignal::Usr2));
     let last = replies(&actions, 1);
     assert!(last.last().unwrap().error);
     assert_eq!(signals(&actions).len(), 3, "two old and one new worker");
-    let actions = sim.command(2, Command::Upgrade { fleet: false });
+    let actions = sim.command(
+        2,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     let reply = &replies(&actions, 2)[0];
     assert!(reply.error && reply.message.contains("stopping"));
     assert_eq!(spawns(&actions), 0);
@@ -1160,7 +1257,13 @@ fn an_upgrade_re_execs_the_master_first_then_upgrades_in_the_new_one() {
     for &pid in &old {
         sim.ack(pid);
     }
-    let actions = sim.command(1, Command::Upgrade { fleet: false });
+    let actions = sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     assert!(actions.contains(&Action::Reexec), "{actions:?}");
     assert_eq!(spawns(&actions), 0, "no worker before the new master runs");
     assert!(sim.m.is_upgrading() && !sim.m.upgrade_running());
@@ -1169,7 +1272,13 @@ fn an_upgrade_re_execs_the_master_first_then_upgrades_in_the_new_one() {
         "Upgrading smoothly, as commanded"
     );
     // A second upgrade and a reload meanwhile join the same re-exec.
-    let again = sim.command(2, Command::Upgrade { fleet: true });
+    let again = sim.command(
+        2,
+        Command::Upgrade {
+            fleet: true,
+            canary: None,
+        },
+    );
     let reload = sim.command(3, Command::Reload);
     assert!(!again.contains(&Action::Reexec) && !reload.contains(&Action::Reexec));
     let actions = sim.reexec(reexec_config(2));
@@ -1201,7 +1310,13 @@ fn an_upgrade_re_execs_the_master_first_then_upgrades_in_the_new_one() {
 fn a_failed_re_exec_answers_every_requester_and_changes_nothing() {
     let (mut sim, old) = Sim::started(2);
     sim.m = Machine::resume(reexec_config(2), &sim.m.snapshot(sim.now), sim.now).unwrap();
-    sim.command(1, Command::Upgrade { fleet: false });
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     sim.command(2, Command::Reload);
     let actions = sim.feed(Event::ReexecFailed {
         reason: "its check exited with exit status 1".into(),
@@ -1246,7 +1361,13 @@ fn without_re_exec_reload_is_refused_and_upgrade_upgrades_the_workers() {
         reply.error && reply.message.contains("cannot re-exec"),
         "{reply:?}"
     );
-    let actions = sim.command(2, Command::Upgrade { fleet: false });
+    let actions = sim.command(
+        2,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     assert_eq!(spawns(&actions), 1);
 }
 
@@ -1303,7 +1424,13 @@ fn max_unacked_starts_that_many_new_workers_and_max_additional_caps_them() {
         sim.now,
     )
     .unwrap();
-    let actions = sim.command(1, Command::Upgrade { fleet: false });
+    let actions = sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     assert_eq!(spawns(&actions), 3);
     let first = sim.pids(1)[0];
     assert_eq!(spawns(&sim.ack(first)), 1, "one more per ACK");
@@ -1322,8 +1449,153 @@ fn max_unacked_starts_that_many_new_workers_and_max_additional_caps_them() {
     for pid in capped.start() {
         capped.ack(pid);
     }
-    let actions = capped.command(1, Command::Upgrade { fleet: false });
+    let actions = capped.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
     assert_eq!(spawns(&actions), 2, "8 + 2 workers at most");
+}
+
+// ----- canary upgrades -----
+
+fn canary(workers: usize, soak: f64) -> Option<CanaryPlan> {
+    Some(CanaryPlan {
+        workers,
+        soak: secs(soak),
+    })
+}
+
+fn stats(sim: &mut Sim, pid: Pid, responses: [u64; 5]) -> Vec<Action> {
+    sim.feed(Event::Request {
+        conn: ConnId(pid as u64 + 20_000),
+        id: None,
+        command: Command::WorkerStats {
+            pid: pid.into(),
+            responses,
+        },
+    })
+}
+
+#[test]
+fn a_canary_serves_beside_every_old_worker_then_the_upgrade_goes_on_after_the_soak() {
+    let (mut sim, old) = Sim::started(3);
+    let actions = sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: canary(1, 10.0),
+        },
+    );
+    assert_eq!(spawns(&actions), 1);
+    let canary_pid = sim.pids(1)[0];
+    sim.ack(canary_pid);
+    assert!(
+        sim.retired().is_empty(),
+        "no old worker retired during the canary"
+    );
+    assert_eq!(sim.pids(1).len(), 1, "only the canary runs");
+    // Traffic: the canary as good as the old workers.
+    stats(&mut sim, canary_pid, [0, 50, 0, 0, 0]);
+    stats(&mut sim, old[0], [0, 100, 0, 0, 1]);
+    sim.advance(secs(9.9));
+    assert!(sim.retired().is_empty());
+    let actions = sim.advance(secs(0.2));
+    assert!(
+        replies(&actions, 1)
+            .iter()
+            .any(|r| r.message.starts_with("Canary passed")),
+        "{actions:?}"
+    );
+    for _ in 0..2 {
+        let unacked = sim.m.workers().find(|w| w.version == 1 && !w.acked);
+        sim.ack(
+            unacked
+                .and_then(|w| w.pid)
+                .expect("the rest of the new workers"),
+        );
+    }
+    assert_eq!(
+        replies(&sim.actions, 1).last().unwrap().message,
+        "Upgrade done"
+    );
+    assert!(old.iter().all(|p| sim.retired().contains(p)));
+}
+
+#[test]
+fn a_canary_that_exits_is_rolled_back_and_the_old_workers_serve_on() {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: canary(1, 30.0),
+        },
+    );
+    let canary_pid = sim.pids(1)[0];
+    sim.ack(canary_pid);
+    sim.advance(secs(2.0));
+    let actions = sim.exit(canary_pid);
+    let last = replies(&actions, 1);
+    let last = last.last().unwrap();
+    assert!(last.error && !last.wait, "{last:?}");
+    assert!(
+        last.message
+            .starts_with(&format!("rolled back: new worker {canary_pid} exited")),
+        "{}",
+        last.message
+    );
+    assert!(!sim.m.is_upgrading());
+    assert_eq!(sim.serving(), old.iter().copied().collect());
+    assert!(
+        sim.retired().is_empty(),
+        "the old workers were never signaled"
+    );
+    assert_eq!(sim.m.base_version(), 0);
+    assert_eq!(spawns(&sim.advance(secs(60.0))), 0, "nothing more to do");
+}
+
+#[test]
+fn a_canary_answering_too_many_5xx_is_rolled_back_within_the_soak() {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: canary(1, 30.0),
+        },
+    );
+    let canary_pid = sim.pids(1)[0];
+    sim.ack(canary_pid);
+    stats(&mut sim, old[0], [0, 200, 0, 0, 0]);
+    // 3 of 10: too few responses to judge.
+    stats(&mut sim, canary_pid, [0, 7, 0, 0, 3]);
+    assert!(sim.m.is_upgrading());
+    // 4 of 20 (20%) against 0 of 0 since the soak began: rolled back.
+    let actions = stats(&mut sim, canary_pid, [0, 16, 0, 0, 4]);
+    let signaled = signals(&actions);
+    assert_eq!(signaled, vec![(canary_pid, Signal::SIGUSR2)]);
+    let last = replies(&actions, 1);
+    assert!(
+        last.last()
+            .unwrap()
+            .message
+            .contains("4 5xx of 20 responses (20.0%)"),
+        "{last:?}"
+    );
+    let state = sim.command(2, Command::State);
+    let state: crate::state::MasterState =
+        serde_norway::from_str(&replies(&state, 2)[0].message).unwrap();
+    assert!(
+        state
+            .last_rollback
+            .as_deref()
+            .is_some_and(|r| r.contains("5xx")),
+        "{state:?}"
+    );
+    assert_eq!(state.serving_pids().len(), 2);
 }
 
 // ----- random sequences -----
@@ -1399,12 +1671,23 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
                 }
                 3 => {
                     conn += 1;
+                    let canary = (rng.below(3) == 0).then(|| CanaryPlan {
+                        workers: 1 + rng.below(2) as usize,
+                        soak: secs(rng.below(4) as f64),
+                    });
                     sim.command(
                         conn,
                         Command::Upgrade {
                             fleet: rng.below(3) == 0,
+                            canary,
                         },
                     );
+                }
+                9 if !live.is_empty() => {
+                    let pid = live[rng.below(live.len() as u64) as usize];
+                    let ok = 1 + rng.below(50);
+                    let errors = rng.below(6) * rng.below(2);
+                    stats(&mut sim, pid, [0, ok * 10, 0, 0, errors * 10]);
                 }
                 4 => {
                     conn += 1;
