@@ -498,13 +498,13 @@ mod tests {
             Command::WorkerPing { pid: Some(1) },
         ];
         for command in commands {
-            let arg = if command.name() == "set_workers" {
-                "2"
-            } else {
-                "USR2"
+            let args = match command.name() {
+                "set_workers" => r#"["2"]"#,
+                "upgrade" | "upgrade_fleet" => r#"["--canary","1","--soak","5"]"#,
+                _ => r#"["USR2"]"#,
             };
             let line = format!(
-                r#"{{"command":"{}","args":["{arg}"],"pid":1}}"#,
+                r#"{{"command":"{}","args":{args},"pid":1}}"#,
                 command.name()
             );
             let parsed = cmd(&line).unwrap();
