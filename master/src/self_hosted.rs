@@ -83,6 +83,7 @@ pub struct SelfHosted {
     upgrade_timeout: Option<Duration>,
     signal_timeout: Option<Duration>,
     kill_children_on_exit: bool,
+    canary: Option<crate::command::CanaryPlan>,
     stderr_tail: usize,
     program: Option<PathBuf>,
 }
@@ -159,6 +160,7 @@ impl SelfHosted {
             upgrade_timeout: None,
             signal_timeout: None,
             kill_children_on_exit: true,
+            canary: None,
             stderr_tail: DEFAULT_STDERR_TAIL,
             program: None,
         }
@@ -236,6 +238,23 @@ impl SelfHosted {
     /// ```
     pub fn kill_children_on_exit(mut self, kill: bool) -> SelfHosted {
         self.kill_children_on_exit = kill;
+        self
+    }
+
+    /// Canary upgrades on SIGHUP: `workers` new workers start first and serve beside every
+    /// old one for `soak` once they have ACKed; if one exits, or their share of 5xx
+    /// responses exceeds the old workers' (by 5 points, over at least 20 responses), they are
+    /// stopped and the old workers serve on (`rolled back: ...` in the log and in systemd's
+    /// `STATUS=`); else the upgrade goes on. Workers on graceful-listener's HTTP adapters
+    /// report their responses to the master by themselves.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let master = einhorn_master::self_hosted::SelfHosted::new().canary(1, Duration::from_secs(30));
+    /// # let _ = master;
+    /// ```
+    pub fn canary(mut self, workers: usize, soak: Duration) -> SelfHosted {
+        self.canary = Some(crate::command::CanaryPlan { workers, soak });
         self
     }
 
@@ -370,6 +389,10 @@ impl SelfHosted {
         }
         args.signal_timeout = self.signal_timeout;
         args.kill_children_on_exit = self.kill_children_on_exit;
+        if let Some(plan) = self.canary {
+            args.canary = Some(u32::try_from(plan.workers.max(1)).unwrap_or(u32::MAX));
+            args.soak = plan.soak;
+        }
         args.stderr_tail = self.stderr_tail;
         args.command = std::iter::once(program.into_os_string())
             .chain(argv)
