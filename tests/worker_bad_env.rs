@@ -50,6 +50,7 @@ for_each_worker!(
     a_server_starter_key_that_is_not_there,
     a_port_above_65535,
     an_override_that_is_not_a_spec,
+    an_override_keeps_the_parsers_reason,
 );
 
 /// Runs `worker` under `master` with `args`, variables set and removed; returns what it
@@ -394,6 +395,19 @@ fn an_override_that_is_not_a_spec(worker: &str) {
     );
     assert_says(
         &out,
-        "cannot resolve auto: GRACEFUL_LISTENER_BIND=\"einhorn@x\" is not a bind spec other than auto",
+        "cannot resolve auto: GRACEFUL_LISTENER_BIND=\"einhorn@x\" is not a bind spec: \"x\" is not a listener index",
+    );
+}
+
+fn an_override_keeps_the_parsers_reason(worker: &str) {
+    let out = fails_alone(
+        worker,
+        &[],
+        &[("GRACEFUL_LISTENER_BIND", "127.0.0.1:99999")],
+        false,
+    );
+    assert_says(
+        &out,
+        "cannot resolve auto: GRACEFUL_LISTENER_BIND=\"127.0.0.1:99999\" is not a bind spec: port 99999 is above 65535",
     );
 }

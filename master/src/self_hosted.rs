@@ -86,7 +86,7 @@ impl Default for SelfHosted {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SelfHostedError {
-    /// A bind spec is not `HOST:PORT[,r][,n]`.
+    /// A bind spec is not `HOST:PORT[,r][,n]` (or `:PORT`, `[V6]:PORT`).
     #[error(transparent)]
     Bind(#[from] BindSpecError),
     /// No bind spec was given: workers would have nothing to serve.
@@ -150,7 +150,8 @@ impl SelfHosted {
     }
 
     /// Adds a listener: `HOST:PORT` with Einhorn's options (`,r` SO_REUSEADDR, `,n`
-    /// O_NONBLOCK), `[::1]:PORT` for IPv6, port 0 for any free port (the master logs
+    /// O_NONBLOCK), `[::1]:PORT` for IPv6, `:PORT` for every IPv4 interface (as a worker's
+    /// own `.bind(":PORT")` means), port 0 for any free port (the master logs
     /// `listening on ADDR (einhorn@INDEX, fd FD)`). Workers take them as `einhorn@0`,
     /// `einhorn@1`, ... in this order. Checked by [`start`](Self::start).
     ///
@@ -373,6 +374,15 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, SelfHostedError::Program { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/app"), "{err}");
+    }
+
+    #[test]
+    fn a_port_alone_binds_as_a_workers_bind_does() {
+        let args = SelfHosted::new()
+            .bind(":18089")
+            .master_args(["/bin/sh"])
+            .unwrap();
+        assert_eq!(args.bind[0].to_string(), "0.0.0.0:18089");
     }
 
     #[test]
