@@ -41,11 +41,13 @@ fn choose(env: &Environment) -> Result<(Bind, String), EnvError> {
 
 fn choose_noting(env: &Environment, skipped: &mut Vec<String>) -> Result<(Bind, String), EnvError> {
     if let Some(spec) = env.get(BIND) {
-        let bind: Bind = spec.parse().map_err(|e: ParseBindError| EnvError::InvalidSpec {
-            var: BIND.to_owned(),
-            value: spec.to_owned(),
-            reason: e.reason().to_owned(),
-        })?;
+        let bind: Bind = spec
+            .parse()
+            .map_err(|e: ParseBindError| EnvError::InvalidSpec {
+                var: BIND.to_owned(),
+                value: spec.to_owned(),
+                reason: e.reason().to_owned(),
+            })?;
         if bind == Bind::Auto {
             return Err(EnvError::Invalid {
                 var: BIND.to_owned(),
