@@ -3,7 +3,8 @@
 //! never panics; for a custom server on the core, and for actix-web, which drives the
 //! core's pieces itself.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
@@ -51,6 +52,7 @@ for_each_worker!(
     a_port_above_65535,
     an_override_that_is_not_a_spec,
     an_override_keeps_the_parsers_reason,
+    listen_fds_that_counts_a_socket_that_is_not_there,
 );
 
 /// Runs `worker` under `master` with `args`, variables set and removed; returns what it
@@ -409,5 +411,60 @@ fn an_override_keeps_the_parsers_reason(worker: &str) {
     assert_says(
         &out,
         "cannot resolve auto: GRACEFUL_LISTENER_BIND=\"127.0.0.1:99999\" is not a bind spec: port 99999 is above 65535",
+    );
+}
+
+fn listen_fds_that_counts_a_socket_that_is_not_there(worker: &str) {
+    // A real listening socket at fd 3, as systemd passes it, and nothing at fd 4, though
+    // LISTEN_FDS says 2: the worker would serve on fd 3 and never notice.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=2 exec \"$0\" \"$@\"")
+        .arg(example(worker));
+    // SAFETY: only dup2, fcntl and close, which are async-signal-safe, run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 leaves the new fd inheritable; at 3 already, it is made so by hand.
+            let at_3 = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if at_3 == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(4);
+            Ok(())
+        });
+    }
+    // Nothing but systemd's variables: auto takes systemd@0.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("EINHORN_")
+            || key.starts_with("LISTEN_")
+            || ["PORT", "SERVER_STARTER_PORT", "GRACEFUL_LISTENER_BIND"].contains(&key.as_str())
+        {
+            cmd.env_remove(key);
+        }
+    }
+    let mut process = Proc::spawn(cmd).unwrap();
+    let status = process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the worker exits");
+    let out = process.output();
+    assert_eq!(status.code(), Some(1), "exit status 1 on bad input\n{out}");
+    // Either fd 4 is still free, or (most often) the worker's runtime has opened an fd of
+    // its own there, at the lowest free number: close-on-exec, so not one passed.
+    let missing = "cannot take systemd@0: LISTEN_FDS=2 passes fds 3 to 4, but fd 4 (systemd@1)";
+    assert!(
+        [
+            "is not open",
+            "is close-on-exec, so not passed across exec: this process opened it itself",
+        ]
+        .iter()
+        .any(|why| out.contains(&format!("error: {missing} {why}\n"))),
+        "expected {missing:?} in:\n{out}"
     );
 }
