@@ -289,6 +289,8 @@ pub struct Machine {
     upgrade: Option<Upgrade>,
     phase: Phase,
     started: bool,
+    /// A manual ACK in timer mode was warned about: the next ones are logged at debug.
+    warned_ack_ignored: bool,
     actions: Vec<Action>,
     logs: Vec<Log>,
 }
@@ -308,6 +310,7 @@ impl Machine {
             upgrade: None,
             phase: Phase::Running,
             started: false,
+            warned_ack_ignored: false,
             actions: Vec::new(),
             logs: Vec::new(),
         }
@@ -651,7 +654,15 @@ impl Machine {
         };
         if let AckMode::Timer(_) = self.config.ack_mode {
             let ack_mode = self.config.ack_mode;
-            self.log(Level::Info, Message::AckIgnored { pid, ack_mode });
+            // Once: a worker that ACKs means the master forgot `-m manual`; every ACK after
+            // that says nothing new.
+            let level = if self.warned_ack_ignored {
+                Level::Debug
+            } else {
+                Level::Warn
+            };
+            self.warned_ack_ignored = true;
+            self.log(level, Message::AckIgnored { pid, ack_mode });
             return;
         }
         match self.find(Some(pid)) {

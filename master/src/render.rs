@@ -150,7 +150,11 @@ pub fn text(message: &Message) -> String {
         Message::ReapedStranger { pid, status } => format!("reaped {pid}, not a worker ({status})"),
         Message::AckWithoutPid => "invalid worker:ack (no pid)".to_string(),
         Message::AckIgnored { pid, ack_mode } => {
-            format!("received a manual ACK from {pid}, but the ACK mode is {ack_mode}; ignoring it")
+            format!(
+                "received a manual ACK from {pid}, but the ACK mode is {ack_mode}; ignoring it \
+                 (and the next ones): start the master with `-m manual` to wait for each \
+                 worker's ACK"
+            )
         }
         Message::AckFromUnknown { pid } => format!("received an ACK from unknown pid {pid}"),
         Message::AckedAgain { pid } => format!("worker {pid} ACKed again; ignoring it"),
