@@ -350,6 +350,32 @@ fn sigterm_under_load_completes_requests_in_flight_and_exits_0() {
     }
 }
 
+#[test]
+fn a_second_instance_on_the_same_command_socket_is_told_how_to_get_its_own() {
+    let app = App::start(1, |_| {});
+    app.master.wait_serving(1);
+    let mut cmd = Command::new(&app.program);
+    cmd.args(["--bind", "127.0.0.1:0", "--workers", "1", "--socket"])
+        .arg(&app.master.socket);
+    let mut second = Proc::spawn(cmd).expect("start a second instance");
+    let status = second
+        .wait_timeout(WAIT)
+        .expect("the second instance exits");
+    let out = second.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    let taken = format!(
+        "error: self-hosted master: another master is running on {}",
+        app.master.socket.display()
+    );
+    assert!(
+        out.contains(&taken)
+            && out.contains("give it its own command socket with .command_socket(PATH)"),
+        "{out}"
+    );
+    // The first one is untouched.
+    assert_eq!(app.master.state().serving_pids().len(), 1);
+}
+
 fn sorted(mut pids: Vec<i32>) -> Vec<i32> {
     pids.sort_unstable();
     pids

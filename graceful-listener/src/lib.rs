@@ -76,4 +76,6 @@ pub use run::{Run, run};
 pub use server::Server;
 pub use shutdown::{Phase, Shutdown, ShutdownSignal};
 pub use socket::StdListener;
+#[cfg(feature = "rustls")]
+pub use tls::TlsError;
 pub use worker::{Stop, Worker};

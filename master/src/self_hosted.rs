@@ -33,16 +33,17 @@
 //! last failure, `STOPPING=1` at the stop, and `MAINPID=` itself. See [`crate::notify`].
 //!
 //! # Example
+//! With `einhorn-master` a dependency beside the adapter (`einhorn-master = { path =
+//! "../graceful-listener/master" }`); a [`SelfHostedError`] converts into the adapters'
+//! `RunError` with `?`:
 //! ```no_run
 //! use einhorn_master::self_hosted::SelfHosted;
 //!
-//! fn main() {
+//! fn main() -> Result<(), graceful_listener::RunError> {
 //!     // Before any runtime: the master runs its own, and never returns.
-//!     if let Err(e) = SelfHosted::new().bind("127.0.0.1:8080").workers(4).start() {
-//!         eprintln!("error: {e}");
-//!         std::process::exit(1);
-//!     }
+//!     SelfHosted::new().bind("127.0.0.1:8080").workers(4).start()?;
 //!     // A worker: serve on the inherited socket (einhorn@0), e.g. einhorn_axum::run(app, 0).
+//!     Ok(())
 //! }
 //! ```
 
@@ -57,6 +58,7 @@ use crate::bind::{BindSpec, BindSpecError};
 use crate::cli::MasterArgs;
 use crate::driver::{self, MasterError};
 use crate::machine::AckMode;
+use crate::socket::SocketError;
 use crate::spawn::{ProgramError, check_program};
 
 /// Stderr lines kept per worker by default.
@@ -123,9 +125,23 @@ pub enum SelfHostedError {
         "self-hosted master: start() was called from a thread other than the main thread; call it first in main"
     )]
     NotMainThread,
+    /// Another master holds the command socket: most often a second instance of the same
+    /// program, whose default socket (`$TMPDIR/einhorn-NAME.sock`) is the first one's.
+    #[error(
+        "self-hosted master: {0}; to run a second instance beside it, give it its own command socket with .command_socket(PATH)"
+    )]
+    SocketTaken(#[source] SocketError),
     /// The master could not run (bind, command socket, first worker, ...).
     #[error(transparent)]
     Master(#[from] MasterError),
+}
+
+/// Lets a `main` that returns the adapters' `RunError` (the core's
+/// [`graceful_listener::RunError`]) call [`SelfHosted::start`] with `?`.
+impl From<SelfHostedError> for graceful_listener::RunError {
+    fn from(error: SelfHostedError) -> Self {
+        graceful_listener::RunError::Master(Box::new(error))
+    }
 }
 
 impl SelfHosted {
@@ -257,8 +273,13 @@ impl SelfHosted {
         if nix::unistd::gettid() != nix::unistd::getpid() {
             return Err(SelfHostedError::NotMainThread);
         }
-        let code = driver::run(&args)?;
-        std::process::exit(code)
+        match driver::run(&args) {
+            Ok(code) => std::process::exit(code),
+            Err(MasterError::Socket(taken @ SocketError::Locked { .. })) => {
+                Err(SelfHostedError::SocketTaken(taken))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The master's arguments for a program started with `argv`. Pure but for the lookup of
