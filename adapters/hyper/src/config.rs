@@ -286,6 +286,7 @@ impl HttpConfig {
             header_read_timeout: self.header_read_timeout,
             min_rate: self.min_rate,
             idle_grace: self.idle_grace,
+            linger: self.linger,
         }
     }
 }

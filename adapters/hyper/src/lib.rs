@@ -30,6 +30,8 @@
 //! ```
 
 mod config;
+mod h2_calm;
+mod h2_frames;
 mod h2_hold;
 mod io;
 mod make;
