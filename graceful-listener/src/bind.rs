@@ -290,7 +290,7 @@ pub enum BindError {
     /// A socket the manager says it passed is not there: its count is wrong, or something
     /// closed the fd. Serving on the others would hide it until that socket is needed.
     #[error(
-        "cannot take {bind}: {passed} passes fds {first} to {last}, but fd {fd} ({missing}) {why}"
+        "cannot take {bind}: {passed} passes fds {first} to {last}, but fd {fd} (systemd@{index}) {why}"
     )]
     Missing {
         /// The spec being opened.
@@ -301,10 +301,10 @@ pub enum BindError {
         first: RawFd,
         /// The last fd passed.
         last: RawFd,
-        /// The fd that is not open.
+        /// The fd that is not there.
         fd: RawFd,
-        /// The spec that names it, e.g. `systemd@1`.
-        missing: Bind,
+        /// Its index among the sockets passed (`systemd@INDEX`).
+        index: usize,
         /// What is wrong with it: `is not open`, or it is close-on-exec (opened by this
         /// process, so not passed).
         why: &'static str,
@@ -433,7 +433,7 @@ fn every_systemd_socket_passed(bind: &Bind, env: &Environment) -> Result<(), Bin
                 first: fd(0),
                 last: fd(count - 1),
                 fd: fd(index),
-                missing: Bind::Systemd(index),
+                index,
                 why,
             });
         }

@@ -99,10 +99,10 @@ pub enum RunError {
     /// A bind spec given in code or on the command line does not parse.
     #[error(transparent)]
     ParseBind(#[from] ParseBindError),
-    /// A TLS configuration could not be made from its files.
+    /// A TLS configuration could not be made from its files. Boxed: it is rare, and large.
     #[cfg(feature = "rustls")]
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(Box<crate::tls::TlsError>),
     /// The master this program runs as could not start: self-hosted mode (crate
     /// `einhorn-master`, which converts its `SelfHostedError` into this). Boxed, because
     /// this crate does not depend on the master.
@@ -120,6 +120,13 @@ pub enum RunError {
     /// The server failed.
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+}
+
+#[cfg(feature = "rustls")]
+impl From<crate::tls::TlsError> for RunError {
+    fn from(error: crate::tls::TlsError) -> Self {
+        RunError::Tls(Box::new(error))
+    }
 }
 
 impl fmt::Debug for RunError {
