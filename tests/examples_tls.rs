@@ -16,15 +16,6 @@ use graceful_listener_suite::harness::{Proc, example};
 use graceful_listener_suite::tls::TestCertificate;
 use http_support::WAIT;
 
-fn tls_args(cert: &TestCertificate) -> Vec<String> {
-    vec![
-        "--tls-cert".to_owned(),
-        cert.cert.display().to_string(),
-        "--tls-key".to_owned(),
-        cert.key.display().to_string(),
-    ]
-}
-
 /// `GET path` over TLS with `Connection: close`; the whole answer, read to the end.
 fn tls_get(addr: SocketAddr, config: Arc<rustls::ClientConfig>, path: &str) -> String {
     let tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
@@ -69,7 +60,7 @@ fn start(
 fn axum_streams_serves_https_with_them() {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCertificate::new(dir.path());
-    let (proc, addrs, _einhorn) = start("axum-streams", 1, &tls_args(&cert));
+    let (proc, addrs, _einhorn) = start("axum-streams", 1, &cert.worker_args());
     let answer = tls_get(addrs[0], cert.client_config(&[b"http/1.1"]), "/");
     assert!(
         answer.starts_with("HTTP/1.1 200"),
@@ -83,7 +74,7 @@ fn axum_streams_serves_https_with_them() {
 fn two_listeners_serves_https_on_both_with_them() {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCertificate::new(dir.path());
-    let (proc, addrs, _einhorn) = start("two-listeners", 2, &tls_args(&cert));
+    let (proc, addrs, _einhorn) = start("two-listeners", 2, &cert.worker_args());
     let config = cert.client_config(&[b"http/1.1"]);
     let app = tls_get(addrs[0], config.clone(), "/");
     assert!(app.starts_with("HTTP/1.1 200"), "{app}\n{}", proc.output());
@@ -114,7 +105,7 @@ fn the_line_echoes_refuse_them_as_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCertificate::new(dir.path());
     for name in ["custom-server", "custom-lifecycle"] {
-        let (code, out) = exits(name, &tls_args(&cert));
+        let (code, out) = exits(name, &cert.worker_args());
         assert_eq!(code, Some(2), "{name}: a usage error\n{out}");
         assert!(
             out.contains("error: unexpected argument '--tls-cert' found"),

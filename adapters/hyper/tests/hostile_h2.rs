@@ -134,6 +134,14 @@ async fn drain_time(handle: &ListenerHandle) -> Duration {
     stopped.elapsed()
 }
 
+/// A drain that took the grace, and no more than the grace + linger (+ 0.5 s).
+fn assert_cut_at_the_grace(took: Duration) {
+    assert!(
+        took >= GRACE && took < GRACE + LINGER + Duration::from_millis(500),
+        "the drain took {took:?}, not the grace + linger (+ 0.5 s)"
+    );
+}
+
 fn config() -> HttpConfig {
     HttpConfig::default().idle_grace(GRACE).linger(LINGER)
 }
@@ -151,11 +159,7 @@ async fn never_answering<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     read_response(&mut client).await;
     let reader = tokio::spawn(async move { read_to_the_end(&mut client).await });
     wait_live(handle, 1).await;
-    let took = drain_time(handle).await;
-    assert!(
-        took >= GRACE && took < GRACE + LINGER + Duration::from_millis(500),
-        "the drain took {took:?}, not the grace + linger (+ 0.5 s)"
-    );
+    assert_cut_at_the_grace(drain_time(handle).await);
     let seen = reader.await.unwrap();
     assert!(
         seen.goaways >= 1 && seen.pings >= 1,
@@ -195,39 +199,34 @@ async fn small_window_socket(addr: std::net::SocketAddr) -> TcpStream {
     socket.connect(addr).await.unwrap()
 }
 
-/// Flow control wide open: the server may send as much as the socket takes.
-fn wide_open(then: &[Vec<u8>]) -> Vec<u8> {
-    let mut frames = vec![frame(WINDOW_UPDATE, 0, 0, &0x7fff_0000u32.to_be_bytes())];
-    frames.extend_from_slice(then);
-    opening(&[(0x4, 0x7fff_ffff)], &frames)
+/// A server, and a client on a small receive buffer that has asked it for 64 MB with flow
+/// control wide open: the server may send as much as the socket takes.
+async fn asking_for_64_mb() -> (ListenerHandle, TcpStream) {
+    let (addr, handle) = start(config()).await;
+    let mut client = small_window_socket(addr).await;
+    let wide_open = [
+        frame(WINDOW_UPDATE, 0, 0, &0x7fff_0000u32.to_be_bytes()),
+        get(1, "/big/67108864"),
+    ];
+    client
+        .write_all(&opening(&[(0x4, 0x7fff_ffff)], &wide_open))
+        .await
+        .unwrap();
+    (handle, client)
 }
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_after_the_grace() {
-    let (addr, handle) = start(config()).await;
-    let mut client = small_window_socket(addr).await;
-    // A request for 64 MB, and not a byte read: the shutdown PING never reaches it.
-    client
-        .write_all(&wide_open(&[get(1, "/big/67108864")]))
-        .await
-        .unwrap();
+    // Not a byte read: the shutdown PING never reaches it.
+    let (handle, client) = asking_for_64_mb().await;
     wait_live(&handle, 1).await;
-    let took = drain_time(&handle).await;
-    assert!(
-        took >= GRACE && took < GRACE + LINGER + Duration::from_millis(500),
-        "the drain took {took:?}, not the grace + linger (+ 0.5 s)"
-    );
+    assert_cut_at_the_grace(drain_time(&handle).await);
     drop(client);
 }
 
 #[tokio::test]
 async fn a_client_that_answers_then_stops_reading_is_closed_once_its_socket_stays_full() {
-    let (addr, handle) = start(config()).await;
-    let mut client = small_window_socket(addr).await;
-    client
-        .write_all(&wide_open(&[get(1, "/big/67108864")]))
-        .await
-        .unwrap();
+    let (handle, mut client) = asking_for_64_mb().await;
     // The response is under way.
     let first = loop {
         let frame = read_frame(&mut client).await.expect("the response begins");
