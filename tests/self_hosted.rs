@@ -32,7 +32,7 @@ impl App {
     fn start(workers: usize, adjust: impl FnOnce(&mut Command)) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
         let program = dir.path().join("app");
-        std::fs::copy(example("self-hosted"), &program).expect("copy the example");
+        copy_executable(&example("self-hosted"), &program);
         let socket = dir.path().join("master.sock");
         let mut cmd = Command::new(&program);
         cmd.args(["--bind", "127.0.0.1:0", "--workers", &workers.to_string()])
@@ -65,15 +65,17 @@ impl App {
     /// running binary's file is never written to).
     fn deploy(&self, from: &Path) {
         let staged = self.program.with_extension("new");
-        std::fs::copy(from, &staged).expect("stage the new build");
+        copy_executable(from, &staged);
         std::fs::rename(&staged, &self.program).expect("deploy the new build");
     }
 
     /// Deploys a shell script as the new build.
     fn deploy_script(&self, body: &str) {
         let staged = self.program.with_extension("new");
-        std::fs::write(&staged, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = self.program.with_extension("script");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy_executable(&script, &staged);
         std::fs::rename(&staged, &self.program).unwrap();
     }
 
@@ -124,6 +126,23 @@ impl App {
         );
         versions[0].clone()
     }
+}
+
+/// Copies an executable in a `cp` process, not in this one: a file this (multi-threaded)
+/// process had open for writing could still be open in a child another test thread forked
+/// meanwhile, and executing it would then fail with "Text file busy" (ETXTBSY).
+fn copy_executable(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        to.display()
+    );
 }
 
 #[test]
