@@ -403,7 +403,8 @@ mod tests {
             .bind(":18089")
             .master_args(["/bin/sh"])
             .unwrap();
-        assert_eq!(args.bind[0].to_string(), "0.0.0.0:18089");
+        let bind = &args.bind[0];
+        assert_eq!((bind.host.as_str(), bind.port), ("0.0.0.0", 18089));
     }
 
     #[test]
