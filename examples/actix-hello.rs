@@ -34,7 +34,7 @@ async fn until_stop(StopSignal(signal): StopSignal) -> String {
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    let args = common::Args::parse();
+    let args = common::HttpArgs::parse();
     let _span = common::init_tracing();
     let app = || {
         App::new()

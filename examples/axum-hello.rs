@@ -33,7 +33,7 @@ async fn until_stop(StopSignal(signal): StopSignal) -> String {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = common::Args::parse();
+    let args = common::HttpArgs::parse();
     let _span = common::init_tracing();
     let app = Router::new()
         .route("/", get(hello))

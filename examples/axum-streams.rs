@@ -144,7 +144,7 @@ fn ticks(stop: Option<ShutdownSignal>) -> impl Stream<Item = Result<Event, Infal
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = common::Args::parse();
+    let args = common::HttpArgs::parse();
     let _span = common::init_tracing();
     let app = Router::new()
         .route("/", get(hello))
@@ -153,11 +153,13 @@ async fn main() -> std::process::ExitCode {
         .route("/sse", get(sse))
         .route("/sse-stubborn", get(sse_stubborn))
         .route("/readyz", get(einhorn_axum::readyz));
-    let result = einhorn_axum::serve(app)
+    let mut worker = einhorn_axum::serve(app)
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
-        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
-        .await;
-    common::exit_status(result)
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
+    if let Some(tls) = args.tls() {
+        worker = worker.tls(tls);
+    }
+    common::exit_status(worker.await)
 }

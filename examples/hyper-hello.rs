@@ -43,7 +43,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = common::Args::parse();
+    let args = common::HttpArgs::parse();
     let _span = common::init_tracing();
     let mut worker = einhorn_hyper::serve(service_fn(handle))
         .bind(args.bind.clone())

@@ -16,11 +16,12 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use einhorn_axum::Bind;
 
-/// The examples' options (`--bind`, `--drain-timeout`), and where the admin router listens.
+/// The examples' options (`--bind`, `--drain-timeout`, `--tls-cert`, ...), and where the
+/// admin router listens.
 #[derive(Debug, clap::Parser)]
 struct TwoListenersArgs {
     #[command(flatten)]
-    common: common::Args,
+    common: common::HttpArgs,
     /// Where the admin router listens.
     #[arg(long, default_value = "einhorn@1")]
     admin_bind: Bind,
@@ -47,8 +48,9 @@ async fn metrics(State(requests): State<Arc<AtomicU64>>) -> String {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: TwoListenersArgs = clap::Parser::parse();
-    let common = args.common.validated();
+    let mut args: TwoListenersArgs = clap::Parser::parse();
+    args.common.worker = args.common.worker.validated();
+    let common = &args.common;
     let _span = common::init_tracing();
     let requests = Arc::new(AtomicU64::new(0));
     let app = Router::new()
@@ -58,12 +60,18 @@ async fn main() -> std::process::ExitCode {
     let admin = Router::new()
         .route("/metrics", get(metrics))
         .with_state(requests);
-    let result = einhorn_axum::serve(app)
+    // TLS, when given, on both listeners: the admin router's metrics are no less private.
+    let tls = common.tls();
+    let mut admin = einhorn_axum::server(admin);
+    let mut worker = einhorn_axum::serve(app)
         .bind(common.bind.clone())
-        .also_serve(args.admin_bind, einhorn_axum::server(admin))
         .drain_timeout(common.drain_timeout())
         .lame_duck(common.lame_duck())
-        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
-        .await;
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
+    if let Some(tls) = tls {
+        *admin.config_mut() = admin.get_config().clone().tls(tls.clone());
+        worker = worker.tls(tls);
+    }
+    let result = worker.also_serve(args.admin_bind.clone(), admin).await;
     common::exit_status(result)
 }

@@ -13,7 +13,7 @@ use warp::Filter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = common::Args::parse();
+    let args = common::HttpArgs::parse();
     let _span = common::init_tracing();
     let hello = warp::path::end().map(|| format!("hello from warp pid={}\n", std::process::id()));
     let sleep = warp::path!("sleep" / u64).then(|ms| async move {

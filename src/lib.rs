@@ -47,11 +47,16 @@ pub fn print_results(
     Ok(())
 }
 
-/// The book's chapters (`book/src/*.md`), compiled as doctests: every ` ```rust ` snippet in
-/// them is built (and run, unless marked `no_run`) by `cargo test --workspace`, with this
-/// package's dev-dependencies (every adapter with `tls`, axum, warp, actix-web, tokio).
+/// The READMEs and the book's chapters (`book/src/*.md`), compiled as doctests: every
+/// ` ```rust ` snippet in them is built (and run, unless marked `no_run`) by
+/// `cargo test --workspace`, with this package's dependencies and dev-dependencies (every
+/// adapter with `tls`, the master, axum, warp, actix-web, tokio).
 #[cfg(doctest)]
 mod book {
+    #[doc = include_str!("../README.md")]
+    mod readme {}
+    #[doc = include_str!("../master/README.md")]
+    mod master_readme {}
     #[doc = include_str!("../book/src/introduction.md")]
     mod introduction {}
     #[doc = include_str!("../book/src/quickstart.md")]

@@ -35,6 +35,16 @@ impl TestCertificate {
         }
     }
 
+    /// The examples' flags that serve it: `--tls-cert CERT --tls-key KEY`.
+    pub fn worker_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".to_owned(),
+            self.cert.display().to_string(),
+            "--tls-key".to_owned(),
+            self.key.display().to_string(),
+        ]
+    }
+
     /// A client configuration that trusts this certificate only, offering `alpn`.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();

@@ -14,20 +14,11 @@ use http_support::{HttpMaster, UpgradeOutcome, UpgradePlan, WAIT, upgrades_under
 for_each_framework!(https_keep_alive_loses_nothing_across_upgrades);
 for_each_engine_framework!(https_http2_loses_nothing_across_upgrades);
 
-fn tls_args(cert: &TestCertificate) -> Vec<String> {
-    vec![
-        "--tls-cert".to_owned(),
-        cert.cert.display().to_string(),
-        "--tls-key".to_owned(),
-        cert.key.display().to_string(),
-    ]
-}
-
 fn https_keep_alive_loses_nothing_across_upgrades(example: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCertificate::new(dir.path());
     let plan = UpgradePlan {
-        worker_args: tls_args(&cert),
+        worker_args: cert.worker_args(),
         tls: Some(cert.client_config(&[b"http/1.1"])),
         ..UpgradePlan::new(2, 5, 16)
     };
@@ -45,7 +36,7 @@ fn https_http2_loses_nothing_across_upgrades(example: &str) {
     let cert = TestCertificate::new(dir.path());
     let args = [
         vec!["--drain-timeout".to_owned(), "10".to_owned()],
-        tls_args(&cert),
+        cert.worker_args(),
     ]
     .concat();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

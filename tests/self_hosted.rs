@@ -32,7 +32,7 @@ impl App {
     fn start(workers: usize, adjust: impl FnOnce(&mut Command)) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
         let program = dir.path().join("app");
-        std::fs::copy(example("self-hosted"), &program).expect("copy the example");
+        copy_executable(&example("self-hosted"), &program);
         let socket = dir.path().join("master.sock");
         let mut cmd = Command::new(&program);
         cmd.args(["--bind", "127.0.0.1:0", "--workers", &workers.to_string()])
@@ -65,15 +65,17 @@ impl App {
     /// running binary's file is never written to).
     fn deploy(&self, from: &Path) {
         let staged = self.program.with_extension("new");
-        std::fs::copy(from, &staged).expect("stage the new build");
+        copy_executable(from, &staged);
         std::fs::rename(&staged, &self.program).expect("deploy the new build");
     }
 
     /// Deploys a shell script as the new build.
     fn deploy_script(&self, body: &str) {
         let staged = self.program.with_extension("new");
-        std::fs::write(&staged, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = self.program.with_extension("script");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        copy_executable(&script, &staged);
         std::fs::rename(&staged, &self.program).unwrap();
     }
 
@@ -124,6 +126,23 @@ impl App {
         );
         versions[0].clone()
     }
+}
+
+/// Copies an executable in a `cp` process, not in this one: a file this (multi-threaded)
+/// process had open for writing could still be open in a child another test thread forked
+/// meanwhile, and executing it would then fail with "Text file busy" (ETXTBSY).
+fn copy_executable(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        to.display()
+    );
 }
 
 #[test]
@@ -466,6 +485,32 @@ fn sighup_reloads_the_master_into_the_new_build_with_its_worker_count_and_binds(
             .count(),
         2
     );
+}
+
+#[test]
+fn a_second_instance_on_the_same_command_socket_is_told_how_to_get_its_own() {
+    let app = App::start(1, |_| {});
+    app.master.wait_serving(1);
+    let mut cmd = Command::new(&app.program);
+    cmd.args(["--bind", "127.0.0.1:0", "--workers", "1", "--socket"])
+        .arg(&app.master.socket);
+    let mut second = Proc::spawn(cmd).expect("start a second instance");
+    let status = second
+        .wait_timeout(WAIT)
+        .expect("the second instance exits");
+    let out = second.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    let taken = format!(
+        "error: self-hosted master: another master is running on {}",
+        app.master.socket.display()
+    );
+    assert!(
+        out.contains(&taken)
+            && out.contains("give it its own command socket with .command_socket(PATH)"),
+        "{out}"
+    );
+    // The first one is untouched.
+    assert_eq!(app.master.state().serving_pids().len(), 1);
 }
 
 fn sorted(mut pids: Vec<i32>) -> Vec<i32> {

@@ -3,7 +3,8 @@
 //! never panics; for a custom server on the core, and for actix-web, which drives the
 //! core's pieces itself.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
@@ -50,6 +51,7 @@ for_each_worker!(
     a_server_starter_key_that_is_not_there,
     a_port_above_65535,
     an_override_that_is_not_a_spec,
+    listen_fds_that_counts_a_socket_that_is_not_there,
 );
 
 /// Runs `worker` under `master` with `args`, variables set and removed; returns what it
@@ -69,6 +71,12 @@ fn fails(
     for key in remove {
         cmd.env_remove(key);
     }
+    fails_cleanly(cmd)
+}
+
+/// Runs `cmd`, a worker given bad input; returns what it printed after checking it failed
+/// cleanly: exit status 1, no signal, no panic.
+fn fails_cleanly(cmd: std::process::Command) -> String {
     let mut process = Proc::spawn(cmd).unwrap();
     let status = process
         .wait_timeout(Duration::from_secs(30))
@@ -84,6 +92,19 @@ fn fails(
     output
 }
 
+/// Removes from `cmd`'s environment every variable a socket manager sets.
+fn without_managers(cmd: &mut std::process::Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("EINHORN_")
+            || key.starts_with("LISTEN_")
+            || ["PORT", "SERVER_STARTER_PORT", "GRACEFUL_LISTENER_BIND"].contains(&key.as_str())
+        {
+            cmd.env_remove(key);
+        }
+    }
+}
+
 /// Runs `worker` alone (no socket manager's variables inherited) with `args` and `set`;
 /// `LISTEN_PID` is set to the worker's own pid when `own_listen_pid`. Returns what it printed
 /// after checking it failed cleanly.
@@ -96,29 +117,9 @@ fn fails_alone(worker: &str, args: &[&str], set: &[(&str, &str)], own_listen_pid
     };
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c").arg(script).arg(example(worker)).args(args);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("EINHORN_")
-            || key.starts_with("LISTEN_")
-            || ["PORT", "SERVER_STARTER_PORT", "GRACEFUL_LISTENER_BIND"].contains(&key.as_str())
-        {
-            cmd.env_remove(key);
-        }
-    }
+    without_managers(&mut cmd);
     cmd.envs(set.iter().copied());
-    let mut process = Proc::spawn(cmd).unwrap();
-    let status = process
-        .wait_timeout(Duration::from_secs(30))
-        .expect("the worker exits");
-    let output = process.output();
-    assert_eq!(status.signal(), None, "{output}");
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "exit status 1 on bad input\n{output}"
-    );
-    assert!(!output.contains("panicked"), "no panic\n{output}");
-    output
+    fails_cleanly(cmd)
 }
 
 fn with_fd(fd: OwnedFd) -> (FakeEinhorn, i32) {
@@ -386,14 +387,59 @@ fn a_port_above_65535(worker: &str) {
 }
 
 fn an_override_that_is_not_a_spec(worker: &str) {
-    let out = fails_alone(
-        worker,
-        &[],
-        &[("GRACEFUL_LISTENER_BIND", "einhorn@x")],
-        false,
-    );
-    assert_says(
-        &out,
-        "cannot resolve auto: GRACEFUL_LISTENER_BIND=\"einhorn@x\" is not a bind spec other than auto",
+    // The parser's own reason is kept, whatever it is.
+    for (spec, reason) in [
+        ("einhorn@x", "\"x\" is not a listener index"),
+        ("127.0.0.1:99999", "port 99999 is above 65535"),
+    ] {
+        let out = fails_alone(worker, &[], &[("GRACEFUL_LISTENER_BIND", spec)], false);
+        assert_says(
+            &out,
+            &format!(
+                "cannot resolve auto: GRACEFUL_LISTENER_BIND=\"{spec}\" is not a bind spec: {reason}"
+            ),
+        );
+    }
+}
+
+fn listen_fds_that_counts_a_socket_that_is_not_there(worker: &str) {
+    // A real listening socket at fd 3, as systemd passes it, and nothing at fd 4, though
+    // LISTEN_FDS says 2: the worker would serve on fd 3 and never notice.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=2 exec \"$0\" \"$@\"")
+        .arg(example(worker));
+    // SAFETY: only dup2, fcntl and close, which are async-signal-safe, run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 leaves the new fd inheritable; at 3 already, it is made so by hand.
+            let at_3 = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if at_3 == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(4);
+            Ok(())
+        });
+    }
+    // Nothing but systemd's variables: auto takes systemd@0.
+    without_managers(&mut cmd);
+    let out = fails_cleanly(cmd);
+    // Either fd 4 is still free, or (most often) the worker's runtime has opened an fd of
+    // its own there, at the lowest free number: close-on-exec, so not one passed.
+    let missing = "cannot take systemd@0: LISTEN_FDS=2 passes fds 3 to 4, but fd 4 (systemd@1)";
+    assert!(
+        [
+            "is not open",
+            "is close-on-exec, so not passed across exec: this process opened it itself",
+        ]
+        .iter()
+        .any(|why| out.contains(&format!("error: {missing} {why}\n"))),
+        "expected {missing:?} in:\n{out}"
     );
 }

@@ -4,13 +4,15 @@
 //! a manager passed: Einhorn, systemd, Server::Starter; else `:$PORT`, else
 //! `127.0.0.1:8000`), `--drain-timeout SECS` bounds the drain, `--lame-duck SECS` keeps
 //! serving that long after SIGTERM while `/readyz` answers 503, logs go to stderr through
-//! `tracing`, and the exit status is 0 after a graceful stop.
+//! `tracing`, and the exit status is 0 after a graceful stop. `--tls-cert`/`--tls-key` are
+//! served by every example that speaks HTTP and refused by the others.
 
 use std::time::Duration;
 
 use graceful_listener::Bind;
 
-/// The options every example takes.
+/// The options every example takes. An example that does not speak HTTP takes only these:
+/// `--tls-cert` and `--tls-key` are then refused by the parser, never silently ignored.
 #[derive(Debug, clap::Parser)]
 pub(crate) struct Args {
     /// Where to listen: auto, einhorn@N, fd@N, HOST:PORT, [V6]:PORT, :PORT, unix:PATH.
@@ -22,12 +24,52 @@ pub(crate) struct Args {
     /// Seconds to keep serving after SIGTERM, not ready (Kubernetes' lame duck).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) lame_duck: f64,
+}
+
+/// The options of the examples that speak HTTP: every example's, and TLS, which each of them
+/// serves when given.
+#[derive(Debug, clap::Parser)]
+#[allow(dead_code)] // the examples that do not speak HTTP take `Args` alone
+pub(crate) struct HttpArgs {
+    #[command(flatten)]
+    pub(crate) worker: Args,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, requires = "tls_key")]
     pub(crate) tls_cert: Option<std::path::PathBuf>,
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub(crate) tls_key: Option<std::path::PathBuf>,
+}
+
+impl std::ops::Deref for HttpArgs {
+    type Target = Args;
+
+    fn deref(&self) -> &Args {
+        &self.worker
+    }
+}
+
+#[allow(dead_code)] // the examples that do not speak HTTP take `Args` alone
+impl HttpArgs {
+    /// Parses the command line, exiting with a usage message on bad input.
+    pub(crate) fn parse() -> HttpArgs {
+        let mut args: HttpArgs = clap::Parser::parse();
+        args.worker = args.worker.validated();
+        args
+    }
+
+    /// The TLS configuration of --tls-cert and --tls-key, if given; exits with a usage
+    /// message naming the file when it cannot be used.
+    pub(crate) fn tls(&self) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+        let (cert, key) = (self.tls_cert.as_ref()?, self.tls_key.as_ref()?);
+        match graceful_listener::tls::server_config(cert, key, &[b"h2", b"http/1.1"]) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
 }
 
 impl Args {
@@ -55,20 +97,6 @@ impl Args {
     /// The drain timeout as a duration.
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.drain_timeout)
-    }
-
-    /// The TLS configuration of --tls-cert and --tls-key, if given; exits with a usage
-    /// message naming the file when it cannot be used.
-    #[allow(dead_code)] // not every example speaks HTTP
-    pub(crate) fn tls(&self) -> Option<std::sync::Arc<rustls::ServerConfig>> {
-        let (cert, key) = (self.tls_cert.as_ref()?, self.tls_key.as_ref()?);
-        match graceful_listener::tls::server_config(cert, key, &[b"h2", b"http/1.1"]) {
-            Ok(config) => Some(config),
-            Err(e) => {
-                eprintln!("error: {e}");
-                std::process::exit(2);
-            }
-        }
     }
 
     /// The lame duck as a duration.

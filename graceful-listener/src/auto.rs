@@ -1,7 +1,7 @@
 //! `auto`: which socket this process's environment provides, and why, so that one binary
 //! runs under Einhorn, systemd, Server::Starter, a `PORT` convention, or alone.
 
-use crate::bind::{Bind, BindError, DEFAULT_ADDR};
+use crate::bind::{Bind, BindError, DEFAULT_ADDR, ParseBindError};
 use crate::env::{
     BIND, EnvError, Environment, FD_COUNT, LISTEN_FDS, MASTER_PID, PORT, SERVER_STARTER_PORT,
 };
@@ -41,15 +41,19 @@ fn choose(env: &Environment) -> Result<(Bind, String), EnvError> {
 
 fn choose_noting(env: &Environment, skipped: &mut Vec<String>) -> Result<(Bind, String), EnvError> {
     if let Some(spec) = env.get(BIND) {
-        let expected = "a bind spec other than auto";
-        let invalid = || EnvError::Invalid {
-            var: BIND.to_owned(),
-            value: spec.to_owned(),
-            expected,
-        };
-        let bind: Bind = spec.parse().map_err(|_| invalid())?;
+        let bind: Bind = spec
+            .parse()
+            .map_err(|e: ParseBindError| EnvError::InvalidSpec {
+                var: BIND.to_owned(),
+                value: spec.to_owned(),
+                reason: e.reason().to_owned(),
+            })?;
         if bind == Bind::Auto {
-            return Err(invalid());
+            return Err(EnvError::Invalid {
+                var: BIND.to_owned(),
+                value: spec.to_owned(),
+                expected: "a bind spec other than auto",
+            });
         }
         return Ok((bind, format!("{BIND}={spec}")));
     }
@@ -233,7 +237,11 @@ mod tests {
             ),
             (
                 &[("GRACEFUL_LISTENER_BIND", "einhorn@x")],
-                "GRACEFUL_LISTENER_BIND=\"einhorn@x\" is not a bind spec other than auto",
+                "GRACEFUL_LISTENER_BIND=\"einhorn@x\" is not a bind spec: \"x\" is not a listener index",
+            ),
+            (
+                &[("GRACEFUL_LISTENER_BIND", "127.0.0.1:99999")],
+                "GRACEFUL_LISTENER_BIND=\"127.0.0.1:99999\" is not a bind spec: port 99999 is above 65535",
             ),
         ];
         for (vars, message) in cases {

@@ -287,6 +287,28 @@ pub enum BindError {
         /// What is wrong with the fd.
         source: InheritError,
     },
+    /// A socket the manager says it passed is not there: its count is wrong, or something
+    /// closed the fd. Serving on the others would hide it until that socket is needed.
+    #[error(
+        "cannot take {bind}: {passed} passes fds {first} to {last}, but fd {fd} (systemd@{index}) {why}"
+    )]
+    Missing {
+        /// The spec being opened.
+        bind: Bind,
+        /// How many sockets the environment says were passed, e.g. `LISTEN_FDS=2`.
+        passed: String,
+        /// The first fd passed.
+        first: RawFd,
+        /// The last fd passed.
+        last: RawFd,
+        /// The fd that is not there.
+        fd: RawFd,
+        /// Its index among the sockets passed (`systemd@INDEX`).
+        index: usize,
+        /// What is wrong with it: `is not open`, or it is close-on-exec (opened by this
+        /// process, so not passed).
+        why: &'static str,
+    },
     /// Binding a new socket failed.
     #[error("cannot bind {bind}: {source}")]
     Io {
@@ -341,10 +363,12 @@ impl Bind {
             }
             Bind::Systemd(index) => {
                 let fd = env.systemd_fd(*index).map_err(from_env)?;
+                every_systemd_socket_passed(self, env)?;
                 inherited(self, fd, format!("{LISTEN_FDS} socket {index}, fd {fd}"))
             }
             Bind::SystemdName(name) => {
                 let (_, fd) = env.systemd_fd_named(name).map_err(from_env)?;
+                every_systemd_socket_passed(self, env)?;
                 inherited(self, fd, format!("{LISTEN_FDNAMES} {name:?}, fd {fd}"))
             }
             Bind::Starter(index) => {
@@ -386,6 +410,35 @@ impl Bind {
             .bind
             .open_resolved(env)
     }
+}
+
+/// Checks that every fd systemd says it passed (`LISTEN_FDS` of them from fd 3) is there (see
+/// [`crate::inherit::check_passed`]), not only the one taken: a count that claims more sockets than arrived is a broken unit or
+/// launcher, said at start rather than when the missing socket is asked for. Only open-ness
+/// is checked: the others may be datagram sockets or FIFOs, which a unit may pass too.
+fn every_systemd_socket_passed(bind: &Bind, env: &Environment) -> Result<(), BindError> {
+    let Ok(Some(activation)) = env.activation() else {
+        // Taking the socket asked for has already checked the variables.
+        return Ok(());
+    };
+    let count = activation.count();
+    let fd = |index| activation.fd(index).unwrap_or(RawFd::MAX);
+    // Ends at the first fd that was not passed: a process cannot hold more fds than its
+    // limit, however large a count the variable claims.
+    for index in 0..count {
+        if let Err(why) = crate::inherit::check_passed(fd(index)) {
+            return Err(BindError::Missing {
+                bind: bind.clone(),
+                passed: format!("{LISTEN_FDS}={count}"),
+                first: fd(0),
+                last: fd(count - 1),
+                fd: fd(index),
+                index,
+                why,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn inherited(bind: &Bind, fd: RawFd, origin: String) -> Result<StdListener, BindError> {

@@ -106,6 +106,39 @@ pub(crate) fn take_listener(fd: RawFd) -> Result<StdListener, InheritError> {
     })
 }
 
+/// Whether `fd` looks like one a manager passed across `exec`: taken by this process already
+/// (it may have been closed since, by the listener's owner), or open without close-on-exec.
+/// `Err` says what it is instead, for a message.
+///
+/// Open-ness alone proves nothing: by the time a listener is taken, the process has opened
+/// fds of its own (the runtime's epoll and wake-up fds), at the lowest free numbers, which
+/// are exactly those of a socket the manager counted but never passed. Those are
+/// close-on-exec (the standard library and tokio open every fd so), and an fd that crossed
+/// `exec` cannot be, unless something in this process marked it since (libsystemd's
+/// `sd_listen_fds` does).
+pub(crate) fn check_passed(fd: RawFd) -> Result<(), &'static str> {
+    if TAKEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&fd)
+    {
+        return Ok(());
+    }
+    // SAFETY: F_GETFD only reads the descriptor flags; an invalid fd yields EBADF.
+    let flags = if fd < 0 {
+        -1
+    } else {
+        unsafe { libc::fcntl(fd, libc::F_GETFD) }
+    };
+    if flags == -1 {
+        Err("is not open")
+    } else if flags & libc::FD_CLOEXEC != 0 {
+        Err("is close-on-exec, so not passed across exec: this process opened it itself")
+    } else {
+        Ok(())
+    }
+}
+
 fn check(fd: RawFd, socket: SockRef<'_>) -> Result<Domain, InheritError> {
     let io = |source: std::io::Error| InheritError::Io { fd, source };
     let kind = match socket.r#type() {

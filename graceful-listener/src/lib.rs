@@ -77,4 +77,6 @@ pub use server::Server;
 pub use shutdown::{Phase, Shutdown, ShutdownSignal};
 pub use signals::{STOP_SIGNALS, UNBLOCKS_STOP_SIGNALS_SECTION, unblocks_stop_signals_marker};
 pub use socket::StdListener;
+#[cfg(feature = "rustls")]
+pub use tls::TlsError;
 pub use worker::{Stop, Worker};

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::bind::BindError;
+use crate::bind::{BindError, ParseBindError};
 use crate::einhorn::AckError;
 
 /// Why a worker stopped.
@@ -71,13 +71,43 @@ impl RunReport {
     }
 }
 
-/// A worker could not run.
+/// A worker could not run, or could not be set up.
+///
+/// Every error a `main` meets on the way to a worker converts into it with `?`: a bind spec
+/// that does not parse ([`ParseBindError`]), TLS files that cannot be used (`TlsError`, feature
+/// `rustls`), the self-hosted master's setup (`einhorn_master::self_hosted::SelfHostedError`,
+/// through [`RunError::Master`]), as well as the worker's own failures. So one `main` type
+/// fits every program in the book.
 ///
 /// Its `Debug` form is its message, so that `fn main() -> Result<(), RunError>` prints what
 /// went wrong in words (`{:#?}` gives the structure).
+///
+/// # Example
+/// ```no_run
+/// # async fn example() -> Result<(), graceful_listener::RunError> {
+/// use graceful_listener::{Bind, Run};
+///
+/// let bind: Bind = "127.0.0.1:3000".parse()?; // a ParseBindError converts
+/// # let server = |_l: graceful_listener::GracefulListener| async { Ok(()) };
+/// let report = Run::new(server).bind(bind).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
+    /// A bind spec given in code or on the command line does not parse.
+    #[error(transparent)]
+    ParseBind(#[from] ParseBindError),
+    /// A TLS configuration could not be made from its files. Boxed: it is rare, and large.
+    #[cfg(feature = "rustls")]
+    #[error(transparent)]
+    Tls(Box<crate::tls::TlsError>),
+    /// The master this program runs as could not start: self-hosted mode (crate
+    /// `einhorn-master`, which converts its `SelfHostedError` into this). Boxed, because
+    /// this crate does not depend on the master.
+    #[error(transparent)]
+    Master(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -92,6 +122,13 @@ pub enum RunError {
     Serve(#[source] std::io::Error),
 }
 
+#[cfg(feature = "rustls")]
+impl From<crate::tls::TlsError> for RunError {
+    fn from(error: crate::tls::TlsError) -> Self {
+        RunError::Tls(Box::new(error))
+    }
+}
+
 impl fmt::Debug for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !f.alternate() {
@@ -99,6 +136,10 @@ impl fmt::Debug for RunError {
             return write!(f, "{self}");
         }
         match self {
+            RunError::ParseBind(e) => f.debug_tuple("ParseBind").field(e).finish(),
+            #[cfg(feature = "rustls")]
+            RunError::Tls(e) => f.debug_tuple("Tls").field(e).finish(),
+            RunError::Master(e) => f.debug_tuple("Master").field(e).finish(),
             RunError::Signals(e) => f.debug_tuple("Signals").field(e).finish(),
             RunError::Bind(e) => f.debug_tuple("Bind").field(e).finish(),
             RunError::Ack(e) => f.debug_tuple("Ack").field(e).finish(),
@@ -112,6 +153,18 @@ mod tests {
     use super::*;
     use crate::bind::Bind;
     use crate::env::EnvError;
+
+    #[test]
+    fn errors_met_before_the_worker_convert_and_keep_their_words() {
+        let err: RunError = "127.0.0.1:99999".parse::<Bind>().unwrap_err().into();
+        assert_eq!(
+            format!("{err:?}"),
+            "invalid bind spec \"127.0.0.1:99999\": port 99999 is above 65535"
+        );
+        let master = std::io::Error::other("another master is running on /tmp/a.sock");
+        let err = RunError::Master(Box::new(master));
+        assert_eq!(err.to_string(), "another master is running on /tmp/a.sock");
+    }
 
     #[test]
     fn debug_is_the_message_a_user_can_read() {

@@ -1,7 +1,9 @@
 //! `-b HOST:PORT[,OPT...]`: parsing (pure) and binding the listening sockets.
 //!
-//! `HOST:PORT` is read by the workers' own parser ([`graceful_listener::Bind`]), so a value
-//! means the same to the master and to a worker; the master adds Einhorn's options.
+//! `HOST:PORT`, `[V6]:PORT` and `:PORT` are read by the workers' own parser
+//! ([`graceful_listener::Bind`]), so a value means the same to the master and to a worker
+//! (`:PORT` is every IPv4 interface, `0.0.0.0:PORT`, for both); the master adds Einhorn's
+//! options.
 //!
 //! The master binds each socket once, keeps it open for its whole life and never accepts on
 //! it. The fd is not close-on-exec, so every worker inherits it under the same number.
@@ -26,6 +28,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// let spec: BindSpec = "[::1]:8080,n".parse().unwrap();
 /// assert_eq!(spec.host, "::1");
 /// assert_eq!(spec.to_string(), "[::1]:8080,n");
+///
+/// // `:PORT` means every IPv4 interface, as in a worker's own `--bind :PORT`.
+/// let spec: BindSpec = ":8080".parse().unwrap();
+/// assert_eq!(spec.to_string(), "0.0.0.0:8080");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BindSpec {
@@ -43,13 +49,10 @@ pub struct BindSpec {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BindSpecError {
     /// No `:PORT`.
-    #[error("bind address {0:?} has no port (expected HOST:PORT)")]
+    #[error("bind address {0:?} has no port (expected HOST:PORT or :PORT)")]
     NoPort(String),
-    /// No host before the `:`.
-    #[error("bind address {0:?} has no host (expected HOST:PORT)")]
-    NoHost(String),
     /// A bind spec, but not a TCP address (`unix:PATH`, `einhorn@N`, ...).
-    #[error("bind address {0:?} is not HOST:PORT (the master binds TCP sockets)")]
+    #[error("bind address {0:?} is not HOST:PORT or :PORT (the master binds TCP sockets)")]
     NotHostPort(String),
     /// The address does not parse, as the workers' own bind specs would say
     /// ([`graceful_listener::Bind`]: one parser for both).
@@ -85,8 +88,9 @@ impl FromStr for BindSpec {
         let (host, port) = match addr.parse::<graceful_listener::Bind>() {
             Ok(graceful_listener::Bind::Addr(addr)) => (addr.ip().to_string(), addr.port()),
             Ok(graceful_listener::Bind::Host(host, port)) => (host, port),
-            Ok(graceful_listener::Bind::Port(_)) => {
-                return Err(BindSpecError::NoHost(spec.to_string()));
+            // Every IPv4 interface, as `Bind::Port` binds in a worker.
+            Ok(graceful_listener::Bind::Port(port)) => {
+                (std::net::Ipv4Addr::UNSPECIFIED.to_string(), port)
             }
             Ok(_) => return Err(BindSpecError::NotHostPort(spec.to_string())),
             Err(e) => {
@@ -321,6 +325,20 @@ mod tests {
     }
 
     #[test]
+    fn a_port_alone_is_every_ipv4_interface_as_in_a_worker() {
+        let spec = parse(":18089,r").unwrap();
+        assert_eq!((spec.host.as_str(), spec.port), ("0.0.0.0", 18089));
+        assert!(spec.reuse_addr);
+        // The same address a worker's `--bind :18089` binds.
+        assert_eq!(
+            ":18089".parse::<graceful_listener::Bind>().unwrap(),
+            graceful_listener::Bind::Port(18089)
+        );
+        let bound = parse(":0").unwrap().bind(16).unwrap();
+        assert!(bound.addr.ip().is_unspecified() && bound.addr.is_ipv4());
+    }
+
+    #[test]
     fn parses_ipv6_in_brackets() {
         let spec = parse("[::1]:0").unwrap();
         assert_eq!(spec.host, "::1");
@@ -338,7 +356,10 @@ mod tests {
             parse("127.0.0.1"),
             Err(BindSpecError::NoPort("127.0.0.1".into()))
         );
-        assert_eq!(parse(":80"), Err(BindSpecError::NoHost(":80".into())));
+        assert_eq!(
+            parse("unix:/tmp/x.sock").unwrap_err().to_string(),
+            "bind address \"unix:/tmp/x.sock\" is not HOST:PORT or :PORT (the master binds TCP sockets)"
+        );
         assert_eq!(
             parse("127.0.0.1:99999"),
             Err(BindSpecError::Invalid {

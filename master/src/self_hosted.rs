@@ -42,16 +42,17 @@
 //! last failure, `STOPPING=1` at the stop, and `MAINPID=` itself. See [`crate::notify`].
 //!
 //! # Example
+//! With `einhorn-master` a dependency beside the adapter (`einhorn-master = { path =
+//! "../graceful-listener/master" }`); a [`SelfHostedError`] converts into the adapters'
+//! `RunError` with `?`:
 //! ```no_run
 //! use einhorn_master::self_hosted::SelfHosted;
 //!
-//! fn main() {
+//! fn main() -> Result<(), graceful_listener::RunError> {
 //!     // Before any runtime: the master runs its own, and never returns.
-//!     if let Err(e) = SelfHosted::new().bind("127.0.0.1:8080").workers(4).start() {
-//!         eprintln!("error: {e}");
-//!         std::process::exit(1);
-//!     }
+//!     SelfHosted::new().bind("127.0.0.1:8080").workers(4).start()?;
 //!     // A worker: serve on the inherited socket (einhorn@0), e.g. einhorn_axum::run(app, 0).
+//!     Ok(())
 //! }
 //! ```
 
@@ -67,6 +68,7 @@ use crate::cli::MasterArgs;
 use crate::driver::{self, MasterError};
 use crate::machine::AckMode;
 use crate::reexec::{STATE_FD_ENV, SelfExec, StateVia, UPGRADE_CHECK_ENV};
+use crate::socket::SocketError;
 use crate::spawn::{ProgramError, check_program};
 
 /// Stderr lines kept per worker by default.
@@ -98,7 +100,7 @@ impl Default for SelfHosted {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SelfHostedError {
-    /// A bind spec is not `HOST:PORT[,r][,n]`.
+    /// A bind spec is not `HOST:PORT[,r][,n]` (or `:PORT`, `[V6]:PORT`).
     #[error(transparent)]
     Bind(#[from] BindSpecError),
     /// No bind spec was given: workers would have nothing to serve.
@@ -138,9 +140,23 @@ pub enum SelfHostedError {
     /// The state a previous master handed over names no fd.
     #[error("self-hosted master: {STATE_FD_ENV}={0:?} is not an fd number")]
     StateFd(String),
+    /// Another master holds the command socket: most often a second instance of the same
+    /// program, whose default socket (`$TMPDIR/einhorn-NAME.sock`) is the first one's.
+    #[error(
+        "self-hosted master: {0}; to run a second instance beside it, give it its own command socket with .command_socket(PATH)"
+    )]
+    SocketTaken(#[source] SocketError),
     /// The master could not run (bind, command socket, first worker, ...).
     #[error(transparent)]
     Master(#[from] MasterError),
+}
+
+/// Lets a `main` that returns the adapters' `RunError` (the core's
+/// [`graceful_listener::RunError`]) call [`SelfHosted::start`] with `?`.
+impl From<SelfHostedError> for graceful_listener::RunError {
+    fn from(error: SelfHostedError) -> Self {
+        graceful_listener::RunError::Master(Box::new(error))
+    }
 }
 
 impl SelfHosted {
@@ -167,8 +183,10 @@ impl SelfHosted {
     }
 
     /// Adds a listener: `HOST:PORT` with Einhorn's options (`,r` SO_REUSEADDR, always set
-    /// here so that a restart binds at once; `,n` O_NONBLOCK), `[::1]:PORT` for IPv6, port
-    /// 0 for any free port (the master logs `listening on ADDR (einhorn@INDEX, fd FD)`). Workers take them as `einhorn@0`,
+    /// here so that a restart binds at once; `,n` O_NONBLOCK), `[::1]:PORT` for IPv6,
+    /// `:PORT` for every IPv4 interface (as a worker's own `.bind(":PORT")` means), port 0
+    /// for any free port (the master logs `listening on ADDR (einhorn@INDEX, fd FD)`).
+    /// Workers take them as `einhorn@0`,
     /// `einhorn@1`, ... in this order. Checked by [`start`](Self::start).
     ///
     /// ```
@@ -318,8 +336,13 @@ impl SelfHosted {
         if nix::unistd::gettid() != nix::unistd::getpid() {
             return Err(SelfHostedError::NotMainThread);
         }
-        let code = driver::run(&args)?;
-        std::process::exit(code)
+        match driver::run(&args) {
+            Ok(code) => std::process::exit(code),
+            Err(MasterError::Socket(taken @ SocketError::Locked { .. })) => {
+                Err(SelfHostedError::SocketTaken(taken))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The master's arguments for a program started with `argv`. Pure but for the lookup of
@@ -445,6 +468,16 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, SelfHostedError::Program { .. }), "{err}");
         assert!(err.to_string().contains("/nonexistent/app"), "{err}");
+    }
+
+    #[test]
+    fn a_port_alone_binds_as_a_workers_bind_does() {
+        let args = SelfHosted::new()
+            .bind(":18089")
+            .master_args(["/bin/sh"])
+            .unwrap();
+        let bind = &args.bind[0];
+        assert_eq!((bind.host.as_str(), bind.port), ("0.0.0.0", 18089));
     }
 
     #[test]

@@ -204,8 +204,14 @@ fn command() -> impl Strategy<Value = (Command, Vec<String>)> {
         Command::Help,
         Command::State,
         Command::Config,
-        Command::Upgrade { fleet: false },
-        Command::Upgrade { fleet: true },
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+        Command::Upgrade {
+            fleet: true,
+            canary: None,
+        },
         Command::Inc,
         Command::Dec,
     ])

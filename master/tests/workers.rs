@@ -126,10 +126,24 @@ fn manual_acks_are_counted_and_timer_mode_ignores_them() {
     master.wait_serving(2);
     master.wait_for_line("ACKed");
 
-    let timer = Master::start(&["-n", "1", "-m", "0.2"], &["sleep", "1000"]);
+    // A forgotten `-m manual`: warned once, with the flag to add; the next ACKs at debug
+    // (`-v` shows them, so the test sees the second one handled).
+    let timer = Master::start(&["-n", "1", "-m", "0.2", "-v"], &["sleep", "1000"]);
     let pid = timer.wait_serving(1)[0];
     client::ack(&timer.socket, pid as u32).unwrap();
-    timer.wait_for_line("but the ACK mode is timer (0.2s); ignoring it");
+    let warned = timer.wait_for_line("but the ACK mode is timer (0.2s); ignoring it");
+    assert!(
+        warned.contains("WARN")
+            && warned.contains("start the master with")
+            && warned.contains("-m manual"),
+        "{warned}"
+    );
+    client::ack(&timer.socket, pid as u32).unwrap();
+    let lines = timer
+        .proc
+        .wait_for_lines("received a manual ACK", 2, WAIT)
+        .expect("the second ACK is logged");
+    assert!(lines[1].contains("DEBUG"), "warned once only: {lines:?}");
 }
 
 #[test]

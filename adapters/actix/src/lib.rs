@@ -34,8 +34,11 @@ mod start;
 
 pub use connect::{StopSignal, readyz};
 pub use drain::{DrainApp, DrainAppService, DrainFuture};
+#[cfg(feature = "tls")]
+pub use graceful_listener::TlsError;
 pub use graceful_listener::{
-    Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
+    AckError, Bind, BindError, DEFAULT_DRAIN_TIMEOUT, ParseBindError, RunError, RunReport,
+    ShutdownSignal, StopCause,
 };
 /// A rustls server configuration from a PEM certificate chain and a PEM private key,
 /// offering HTTP/2 and HTTP/1.1 (ALPN `h2`, `http/1.1`), for [`Start::tls`].

@@ -117,7 +117,7 @@ where
 /// use actix_web::{App, web};
 ///
 /// #[actix_web::main]
-/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// async fn main() -> Result<(), einhorn_actix::RunError> {
 ///     einhorn_actix::serve(|| App::new().route("/", web::get().to(|| async { "hello\n" })))
 ///         .bind("127.0.0.1:3000".parse()?)
 ///         .await?;

@@ -46,8 +46,11 @@ pub use einhorn_hyper::tls_config;
 pub use einhorn_hyper::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig,
 };
+#[cfg(feature = "tls")]
+pub use graceful_listener::TlsError;
 pub use graceful_listener::{
-    Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
+    AckError, Bind, BindError, DEFAULT_DRAIN_TIMEOUT, ParseBindError, RunError, RunReport,
+    ShutdownSignal, StopCause,
 };
 pub use listener::ServeListener;
 pub use make::{AxumMakeService, IncomingConnection};
@@ -96,7 +99,7 @@ pub fn run<M: App>(app: M, fd_index: usize) -> Run<M> {
 /// ```no_run
 /// use axum::{Router, routing::get};
 ///
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn example() -> Result<(), einhorn_axum::RunError> {
 /// let app = Router::new().route("/", get(|| async { "hello\n" }));
 /// einhorn_axum::serve(app).bind("127.0.0.1:3000".parse()?).await?;
 /// # Ok(())

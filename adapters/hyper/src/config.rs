@@ -182,6 +182,10 @@ impl HttpConfig {
     /// bytes makes the kernel send a reset, which can wipe out a response the client has not
     /// read yet. The linger ends as soon as the client closes its side.
     ///
+    /// Once the worker stops, the idle grace plus the linger is also how long an HTTP/2
+    /// client has to answer the shutdown PING, and how long its socket may take none of the
+    /// server's writes: past that it does not read, and its connection is cut.
+    ///
     /// # Example
     /// ```
     /// # use std::time::Duration;
@@ -286,6 +290,7 @@ impl HttpConfig {
             header_read_timeout: self.header_read_timeout,
             min_rate: self.min_rate,
             idle_grace: self.idle_grace,
+            linger: self.linger,
         }
     }
 }

@@ -16,12 +16,7 @@
 //!
 //! It is a pure filter over the bytes read, tested on its own; [`crate::io`] runs it.
 
-/// The client connection preface that precedes the first frame (RFC 9113 section 3.4).
-const PREFACE_LEN: usize = 24;
-/// A frame header: length (24 bits), type, flags, stream id (32 bits).
-const HEADER_LEN: usize = 9;
-const TYPE_PING: u8 = 0x6;
-const FLAG_ACK: u8 = 0x1;
+use crate::h2_frames::{FLAG_ACK, FrameCursor, FrameHeader, HEADER_LEN, TYPE_PING};
 /// The payload of the PING `h2` sends to measure the shutdown's round trip
 /// (`h2::frame::Ping::SHUTDOWN`).
 const SHUTDOWN_PAYLOAD: [u8; 8] = [0x0b, 0x7b, 0xa2, 0xf0, 0x8b, 0x9b, 0xfe, 0x54];
@@ -32,11 +27,8 @@ const PING_FRAME_LEN: usize = HEADER_LEN + 8;
 /// removes the shutdown PING ACK, to hand back later.
 #[derive(Debug, Clone)]
 pub(crate) struct PongHold {
-    /// Bytes to pass through before the next frame header: the preface, or a payload.
-    skip: usize,
-    /// The header being read, while its frame's type is not known yet.
-    header: [u8; HEADER_LEN],
-    header_len: usize,
+    /// Where the frames are; its header, once armed, is withheld until its type is known.
+    frames: FrameCursor,
     /// How many bytes of the current header passed before the filter was armed.
     header_passed: usize,
     /// Withhold headers until their type is known, and take the shutdown PING ACK.
@@ -46,20 +38,21 @@ pub(crate) struct PongHold {
     /// The shutdown PING ACK, taken out until released.
     held: Vec<u8>,
     released: bool,
+    /// The shutdown PING ACK was taken: the client answered the PING.
+    answered: bool,
 }
 
 impl PongHold {
     /// A filter for a connection seen from its first byte (the client preface).
     pub(crate) fn new() -> PongHold {
         PongHold {
-            skip: PREFACE_LEN,
-            header: [0; HEADER_LEN],
-            header_len: 0,
+            frames: FrameCursor::after_preface(),
             header_passed: 0,
             armed: false,
             taking: None,
             held: Vec::new(),
             released: false,
+            answered: false,
         }
     }
 
@@ -68,7 +61,7 @@ impl PongHold {
         if !self.armed && !self.released {
             self.armed = true;
             // A header half passed already goes on passing.
-            self.header_passed = self.header_len;
+            self.header_passed = self.frames.header_len;
         }
     }
 
@@ -96,25 +89,14 @@ impl PongHold {
         self.released
     }
 
+    /// Whether the client has answered the shutdown PING (its ACK was taken).
+    pub(crate) fn is_answered(&self) -> bool {
+        self.answered
+    }
+
     /// Follows frames through `bytes`, which pass unchanged: the filter is not armed.
     pub(crate) fn observe(&mut self, bytes: &[u8]) {
-        let mut i = 0;
-        while i < bytes.len() {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len() - i);
-                self.skip -= n;
-                i += n;
-                continue;
-            }
-            let n = (HEADER_LEN - self.header_len).min(bytes.len() - i);
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[i..i + n]);
-            self.header_len += n;
-            i += n;
-            if self.header_len == HEADER_LEN {
-                self.header_len = 0;
-                self.skip = frame_len(&self.header);
-            }
-        }
+        self.frames.feed(bytes, |_| {});
     }
 
     /// Filters `bytes`, appending what passes to `out`. A header whose frame type is not
@@ -138,60 +120,53 @@ impl PongHold {
                         out.extend_from_slice(&frame);
                     } else {
                         self.held.extend_from_slice(&frame);
+                        self.answered = true;
                     }
                 }
                 continue;
             }
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len() - i);
+            let frames = &mut self.frames;
+            if frames.skip > 0 {
+                let n = frames.skip.min(bytes.len() - i);
                 out.extend_from_slice(&bytes[i..i + n]);
-                self.skip -= n;
+                frames.skip -= n;
                 i += n;
                 continue;
             }
             // Partly passed already if the filter was armed in the middle of this header.
             let passed = self.header_passed;
-            let n = (HEADER_LEN - self.header_len).min(bytes.len() - i);
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[i..i + n]);
-            self.header_len += n;
+            let n = (HEADER_LEN - frames.header_len).min(bytes.len() - i);
+            frames.header[frames.header_len..frames.header_len + n]
+                .copy_from_slice(&bytes[i..i + n]);
+            frames.header_len += n;
             i += n;
-            if self.header_len < HEADER_LEN {
+            if frames.header_len < HEADER_LEN {
                 continue;
             }
-            self.header_len = 0;
+            frames.header_len = 0;
             self.header_passed = 0;
-            let header = self.header;
-            if passed == 0 && is_ping_ack(&header) {
+            let header = frames.header;
+            if passed == 0 && is_ping_ack(&FrameHeader::parse(&header)) {
                 self.taking = Some(header.to_vec());
             } else {
                 out.extend_from_slice(&header[passed..]);
-                self.skip = frame_len(&header);
+                frames.skip = FrameHeader::parse(&header).len;
             }
         }
     }
 }
 
-fn frame_len(header: &[u8; HEADER_LEN]) -> usize {
-    u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize
-}
-
-fn is_ping_ack(header: &[u8; HEADER_LEN]) -> bool {
-    header[3] == TYPE_PING && header[4] & FLAG_ACK != 0 && frame_len(header) == 8
+fn is_ping_ack(header: &FrameHeader) -> bool {
+    header.kind == TYPE_PING && header.flags & FLAG_ACK != 0 && header.len == 8
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    use crate::h2_frames::frame;
 
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        f.extend_from_slice(&stream.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
     fn headers(stream: u32) -> Vec<u8> {
         frame(0x1, 0x4 | 0x1, stream, b"\x82\x86\x84")
@@ -245,6 +220,7 @@ mod tests {
                 if arm <= pong_at {
                     assert_eq!(passed, without_pong, "armed at {arm}, chunk {chunk}");
                     assert!(hold.is_holding(), "armed at {arm}, chunk {chunk}");
+                    assert!(hold.is_answered());
                     assert_eq!(hold.release(), pong(SHUTDOWN_PAYLOAD));
                 } else {
                     // Armed once the PONG had begun to pass: it passes whole.
@@ -275,6 +251,10 @@ mod tests {
             "a keep-alive PING ACK is not held"
         );
         assert!(!hold.is_holding());
+        assert!(
+            !hold.is_answered(),
+            "nor is it the answer to the shutdown PING"
+        );
         // A PING (not an ACK) passes straight through.
         let ping = frame(TYPE_PING, 0, 0, &SHUTDOWN_PAYLOAD);
         assert_eq!(feed(&mut hold, &ping, 2), ping);

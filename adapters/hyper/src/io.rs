@@ -1,7 +1,8 @@
 //! The connection as hyper sees it: reads are counted (to tell an idle connection from one
-//! whose next request is arriving, and a slow client from a busy server), HTTP/2's shutdown
-//! PING ACK is held back for a grace once draining (see [`crate::h2_hold`]), and the close is
-//! staged.
+//! whose next request is arriving, and a slow client from a busy server), HTTP/2's frames are
+//! followed both ways (its shutdown PING ACK held back for a grace once draining, see
+//! [`crate::h2_hold`]; its PING and SETTINGS floods cut, see [`crate::h2_calm`]; its writes
+//! watched for a client that stops reading), and the close is staged.
 
 use std::io;
 use std::pin::Pin;
@@ -13,8 +14,10 @@ use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::h2_calm::{ControlBudget, goaway_calm};
+use crate::h2_frames::{FrameCursor, TYPE_GOAWAY, TYPE_HEADERS};
 use crate::h2_hold::PongHold;
-use crate::state::ConnState;
+use crate::state::{Command, ConnState};
 
 /// The most a lingering close reads and discards before it gives up and closes anyway.
 const LINGER_MAX_BYTES: usize = 1 << 20;
@@ -37,23 +40,106 @@ pub(crate) struct WatchedIo<T: Stream> {
     state: Arc<ConnState>,
     linger: Duration,
     read_eof: bool,
-    /// For HTTP/2 connections: the frames followed, for holding the shutdown PING ACK.
-    h2: Option<Box<H2Reading>>,
+    /// For HTTP/2 connections: the frames followed, both ways.
+    h2: Option<Box<H2Io>>,
     /// How long the shutdown PING ACK is held once draining.
     h2_grace: Duration,
     /// Whether the first read has been seen (HTTP/2 is known from it).
     started: bool,
 }
 
-/// An HTTP/2 connection's reading, once it drains.
+/// What an HTTP/2 connection's IO follows.
 #[derive(Debug)]
-struct H2Reading {
+struct H2Io {
+    /// Once draining, takes the shutdown PING ACK out of what h2 reads, for the grace.
     hold: PongHold,
     /// Bytes to deliver before reading more: what passed the filter, then the released frame.
     pending: Vec<u8>,
     delivered: usize,
     /// When the held frame goes back.
     release: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Every frame read from the client, for the control budget and its last stream.
+    read: FrameCursor,
+    budget: ControlBudget,
+    /// The highest stream the client opened.
+    last_stream: u32,
+    /// The client spent its control budget: it gets a GOAWAY with `ENHANCE_YOUR_CALM` and is
+    /// closed, and h2 reads nothing more of it.
+    flooded: bool,
+    /// Every frame written: where a frame of our own may go in, and how many GOAWAYs h2 sent
+    /// (a second one is its final GOAWAY, sent once the client answered the shutdown PING).
+    written: FrameCursor,
+    goaways_written: u8,
+}
+
+impl H2Io {
+    fn new() -> H2Io {
+        H2Io {
+            hold: PongHold::new(),
+            pending: Vec::new(),
+            delivered: 0,
+            release: None,
+            read: FrameCursor::after_preface(),
+            budget: ControlBudget::new(std::time::Instant::now()),
+            last_stream: 0,
+            flooded: false,
+            written: FrameCursor::at_frame_start(),
+            goaways_written: 0,
+        }
+    }
+
+    /// Follows the frames of bytes read from the client; `false` once the client has spent
+    /// its control budget (and then it is told to stop, once).
+    fn follow_read(&mut self, bytes: &[u8], state: &ConnState) -> bool {
+        let (budget, last_stream) = (&mut self.budget, &mut self.last_stream);
+        let mut now = None;
+        let mut flooding = self.flooded;
+        self.read.feed(bytes, |header| {
+            if header.kind == TYPE_HEADERS {
+                *last_stream = (*last_stream).max(header.stream);
+            }
+            if header.asks_an_answer() && !flooding {
+                flooding = !budget.spend(*now.get_or_insert_with(std::time::Instant::now));
+            }
+        });
+        if flooding && !self.flooded {
+            self.flooded = true;
+            tracing::debug!(
+                "HTTP/2 client floods PING or SETTINGS frames: GOAWAY ENHANCE_YOUR_CALM"
+            );
+            state.give(Command::Abort);
+        }
+        !self.flooded
+    }
+
+    /// Follows the frames of bytes h2 wrote.
+    fn follow_written(&mut self, bytes: &[u8], state: &ConnState) {
+        let goaways = &mut self.goaways_written;
+        self.written.feed(bytes, |header| {
+            if header.kind == TYPE_GOAWAY {
+                *goaways = goaways.saturating_add(1);
+            }
+        });
+        if self.goaways_written >= 2 {
+            // The final GOAWAY: h2 got the client's answer to its shutdown PING.
+            state.set_h2_answered();
+        }
+    }
+
+    /// The frame to send before closing, if any: the GOAWAY of a flooding client, when it can
+    /// go in between h2's frames.
+    fn goodbye(&self) -> Option<Vec<u8>> {
+        if !self.flooded {
+            return None;
+        }
+        if !self.written.at_boundary() {
+            tracing::debug!(
+                "no GOAWAY for the flooding client: h2 stopped in the middle of a frame"
+            );
+            return None;
+        }
+        Some(goaway_calm(self.last_stream))
+    }
 }
 
 impl<T: Stream> WatchedIo<T> {
@@ -105,14 +191,15 @@ impl<T: Stream> AsyncRead for WatchedIo<T> {
                         self.started = true;
                         if self.state.observe().h2 {
                             // Seen from its preface: its frames can be followed.
-                            let mut hold = PongHold::new();
-                            hold.observe(&buf.filled()[before..]);
-                            self.h2 = Some(Box::new(H2Reading {
-                                hold,
-                                pending: Vec::new(),
-                                delivered: 0,
-                                release: None,
-                            }));
+                            let mut h2 = Box::new(H2Io::new());
+                            let first = &buf.filled()[before..];
+                            h2.hold.observe(first);
+                            let calm = h2.follow_read(first, &self.state);
+                            self.h2 = Some(h2);
+                            if !calm {
+                                buf.set_filled(before);
+                                return Poll::Pending;
+                            }
                         }
                     }
                 }
@@ -134,6 +221,10 @@ impl<T: Stream> WatchedIo<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let h2 = this.h2.as_mut().expect("an HTTP/2 connection");
+        if h2.flooded {
+            // Nothing more of it reaches h2; its task is told to close (woken by the command).
+            return Poll::Pending;
+        }
         if this.state.is_h2_closing() && !h2.hold.is_released() && !h2.hold.is_armed() {
             h2.hold.arm();
             h2.release = Some(Box::pin(tokio::time::sleep(this.h2_grace)));
@@ -158,6 +249,10 @@ impl<T: Stream> WatchedIo<T> {
                     let new = &buf.filled()[before..];
                     h2.hold.observe(new);
                     this.state.on_read(new);
+                    if !h2.follow_read(new, &this.state) {
+                        buf.set_filled(before);
+                        return Poll::Pending;
+                    }
                 }
                 return polled;
             }
@@ -173,7 +268,13 @@ impl<T: Stream> WatchedIo<T> {
                 }
                 Poll::Ready(Ok(())) => {
                     this.state.on_read(aside.filled());
+                    if !h2.follow_read(aside.filled(), &this.state) {
+                        return Poll::Pending;
+                    }
                     h2.hold.filter(aside.filled(), &mut h2.pending);
+                    if h2.hold.is_answered() {
+                        this.state.set_h2_answered();
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
@@ -205,7 +306,15 @@ impl<T: Stream> AsyncWrite for WatchedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.conn().poll_write(cx, buf)
+        let polled = self.conn().poll_write(cx, buf);
+        if self.h2.is_some() {
+            let written = match &polled {
+                Poll::Ready(Ok(n)) => Some(&buf[..*n]),
+                _ => None,
+            };
+            self.watch_h2_write(&polled, written.into_iter());
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -213,7 +322,21 @@ impl<T: Stream> AsyncWrite for WatchedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.conn().poll_write_vectored(cx, bufs)
+        let polled = self.conn().poll_write_vectored(cx, bufs);
+        if self.h2.is_some() {
+            // The first `n` bytes of the slices, in order.
+            let mut left = match &polled {
+                Poll::Ready(Ok(n)) => *n,
+                _ => 0,
+            };
+            let written = bufs.iter().map_while(|b| {
+                let take = left.min(b.len());
+                left -= take;
+                (take > 0).then(|| &b[..take])
+            });
+            self.watch_h2_write(&polled, written);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -221,7 +344,16 @@ impl<T: Stream> AsyncWrite for WatchedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.conn().poll_flush(cx)
+        let polled = self.conn().poll_flush(cx);
+        if self.h2.is_some() {
+            // A TLS stream writes its records out here: a full socket shows as a pending flush.
+            match &polled {
+                Poll::Ready(Ok(())) => self.state.on_write(Some(0)),
+                Poll::Pending => self.state.on_write(None),
+                Poll::Ready(Err(_)) => {}
+            }
+        }
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -229,29 +361,60 @@ impl<T: Stream> AsyncWrite for WatchedIo<T> {
     }
 }
 
+impl<T: Stream> WatchedIo<T> {
+    /// Tells the state how an HTTP/2 write went (`written`: the bytes the socket took).
+    fn watch_h2_write<'a>(
+        &mut self,
+        polled: &Poll<io::Result<usize>>,
+        written: impl Iterator<Item = &'a [u8]>,
+    ) {
+        let Some(h2) = self.h2.as_mut() else { return };
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                for bytes in written {
+                    h2.follow_written(bytes, &self.state);
+                }
+                self.state.on_write(Some(*n));
+            }
+            Poll::Pending => self.state.on_write(None),
+            Poll::Ready(Err(_)) => {}
+        }
+    }
+}
+
 impl<T: Stream> Drop for WatchedIo<T> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if self.read_eof || self.linger.is_zero() {
+        let goodbye = self.h2.as_ref().and_then(|h2| h2.goodbye());
+        // An HTTP/2 client cut for not answering, not reading or flooding has shown it does
+        // not read what it is sent: nothing is owed to it but the GOAWAY of a flood.
+        let cut = self.h2.is_some() && self.state.command() == Command::Abort;
+        if goodbye.is_none() && (self.read_eof || self.linger.is_zero() || cut) {
             // The client closed its side first: nothing can be left unread. Dropping closes.
             return;
         }
         // Without a runtime (the process is ending anyway) the close cannot be staged.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(linger(conn, self.linger));
+            runtime.spawn(linger(conn, self.linger, goodbye));
         }
     }
 }
 
-/// The staged close: FIN (for TLS, `close_notify` first), then read and discard until the client's FIN, an error, `max` time
-/// or [`LINGER_MAX_BYTES`], then close. The connection stays tracked by the listener until
-/// then, so the worker does not exit (which would close it with a reset) in the middle.
-async fn linger<T: Stream>(mut conn: T, max: Duration) {
-    // An error means the socket is already shut down or gone: the read below ends at once.
-    let _ = conn.shutdown().await;
+/// The staged close: `goodbye` if any (a frame of our own), FIN (for TLS, `close_notify`
+/// first), then read and discard until the client's FIN, an error or [`LINGER_MAX_BYTES`],
+/// then close; all of it within `max`, so that a client that reads nothing cannot hold it
+/// (the FIN of a TLS stream waits for `close_notify` to be written). The connection stays
+/// tracked by the listener until then, so the worker does not exit (which would close it
+/// with a reset) in the middle.
+async fn linger<T: Stream>(mut conn: T, max: Duration, goodbye: Option<Vec<u8>>) {
     let mut discarded = 0;
     let mut buf = [0u8; 4096];
     let outcome = tokio::time::timeout(max, async {
+        if let Some(frame) = goodbye {
+            let _ = conn.write_all(&frame).await;
+        }
+        // An error means the socket is already shut down or gone: the read below ends at once.
+        let _ = conn.shutdown().await;
         loop {
             match conn.read(&mut buf).await {
                 Ok(0) | Err(_) => return,

@@ -30,6 +30,8 @@
 //! ```
 
 mod config;
+mod h2_calm;
+mod h2_frames;
 mod h2_hold;
 mod io;
 mod make;
@@ -42,8 +44,11 @@ mod supervisor;
 pub use config::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, DEFAULT_MIN_RATE, HttpConfig,
 };
+#[cfg(feature = "tls")]
+pub use graceful_listener::TlsError;
 pub use graceful_listener::{
-    Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
+    AckError, Bind, BindError, DEFAULT_DRAIN_TIMEOUT, ParseBindError, RunError, RunReport,
+    ShutdownSignal, StopCause,
 };
 pub use make::{ConnectionInfo, MakeService, Shared};
 pub use run::{HttpRun, run, serve};
@@ -60,7 +65,7 @@ pub use server::HttpServer;
 /// # use std::convert::Infallible;
 /// # use http_body_util::Empty;
 /// # use hyper::{Response, body::Bytes, service::service_fn};
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn example() -> Result<(), einhorn_hyper::RunError> {
 /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
 /// let tls = einhorn_hyper::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
 /// einhorn_hyper::run(service, 0).tls(tls).await?;

@@ -56,7 +56,7 @@ where
 /// use http_body_util::Full;
 /// use hyper::{Request, Response, body::{Bytes, Incoming}, service::service_fn};
 ///
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn example() -> Result<(), einhorn_hyper::RunError> {
 /// let hello = service_fn(|_req: Request<Incoming>| async {
 ///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello\n"))))
 /// });

@@ -324,7 +324,9 @@ async fn serve_stream<T: Stream, S, B>(
                     conn.as_mut().graceful_shutdown();
                 }
                 Command::Abort => {
-                    tracing::debug!("client too slow: connection closed");
+                    tracing::debug!(
+                        "connection cut: its client sends too slowly, does not read, or floods"
+                    );
                     return Poll::Ready(Ok(()));
                 }
             }

@@ -59,6 +59,11 @@ pub(crate) struct ConnState {
     h2: AtomicBool,
     /// An HTTP/2 connection was told to close: its IO holds the shutdown PING ACK.
     h2_closing: AtomicBool,
+    /// The client of a closing HTTP/2 connection has answered the shutdown PING.
+    h2_answered: AtomicBool,
+    /// HTTP/2 only: bytes written, and whether the last write found the socket full.
+    bytes_written: AtomicU64,
+    write_blocked: AtomicBool,
     command: AtomicU8,
     /// The connection task's waker, for the supervisor to deliver a command.
     waker: Mutex<Option<Waker>>,
@@ -73,6 +78,12 @@ pub(crate) struct Observation {
     pub(crate) finished: u64,
     pub(crate) waiting: bool,
     pub(crate) h2: bool,
+    /// HTTP/2, closing: the client has answered the shutdown PING.
+    pub(crate) h2_answered: bool,
+    /// HTTP/2: bytes written so far, and whether the last write found the socket full (the
+    /// client is not reading, or not fast enough).
+    pub(crate) bytes_written: u64,
+    pub(crate) write_blocked: bool,
 }
 
 impl Observation {
@@ -106,6 +117,9 @@ impl ConnState {
             sniffed: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             h2_closing: AtomicBool::new(false),
+            h2_answered: AtomicBool::new(false),
+            bytes_written: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
             command: AtomicU8::new(Command::Serve as u8),
             waker: Mutex::new(None),
         }
@@ -156,6 +170,26 @@ impl ConnState {
         self.h2_closing.load(Ordering::Relaxed)
     }
 
+    /// Called by the IO when the client answers the shutdown PING.
+    pub(crate) fn set_h2_answered(&self) {
+        self.h2_answered.store(true, Ordering::Relaxed);
+    }
+
+    /// Called by an HTTP/2 connection's IO after each write: `Some(n)` bytes written, `None`
+    /// for a socket that took nothing (full: the client does not read).
+    pub(crate) fn on_write(&self, written: Option<usize>) {
+        // Only the connection's IO writes these: a load and a store, no locked instruction.
+        if let Some(n) = written {
+            let total = self.bytes_written.load(Ordering::Relaxed);
+            self.bytes_written
+                .store(total + n as u64, Ordering::Relaxed);
+        }
+        let blocked = written.is_none();
+        if self.write_blocked.load(Ordering::Relaxed) != blocked {
+            self.write_blocked.store(blocked, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn mark_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
     }
@@ -169,6 +203,9 @@ impl ConnState {
             finished,
             waiting: self.waiting.load(Ordering::Relaxed),
             h2: self.h2.load(Ordering::Relaxed),
+            h2_answered: self.h2_answered.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            write_blocked: self.write_blocked.load(Ordering::Relaxed),
         }
     }
 

@@ -38,8 +38,11 @@ pub use einhorn_hyper::tls_config;
 pub use einhorn_hyper::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE, DEFAULT_LINGER, HttpConfig,
 };
+#[cfg(feature = "tls")]
+pub use graceful_listener::TlsError;
 pub use graceful_listener::{
-    Bind, DEFAULT_DRAIN_TIMEOUT, RunError, RunReport, ShutdownSignal, StopCause,
+    AckError, Bind, BindError, DEFAULT_DRAIN_TIMEOUT, ParseBindError, RunError, RunReport,
+    ShutdownSignal, StopCause,
 };
 
 /// The builder [`run`] and [`serve`] return: every option of the worker and of the HTTP
@@ -83,7 +86,7 @@ where
 /// ```no_run
 /// use warp::Filter;
 ///
-/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn example() -> Result<(), einhorn_warp::RunError> {
 /// let hello = warp::any().map(|| "hello\n");
 /// einhorn_warp::serve(hello).bind("127.0.0.1:3030".parse()?).await?;
 /// # Ok(())

@@ -72,6 +72,18 @@ pub enum EnvError {
         /// What it should have been.
         expected: &'static str,
     },
+    /// A variable meant to hold a bind spec holds something that does not parse; the reason
+    /// is the parser's own (`port 99999 is above 65535`).
+    #[error("{var}={value:?} is not a bind spec: {reason}")]
+    InvalidSpec {
+        /// The variable's name.
+        var: String,
+        /// Its value, as found.
+        value: String,
+        /// What is wrong with it, as [`ParseBindError::reason`](crate::ParseBindError::reason)
+        /// says.
+        reason: String,
+    },
     /// The Einhorn master pid is not this process's parent: a grandchild that inherited the
     /// environment, or a process started by hand with a copied environment.
     #[error(

@@ -213,7 +213,7 @@ pub(crate) fn variable_of(env: &Environment, err: &EnvError) -> Result<String, T
             );
             var.clone()
         }
-        EnvError::Invalid { var, value, .. } => {
+        EnvError::Invalid { var, value, .. } | EnvError::InvalidSpec { var, value, .. } => {
             prop_assert_eq!(env.get(var), Some(value.as_str()), "not the value as found");
             let named = format!("{var}={value:?} is not ");
             prop_assert!(message.starts_with(&named), "{}", message);

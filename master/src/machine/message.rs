@@ -358,7 +358,8 @@ pub enum Message {
     },
     /// A `worker:ack` without a pid.
     AckWithoutPid,
-    /// A `worker:ack` while the ACK mode is a timer.
+    /// A `worker:ack` while the ACK mode is a timer: the workers ACK, so the master was
+    /// most likely meant to run with `-m manual`. Logged as a warning once, then at debug.
     AckIgnored {
         /// The pid it named.
         pid: i64,

@@ -17,6 +17,9 @@ pub(crate) struct Limits {
     pub(crate) min_rate: Option<(u64, Duration)>,
     /// Once draining, how long an idle connection may still send one request.
     pub(crate) idle_grace: Duration,
+    /// How long a closing connection reads what its client still sends; with the grace, the
+    /// time an HTTP/2 client has to answer the shutdown PING, or to read again.
+    pub(crate) linger: Duration,
 }
 
 /// Once the grace is over, how long a request head that started arriving just before may
@@ -47,6 +50,9 @@ pub(crate) struct Record {
     /// The start of the current minimum-rate window and the bytes read at its start, while
     /// the server waits for a client in the middle of a request.
     window: Option<(Instant, u64)>,
+    /// HTTP/2, draining: since when the server's writes have found the socket full, and the
+    /// bytes written then (a client that does not read).
+    write_stall: Option<(Instant, u64)>,
     /// The command already given, so it is given once.
     given: Command,
 }
@@ -59,6 +65,7 @@ impl Record {
             since: now,
             head_seen: observation.head_arriving().then_some(now),
             window: None,
+            write_stall: None,
             given: Command::Serve,
         }
     }
@@ -165,9 +172,7 @@ fn draining(
     unread: &mut dyn FnMut() -> bool,
 ) -> Option<Command> {
     if seen.h2 {
-        // GOAWAY at once: HTTP/2 clients learn it per connection, and h2 serves the
-        // streams that race it before its final GOAWAY.
-        return Some(Command::Close);
+        return Some(h2_draining(record, seen, now, since, limits));
     }
     if seen.in_flight() {
         // Its response says `Connection: close`; hyper closes after it.
@@ -195,6 +200,39 @@ fn draining(
     Some(Command::Close)
 }
 
+/// An HTTP/2 connection once the worker stops: GOAWAY at once (HTTP/2 clients learn it per
+/// connection, and h2 serves the streams that race it before its final GOAWAY). h2 waits for
+/// the client's answer to its shutdown PING, and then for its streams, with no bound of its
+/// own: a client that does not answer, or stops reading, would hold the worker until the
+/// drain timeout. So, as an HTTP/1 client that trickles its head gets a 408 after the grace,
+/// one that has not answered the PING within the grace and the linger, or whose socket has
+/// taken nothing for that long while the server had more to write, is cut.
+fn h2_draining(
+    record: &mut Record,
+    seen: Observation,
+    now: Instant,
+    since: Instant,
+    limits: &Limits,
+) -> Command {
+    let bound = limits.idle_grace + limits.linger;
+    let still_stalled = matches!(
+        record.write_stall,
+        Some((_, at)) if seen.write_blocked && seen.bytes_written == at
+    );
+    if !still_stalled {
+        record.write_stall = seen.write_blocked.then_some((now, seen.bytes_written));
+    }
+    let unanswered = !seen.h2_answered && now >= since + bound;
+    let stalled = record
+        .write_stall
+        .is_some_and(|(stalled, _)| now >= stalled + bound);
+    if unanswered || stalled {
+        Command::Abort
+    } else {
+        Command::Close
+    }
+}
+
 /// When the rules next need a look at this connection.
 fn next_look(
     record: &Record,
@@ -210,7 +248,27 @@ fn next_look(
         Command::Close => !seen.in_flight(),
         Command::Serve => false,
     };
-    if done || (seen.h2 && matches!(phase, Phase::Running)) {
+    if seen.h2 {
+        // While running, h2 judges its own streams; draining, the deadlines of `h2_draining`.
+        let Phase::Draining { since } = phase else {
+            return None;
+        };
+        if record.given == Command::Abort {
+            return None;
+        }
+        let bound = limits.idle_grace + limits.linger;
+        let unanswered = (!seen.h2_answered).then_some(since + bound);
+        let stalled = record.write_stall.map(|(stalled, _)| stalled + bound);
+        // Until h2 ends it, a stall of its writes is to be seen soon after it begins (h2
+        // still sends what a response has handed it, counted or not as in flight here).
+        let soon = now + HEAD_ALLOWANCE;
+        return [unanswered, stalled]
+            .into_iter()
+            .flatten()
+            .fold(soon, Instant::min)
+            .into();
+    }
+    if done {
         return None;
     }
     let min_rate = |_: ()| limits.min_rate.map(|(_, per)| now + per);
@@ -236,11 +294,14 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(1);
     const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+    const LINGER: Duration = Duration::from_millis(500);
+
     fn limits() -> Limits {
         Limits {
             header_read_timeout: Some(HEAD_TIMEOUT),
             min_rate: Some((1024, Duration::from_secs(10))),
             idle_grace: GRACE,
+            linger: LINGER,
         }
     }
 
@@ -252,6 +313,9 @@ mod tests {
             finished,
             waiting: false,
             h2: false,
+            h2_answered: false,
+            bytes_written: 0,
+            write_blocked: false,
         }
     }
 
@@ -395,6 +459,107 @@ mod tests {
     }
 
     #[test]
+    fn http2_that_never_answers_the_ping_is_cut_after_the_grace_and_linger() {
+        let t0 = Instant::now();
+        let h2 = Observation {
+            h2: true,
+            ..obs(500, 500, 3, 3)
+        };
+        let draining = Phase::Draining { since: t0 };
+        let mut record = Record::new(h2, t0);
+        let verdict = judge(&mut record, h2, t0, draining, &limits(), &mut || false);
+        assert_eq!(verdict.command, Command::Close, "GOAWAY first");
+        assert_eq!(verdict.next_look, Some(t0 + HEAD_ALLOWANCE));
+        let just_before = t0 + GRACE + LINGER - Duration::from_millis(1);
+        let verdict = judge(
+            &mut record,
+            h2,
+            just_before,
+            draining,
+            &limits(),
+            &mut || false,
+        );
+        assert_eq!(
+            verdict.next_look,
+            Some(t0 + GRACE + LINGER),
+            "looked at on time"
+        );
+        assert_eq!(
+            judge_at(&mut record, h2, just_before, draining),
+            Command::Serve
+        );
+        assert_eq!(
+            judge_at(&mut record, h2, t0 + GRACE + LINGER, draining),
+            Command::Abort
+        );
+
+        // The same client, answered: left to finish its streams.
+        let answered = Observation {
+            h2_answered: true,
+            ..h2
+        };
+        let mut record = Record::new(answered, t0);
+        for ms in [0, 2000, 60_000] {
+            let now = t0 + Duration::from_millis(ms);
+            let verdict = judge(&mut record, answered, now, draining, &limits(), &mut || {
+                false
+            });
+            assert_ne!(verdict.command, Command::Abort, "{ms} ms");
+            assert_eq!(
+                verdict.next_look,
+                Some(now + HEAD_ALLOWANCE),
+                "looked at for a stall"
+            );
+        }
+    }
+
+    #[test]
+    fn http2_whose_writes_stall_is_cut_after_the_grace_and_linger_one_that_reads_is_not() {
+        let t0 = Instant::now();
+        let draining = Phase::Draining { since: t0 };
+        let writing = |written, blocked| Observation {
+            h2: true,
+            h2_answered: true,
+            bytes_written: written,
+            write_blocked: blocked,
+            ..obs(500, 0, 2, 1)
+        };
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut record = Record::new(writing(1000, true), t0);
+        assert_eq!(
+            judge_at(&mut record, writing(1000, true), at(0), draining),
+            Command::Close
+        );
+        // A slow reader: blocked at every look, but the bytes move.
+        for (i, ms) in [1000, 2000, 3000, 4000].into_iter().enumerate() {
+            let seen = writing(2000 + 1000 * i as u64, true);
+            assert_eq!(
+                judge_at(&mut record, seen, at(ms), draining),
+                Command::Serve
+            );
+        }
+        // Then nothing moves for the grace and the linger.
+        let stuck = writing(5000, true);
+        let verdict = judge(
+            &mut record,
+            stuck,
+            at(4000),
+            draining,
+            &limits(),
+            &mut || false,
+        );
+        assert_eq!(
+            verdict.next_look,
+            Some(at(4000) + HEAD_ALLOWANCE),
+            "a stream is open: looked at again soon"
+        );
+        assert_eq!(
+            judge_at(&mut record, stuck, at(4000) + GRACE + LINGER, draining),
+            Command::Abort
+        );
+    }
+
+    #[test]
     fn while_running_a_head_gets_the_header_read_timeout_and_idle_the_same() {
         let t0 = Instant::now();
         let partial = obs(105, 100, 1, 1);
@@ -481,6 +646,7 @@ mod tests {
             header_read_timeout: None,
             min_rate: None,
             idle_grace: GRACE,
+            linger: LINGER,
         };
         let partial = Observation {
             waiting: true,

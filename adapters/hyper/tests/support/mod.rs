@@ -57,6 +57,11 @@ pub async fn handler(
         };
         return Ok(Response::new(Full::new(Bytes::from(len.to_string()))));
     }
+    if let Some(len) = req.uri().path().strip_prefix("/big/") {
+        // A body of that many bytes, for clients that do not read it.
+        let body = vec![b'x'; len.parse().unwrap_or(0)];
+        return Ok(Response::new(Full::new(Bytes::from(body))));
+    }
     if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
