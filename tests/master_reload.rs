@@ -173,7 +173,9 @@ fn a_broken_new_master_is_refused_and_everything_keeps_serving() {
             .duration(Duration::from_secs(120)),
     );
     let real = binary("einhorn-master");
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    // (what is wrong, how to deploy it, what the refusal says)
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "exits 1",
             Box::new(|| {

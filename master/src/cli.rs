@@ -181,11 +181,11 @@ pub struct MasterArgs {
     #[arg(long = "reexec-as", value_name = "CMDLINE")]
     pub reexec_as: Option<String>,
 
-    /// [Internal] The state handed over by the master that exec'd this one.
+    /// (Internal) The state handed over by the master that exec'd this one.
     #[arg(long = "with-state-fd", value_name = "FD", hide = true)]
     pub with_state_fd: Option<i32>,
 
-    /// [Internal] Only check that this program could take over from the running master
+    /// (Internal) Only check that this program could take over from the running master
     /// (with --with-state-fd), then exit.
     #[arg(long = "upgrade-check", hide = true)]
     pub upgrade_check: bool,

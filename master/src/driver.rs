@@ -276,13 +276,17 @@ fn upgrade_check(args: &MasterArgs, handover: Option<&Handover>) -> Result<i32, 
     Ok(0)
 }
 
+/// Sockets no longer configured, each with the spawn number below which workers may still
+/// use it: closed once no such worker runs.
+type RetiredListeners = Vec<(Bound, u64)>;
+
 /// The `-b` sockets: those handed over whose spec is still configured are kept, new ones
 /// bound; those no longer configured stay open (retired) while workers started with them
 /// run.
 fn bind_listeners(
     args: &MasterArgs,
     handover: Option<&Handover>,
-) -> Result<(Vec<Bound>, Vec<(Bound, u64)>), MasterError> {
+) -> Result<(Vec<Bound>, RetiredListeners), MasterError> {
     let mut handed: Vec<(String, i32)> = handover
         .map(|h| h.listeners.iter().map(|l| (l.spec.clone(), l.fd)).collect())
         .unwrap_or_default();
@@ -350,7 +354,7 @@ struct Resources {
     command_socket: CommandSocket,
     bound: Vec<Bound>,
     /// Sockets no longer configured, with the spawn below which workers use them.
-    retired: Vec<(Bound, u64)>,
+    retired: RetiredListeners,
     _pidfile: Option<Pidfile>,
     _addr_file: Option<WrittenFile>,
 }

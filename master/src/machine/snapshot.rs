@@ -19,7 +19,8 @@ use crate::command::{parse_signal, signal_name};
 use crate::state::Pid;
 use crate::wire::RequestId;
 
-/// The machine at one moment; see the [module documentation](self).
+/// The machine at one moment, as data a new master process resumes from: times as ages,
+/// everything else as it was.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MachineSnapshot {
     /// The target number of workers.

@@ -541,7 +541,7 @@ fn overlapping_upgrades_stop_the_superseded_unacked_workers_never_the_serving_on
         );
         superseded.extend(signals(&actions).into_iter().map(|(pid, _)| pid));
         assert!(old.iter().all(|p| sim.serving().contains(p)), "{conn}");
-        assert_eq!(sim.pids(conn as u64).len(), 1, "one new worker at a time");
+        assert_eq!(sim.pids(conn).len(), 1, "one new worker at a time");
     }
     assert_eq!(superseded.len(), 2, "{superseded:?}");
     assert!(superseded.iter().all(|p| !old.contains(p)));
@@ -1645,7 +1645,7 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
         for _ in 0..150 {
             let live: Vec<Pid> = sim.live.iter().copied().collect();
             // A re-exec asked for: it fails, or happens (snapshot, then a new machine).
-            if sim.actions.iter().any(|a| *a == Action::Reexec) {
+            if sim.actions.contains(&Action::Reexec) {
                 sim.actions.retain(|a| *a != Action::Reexec);
                 if sim.m.is_upgrading() && rng.below(3) == 0 {
                     sim.feed(Event::ReexecFailed {
@@ -1714,7 +1714,7 @@ fn random_event_sequences_keep_the_invariants_and_converge() {
         // Calm: retired workers exit, live ones ACK, time passes. The pool must settle on the
         // target count, all of the current version, ACKed, and any upgrade must be answered.
         for _ in 0..50 {
-            if sim.actions.iter().any(|a| *a == Action::Reexec) {
+            if sim.actions.contains(&Action::Reexec) {
                 sim.actions.retain(|a| *a != Action::Reexec);
                 sim.reexec(config.clone());
             }
