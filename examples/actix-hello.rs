@@ -11,14 +11,20 @@ mod common;
 
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, web};
+use actix_web::{App, HttpRequest, HttpResponse, web};
 use einhorn_actix::StopSignal;
 
-async fn hello(req: HttpRequest) -> String {
+async fn hello(req: HttpRequest) -> HttpResponse {
+    if common::should_fail() {
+        return HttpResponse::InternalServerError().body("failing on purpose\n");
+    }
     let peer = req
         .peer_addr()
         .map_or_else(|| "a unix client".to_owned(), |a| a.to_string());
-    format!("hello from actix pid={} to {peer}\n", std::process::id())
+    HttpResponse::Ok().body(format!(
+        "hello from actix pid={} to {peer}\n",
+        std::process::id()
+    ))
 }
 
 async fn sleep(ms: web::Path<u64>) -> String {
@@ -49,6 +55,7 @@ async fn main() -> std::process::ExitCode {
         .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
         .configure(|server| server.workers(2));
+    worker = common::act_bad_build!(worker, args);
     if let Some(tls) = args.tls() {
         worker = worker.tls(tls);
     }

@@ -14,11 +14,22 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path};
+use axum::http::StatusCode;
 use axum::routing::get;
 use einhorn_axum::StopSignal;
 
-async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
-    format!("hello from axum pid={} to {peer}\n", std::process::id())
+async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> (StatusCode, String) {
+    if common::should_fail() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failing on purpose\n".into(),
+        );
+    }
+    let pid = std::process::id();
+    (
+        StatusCode::OK,
+        format!("hello from axum pid={pid} to {peer}\n"),
+    )
 }
 
 async fn sleep(Path(ms): Path<u64>) -> String {
@@ -45,6 +56,7 @@ async fn main() -> std::process::ExitCode {
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
+    worker = common::act_bad_build!(worker, args);
     if let Some(tls) = args.tls() {
         worker = worker.tls(tls);
     }

@@ -20,7 +20,12 @@ use hyper::{Request, Response, StatusCode};
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let pid = std::process::id();
     let path = req.uri().path();
-    let (status, body) = if path == "/" {
+    let (status, body) = if path == "/" && common::should_fail() {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failing on purpose\n".to_owned(),
+        )
+    } else if path == "/" {
         (StatusCode::OK, format!("hello from hyper pid={pid}\n"))
     } else if let Some(ms) = path
         .strip_prefix("/sleep/")
@@ -50,6 +55,7 @@ async fn main() -> std::process::ExitCode {
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
+    worker = common::act_bad_build!(worker, args);
     if let Some(tls) = args.tls() {
         worker = worker.tls(tls);
     }

@@ -15,7 +15,16 @@ use warp::Filter;
 async fn main() -> std::process::ExitCode {
     let args = common::HttpArgs::parse();
     let _span = common::init_tracing();
-    let hello = warp::path::end().map(|| format!("hello from warp pid={}\n", std::process::id()));
+    let hello = warp::path::end().map(|| {
+        if common::should_fail() {
+            let reply = warp::reply::with_status(
+                "failing on purpose\n".to_owned(),
+                warp::http::StatusCode::INTERNAL_SERVER_ERROR,
+            );
+            return warp::reply::Reply::into_response(reply);
+        }
+        warp::reply::Reply::into_response(format!("hello from warp pid={}\n", std::process::id()))
+    });
     let sleep = warp::path!("sleep" / u64).then(|ms| async move {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         format!("slept {ms}ms pid={}\n", std::process::id())
@@ -32,6 +41,7 @@ async fn main() -> std::process::ExitCode {
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
         .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
+    worker = common::act_bad_build!(worker, args);
     if let Some(tls) = args.tls() {
         worker = worker.tls(tls);
     }

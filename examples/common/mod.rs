@@ -6,6 +6,11 @@
 //! serving that long after SIGTERM while `/readyz` answers 503, logs go to stderr through
 //! `tracing`, and the exit status is 0 after a graceful stop. `--tls-cert`/`--tls-key` are
 //! served by every example that speaks HTTP and refused by the others.
+//!
+//! To act a bad build, for the tests of upgrades that must fail or roll back, every HTTP
+//! example also takes `--warm-up-ms MS` (its warm-up takes that long), `--warm-up-fail` (the
+//! warm-up returns an error), `--exit-after-ack MS` (it exits 1 that long after its ACK) and
+//! `--fail-percent P` (`GET /` answers 500 to P% of requests, spread evenly).
 
 use std::time::Duration;
 
@@ -39,7 +44,78 @@ pub(crate) struct HttpArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub(crate) tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub(crate) bad_build: BadBuild,
 }
+
+/// How an example acts a bad build, for the tests of upgrades that must fail or roll back.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BadBuild {
+    /// The warm-up takes this many milliseconds (the worker ACKs only after it).
+    #[arg(long, value_name = "MS")]
+    pub(crate) warm_up_ms: Option<u64>,
+    /// The warm-up fails: the worker exits 1 without ever serving.
+    #[arg(long)]
+    pub(crate) warm_up_fail: bool,
+    /// Exit 1 this many milliseconds after the ACK (a build that crashes once serving).
+    #[arg(long, value_name = "MS")]
+    pub(crate) exit_after_ack: Option<u64>,
+    /// `GET /` answers 500 to this percentage of requests, spread evenly.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u8).range(0..=100), default_value_t = 0)]
+    pub(crate) fail_percent: u8,
+}
+
+/// The share of `GET /` answered 500 (`--fail-percent`).
+static FAIL_PERCENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// `GET /` requests so far, for spreading the failures evenly.
+static ROOT_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether this `GET /` is one of the `--fail-percent` that answer 500: request `n` fails
+/// when `n * P / 100` steps up, so that any 100 consecutive requests hold exactly P failures.
+#[allow(dead_code)] // the examples that do not speak HTTP never fail on purpose
+pub(crate) fn should_fail() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let percent = FAIL_PERCENT.load(Relaxed);
+    if percent == 0 {
+        return false;
+    }
+    let n = ROOT_REQUESTS.fetch_add(1, Relaxed);
+    (n + 1) * percent / 100 != n * percent / 100
+}
+
+/// Gives a worker builder the bad build's warm-up and exit after the ACK (any builder: they
+/// all have the same option methods).
+#[allow(unused_macros)]
+macro_rules! act_bad_build {
+    ($worker:expr, $args:expr) => {{
+        let bad = &$args.bad_build;
+        let mut worker = $worker;
+        if bad.warm_up_ms.is_some() || bad.warm_up_fail {
+            let (ms, fail) = (bad.warm_up_ms.unwrap_or(0), bad.warm_up_fail);
+            worker = worker.warm_up(move || async move {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                if fail {
+                    return Err(std::io::Error::other(
+                        "the database at db.internal:5432 refused the connection (--warm-up-fail)",
+                    ));
+                }
+                Ok(())
+            });
+        }
+        if let Some(ms) = bad.exit_after_ack {
+            worker = worker.on_ready(move || {
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    eprintln!("exiting 1, {ms}ms after the ACK (--exit-after-ack)");
+                    std::process::exit(1);
+                });
+            });
+        }
+        worker
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use act_bad_build;
 
 impl std::ops::Deref for HttpArgs {
     type Target = Args;
@@ -55,6 +131,10 @@ impl HttpArgs {
     pub(crate) fn parse() -> HttpArgs {
         let mut args: HttpArgs = clap::Parser::parse();
         args.worker = args.worker.validated();
+        FAIL_PERCENT.store(
+            args.bad_build.fail_percent.into(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         args
     }
 

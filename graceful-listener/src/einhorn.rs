@@ -70,6 +70,83 @@ pub fn ack_line(pid: u32) -> String {
     format!("{{\"command\":\"worker:ack\",\"pid\":{pid}}}\n")
 }
 
+/// The worker message that reports a worker's responses by status class to a master that
+/// understands it (einhorn-master, which names it in
+/// [`EINHORN_MASTER_EXTENSIONS`](crate::env::MASTER_EXTENSIONS)); Stripe's Einhorn never
+/// sees it.
+pub const WORKER_STATS: &str = "worker:stats";
+
+/// How often a worker reports its responses with [`WORKER_STATS`], while they change.
+pub const STATS_EVERY: Duration = Duration::from_millis(500);
+
+/// The exact `worker:stats` line: the worker's responses so far (cumulative) by class, 1xx
+/// to 5xx, as the request's `args`.
+///
+/// # Example
+/// ```
+/// use graceful_listener::einhorn::{parse_stats_args, stats_line};
+///
+/// let line = stats_line(42, [0, 17, 0, 2, 1]);
+/// assert_eq!(
+///     line,
+///     "{\"command\":\"worker:stats\",\"pid\":42,\"args\":[\"0\",\"17\",\"0\",\"2\",\"1\"]}\n"
+/// );
+/// let args = ["0", "17", "0", "2", "1"].map(String::from);
+/// assert_eq!(parse_stats_args(&args), Some([0, 17, 0, 2, 1]));
+/// ```
+pub fn stats_line(pid: u32, responses: [u64; 5]) -> String {
+    let [a, b, c, d, e] = responses;
+    format!(
+        "{{\"command\":\"{WORKER_STATS}\",\"pid\":{pid},\"args\":[\"{a}\",\"{b}\",\"{c}\",\"{d}\",\"{e}\"]}}\n"
+    )
+}
+
+/// Reads the `args` of a `worker:stats` line: five counts, 1xx to 5xx. `None` for anything
+/// else.
+pub fn parse_stats_args(args: &[String]) -> Option<[u64; 5]> {
+    let [a, b, c, d, e] = args else {
+        return None;
+    };
+    let mut counts = [0; 5];
+    for (count, arg) in counts.iter_mut().zip([a, b, c, d, e]) {
+        *count = arg.parse().ok()?;
+    }
+    Some(counts)
+}
+
+/// Reports this worker's responses to the master every [`STATS_EVERY`] while they change,
+/// for as long as the returned task runs. Best effort: a report that cannot be delivered is
+/// skipped (the next one carries the totals).
+pub(crate) fn report_stats(env: &Environment) -> Option<tokio::task::JoinHandle<()>> {
+    if !env.einhorn_master_understands(WORKER_STATS) {
+        return None;
+    }
+    let path = env.einhorn_command_socket_path().ok()?;
+    Some(tokio::spawn(async move {
+        let mut sent = None;
+        let mut every = tokio::time::interval(STATS_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            send_stats(&path, &mut sent).await;
+        }
+    }))
+}
+
+/// Sends the counts if they changed since `sent`.
+pub(crate) async fn send_stats(path: &std::path::Path, sent: &mut Option<[u64; 5]>) {
+    let counts = crate::telemetry::response_counts();
+    if *sent == Some(counts) {
+        return;
+    }
+    let line = stats_line(std::process::id(), counts);
+    match tokio::time::timeout(Duration::from_secs(1), send_line(path, line.as_bytes())).await {
+        Ok(Ok(())) => *sent = Some(counts),
+        Ok(Err(e)) => tracing::debug!(error = %e, "worker:stats not delivered"),
+        Err(_) => tracing::debug!("worker:stats not delivered within 1s"),
+    }
+}
+
 /// The ACK could not be delivered.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -61,6 +61,7 @@ mod server;
 mod shutdown;
 mod signals;
 mod socket;
+pub mod telemetry;
 #[cfg(feature = "rustls")]
 pub mod tls;
 mod worker;
@@ -70,8 +71,8 @@ pub use einhorn::AckError;
 pub use env::EnvError;
 pub use inherit::InheritError;
 pub use listener::{Address, Connection, ConnectionGuard, GracefulListener, ListenerHandle};
-pub use options::{DEFAULT_DRAIN_TIMEOUT, WorkerOptions};
-pub use report::{RunError, RunReport, StopCause};
+pub use options::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_WARM_UP_TIMEOUT, WorkerOptions};
+pub use report::{RunError, RunReport, StopCause, WarmUpError};
 pub use run::{Run, run};
 pub use server::Server;
 pub use shutdown::{Phase, Shutdown, ShutdownSignal};

@@ -9,6 +9,16 @@ use std::time::Duration;
 /// How long a drain may take before connections are forced closed, by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a warm-up may take before the worker gives up, by default.
+pub const DEFAULT_WARM_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a warm-up step fails with: any error.
+pub(crate) type WarmUpFailure = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A warm-up step, run once before the worker accepts.
+pub(crate) type WarmUp =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), WarmUpFailure>> + Send>> + Send>;
+
 /// A callback for the stop, run once.
 pub(crate) enum OnStop {
     Sync(Box<dyn FnOnce() + Send>),
@@ -41,13 +51,29 @@ impl std::fmt::Debug for OnStop {
 ///     .on_stop(|| eprintln!("draining"));
 /// assert_eq!(options.get_drain_timeout(), Duration::from_secs(10));
 /// ```
-#[derive(Debug)]
 #[must_use]
 pub struct WorkerOptions {
     pub(crate) drain_timeout: Duration,
     pub(crate) on_stop: Option<OnStop>,
     pub(crate) ack: Option<bool>,
     pub(crate) lame_duck: Duration,
+    pub(crate) warm_up: Option<WarmUp>,
+    pub(crate) warm_up_timeout: Duration,
+    pub(crate) on_ready: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions")
+            .field("drain_timeout", &self.drain_timeout)
+            .field("on_stop", &self.on_stop)
+            .field("ack", &self.ack)
+            .field("lame_duck", &self.lame_duck)
+            .field("warm_up", &self.warm_up.as_ref().map(|_| ".."))
+            .field("warm_up_timeout", &self.warm_up_timeout)
+            .field("on_ready", &self.on_ready.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Default for WorkerOptions {
@@ -57,6 +83,9 @@ impl Default for WorkerOptions {
             on_stop: None,
             ack: None,
             lame_duck: Duration::ZERO,
+            warm_up: None,
+            warm_up_timeout: DEFAULT_WARM_UP_TIMEOUT,
+            on_ready: None,
         }
     }
 }
@@ -159,6 +188,65 @@ impl WorkerOptions {
         self.lame_duck = duration;
         self
     }
+
+    /// A step that must succeed before the worker is ready: fill a cache, open a pool, ping
+    /// the database. It runs once the listeners are open but before anything accepts on
+    /// them (on a socket shared with other workers, theirs take the connections meanwhile);
+    /// the worker ACKs to its master, tells systemd `READY=1` and answers readiness routes
+    /// 200 only once it has succeeded.
+    ///
+    /// If it fails, or outlasts [`WorkerOptions::warm_up_timeout`], the worker exits with
+    /// [`RunError::WarmUp`](crate::RunError::WarmUp) naming the error, without ever having
+    /// accepted: an upgrade to it fails and the old workers keep serving. A stop signal
+    /// during the warm-up ends it, and the worker exits without ACKing. Replaces any
+    /// warm-up set before.
+    ///
+    /// # Example
+    /// ```
+    /// let options = graceful_listener::WorkerOptions::default().warm_up(|| async {
+    ///     // e.g. `pool.get().await?.ping().await?`
+    ///     Ok::<(), std::io::Error>(())
+    /// });
+    /// ```
+    pub fn warm_up<F, Fut, E>(mut self, step: F) -> WorkerOptions
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<WarmUpFailure>,
+    {
+        self.warm_up = Some(Box::new(move || {
+            let step = step();
+            Box::pin(async move { step.await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// The longest the warm-up may take; past it the worker exits as if it had failed.
+    /// Default [`DEFAULT_WARM_UP_TIMEOUT`].
+    ///
+    /// # Example
+    /// ```
+    /// let options = graceful_listener::WorkerOptions::default()
+    ///     .warm_up_timeout(std::time::Duration::from_secs(5));
+    /// ```
+    pub fn warm_up_timeout(mut self, timeout: Duration) -> WorkerOptions {
+        self.warm_up_timeout = timeout;
+        self
+    }
+
+    /// A callback run once, right after the worker became ready (its ACK sent, `READY=1`
+    /// told): a place to register with service discovery or to log. Not run when a stop
+    /// came first. Replaces any callback set before.
+    ///
+    /// # Example
+    /// ```
+    /// let options = graceful_listener::WorkerOptions::default()
+    ///     .on_ready(|| eprintln!("serving"));
+    /// ```
+    pub fn on_ready(mut self, callback: impl FnOnce() + Send + 'static) -> WorkerOptions {
+        self.on_ready = Some(Box::new(callback));
+        self
+    }
 }
 
 /// Gives a builder the methods of [`WorkerOptions`], forwarded to its field `$field` (a
@@ -226,6 +314,46 @@ macro_rules! __worker_options_methods {
         #[doc = concat!("```\n", $setup, "let worker = ", $builder, ".ack(false);\n```")]
         pub fn ack(mut self, ack: bool) -> Self {
             self.$field = self.$field.ack(ack);
+            self
+        }
+
+        /// A step that must succeed before the worker accepts and ACKs: on error, or past
+        /// its timeout, the worker exits naming the error and an upgrade to it fails.
+        #[doc = concat!("See [`WorkerOptions::warm_up`](", $core, "::WorkerOptions::warm_up).")]
+        ///
+        /// # Example
+        #[doc = concat!("```\n", $setup, "let worker = ", $builder, "\n    .warm_up(|| async {\n        // open the pool, fill the caches\n        Ok::<(), std::io::Error>(())\n    });\n```")]
+        pub fn warm_up<WarmUpFn, WarmUpFut, WarmUpErr>(mut self, step: WarmUpFn) -> Self
+        where
+            WarmUpFn: FnOnce() -> WarmUpFut + Send + 'static,
+            WarmUpFut: ::std::future::Future<Output = ::std::result::Result<(), WarmUpErr>>
+                + Send
+                + 'static,
+            WarmUpErr: ::std::convert::Into<
+                    ::std::boxed::Box<dyn ::std::error::Error + Send + Sync + 'static>,
+                >,
+        {
+            self.$field = self.$field.warm_up(step);
+            self
+        }
+
+        /// The longest the warm-up may take.
+        #[doc = concat!("See [`WorkerOptions::warm_up_timeout`](", $core, "::WorkerOptions::warm_up_timeout); default [`DEFAULT_WARM_UP_TIMEOUT`](", $core, "::DEFAULT_WARM_UP_TIMEOUT).")]
+        ///
+        /// # Example
+        #[doc = concat!("```\n", $setup, "let worker = ", $builder, "\n    .warm_up_timeout(std::time::Duration::from_secs(5));\n```")]
+        pub fn warm_up_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            self.$field = self.$field.warm_up_timeout(timeout);
+            self
+        }
+
+        /// A callback run once, right after the worker became ready (its ACK sent).
+        #[doc = concat!("See [`WorkerOptions::on_ready`](", $core, "::WorkerOptions::on_ready).")]
+        ///
+        /// # Example
+        #[doc = concat!("```\n", $setup, "let worker = ", $builder, "\n    .on_ready(|| eprintln!(\"serving\"));\n```")]
+        pub fn on_ready(mut self, callback: impl FnOnce() + Send + 'static) -> Self {
+            self.$field = self.$field.on_ready(callback);
             self
         }
     };

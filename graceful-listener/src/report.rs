@@ -120,6 +120,29 @@ pub enum RunError {
     /// The server failed.
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The warm-up failed or outlasted its timeout: the worker never accepted.
+    #[error(transparent)]
+    WarmUp(#[from] WarmUpError),
+}
+
+/// The warm-up ([`WorkerOptions::warm_up`](crate::WorkerOptions::warm_up)) did not succeed.
+///
+/// # Example
+/// ```
+/// use graceful_listener::WarmUpError;
+///
+/// let err = WarmUpError::TimedOut(std::time::Duration::from_secs(5));
+/// assert_eq!(err.to_string(), "warm-up did not finish within 5s");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WarmUpError {
+    /// The step returned an error.
+    #[error("warm-up failed: {0}")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The step outlasted its timeout.
+    #[error("warm-up did not finish within {0:?}")]
+    TimedOut(Duration),
 }
 
 #[cfg(feature = "rustls")]
@@ -144,6 +167,7 @@ impl fmt::Debug for RunError {
             RunError::Bind(e) => f.debug_tuple("Bind").field(e).finish(),
             RunError::Ack(e) => f.debug_tuple("Ack").field(e).finish(),
             RunError::Serve(e) => f.debug_tuple("Serve").field(e).finish(),
+            RunError::WarmUp(e) => f.debug_tuple("WarmUp").field(e).finish(),
         }
     }
 }

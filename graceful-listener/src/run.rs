@@ -25,7 +25,8 @@ use crate::worker::{AFTER_FORCE_GRACE, Stop, Worker};
 /// 1. installs handlers for SIGUSR2, SIGTERM, SIGINT (graceful stop) and SIGQUIT (stop now),
 ///    before anything can signal us, so that an early SIGUSR2 is never fatal;
 /// 2. takes listener `fd_index` (`EINHORN_FD_<fd_index>`), checked, non-blocking;
-/// 3. starts the server, then ACKs to the master (`worker:ack`);
+/// 3. runs the warm-up, if one was given ([`Run::warm_up`]), then starts the server and ACKs
+///    to the master (`worker:ack`);
 /// 4. on a stop signal: stops accepting (closing only our copy of the shared socket), calls
 ///    `on_stop`, and waits for every connection to close;
 /// 5. at the drain timeout, or on a second signal, force-closes what is left, and says so.
@@ -178,6 +179,12 @@ where
         ));
         for (bind, server) in self.also {
             servers.push((worker.listen(&bind)?, server));
+        }
+        // Open but not yet accepted from: the other workers on a shared socket take the
+        // connections meanwhile.
+        if let Err(e) = worker.warm_up().await {
+            worker.handle().force_close();
+            return Err(e);
         }
         // The servers run in this task, not spawned: their accept loops stay where the caller
         // awaits (with `#[tokio::main]`, the main thread), as with a framework's own serve.

@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use crate::bind::{Bind, BindError};
-use crate::einhorn::{ACK_RETRY_FOR, AckError, ack_with};
+use crate::einhorn::{ACK_RETRY_FOR, AckError, ack_with, report_stats, send_stats};
 use crate::env::Environment;
 use crate::listener::{GracefulListener, ListenerHandle};
 use crate::notify::Notifier;
 use crate::options::{OnStop, WorkerOptions};
-use crate::report::{RunError, RunReport, StopCause};
+use crate::report::{RunError, RunReport, StopCause, WarmUpError};
 use crate::shutdown::ShutdownSignal;
 use crate::signals::{StopRequest, StopSignals};
 use crate::socket::StdListener;
@@ -117,6 +117,10 @@ pub struct Worker {
     env: Environment,
     notifier: Notifier,
     handle: ListenerHandle,
+    /// When [`Worker::new`] ran: the start of the time to readiness.
+    started: Instant,
+    /// The task reporting responses to a master that asked for them (`worker:stats`).
+    stats: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -135,7 +139,9 @@ impl Worker {
     /// # Panics
     /// Outside a tokio runtime with IO enabled (actix-web's runtime is one).
     pub fn new(options: WorkerOptions) -> Result<Worker, RunError> {
+        let started = Instant::now();
         let (signals, stop_pending) = StopSignals::install().map_err(RunError::Signals)?;
+        crate::telemetry::register();
         let handle = ListenerHandle::new();
         handle.shutdown_signal().make_current();
         let env = Environment::from_process();
@@ -149,6 +155,8 @@ impl Worker {
             notifier: Notifier::from_env(&env),
             env,
             handle,
+            started,
+            stats: None,
         })
     }
 
@@ -208,6 +216,50 @@ impl Worker {
         Ok((resolved.bind, listener))
     }
 
+    /// Runs the warm-up ([`WorkerOptions::warm_up`]), if one was given: call it once the
+    /// listeners are open and before anything accepts on them. A stop signal during it ends
+    /// it: [`Worker::ready`] then does not ACK and [`Worker::stopped`] returns that stop.
+    ///
+    /// # Errors
+    /// [`RunError::WarmUp`] when the step fails or outlasts its timeout; the host should
+    /// exit non-zero without serving.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: the warm-up step is dropped half done.
+    pub async fn warm_up(&mut self) -> Result<(), RunError> {
+        let Some(step) = self.options.warm_up.take() else {
+            return Ok(());
+        };
+        if self.stop_pending || self.early.is_some() {
+            return Ok(());
+        }
+        let timeout = self.options.warm_up_timeout;
+        tracing::info!(?timeout, "warming up");
+        self.notifier.status("warming up");
+        let began = Instant::now();
+        let outcome = tokio::select! {
+            biased;
+            request = self.signals.recv() => {
+                tracing::info!(signal = request.signal_name(), "stop requested while warming up");
+                self.early = Some(request.into());
+                return Ok(());
+            }
+            outcome = tokio::time::timeout(timeout, step()) => outcome,
+        };
+        let error = match outcome {
+            Ok(Ok(())) => {
+                let took = began.elapsed();
+                crate::telemetry::warmed_up(took);
+                tracing::info!(took_ms = took.as_millis() as u64, "warmed up");
+                return Ok(());
+            }
+            Ok(Err(e)) => WarmUpError::Failed(e),
+            Err(_) => WarmUpError::TimedOut(timeout),
+        };
+        tracing::error!(error = %error, "warm-up failed: not serving");
+        Err(RunError::WarmUp(error))
+    }
+
     /// Says the worker is ready: ACKs to the Einhorn master (when this process is a worker,
     /// or as [`WorkerOptions::ack`] says), and tells systemd `READY=1` (when it asked, with
     /// `NOTIFY_SOCKET`, and no master runs us). Call it once every listener really accepts.
@@ -223,7 +275,8 @@ impl Worker {
     /// # Cancel safety
     /// Not cancel safe: an ACK may be cut half written.
     pub async fn ready(&mut self) -> Result<(), AckError> {
-        if std::mem::replace(&mut self.readied, true) {
+        if std::mem::replace(&mut self.readied, true) || self.early.is_some() {
+            // Already ready, or a stop came during the warm-up: nothing to announce.
             return Ok(());
         }
         if self.stop_pending {
@@ -246,8 +299,13 @@ impl Worker {
                 }
                 acked = ack_with(&self.env, ACK_RETRY_FOR) => acked?,
             }
+            self.stats = report_stats(&self.env);
         }
         self.notifier.ready("serving");
+        crate::telemetry::ready(self.started.elapsed());
+        if let Some(on_ready) = self.options.on_ready.take() {
+            on_ready();
+        }
         Ok(())
     }
 
@@ -289,6 +347,7 @@ impl Worker {
             .lame_duck_until
             .get_or_insert_with(|| tokio::time::Instant::now() + lame_duck);
         if self.handle.lame_duck() {
+            crate::telemetry::lame_duck(true);
             tracing::info!(
                 ?lame_duck,
                 live = self.handle.live(),
@@ -419,6 +478,14 @@ impl Worker {
             drain_ms = report.drain_time.as_millis() as u64,
             "stopped"
         );
+        crate::telemetry::drained(report.drained, report.forced, report.drain_time);
+        if let Some(stats) = self.stats.take() {
+            // The last responses reach the master too: a canary's verdict counts them.
+            stats.abort();
+            if let Ok(path) = self.env.einhorn_command_socket_path() {
+                send_stats(&path, &mut None).await;
+            }
+        }
         report
     }
 }

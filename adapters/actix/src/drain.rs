@@ -1,5 +1,6 @@
-//! [`DrainApp`]: the user's app, wrapped so that once the worker stops every HTTP/1 response
-//! is its connection's last (`Connection: close`).
+//! [`DrainApp`]: the user's app, wrapped so that its responses are counted by status class
+//! and, once the worker stops, every HTTP/1 response is its connection's last
+//! (`Connection: close`).
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -108,6 +109,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response: Response<B> = ready!(this.inner.poll(cx))?.into();
+        graceful_listener::telemetry::record_response(response.status().as_u16());
         // Decided when the response is ready, just before actix writes its head: a stop
         // before this point makes this response the connection's last, and the client knows.
         if this.signal.as_ref().is_some_and(|s| s.is_stopping())

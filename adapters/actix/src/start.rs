@@ -319,6 +319,8 @@ where
         for bind in &self.binds {
             listeners.push((bind, worker.listen_std(bind)?));
         }
+        // Before actix starts: nothing accepts on the (shared) sockets until it succeeds.
+        worker.warm_up().await?;
         let handle = worker.handle();
         let signal = worker.shutdown_signal();
 

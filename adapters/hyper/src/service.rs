@@ -1,5 +1,5 @@
-//! The service wrapper: counts requests in flight and, once the worker stops, makes every
-//! HTTP/1 response the connection's last (`Connection: close`).
+//! The service wrapper: counts requests in flight and responses by status class, and, once
+//! the worker stops, makes every HTTP/1 response the connection's last (`Connection: close`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -75,6 +75,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
+        graceful_listener::telemetry::record_response(response.status().as_u16());
         let guard = this.guard.take();
         // Decided when the head is ready, just before hyper writes it: a stop before this
         // point makes this response the connection's last.

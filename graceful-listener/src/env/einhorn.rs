@@ -20,6 +20,10 @@ pub const SOCK_FD: &str = "EINHORN_SOCK_FD";
 pub const CHILD_INDEX: &str = "EINHORN_CHILD_INDEX";
 /// `EINHORN_FDS`: the listening fds, space separated (deprecated by Einhorn; still set).
 pub const FDS: &str = "EINHORN_FDS";
+/// `EINHORN_MASTER_EXTENSIONS`: the worker messages beyond Einhorn's that the master
+/// understands, space separated (`worker:stats`). Set by einhorn-master, never by Stripe's
+/// Einhorn: a worker sends such a message only when its master names it here.
+pub const MASTER_EXTENSIONS: &str = "EINHORN_MASTER_EXTENSIONS";
 /// The prefix every Einhorn variable shares: a master clears inherited ones before it sets
 /// its own.
 pub const PREFIX: &str = "EINHORN_";
@@ -130,6 +134,13 @@ impl Environment {
             return Err(invalid(SOCK_PATH, path, "a socket path"));
         }
         Ok(PathBuf::from(path))
+    }
+
+    /// Whether the master says it understands the worker message `message`
+    /// (`EINHORN_MASTER_EXTENSIONS` names it).
+    pub fn einhorn_master_understands(&self, message: &str) -> bool {
+        self.get(MASTER_EXTENSIONS)
+            .is_some_and(|v| v.split_ascii_whitespace().any(|m| m == message))
     }
 
     /// This worker's index (`EINHORN_CHILD_INDEX`), if set and numeric.

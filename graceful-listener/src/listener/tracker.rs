@@ -84,6 +84,7 @@ impl Tracker {
         }
         registry.fds.insert(id, tracked);
         self.live.send_replace(registry.fds.len());
+        crate::telemetry::connection_opened(registry.fds.len());
         ConnectionGuard {
             tracker: self.clone(),
             id,
@@ -175,6 +176,7 @@ impl Drop for ConnectionGuard {
         let mut registry = self.tracker.lock();
         registry.fds.remove(&self.id);
         self.tracker.live.send_replace(registry.fds.len());
+        crate::telemetry::connection_closed(registry.fds.len());
     }
 }
 

@@ -1,0 +1,141 @@
+//! What a worker records through the [`metrics`] facade, and the responses it counts for its
+//! master (`worker:stats`): every metric's name written once, here.
+//!
+//! A worker records into whatever recorder the application installed (metrics-exporter-
+//! prometheus, statsd, ...); with none, each record is a check of an empty handle. The handles
+//! are registered once, the first time a worker needs them, so that the hot path (one
+//! response, one connection) never hashes a name: install the recorder before the worker
+//! starts.
+//!
+//! | metric | kind | labels | what |
+//! | --- | --- | --- | --- |
+//! | `graceful_listener_connections_accepted_total` | counter | | connections accepted |
+//! | `graceful_listener_connections_active` | gauge | | connections open now |
+//! | `graceful_listener_connections_drained_total` | counter | | connections that finished on their own after the stop |
+//! | `graceful_listener_connections_forced_total` | counter | | connections cut at the drain timeout or a second signal |
+//! | `graceful_listener_responses_total` | counter | `class` = `1xx` ... `5xx` | responses, counted by the HTTP adapters when their head is ready |
+//! | `graceful_listener_warm_up_seconds` | histogram | | time the warm-up took |
+//! | `graceful_listener_ready_seconds` | histogram | | time from the worker's start to its ACK (or `READY=1`) |
+//! | `graceful_listener_drain_seconds` | histogram | | time from the stop to the end of the drain |
+//! | `graceful_listener_lame_duck` | gauge | | 1 while in the lame duck, else 0 |
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+
+/// Connections accepted (counter).
+pub const CONNECTIONS_ACCEPTED: &str = "graceful_listener_connections_accepted_total";
+/// Connections open now (gauge).
+pub const CONNECTIONS_ACTIVE: &str = "graceful_listener_connections_active";
+/// Connections that finished on their own after the stop (counter).
+pub const CONNECTIONS_DRAINED: &str = "graceful_listener_connections_drained_total";
+/// Connections cut at the drain timeout or on a second signal (counter).
+pub const CONNECTIONS_FORCED: &str = "graceful_listener_connections_forced_total";
+/// Responses by status class, label `class` (counter).
+pub const RESPONSES: &str = "graceful_listener_responses_total";
+/// Time the warm-up took, in seconds (histogram).
+pub const WARM_UP_SECONDS: &str = "graceful_listener_warm_up_seconds";
+/// Time from the worker's start to its readiness (ACK or `READY=1`), in seconds (histogram).
+pub const READY_SECONDS: &str = "graceful_listener_ready_seconds";
+/// Time from the stop to the end of the drain, in seconds (histogram).
+pub const DRAIN_SECONDS: &str = "graceful_listener_drain_seconds";
+/// 1 while the worker is in its lame duck, else 0 (gauge).
+pub const LAME_DUCK: &str = "graceful_listener_lame_duck";
+
+/// The status classes, in the order of [`response_counts`].
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// This process's responses by class, for `worker:stats`: counted whether or not a recorder
+/// is installed, since a master may ask for them.
+static RESPONSE_COUNTS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+struct Handles {
+    accepted: Counter,
+    active: Gauge,
+    drained: Counter,
+    forced: Counter,
+    responses: [Counter; 5],
+    warm_up: Histogram,
+    ready: Histogram,
+    drain: Histogram,
+    lame_duck: Gauge,
+}
+
+static HANDLES: OnceLock<Handles> = OnceLock::new();
+
+fn handles() -> &'static Handles {
+    HANDLES.get_or_init(|| Handles {
+        accepted: metrics::counter!(CONNECTIONS_ACCEPTED),
+        active: metrics::gauge!(CONNECTIONS_ACTIVE),
+        drained: metrics::counter!(CONNECTIONS_DRAINED),
+        forced: metrics::counter!(CONNECTIONS_FORCED),
+        responses: STATUS_CLASSES.map(|class| metrics::counter!(RESPONSES, "class" => class)),
+        warm_up: metrics::histogram!(WARM_UP_SECONDS),
+        ready: metrics::histogram!(READY_SECONDS),
+        drain: metrics::histogram!(DRAIN_SECONDS),
+        lame_duck: metrics::gauge!(LAME_DUCK),
+    })
+}
+
+/// Registers every handle with the recorder installed now (called when a worker starts).
+pub(crate) fn register() {
+    handles();
+}
+
+/// Counts one response by its status code: for the master (`worker:stats`) and the metrics.
+/// Codes outside 100..=599 are not counted. The HTTP adapters call it for every response,
+/// when its head is ready; a server of your own can too.
+///
+/// # Example
+/// ```
+/// use graceful_listener::telemetry::{record_response, response_counts};
+///
+/// let before = response_counts();
+/// record_response(503);
+/// assert_eq!(response_counts()[4], before[4] + 1);
+/// ```
+#[inline]
+pub fn record_response(status: u16) {
+    let class = usize::from(status / 100).wrapping_sub(1);
+    if class < 5 {
+        RESPONSE_COUNTS[class].fetch_add(1, Ordering::Relaxed);
+        handles().responses[class].increment(1);
+    }
+}
+
+/// This process's responses so far by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+pub fn response_counts() -> [u64; 5] {
+    std::array::from_fn(|class| RESPONSE_COUNTS[class].load(Ordering::Relaxed))
+}
+
+pub(crate) fn connection_opened(live: usize) {
+    let handles = handles();
+    handles.accepted.increment(1);
+    handles.active.set(live as f64);
+}
+
+pub(crate) fn connection_closed(live: usize) {
+    handles().active.set(live as f64);
+}
+
+pub(crate) fn warmed_up(took: Duration) {
+    handles().warm_up.record(took.as_secs_f64());
+}
+
+pub(crate) fn ready(took: Duration) {
+    handles().ready.record(took.as_secs_f64());
+}
+
+pub(crate) fn lame_duck(on: bool) {
+    handles().lame_duck.set(if on { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn drained(drained: u64, forced: u64, took: Duration) {
+    let handles = handles();
+    handles.drained.increment(drained);
+    handles.forced.increment(forced);
+    handles.drain.record(took.as_secs_f64());
+    handles.lame_duck.set(0.0);
+}
