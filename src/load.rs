@@ -46,6 +46,9 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// Stop each connection after this many requests (`None`: only `duration` bounds it).
     pub requests_per_connection: Option<u64>,
+    /// Close each connection after this many requests and open a new one, as clients come
+    /// and go (`None`: keep each as long as the server does).
+    pub reconnect_every: Option<u64>,
     /// The request path (`GET`).
     pub path: String,
     /// The longest a connect, or a request and its response, may take.
@@ -62,6 +65,7 @@ impl LoadConfig {
             connections: 8,
             duration: Duration::from_secs(5),
             requests_per_connection: None,
+            reconnect_every: None,
             path: "/".to_owned(),
             timeout: Duration::from_secs(10),
             tls: None,
@@ -89,6 +93,12 @@ impl LoadConfig {
     /// Sets [`LoadConfig::requests_per_connection`].
     pub fn requests_per_connection(mut self, requests: u64) -> LoadConfig {
         self.requests_per_connection = Some(requests);
+        self
+    }
+
+    /// Sets [`LoadConfig::reconnect_every`].
+    pub fn reconnect_every(mut self, requests: u64) -> LoadConfig {
+        self.reconnect_every = Some(requests.max(1));
         self
     }
 
@@ -370,7 +380,12 @@ async fn connection_loop(
                 continue;
             }
         };
+        let mut on_this = 0u64;
         while more(sent) {
+            if config.reconnect_every.is_some_and(|every| on_this >= every) {
+                continue 'connections;
+            }
+            on_this += 1;
             // A connection the server closed while it was idle is replaced: no request was
             // sent on it, so nothing failed.
             if sender.ready().await.is_err() {

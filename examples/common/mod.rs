@@ -9,7 +9,7 @@
 //!
 //! To act a bad build, for the tests of upgrades that must fail or roll back, every HTTP
 //! example also takes `--warm-up-ms MS` (its warm-up takes that long), `--warm-up-fail` (the
-//! warm-up returns an error), `--exit-after-ack MS` (it exits 1 that long after its ACK) and
+//! warm-up returns an error; `--warm-up-timeout SECS` bounds it), `--exit-after-ack MS` (it exits 1 that long after its ACK) and
 //! `--fail-percent P` (`GET /` answers 500 to P% of requests, spread evenly).
 
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub(crate) struct BadBuild {
     /// The warm-up fails: the worker exits 1 without ever serving.
     #[arg(long)]
     pub(crate) warm_up_fail: bool,
+    /// The longest the warm-up may take, in seconds (the library's default: 60).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) warm_up_timeout: Option<f64>,
     /// Exit 1 this many milliseconds after the ACK (a build that crashes once serving).
     #[arg(long, value_name = "MS")]
     pub(crate) exit_after_ack: Option<u64>,
@@ -69,6 +72,11 @@ pub(crate) struct BadBuild {
 static FAIL_PERCENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// `GET /` requests so far, for spreading the failures evenly.
 static ROOT_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Sets the share of `GET /` answered 500 (`--fail-percent`).
+pub(crate) fn set_fail_percent(percent: u8) {
+    FAIL_PERCENT.store(percent.into(), std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Whether this `GET /` is one of the `--fail-percent` that answer 500: request `n` fails
 /// when `n * P / 100` steps up, so that any 100 consecutive requests hold exactly P failures.
@@ -102,6 +110,10 @@ macro_rules! act_bad_build {
                 Ok(())
             });
         }
+        if let Some(secs) = bad.warm_up_timeout {
+            let timeout = std::time::Duration::try_from_secs_f64(secs).unwrap_or_default();
+            worker = worker.warm_up_timeout(timeout);
+        }
         if let Some(ms) = bad.exit_after_ack {
             worker = worker.on_ready(move || {
                 std::thread::spawn(move || {
@@ -131,10 +143,7 @@ impl HttpArgs {
     pub(crate) fn parse() -> HttpArgs {
         let mut args: HttpArgs = clap::Parser::parse();
         args.worker = args.worker.validated();
-        FAIL_PERCENT.store(
-            args.bad_build.fail_percent.into(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        set_fail_percent(args.bad_build.fail_percent);
         args
     }
 

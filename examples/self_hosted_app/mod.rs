@@ -38,6 +38,21 @@ struct Args {
     /// Version 2 of the app listens here instead of --bind (repeatable).
     #[arg(long)]
     v2_bind: Vec<String>,
+    /// Canary upgrades on SIGHUP: this many new workers first, beside the old ones.
+    #[arg(long)]
+    canary: Option<usize>,
+    /// How long the canaries serve beside the old workers, in seconds (with --canary).
+    #[arg(long, default_value_t = 10.0)]
+    soak: f64,
+    /// Serve the master's metrics at GET http://HOST:PORT/metrics.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// Version 2 of the app answers 500 to this percentage of `GET /` (a bad build).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    v2_fail_percent: u8,
+    /// Version 2 of the app exits 1 this many milliseconds after its ACK (a bad build).
+    #[arg(long)]
+    v2_exit_after_ack: Option<u64>,
 }
 
 /// Runs the app as version `version`: the master, or (in a worker) the server.
@@ -46,6 +61,7 @@ pub(crate) fn main(version: &'static str) -> ExitCode {
     for (flag, value) in [
         ("--drain-timeout", args.drain_timeout),
         ("--upgrade-timeout", args.upgrade_timeout),
+        ("--soak", args.soak),
     ] {
         if !(value.is_finite() && value >= 0.0) {
             eprintln!("error: {flag} {value} is not a number of seconds");
@@ -68,6 +84,12 @@ pub(crate) fn main(version: &'static str) -> ExitCode {
     if let Some(socket) = &args.socket {
         master = master.command_socket(socket);
     }
+    if let Some(canary) = args.canary {
+        master = master.canary(canary, Duration::from_secs_f64(args.soak));
+    }
+    if let Some(addr) = args.metrics {
+        master = master.metrics(addr);
+    }
     if let Err(e) = master.start() {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
@@ -76,6 +98,12 @@ pub(crate) fn main(version: &'static str) -> ExitCode {
     // A worker from here on.
     let _span = tracing::info_span!("worker", pid = std::process::id()).entered();
     tracing::info!("self-hosted version {version} starting");
+    let exit_after_ack = if version == "2" {
+        crate::common::set_fail_percent(args.v2_fail_percent);
+        args.v2_exit_after_ack
+    } else {
+        None
+    };
     let app = Router::new()
         .route("/", get(move || hello(version)))
         .route("/sleep/{ms}", get(sleep));
@@ -91,16 +119,30 @@ pub(crate) fn main(version: &'static str) -> ExitCode {
             .bind(Bind::Einhorn(0))
             .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
             .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
+            .on_ready(move || {
+                if let Some(ms) = exit_after_ack {
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(ms));
+                        eprintln!("exiting 1, {ms}ms after the ACK (--v2-exit-after-ack)");
+                        std::process::exit(1);
+                    });
+                }
+            })
             .into_future(),
     );
     crate::common::exit_status(result)
 }
 
-async fn hello(version: &'static str) -> String {
-    format!(
-        "hello from self-hosted version={version} pid={}\n",
-        std::process::id()
-    )
+async fn hello(version: &'static str) -> (axum::http::StatusCode, String) {
+    if crate::common::should_fail() {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "failing on purpose\n".into(),
+        );
+    }
+    let pid = std::process::id();
+    let body = format!("hello from self-hosted version={version} pid={pid}\n");
+    (axum::http::StatusCode::OK, body)
 }
 
 async fn sleep(Path(ms): Path<u64>) -> String {

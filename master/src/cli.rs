@@ -151,6 +151,11 @@ pub struct MasterArgs {
     #[arg(long = "soak", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
     pub soak: Duration,
 
+    /// Serve the master's metrics (upgrades, workers by generation and state, respawns, each
+    /// version's responses) in Prometheus' text format at `GET http://HOST:PORT/metrics`.
+    #[arg(long = "metrics", value_name = "HOST:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// Give each worker an fd already connected to the command socket, as
     /// `EINHORN_SOCK_FD`, to ACK through without knowing the socket's path.
     #[arg(short = 'g', long = "command-socket-as-fd")]

@@ -4,8 +4,7 @@ use nix::sys::signal::Signal;
 
 use crate::wire::{Request, RequestError, RequestId, parse_request};
 
-/// The worker message with response counts ([`Command::WorkerStats`]).
-pub const WORKER_STATS: &str = "worker:stats";
+use graceful_listener::einhorn::{WORKER_STATS, parse_stats_args};
 
 /// A checked command from the command socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +92,9 @@ pub enum CommandError {
     /// `upgrade`'s arguments are not `--canary N --soak SECS`.
     #[error("invalid upgrade arguments {0:?}: expected --canary N --soak SECONDS (N at least 1)")]
     InvalidCanary(Vec<String>),
+    /// `worker:stats` without a pid, or without five counts.
+    #[error("invalid worker:stats {0:?}: expected a pid and five counts, 1xx to 5xx")]
+    InvalidStats(Vec<String>),
     /// The worker count is not an integer in `[1, 100]`.
     #[error("invalid count {0:?}: must be an integer in [1, 100]")]
     InvalidCount(String),
@@ -242,8 +244,10 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
         }),
         "worker:ack" => Command::WorkerAck { pid: request.pid },
         "worker:ping" => Command::WorkerPing { pid: request.pid },
-        // Its counts are not in a `Request`'s keys: [`decode`] reads the line whole.
-        WORKER_STATS => return Err(CommandError::Unrecognized(name.to_string())),
+        WORKER_STATS => match (request.pid, parse_stats_args(args)) {
+            (Some(pid), Some(responses)) => Command::WorkerStats { pid, responses },
+            _ => return Err(CommandError::InvalidStats(args.to_vec())),
+        },
         "reload" => Command::Reload,
         "quieter" => Command::Quieter,
         "louder" => Command::Louder,
@@ -411,6 +415,28 @@ mod tests {
     }
 
     #[test]
+    fn worker_stats_is_read_from_the_line_the_worker_library_writes() {
+        let line = graceful_listener::einhorn::stats_line(77, [1, 20, 3, 4, 5]);
+        assert_eq!(
+            cmd(line.trim_end()),
+            Ok(Command::WorkerStats {
+                pid: 77,
+                responses: [1, 20, 3, 4, 5]
+            })
+        );
+        for bad in [
+            r#"{"command":"worker:stats","args":["1","2","3","4","5"]}"#,
+            r#"{"command":"worker:stats","pid":7,"args":["1","2","3","4"]}"#,
+            r#"{"command":"worker:stats","pid":7,"args":["1","2","3","4","x"]}"#,
+        ] {
+            assert!(
+                matches!(cmd(bad), Err(CommandError::InvalidStats(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn set_workers_checks_its_count() {
         assert_eq!(
             cmd(r#"{"command":"set_workers","args":["4"]}"#),
@@ -496,10 +522,15 @@ mod tests {
             Command::Die(Signal::SIGUSR2),
             Command::WorkerAck { pid: Some(1) },
             Command::WorkerPing { pid: Some(1) },
+            Command::WorkerStats {
+                pid: 1,
+                responses: [0; 5],
+            },
         ];
         for command in commands {
             let args = match command.name() {
                 "set_workers" => r#"["2"]"#,
+                WORKER_STATS => r#"["0","0","0","0","0"]"#,
                 "upgrade" | "upgrade_fleet" => r#"["--canary","1","--soak","5"]"#,
                 _ => r#"["USR2"]"#,
             };

@@ -87,6 +87,9 @@ pub enum MasterError {
     /// The event loop (runtime, signal handlers, socket registration) could not be set up.
     #[error("cannot set up the event loop: {0}")]
     EventLoop(std::io::Error),
+    /// The `--metrics` endpoint could not be served.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// Runs a master until it exits; returns its exit status.
@@ -426,6 +429,12 @@ impl<'a> Driver<'a> {
         let mut sigquit = signal(SignalKind::quit()).map_err(setup)?;
         crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK).map_err(setup)?;
 
+        if let Some(addr) = self.args.metrics {
+            crate::metrics::serve(addr).map_err(MasterError::Metrics)?;
+            let tally = handover.as_ref().and_then(|h| h.metrics.clone());
+            self.observer.record_metrics(tally.unwrap_or_default());
+        }
+
         // After a failed accept (out of fds), accepting pauses briefly instead of spinning.
         let mut accept_paused: Option<Instant> = None;
         let first = match handover {
@@ -760,6 +769,7 @@ impl<'a> Driver<'a> {
             queued: Vec::new(),
             readiness,
             failure,
+            metrics: self.observer.metrics_tally(),
         }
     }
 

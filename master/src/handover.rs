@@ -62,6 +62,9 @@ pub struct Handover {
     /// Why the last upgrade failed, if it did (for systemd's status).
     #[serde(default)]
     pub failure: Option<String>,
+    /// The metrics' counts, when the master serves metrics.
+    #[serde(default)]
+    pub metrics: Option<crate::metrics::Tally>,
 }
 
 /// One `-b` socket.

@@ -110,6 +110,7 @@ pub mod held_signals;
 pub mod holders;
 pub mod log_level;
 pub mod machine;
+pub mod metrics;
 pub mod notify;
 pub mod observer;
 pub mod pidfile;

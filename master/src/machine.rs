@@ -531,6 +531,12 @@ impl Machine {
         self.base
     }
 
+    /// Each version's responses by status class, as its workers reported them
+    /// (`worker:stats`): cumulative, workers that exited included.
+    pub fn generation_responses(&self) -> impl Iterator<Item = (u64, [u64; 5])> + '_ {
+        self.generations.iter().map(|(&v, &r)| (v, r))
+    }
+
     /// Whether an upgrade is in progress, or a re-exec of the master asked for.
     pub fn is_upgrading(&self) -> bool {
         self.upgrade.is_some() || self.reexec.is_some()

@@ -41,6 +41,8 @@ pub struct Observer {
     last_exit: Option<String>,
     /// Why the last upgrade failed.
     failure: Option<String>,
+    /// The master's metrics, when they are served.
+    metrics: Option<crate::metrics::MasterMetrics>,
 }
 
 impl Observer {
@@ -70,6 +72,7 @@ impl Observer {
             was_upgrading: false,
             last_exit: None,
             failure: None,
+            metrics: None,
         };
         (observer, closed_rx)
     }
@@ -153,6 +156,16 @@ impl Observer {
             .collect()
     }
 
+    /// Records the master's metrics from now on, going on from `tally`.
+    pub fn record_metrics(&mut self, tally: crate::metrics::Tally) {
+        self.metrics = Some(crate::metrics::MasterMetrics::new(tally));
+    }
+
+    /// The metrics' counts, when recorded: carried across an exec.
+    pub fn metrics_tally(&self) -> Option<crate::metrics::Tally> {
+        self.metrics.as_ref().map(|m| m.tally().clone())
+    }
+
     /// What systemd was told, and why the last upgrade failed: carried across an exec.
     pub fn notified(&self) -> (crate::notify::Readiness, Option<String>) {
         (self.readiness.clone(), self.failure.clone())
@@ -200,8 +213,14 @@ impl Observer {
                     }
                     self.failure = Some(why);
                 }
+                message @ Message::RolledBack { .. } => {
+                    self.failure = Some(render::text(message));
+                }
                 _ => {}
             }
+        }
+        if let Some(metrics) = &mut self.metrics {
+            metrics.after(machine, logs);
         }
         let observed = observe(machine, self.failure.clone());
         for notice in self.readiness.observe(&observed) {

@@ -86,6 +86,7 @@ pub struct SelfHosted {
     signal_timeout: Option<Duration>,
     kill_children_on_exit: bool,
     canary: Option<crate::command::CanaryPlan>,
+    metrics: Option<std::net::SocketAddr>,
     stderr_tail: usize,
     program: Option<PathBuf>,
 }
@@ -177,6 +178,7 @@ impl SelfHosted {
             signal_timeout: None,
             kill_children_on_exit: true,
             canary: None,
+            metrics: None,
             stderr_tail: DEFAULT_STDERR_TAIL,
             program: None,
         }
@@ -273,6 +275,21 @@ impl SelfHosted {
     /// ```
     pub fn canary(mut self, workers: usize, soak: Duration) -> SelfHosted {
         self.canary = Some(crate::command::CanaryPlan { workers, soak });
+        self
+    }
+
+    /// Serves the master's metrics (upgrades, rollbacks, workers by generation and state,
+    /// respawns, each version's responses) in Prometheus' text format at
+    /// `GET http://addr/metrics`, as `einhorn-master --metrics` does. The workers record theirs
+    /// into whatever recorder they install.
+    ///
+    /// ```
+    /// let master = einhorn_master::self_hosted::SelfHosted::new()
+    ///     .metrics("127.0.0.1:9100".parse().unwrap());
+    /// # let _ = master;
+    /// ```
+    pub fn metrics(mut self, addr: std::net::SocketAddr) -> SelfHosted {
+        self.metrics = Some(addr);
         self
     }
 
@@ -416,6 +433,7 @@ impl SelfHosted {
             args.canary = Some(u32::try_from(plan.workers.max(1)).unwrap_or(u32::MAX));
             args.soak = plan.soak;
         }
+        args.metrics = self.metrics;
         args.stderr_tail = self.stderr_tail;
         args.command = std::iter::once(program.into_os_string())
             .chain(argv)

@@ -78,6 +78,7 @@ impl WorkerCommand {
     /// assert!(env.contains(&("EINHORN_FD_1".to_string(), "7".to_string())));
     /// assert!(env.contains(&("EINHORN_FDS".to_string(), "3 7".to_string())));
     /// assert!(env.contains(&("EINHORN_CHILD_INDEX".to_string(), "2".to_string())));
+    /// assert!(env.contains(&("EINHORN_MASTER_EXTENSIONS".to_string(), "worker:stats".to_string())));
     /// ```
     pub fn env(&self, index: usize) -> Vec<(String, String)> {
         let mut env = vec![
@@ -100,6 +101,12 @@ impl WorkerCommand {
         env.push((einhorn_env::CHILD_INDEX.to_string(), index.to_string()));
         let fds: Vec<String> = self.fds.iter().map(|fd| fd.to_string()).collect();
         env.push((einhorn_env::FDS.to_string(), fds.join(" ")));
+        // What this master understands beyond Einhorn's protocol: a worker of ours reports
+        // its responses only when told so (Stripe's Einhorn sets nothing).
+        env.push((
+            einhorn_env::MASTER_EXTENSIONS.to_string(),
+            graceful_listener::einhorn::WORKER_STATS.to_string(),
+        ));
         env
     }
 
