@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use graceful_listener_suite::harness::{Proc, example, is_alive, wait_until};
-use graceful_listener_suite::load::{self, LoadConfig};
+use graceful_listener_suite::load::{self, FailureKind, LoadConfig};
 use graceful_listener_suite::master::{Master, WAIT};
 use http_support::get;
 use nix::sys::signal::Signal;
@@ -485,6 +485,59 @@ fn sighup_reloads_the_master_into_the_new_build_with_its_worker_count_and_binds(
             .count(),
         2
     );
+}
+
+#[test]
+fn a_canary_that_answers_500s_is_rolled_back_on_sighup_and_the_old_workers_serve_on() {
+    // Version 2 answers 500 to a fifth of its requests; every SIGHUP upgrade is a canary.
+    let app = App::start(2, |cmd| {
+        cmd.args(["--canary", "1", "--soak", "4", "--v2-fail-percent", "20"]);
+    });
+    let master_pid = app.master.pid();
+    let v1 = sorted(app.master.wait_serving(2));
+    // Clients come and go, so that the canary gets its share of new connections.
+    let load = load::start(
+        LoadConfig::new(app.addr)
+            .connections(4)
+            .reconnect_every(20)
+            .duration(Duration::from_secs(120)),
+    );
+    assert!(wait_until(WAIT, || load.snapshot().ok >= 200));
+
+    app.deploy(&example("self-hosted-v2"));
+    app.master.signal(Signal::SIGHUP);
+    let line = app.master.wait_for_line("rolled back: ");
+    assert!(line.contains("5xx"), "{line}");
+    let state = app.master.wait_state("the old workers serving alone", |s| {
+        s.upgrading.is_none() && s.workers.len() == 2
+    });
+    assert_eq!(sorted(state.serving_pids()), v1, "{}", app.master.output());
+    assert!(
+        state
+            .last_rollback
+            .as_deref()
+            .is_some_and(|why| why.starts_with("rolled back: ")),
+        "{state:?}"
+    );
+    assert_eq!(state.master_pid, master_pid);
+    let after_rollback = load.snapshot();
+    assert!(wait_until(WAIT, || load.snapshot().since(&after_rollback).ok >= 200));
+    assert_eq!(app.answering_version(6), "1");
+
+    let report = load.stop();
+    let since = report.since(&after_rollback);
+    eprintln!("self-hosted canary rolled back: {report}\nsince the rollback: {since}");
+    // Only the canary's own 500s failed, and nothing after the rollback.
+    assert!(
+        report.failures_of(FailureKind::Status) > 0,
+        "the canary served: {report}"
+    );
+    assert_eq!(
+        report.failed(),
+        report.failures_of(FailureKind::Status),
+        "{report}"
+    );
+    assert_eq!(since.failed(), 0, "{since}\n{}", app.master.output());
 }
 
 #[test]
