@@ -95,4 +95,6 @@ mod book {
     mod self_hosted {}
     #[doc = include_str!("../book/src/benchmarks.md")]
     mod benchmarks {}
+    #[doc = include_str!("../book/src/safe-upgrades.md")]
+    mod safe_upgrades {}
 }

@@ -521,7 +521,11 @@ fn a_canary_that_answers_500s_is_rolled_back_on_sighup_and_the_old_workers_serve
     );
     assert_eq!(state.master_pid, master_pid);
     let after_rollback = load.snapshot();
-    assert!(wait_until(WAIT, || load.snapshot().since(&after_rollback).ok >= 200));
+    assert!(wait_until(WAIT, || load
+        .snapshot()
+        .since(&after_rollback)
+        .ok
+        >= 200));
     assert_eq!(app.answering_version(6), "1");
 
     let report = load.stop();

@@ -79,8 +79,36 @@ fn handles() -> &'static Handles {
     })
 }
 
-/// Registers every handle with the recorder installed now (called when a worker starts).
+/// Registers every handle with the recorder installed now, with its help text (called when
+/// a worker starts).
 pub(crate) fn register() {
+    static DESCRIBED: std::sync::Once = std::sync::Once::new();
+    DESCRIBED.call_once(|| {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(CONNECTIONS_ACCEPTED, "Connections accepted.");
+        describe_gauge!(CONNECTIONS_ACTIVE, "Connections open now.");
+        describe_counter!(
+            CONNECTIONS_DRAINED,
+            "Connections that finished on their own after the stop."
+        );
+        describe_counter!(
+            CONNECTIONS_FORCED,
+            "Connections cut at the drain timeout or on a second signal."
+        );
+        describe_counter!(RESPONSES, "Responses by status class.");
+        describe_histogram!(WARM_UP_SECONDS, Unit::Seconds, "Time the warm-up took.");
+        describe_histogram!(
+            READY_SECONDS,
+            Unit::Seconds,
+            "Time from the worker's start to its readiness."
+        );
+        describe_histogram!(
+            DRAIN_SECONDS,
+            Unit::Seconds,
+            "Time from the stop to the end of the drain."
+        );
+        describe_gauge!(LAME_DUCK, "1 while in the lame duck, else 0.");
+    });
     handles();
 }
 

@@ -74,8 +74,41 @@ pub fn serve(addr: std::net::SocketAddr) -> Result<(), String> {
         .with_http_listener(addr)
         .install()
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    describe();
     tracing::info!(%addr, "serving metrics at /metrics");
     Ok(())
+}
+
+/// Gives each metric its help text.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(UPGRADES_STARTED, "Upgrades begun.");
+    describe_counter!(UPGRADES_DONE, "Upgrades that reached their target.");
+    describe_counter!(
+        UPGRADES_FAILED,
+        "Upgrades whose new workers never ACKed in time."
+    );
+    describe_counter!(UPGRADES_ROLLED_BACK, "Canary upgrades rolled back.");
+    describe_histogram!(
+        UPGRADE_DURATION,
+        metrics::Unit::Seconds,
+        "Time from an upgrade's start to its end, done or not."
+    );
+    describe_gauge!(
+        LAST_UPGRADE_DURATION,
+        metrics::Unit::Seconds,
+        "The last upgrade's duration."
+    );
+    describe_counter!(
+        RESPAWNS,
+        "Workers that exited on their own and were replaced."
+    );
+    describe_gauge!(WORKERS, "Workers by generation and state.");
+    describe_gauge!(VERSION, "The version new workers get.");
+    describe_counter!(
+        GENERATION_RESPONSES,
+        "Responses of each version's workers by status class, as they reported them."
+    );
 }
 
 /// Turns what the machine did into metrics. See the [module documentation](self).
