@@ -38,6 +38,15 @@ struct Args {
     /// A TCP address (port 0: the kernel picks one).
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
+    /// Install a metrics recorder first (`prometheus`: metrics-exporter-prometheus, without
+    /// its HTTP listener), for the cost of the workers' metrics with one.
+    #[arg(long)]
+    recorder: Option<Recorder>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Recorder {
+    Prometheus,
 }
 
 /// The body every variant answers with.
@@ -86,6 +95,13 @@ fn raise_fd_limit() {
 fn main() {
     let args: Args = clap::Parser::parse();
     raise_fd_limit();
+    if args.recorder == Some(Recorder::Prometheus) {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("install the Prometheus recorder");
+        // Kept for the process's life, as an application's /metrics route would.
+        std::mem::forget(handle);
+    }
     let std_listener = listener(args.bind);
     match args.framework {
         Framework::Actix => actix(args.mode, std_listener),

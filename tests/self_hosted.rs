@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use graceful_listener_suite::harness::{Proc, example, is_alive, wait_until};
 use graceful_listener_suite::load::{self, FailureKind, LoadConfig};
 use graceful_listener_suite::master::{Master, WAIT};
+use graceful_listener_suite::probe::Probe;
 use http_support::get;
 use nix::sys::signal::Signal;
 
@@ -542,6 +543,50 @@ fn a_canary_that_answers_500s_is_rolled_back_on_sighup_and_the_old_workers_serve
         "{report}"
     );
     assert_eq!(since.failed(), 0, "{since}\n{}", app.master.output());
+}
+
+#[test]
+fn overlapping_sighups_never_leave_the_port_without_an_acceptor() {
+    // Workers take 3 s to warm up before they accept and ACK; three SIGHUPs 0.7 s apart
+    // each supersede the last one's new workers before they serve.
+    let app = App::start(2, |cmd| {
+        cmd.args(["--warm-up-ms", "3000"]);
+    });
+    let first = app.master.wait_serving(2);
+    let load = app.load(8);
+    let probe = Probe::start(app.addr, Duration::from_millis(50));
+    for version in 1..=3u64 {
+        app.master.signal(Signal::SIGHUP);
+        app.master.wait_for_line(&format!("version {version})"));
+        if version < 3 {
+            std::thread::sleep(Duration::from_millis(700));
+        }
+    }
+    let state = app
+        .master
+        .wait_state("2 workers of version 3 serving alone", |s| {
+            s.version == 3
+                && s.upgrading.is_none()
+                && s.serving_pids().len() == 2
+                && s.workers
+                    .iter()
+                    .all(|w| w.version == 3 && w.retired.is_none())
+        });
+    let probed = probe.stop();
+    let report = load.stop();
+    eprintln!("self-hosted overlapping HUPs: probe: {probed}\nload: {report}");
+    assert!(
+        probed.failures.is_empty(),
+        "{probed}\n{}",
+        app.master.output()
+    );
+    assert!(
+        probed.slowest < Duration::from_millis(500),
+        "a fresh connection waited: {probed}\n{}",
+        app.master.output()
+    );
+    assert_eq!(report.failed(), 0, "{report}\n{}", app.master.output());
+    assert!(state.serving_pids().iter().all(|p| !first.contains(p)));
 }
 
 #[test]

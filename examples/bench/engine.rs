@@ -24,13 +24,22 @@ pub(crate) struct LoadShape {
 pub(crate) enum Mode {
     Plain,
     Ours,
+    /// Ours, with a Prometheus recorder installed.
+    Recorded,
 }
 
 impl Mode {
     fn arg(self) -> &'static str {
         match self {
             Mode::Plain => "plain",
-            Mode::Ours => "ours",
+            Mode::Ours | Mode::Recorded => "ours",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Recorded => "recorded",
+            mode => mode.arg(),
         }
     }
 }
@@ -53,6 +62,9 @@ impl Server {
             None => Command::new(binary),
         };
         cmd.args(["--framework", framework, "--mode", mode.arg()]);
+        if mode == Mode::Recorded {
+            cmd.args(["--recorder", "prometheus"]);
+        }
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
             if key.starts_with("EINHORN_") || key.starts_with("LISTEN_") {
@@ -350,7 +362,7 @@ pub(crate) fn instructions(
     requests: u64,
     dir: &Path,
 ) -> Result<u64, String> {
-    let out = dir.join(format!("callgrind.{framework}.{}.{requests}", mode.arg()));
+    let out = dir.join(format!("callgrind.{framework}.{}.{requests}", mode.name()));
     let wrapper = vec![
         "valgrind".to_owned(),
         "--tool=callgrind".to_owned(),
@@ -389,6 +401,16 @@ pub(crate) struct Instructions {
 
 /// Instructions per request: the difference between two runs, so that start and stop cancel.
 pub(crate) fn callgrind(framework: &str, short: bool) -> Result<Instructions, String> {
+    let (plain, ours) = compare(framework, short, Mode::Plain, Mode::Ours)?;
+    Ok(Instructions {
+        plain_per_request: plain,
+        ours_per_request: ours,
+        ratio: ours / plain,
+    })
+}
+
+/// Instructions per request of modes `a` and `b`, each from the difference of two runs.
+fn compare(framework: &str, short: bool, a: Mode, b: Mode) -> Result<(f64, f64), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (few, many) = if short { (200, 1000) } else { (2000, 12000) };
     let per_request = |mode| -> Result<f64, String> {
@@ -396,12 +418,27 @@ pub(crate) fn callgrind(framework: &str, short: bool) -> Result<Instructions, St
         let b = instructions(framework, mode, many, dir.path())?;
         Ok(b.saturating_sub(a) as f64 / (many - few) as f64)
     };
-    let plain = per_request(Mode::Plain)?;
-    let ours = per_request(Mode::Ours)?;
-    Ok(Instructions {
-        plain_per_request: plain,
+    Ok((per_request(a)?, per_request(b)?))
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct RecorderCost {
+    pub(crate) framework: String,
+    /// Ours, no recorder installed (the facade's handles are empty).
+    pub(crate) ours_per_request: f64,
+    /// Ours, with metrics-exporter-prometheus' recorder installed.
+    pub(crate) recorded_per_request: f64,
+    pub(crate) ratio: f64,
+}
+
+/// What the workers' metrics cost per request with a Prometheus recorder installed.
+pub(crate) fn recorder_cost(framework: &str, short: bool) -> Result<RecorderCost, String> {
+    let (ours, recorded) = compare(framework, short, Mode::Ours, Mode::Recorded)?;
+    Ok(RecorderCost {
+        framework: framework.to_owned(),
         ours_per_request: ours,
-        ratio: ours / plain,
+        recorded_per_request: recorded,
+        ratio: recorded / ours,
     })
 }
 

@@ -2,7 +2,7 @@
 //! handler, and our workers against each framework's baseline through upgrades, on this
 //! machine, in one run: `cargo run --release --example bench`.
 //!
-//! Sections (`--sections`, all by default):
+//! Sections (`--sections`; all but `metrics` by default):
 //! - `engine`: requests per second under keep-alive load as the median of the ratios of paired
 //!   runs (ours / plain, alternating which goes first) beside the ratio of plain against a
 //!   second plain server (A/A, the noise floor); p50 and p99 latency; memory per idle
@@ -21,6 +21,8 @@
 //!   picture (`--svg`).
 //! - `http2`: upgrades under HTTP/2 load from hyper-util's pooled client and from h2load
 //!   (when installed), ours beside axum's baseline.
+//! - `metrics` (not by default): instructions per request of our adapter with
+//!   metrics-exporter-prometheus' recorder installed, against none (needs valgrind).
 //!
 //! `--short` runs a tiny version of everything (a test runs it, to keep it working);
 //! `--json` prints the results for machines (`--json-out PATH` writes them to a file).
@@ -47,6 +49,8 @@ enum Section {
     Lifecycle,
     Upgrades,
     Http2,
+    /// Instructions per request with a Prometheus recorder installed against none.
+    Metrics,
 }
 
 #[derive(Debug, clap::Parser)]
@@ -140,7 +144,12 @@ struct Summary {
     lifecycle: Vec<LifecycleResult>,
     upgrades: Vec<upgrade::Http1Upgrades>,
     http2: Vec<upgrade::Http2Upgrades>,
+    metrics: Vec<engine::RecorderCost>,
     svg: Option<PathBuf>,
+}
+
+fn valgrind_installed() -> bool {
+    Command::new("valgrind").arg("--version").output().is_ok()
 }
 
 fn raise_fd_limit() {
@@ -202,7 +211,7 @@ fn main() -> ExitCode {
     }
     raise_fd_limit();
     let wrk = !args.no_wrk && !args.short && Command::new("wrk").arg("-v").output().is_ok();
-    let valgrind = Command::new("valgrind").arg("--version").output().is_ok();
+    let valgrind = valgrind_installed();
     if args.callgrind && !valgrind {
         eprintln!("error: --callgrind needs valgrind");
         return ExitCode::from(2);
@@ -244,6 +253,7 @@ fn run(args: &Args, wrk: bool, callgrind: bool) -> Result<Summary, String> {
         lifecycle: Vec::new(),
         upgrades: Vec::new(),
         http2: Vec::new(),
+        metrics: Vec::new(),
         svg: None,
     };
     let on = |section| args.sections.contains(&section);
@@ -272,6 +282,15 @@ fn run(args: &Args, wrk: bool, callgrind: bool) -> Result<Summary, String> {
                 memory,
                 instructions,
             });
+        }
+        if on(Section::Metrics) {
+            if !valgrind_installed() {
+                return Err("the metrics section counts instructions: it needs valgrind".into());
+            }
+            eprintln!("bench: {framework}: instructions per request with a recorder");
+            summary
+                .metrics
+                .push(engine::recorder_cost(framework, args.short).map_err(with)?);
         }
         if on(Section::Hostile) {
             eprintln!("bench: {framework}: hostile clients at the stop");
@@ -354,6 +373,16 @@ fn render(summary: &Summary) -> String {
                 m.ours_bytes,
                 m.ratio,
                 instructions
+            ));
+        }
+    }
+    if !summary.metrics.is_empty() {
+        out.push_str("\nmetrics: instructions per request, no recorder / Prometheus recorder\n");
+        out.push_str("framework  none      prometheus  ratio\n");
+        for m in &summary.metrics {
+            out.push_str(&format!(
+                "{:<9}  {:<8.0}  {:<10.0}  {:.4}\n",
+                m.framework, m.ours_per_request, m.recorded_per_request, m.ratio
             ));
         }
     }

@@ -47,6 +47,9 @@ struct Args {
     /// Serve the master's metrics at GET http://HOST:PORT/metrics.
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// Every worker warms up this long before it serves and ACKs (a slow start).
+    #[arg(long)]
+    warm_up_ms: Option<u64>,
     /// Version 2 of the app answers 500 to this percentage of `GET /` (a bad build).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     v2_fail_percent: u8,
@@ -98,6 +101,7 @@ pub(crate) fn main(version: &'static str) -> ExitCode {
     // A worker from here on.
     let _span = tracing::info_span!("worker", pid = std::process::id()).entered();
     tracing::info!("self-hosted version {version} starting");
+    let warm_up_ms = args.warm_up_ms;
     let exit_after_ack = if version == "2" {
         crate::common::set_fail_percent(args.v2_fail_percent);
         args.v2_exit_after_ack
@@ -114,22 +118,26 @@ pub(crate) fn main(version: &'static str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(
-        einhorn_axum::serve(app)
-            .bind(Bind::Einhorn(0))
-            .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
-            .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
-            .on_ready(move || {
-                if let Some(ms) = exit_after_ack {
-                    std::thread::spawn(move || {
-                        std::thread::sleep(Duration::from_millis(ms));
-                        eprintln!("exiting 1, {ms}ms after the ACK (--v2-exit-after-ack)");
-                        std::process::exit(1);
-                    });
-                }
-            })
-            .into_future(),
-    );
+    let mut worker = einhorn_axum::serve(app)
+        .bind(Bind::Einhorn(0))
+        .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
+        .on_ready(move || {
+            if let Some(ms) = exit_after_ack {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    eprintln!("exiting 1, {ms}ms after the ACK (--v2-exit-after-ack)");
+                    std::process::exit(1);
+                });
+            }
+        });
+    if let Some(ms) = warm_up_ms {
+        worker = worker.warm_up(move || async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<(), std::io::Error>(())
+        });
+    }
+    let result = runtime.block_on(worker.into_future());
     crate::common::exit_status(result)
 }
 

@@ -361,7 +361,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn env_has_exactly_einhorns_variables() {
+    fn env_has_exactly_einhorns_variables_and_our_extensions() {
         let command = WorkerCommand {
             program: "true".into(),
             args: vec![],
@@ -383,6 +383,8 @@ mod tests {
                 ("EINHORN_SOCK_PATH".into(), "/run/e.sock".into()),
                 ("EINHORN_CHILD_INDEX".into(), "0".into()),
                 ("EINHORN_FDS".into(), "5".into()),
+                // Ours alone: the worker messages beyond Einhorn's that this master reads.
+                ("EINHORN_MASTER_EXTENSIONS".into(), "worker:stats".into()),
             ]
         );
         let none = WorkerCommand {
