@@ -186,6 +186,11 @@ where
             worker.handle().force_close();
             return Err(e);
         }
+        if worker.stopped_early() {
+            // Stopped while warming up: never accept, leave at once.
+            let stop = worker.stopped().await;
+            return Ok(worker.drain(stop).await);
+        }
         // The servers run in this task, not spawned: their accept loops stay where the caller
         // awaits (with `#[tokio::main]`, the main thread), as with a framework's own serve.
         // Besides, spawning one costs memory per connection: the connection tasks it spawns

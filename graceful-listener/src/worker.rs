@@ -260,6 +260,13 @@ impl Worker {
         Err(RunError::WarmUp(error))
     }
 
+    /// Whether a stop came before the worker was ready (during the warm-up, or pending when
+    /// the worker started): the host should not start serving, only drain
+    /// ([`Worker::stopped`] returns that stop at once).
+    pub fn stopped_early(&self) -> bool {
+        self.early.is_some()
+    }
+
     /// Says the worker is ready: ACKs to the Einhorn master (when this process is a worker,
     /// or as [`WorkerOptions::ack`] says), and tells systemd `READY=1` (when it asked, with
     /// `NOTIFY_SOCKET`, and no master runs us). Call it once every listener really accepts.
@@ -283,7 +290,7 @@ impl Worker {
             // Sent before we could handle it (a master started us with it blocked): it is on
             // its way to `signals`, and we must not ACK a readiness we are giving up.
             let request = self.signals.recv().await;
-            self.stopped_before_ready(request);
+            self.note_stop_before_ready(request);
             return Ok(());
         }
         let ack = self
@@ -294,7 +301,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 request = self.signals.recv() => {
-                    self.stopped_before_ready(request);
+                    self.note_stop_before_ready(request);
                     return Ok(());
                 }
                 acked = ack_with(&self.env, ACK_RETRY_FOR) => acked?,
@@ -309,7 +316,7 @@ impl Worker {
         Ok(())
     }
 
-    fn stopped_before_ready(&mut self, request: StopRequest) {
+    fn note_stop_before_ready(&mut self, request: StopRequest) {
         tracing::info!(
             signal = request.signal_name(),
             "stop requested before ready: not acking"

@@ -321,6 +321,11 @@ where
         }
         // Before actix starts: nothing accepts on the (shared) sockets until it succeeds.
         worker.warm_up().await?;
+        if worker.stopped_early() {
+            // Stopped while warming up: never accept, leave at once.
+            let stop = worker.stopped().await;
+            return Ok(worker.drain(stop).await);
+        }
         let handle = worker.handle();
         let signal = worker.shutdown_signal();
 

@@ -1,5 +1,8 @@
 //! Property tests for `auto`: it never panics, its errors name a variable, variables it does
 //! not read change nothing, and on valid environments it follows its documented order.
+//!
+//! Here, inside the crate, and not in `tests/`: they test private items (`choose`, `resolve`,
+//! `Resolved`: `auto`'s decision, which the public API only shows through a bind).
 
 use std::os::fd::RawFd;
 

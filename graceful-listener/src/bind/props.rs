@@ -2,6 +2,9 @@
 //! and any string either parses to a value that round-trips or is refused naming itself.
 //!
 //! The strategies are shared with the environment and `auto` property tests.
+//!
+//! Here, inside the crate, and not in `tests/`: the `auto` property tests use these strategies
+//! (`config`, `valid_bind`), and they reach private items.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::RawFd;

@@ -3,6 +3,9 @@
 //! manager writes reads back as it was written.
 //!
 //! The strategies and checks are shared with the `auto` property tests.
+//!
+//! Here, inside the crate, and not in `tests/`: the `auto` and `bind` property tests share
+//! these strategies, and those reach private items.
 
 use std::os::fd::RawFd;
 
