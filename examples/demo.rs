@@ -137,6 +137,7 @@ fn main() -> ExitCode {
         connections: args.connections,
         interval: Duration::from_secs_f64(args.interval),
         progress: true,
+        max_unacked: 1,
     };
     for contender in &contenders {
         match upgrades::run(contender, &config) {

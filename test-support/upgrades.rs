@@ -87,6 +87,9 @@ pub struct UpgradeConfig {
     pub interval: Duration,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// The master's `--max-unacked`: new workers started ahead of their ACKs (1: one at a
+    /// time, the default).
+    pub max_unacked: usize,
 }
 
 /// What one upgrade did.
@@ -215,19 +218,30 @@ pub struct ContenderResult {
 /// How long a command to the master may take.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `einhorn-master -b 127.0.0.1:0 -n WORKERS -m manual -- WORKER --drain-timeout 10`, once
-/// every worker has ACKed.
+/// `einhorn-master -b 127.0.0.1:0 -n WORKERS -m manual --max-unacked N -- WORKER
+/// --drain-timeout 10`, once every worker has ACKed.
 ///
 /// # Panics
 /// When the master or its workers do not start.
-pub fn start_master(contender: &Contender, workers: usize) -> Master {
+pub fn start_master(contender: &Contender, workers: usize, max_unacked: usize) -> Master {
     let n = workers.to_string();
+    let max_unacked = max_unacked.max(1).to_string();
     let worker = [
         example(contender.example).into_os_string(),
         "--drain-timeout".into(),
         "10".into(),
     ];
-    let flags = ["-b", "127.0.0.1:0", "-n", &n, "-m", "manual", "-q"];
+    let flags = [
+        "-b",
+        "127.0.0.1:0",
+        "-n",
+        &n,
+        "-m",
+        "manual",
+        "-q",
+        "--max-unacked",
+        &max_unacked,
+    ];
     let master = Master::start_with(&flags, &worker, |cmd| {
         cmd.env("RUST_LOG", "warn");
     });
@@ -290,7 +304,7 @@ fn sample(load: &load::Load, done: &AtomicBool) -> Vec<Sample> {
 /// # Errors
 /// When the master does not stop cleanly.
 pub fn run(contender: &Contender, config: &UpgradeConfig) -> Result<ContenderResult, String> {
-    let master = start_master(contender, config.workers);
+    let master = start_master(contender, config.workers, config.max_unacked);
     let started = Instant::now();
     let load = load::start(
         LoadConfig::new(master.addr(0))

@@ -92,6 +92,10 @@ struct Args {
     /// Workers under the master in the upgrades.
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// The master's `--max-unacked` in the upgrades: new workers started ahead of their
+    /// ACKs (1: one at a time).
+    #[arg(long, default_value_t = 1)]
+    max_unacked: usize,
     /// Upgrades per contender.
     #[arg(long, default_value_t = 5)]
     upgrades: usize,
@@ -317,6 +321,7 @@ fn run(args: &Args, wrk: bool, callgrind: bool) -> Result<Summary, String> {
                 connections: args.connections,
                 interval: Duration::from_secs_f64(args.interval),
                 progress: true,
+                max_unacked: args.max_unacked,
             };
             let result = upgrade::http1(framework, &config).map_err(with)?;
             if summary.svg.is_none() {

@@ -62,7 +62,7 @@ pub(crate) struct Http2Upgrades {
 
 /// Upgrades of 2 workers with HTTP/2 load from both clients; `upgrades` rounds.
 fn http2_run(contender: &Contender, upgrades: usize) -> Result<Http2Result, String> {
-    let master = start_master(contender, 2);
+    let master = start_master(contender, 2, 1);
     let addr = master.addr(0);
     let pooled = load_h2::start(addr, 64, Duration::from_secs(10));
     let logs = tempfile::tempdir().map_err(|e| e.to_string())?;

@@ -163,6 +163,18 @@ pub fn text(message: &Message) -> String {
             "Canary: all {workers} new workers ACKed; soaking {}s beside the old ones",
             soak.as_secs_f64()
         ),
+        Message::CanaryPassed { new, old } if new.0 < crate::machine::CANARY_MIN_RESPONSES => {
+            format!(
+                "Canary passed on its exits alone: new workers {} 5xx of {} responses (fewer than {} \
+                 reported: too few to judge; soak longer, or is traffic reaching them?), old workers \
+                 {} of {}; upgrading the rest",
+                new.1,
+                new.0,
+                crate::machine::CANARY_MIN_RESPONSES,
+                old.1,
+                old.0
+            )
+        }
         Message::CanaryPassed { new, old } => format!(
             "Canary passed: new workers {} 5xx of {} responses, old workers {} of {}; upgrading the rest",
             new.1, new.0, old.1, old.0
