@@ -116,6 +116,19 @@ fn choose_noting(env: &Environment, skipped: &mut Vec<String>) -> Result<(Bind, 
     ))
 }
 
+impl Bind {
+    /// Replaces `auto` with the spec this process's environment calls for (see
+    /// [`Bind::Auto`]); any other spec is returned as it is.
+    ///
+    /// # Errors
+    /// [`BindError::Auto`] when a manager's variables are there but wrong (a garbage
+    /// `EINHORN_FD_COUNT`, `LISTEN_FDS=abc`, `PORT=99999`, ...): guessing past them would
+    /// serve on the wrong socket.
+    pub fn resolve_auto(self) -> Result<Bind, BindError> {
+        resolve(self, &Environment::from_process()).map(|resolved| resolved.bind)
+    }
+}
+
 #[cfg(test)]
 mod props;
 

@@ -10,6 +10,9 @@
 //! | `:PORT` | bind a TCP socket on every IPv4 interface (`0.0.0.0:PORT`) |
 //! | `unix:PATH`, or a path starting with `/` or `.` | bind a Unix socket; `,mode=0660` sets its permissions |
 //! | `auto` | the socket the environment provides (see [`Bind::Auto`]), else `127.0.0.1:8000` |
+//!
+//! Pure: parsing and printing. Where `auto` leads is decided in `auto`, and opening a spec
+//! (taking an inherited fd, binding an address) is in `open`.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,9 +20,10 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::env::{EnvError, Environment, LISTEN_FDNAMES, LISTEN_FDS, SERVER_STARTER_PORT};
-use crate::inherit::{InheritError, take_listener};
-use crate::socket::{self, StdListener};
+// Types only: the spec names what can go wrong when it is opened (`BindError`), and the
+// opening itself (I/O) lives above it, in `open`.
+use crate::env::EnvError;
+use crate::inherit::InheritError;
 
 /// Where `auto` binds when no socket manager passed a listener and `PORT` is not set.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8000);
@@ -332,121 +336,6 @@ impl Bind {
                 | Bind::Fd(_)
         )
     }
-
-    /// Replaces `auto` with the spec this process's environment calls for (see
-    /// [`Bind::Auto`]); any other spec is returned as it is.
-    ///
-    /// # Errors
-    /// [`BindError::Auto`] when a manager's variables are there but wrong (a garbage
-    /// `EINHORN_FD_COUNT`, `LISTEN_FDS=abc`, `PORT=99999`, ...): guessing past them would
-    /// serve on the wrong socket.
-    pub fn resolve_auto(self) -> Result<Bind, BindError> {
-        crate::auto::resolve(self, &Environment::from_process()).map(|resolved| resolved.bind)
-    }
-
-    /// Opens the listener: takes the inherited socket, or binds a new one. `self` must not be
-    /// `auto` (resolve it first).
-    pub(crate) fn open_resolved(&self, env: &Environment) -> Result<StdListener, BindError> {
-        let io = |source| BindError::Io {
-            bind: self.clone(),
-            source,
-        };
-        let from_env = |source| BindError::Env {
-            bind: self.clone(),
-            source,
-        };
-        match self {
-            Bind::Einhorn(index) => {
-                let fd = env.einhorn_fd(*index).map_err(from_env)?;
-                let origin = format!("{}={fd}", Environment::einhorn_fd_var(*index));
-                inherited(self, fd, origin)
-            }
-            Bind::Systemd(index) => {
-                let fd = env.systemd_fd(*index).map_err(from_env)?;
-                every_systemd_socket_passed(self, env)?;
-                inherited(self, fd, format!("{LISTEN_FDS} socket {index}, fd {fd}"))
-            }
-            Bind::SystemdName(name) => {
-                let (_, fd) = env.systemd_fd_named(name).map_err(from_env)?;
-                every_systemd_socket_passed(self, env)?;
-                inherited(self, fd, format!("{LISTEN_FDNAMES} {name:?}, fd {fd}"))
-            }
-            Bind::Starter(index) => {
-                let port = env.starter_port(*index).map_err(from_env)?;
-                inherited(
-                    self,
-                    port.fd,
-                    format!("{SERVER_STARTER_PORT} {}={}", port.key, port.fd),
-                )
-            }
-            Bind::StarterKey(key) => {
-                let port = env.starter_port_named(key).map_err(from_env)?;
-                inherited(
-                    self,
-                    port.fd,
-                    format!("{SERVER_STARTER_PORT} {}={}", port.key, port.fd),
-                )
-            }
-            Bind::Fd(fd) => inherited(self, *fd, format!("fd {fd}")),
-            Bind::Addr(addr) => socket::bind_tcp(*addr).map(StdListener::Tcp).map_err(io),
-            Bind::Port(port) => {
-                socket::bind_tcp(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))
-                    .map(StdListener::Tcp)
-                    .map_err(io)
-            }
-            Bind::Host(host, port) => socket::bind_host(host, *port)
-                .map(StdListener::Tcp)
-                .map_err(io),
-            Bind::Unix { path, mode } => socket::bind_unix(path, *mode)
-                .map(StdListener::Unix)
-                .map_err(io),
-            Bind::Auto => unreachable!("auto is resolved before it is opened"),
-        }
-    }
-
-    /// Resolves `auto` if it is, then opens the listener.
-    pub(crate) fn open_std(&self, env: &Environment) -> Result<StdListener, BindError> {
-        crate::auto::resolve(self.clone(), env)?
-            .bind
-            .open_resolved(env)
-    }
-}
-
-/// Checks that every fd systemd says it passed (`LISTEN_FDS` of them from fd 3) is there (see
-/// [`crate::inherit::check_passed`]), not only the one taken: a count that claims more sockets than arrived is a broken unit or
-/// launcher, said at start rather than when the missing socket is asked for. Only open-ness
-/// is checked: the others may be datagram sockets or FIFOs, which a unit may pass too.
-fn every_systemd_socket_passed(bind: &Bind, env: &Environment) -> Result<(), BindError> {
-    let Ok(Some(activation)) = env.activation() else {
-        // Taking the socket asked for has already checked the variables.
-        return Ok(());
-    };
-    let count = activation.count();
-    let fd = |index| activation.fd(index).unwrap_or(RawFd::MAX);
-    // Ends at the first fd that was not passed: a process cannot hold more fds than its
-    // limit, however large a count the variable claims.
-    for index in 0..count {
-        if let Err(why) = crate::inherit::check_passed(fd(index)) {
-            return Err(BindError::Missing {
-                bind: bind.clone(),
-                passed: format!("{LISTEN_FDS}={count}"),
-                first: fd(0),
-                last: fd(count - 1),
-                fd: fd(index),
-                index,
-                why,
-            });
-        }
-    }
-    Ok(())
-}
-
-fn inherited(bind: &Bind, fd: RawFd, origin: String) -> Result<StdListener, BindError> {
-    take_listener(fd).map_err(|source| BindError::Inherit {
-        bind: bind.clone(),
-        origin,
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -625,46 +514,5 @@ mod tests {
         for (spec, message) in cases {
             assert_eq!(parse(spec), Err(message.to_string()), "{spec}");
         }
-    }
-
-    #[test]
-    fn einhorn_errors_name_the_variable_and_value() {
-        let env = Environment::from_vars(
-            [
-                ("EINHORN_MASTER_PID", "10"),
-                ("EINHORN_FD_COUNT", "1"),
-                ("EINHORN_FD_0", "1000000"),
-            ],
-            11,
-            10,
-        );
-        let err = Bind::Einhorn(0).open_std(&env).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cannot take einhorn@0 (EINHORN_FD_0=1000000): fd 1000000 is not open"
-        );
-        let err = Bind::Einhorn(1).open_std(&env).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cannot take einhorn@1: einhorn@1 is out of range: EINHORN_FD_COUNT=1 (indexes start at 0)"
-        );
-    }
-
-    #[test]
-    fn a_unix_bind_error_names_the_spec() {
-        let dir = std::env::temp_dir().join(format!("gl-bind-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("app.sock");
-        let _ = std::fs::remove_file(&path);
-        let env = Environment::from_vars(Vec::<(String, String)>::new(), 2, 1);
-        let bind = Bind::unix(path.clone());
-        let _first = bind.open_std(&env).unwrap();
-        let err = bind.open_std(&env).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with(&format!("cannot bind unix:{}", path.display())),
-            "{err}"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

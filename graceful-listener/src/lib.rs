@@ -47,6 +47,7 @@
 //! }
 //! ```
 
+mod address;
 mod auto;
 mod bind;
 pub mod einhorn;
@@ -54,6 +55,7 @@ pub mod env;
 mod inherit;
 mod listener;
 mod notify;
+mod open;
 mod options;
 mod report;
 mod run;
@@ -66,11 +68,12 @@ pub mod telemetry;
 pub mod tls;
 mod worker;
 
+pub use address::Address;
 pub use bind::{Bind, BindError, DEFAULT_ADDR, ParseBindError};
 pub use einhorn::AckError;
 pub use env::EnvError;
 pub use inherit::InheritError;
-pub use listener::{Address, Connection, ConnectionGuard, GracefulListener, ListenerHandle};
+pub use listener::{Connection, ConnectionGuard, GracefulListener, ListenerHandle};
 pub use options::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_WARM_UP_TIMEOUT, WorkerOptions};
 pub use report::{RunError, RunReport, StopCause, WarmUpError};
 pub use run::{Run, run};

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::bind::{Bind, BindError};
-use crate::env::Environment;
-use crate::listener::Address;
+use crate::address::Address;
 
 /// The backlog of sockets bound here: tokio's, and more than Einhorn's 100.
 const BACKLOG: i32 = 1024;
@@ -44,17 +42,6 @@ pub enum StdListener {
 }
 
 impl StdListener {
-    /// Opens a bind spec: takes the inherited socket (checked: open, a listening stream
-    /// socket, then made non-blocking and close-on-exec, at most once per process) or binds a
-    /// new one. Needs no runtime.
-    ///
-    /// # Errors
-    /// A [`BindError`] naming the spec and, for inherited sockets, the variable and value at
-    /// fault.
-    pub fn open(bind: &Bind) -> Result<StdListener, BindError> {
-        bind.open_std(&Environment::from_process())
-    }
-
     /// The address this listener accepts on.
     ///
     /// # Errors

@@ -204,16 +204,16 @@ impl Worker {
 
     /// Resolves `auto` (saying why it chose what it chose) and opens the spec.
     fn open(&self, bind: &Bind) -> Result<(Bind, StdListener), BindError> {
-        let resolved = crate::auto::resolve(bind.clone(), &self.env)?;
-        let listener = resolved.bind.open_resolved(&self.env)?;
-        let addr = listener
+        let opened = crate::open::open(bind, &self.env)?;
+        let addr = opened
+            .listener
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        match &resolved.why {
-            Some(why) => tracing::info!(bind = %resolved.bind, %addr, %why, "listening (auto)"),
-            None => tracing::info!(bind = %resolved.bind, %addr, "listening"),
+        match &opened.why {
+            Some(why) => tracing::info!(bind = %opened.bind, %addr, %why, "listening (auto)"),
+            None => tracing::info!(bind = %opened.bind, %addr, "listening"),
         }
-        Ok((resolved.bind, listener))
+        Ok((opened.bind, opened.listener))
     }
 
     /// Runs the warm-up ([`WorkerOptions::warm_up`]), if one was given: call it once the

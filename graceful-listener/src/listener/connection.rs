@@ -2,9 +2,7 @@
 
 use std::fmt;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -12,39 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::tracker::ConnectionGuard;
-
-/// The address of either end of a connection, or of a listener.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Address {
-    /// A TCP address.
-    Tcp(SocketAddr),
-    /// A Unix socket address: its path, `None` when unnamed (as client ends usually are).
-    Unix(Option<PathBuf>),
-}
-
-impl Address {
-    /// The TCP address, if this is one.
-    pub fn as_tcp(&self) -> Option<SocketAddr> {
-        match self {
-            Address::Tcp(addr) => Some(*addr),
-            Address::Unix(_) => None,
-        }
-    }
-
-    pub(crate) fn from_unix(addr: &tokio::net::unix::SocketAddr) -> Address {
-        Address::Unix(addr.as_pathname().map(PathBuf::from))
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Tcp(addr) => write!(f, "{addr}"),
-            Address::Unix(Some(path)) => write!(f, "unix:{}", path.display()),
-            Address::Unix(None) => f.write_str("unix:(unnamed)"),
-        }
-    }
-}
+use crate::address::Address;
 
 /// A TCP or Unix stream that stays counted by its listener until dropped.
 ///

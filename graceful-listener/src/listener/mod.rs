@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-pub use connection::{Address, Connection};
+pub use connection::Connection;
+
+use crate::address::Address;
 pub use tracker::ConnectionGuard;
 pub(crate) use tracker::Counts;
 use tracker::Tracker;
@@ -85,11 +87,10 @@ impl GracefulListener {
         bind: &Bind,
         env: &Environment,
     ) -> Result<GracefulListener, BindError> {
-        let resolved = crate::auto::resolve(bind.clone(), env)?.bind;
-        let listener = resolved.open_resolved(env)?;
-        GracefulListener::from_std_with(listener, ListenerHandle::new()).map_err(|source| {
+        let opened = crate::open::open(bind, env)?;
+        GracefulListener::from_std_with(opened.listener, ListenerHandle::new()).map_err(|source| {
             BindError::Io {
-                bind: resolved,
+                bind: opened.bind,
                 source,
             }
         })
