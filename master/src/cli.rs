@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "cli")]
 use clap::{ArgAction, Parser};
 
 use crate::bind::BindSpec;
@@ -18,204 +19,279 @@ use crate::machine::AckMode;
 /// environment: `EINHORN_FD_COUNT`, `EINHORN_FD_<i>`, `EINHORN_SOCK_PATH`, ...), and upgrades
 /// them smoothly on `upgrade` or SIGHUP. `einhorn-master ctl -d SOCK COMMAND` talks to a running
 /// master.
-#[derive(Clone, Debug, Parser)]
-#[command(name = "einhorn-master", version, max_term_width = 100)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(Parser))]
+#[cfg_attr(
+    feature = "cli",
+    command(name = "einhorn-master", version, max_term_width = 100)
+)]
 pub struct MasterArgs {
     /// Bind HOST:PORT and pass the socket to workers (repeatable; options `,r` SO_REUSEADDR,
     /// `,n` O_NONBLOCK; IPv6 as `[::1]:PORT`; port 0 picks a free port).
-    #[arg(short = 'b', long = "bind", value_name = "ADDR")]
+    #[cfg_attr(feature = "cli", arg(short = 'b', long = "bind", value_name = "ADDR"))]
     pub bind: Vec<BindSpec>,
 
     /// Number of workers.
-    #[arg(short = 'n', long = "number", value_name = "N", default_value_t = 1)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(short = 'n', long = "number", value_name = "N", default_value_t = 1)
+    )]
     pub number: usize,
 
     /// ACK mode: `manual` (workers send worker:ack) or SECONDS (alive that long = up).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         short = 'm',
         long = "ack-mode",
         value_name = "MODE",
         default_value = "1",
         value_parser = parse_ack_mode
-    )]
+    ))]
     pub ack_mode: AckMode,
 
     /// Path of the command socket [default: $TMPDIR/einhorn[-NAME].sock].
-    #[arg(short = 'd', long = "socket-path", value_name = "PATH")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(short = 'd', long = "socket-path", value_name = "PATH")
+    )]
     pub socket_path: Option<PathBuf>,
 
     /// Lock file that keeps a second master off the same socket [default: SOCKET.lock].
-    #[arg(short = 'f', long = "lockfile", value_name = "PATH")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(short = 'f', long = "lockfile", value_name = "PATH")
+    )]
     pub lockfile: Option<PathBuf>,
 
     /// Name for the master in `ps` and in the default socket path.
-    #[arg(short = 'c', long = "command-name", value_name = "NAME")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(short = 'c', long = "command-name", value_name = "NAME")
+    )]
     pub command_name: Option<String>,
 
     /// Minimum seconds between two spawns (a smooth upgrade is otherwise paced by ACKs).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         short = 's',
         long = "seconds",
         value_name = "SECONDS",
         default_value = "0",
         value_parser = parse_seconds
-    )]
+    ))]
     pub seconds: Duration,
 
     /// SIGKILL a worker still alive SECONDS after the master signaled it to stop.
-    #[arg(short = 't', long = "signal-timeout", value_name = "SECONDS", value_parser = parse_seconds)]
+    #[cfg_attr(feature = "cli", arg(short = 't', long = "signal-timeout", value_name = "SECONDS", value_parser = parse_seconds))]
     pub signal_timeout: Option<Duration>,
 
     /// Workers get SIGUSR2 if the master dies (PR_SET_PDEATHSIG).
-    #[arg(short = 'k', long = "kill-children-on-exit")]
+    #[cfg_attr(feature = "cli", arg(short = 'k', long = "kill-children-on-exit"))]
     pub kill_children_on_exit: bool,
 
     /// When workers start with the stop signals (USR2, TERM, INT, QUIT) blocked, so that one
     /// sent during a worker's start waits for its handlers instead of killing it: `auto`,
     /// for programs built with graceful-listener (which unblock them once their handlers are
     /// installed; found by a marker in the file); `always`; `never` (as Einhorn).
-    #[arg(
-        long = "block-signals",
-        value_name = "WHEN",
-        value_enum,
-        default_value = "auto"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "block-signals",
+            value_name = "WHEN",
+            value_enum,
+            default_value = "auto"
+        )
     )]
     pub block_signals: crate::held_signals::BlockSignals,
 
     /// Listen backlog of the -b sockets.
-    #[arg(short = 'l', long = "backlog", value_name = "N", default_value_t = 100)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(short = 'l', long = "backlog", value_name = "N", default_value_t = 100)
+    )]
     pub backlog: i32,
 
     /// Write the master's pid to this file (refused if it names a live process).
-    #[arg(short = 'e', long = "pidfile", value_name = "PATH")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(short = 'e', long = "pidfile", value_name = "PATH")
+    )]
     pub pidfile: Option<PathBuf>,
 
     /// Log less (repeatable).
-    #[arg(short = 'q', long = "quiet", action = ArgAction::Count)]
+    #[cfg_attr(feature = "cli", arg(short = 'q', long = "quiet", action = ArgAction::Count))]
     pub quiet: u8,
 
     /// Log more (repeatable).
-    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    #[cfg_attr(feature = "cli", arg(short = 'v', long = "verbose", action = ArgAction::Count))]
     pub verbose: u8,
 
     /// Fail an upgrade when no new worker ACKs for this many seconds; the old workers keep
     /// serving.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "upgrade-timeout",
         value_name = "SECONDS",
         default_value = "60",
         value_parser = parse_seconds
-    )]
+    ))]
     pub upgrade_timeout: Duration,
 
     /// A worker that dies within SECONDS of its ACK counts as a failed start, as one that
     /// dies before it: respawns back off (1 s, 1.5 s, 2.25 s ... up to 30 s) until a worker
     /// stays up that long.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "min-uptime",
         value_name = "SECONDS",
         default_value = "10",
         value_parser = parse_seconds
-    )]
+    ))]
     pub min_uptime: Duration,
 
     /// Serve at most N command-socket connections at once; beyond that, new connections may
     /// only deliver a worker:ack or worker:ping, and are otherwise refused with the reason.
-    #[arg(long = "max-connections", value_name = "N", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(1..))]
+    #[cfg_attr(feature = "cli", arg(long = "max-connections", value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..)))]
     pub max_connections: u32,
 
     /// Close a command-socket connection that owes no reply and sends no request for this
     /// many seconds (0: never).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "idle-timeout",
         value_name = "SECONDS",
         default_value = "60",
         value_parser = parse_seconds
-    )]
+    ))]
     pub idle_timeout: Duration,
 
     /// Give workers a pipe as stderr: the master forwards it to its own stderr and keeps each
     /// worker's last N lines, logged when a worker dies or never ACKs (0: workers write to the
     /// master's stderr directly).
-    #[arg(long = "stderr-tail", value_name = "N", default_value_t = 0)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "stderr-tail", value_name = "N", default_value_t = 0)
+    )]
     pub stderr_tail: usize,
 
     /// Canary upgrades: start N new workers first, beside every old one, and roll back if
     /// one exits or their 5xx share exceeds the old workers' during --soak (the same as
     /// `ctl upgrade --canary N --soak SECS`, for every upgrade and SIGHUP).
-    #[arg(long = "canary", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[cfg_attr(feature = "cli", arg(long = "canary", value_name = "N", value_parser = clap::value_parser!(u32).range(1..)))]
     pub canary: Option<u32>,
 
     /// How long a canary serves beside the old workers once it has ACKed (with --canary).
-    #[arg(long = "soak", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    #[cfg_attr(feature = "cli", arg(long = "soak", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds))]
     pub soak: Duration,
 
     /// Serve the master's metrics (upgrades, workers by generation and state, respawns, each
     /// version's responses) in Prometheus' text format at `GET http://HOST:PORT/metrics`.
-    #[arg(long = "metrics", value_name = "HOST:PORT")]
+    #[cfg_attr(feature = "cli", arg(long = "metrics", value_name = "HOST:PORT"))]
     pub metrics: Option<std::net::SocketAddr>,
 
     /// Give each worker an fd already connected to the command socket, as
     /// `EINHORN_SOCK_FD`, to ACK through without knowing the socket's path.
-    #[arg(short = 'g', long = "command-socket-as-fd")]
+    #[cfg_attr(feature = "cli", arg(short = 'g', long = "command-socket-as-fd"))]
     pub command_socket_as_fd: bool,
 
     /// Remove VAR from the environment of the master's next code (after `reload` or
     /// `upgrade`), and so of the workers it starts (repeatable).
-    #[arg(long = "drop-env-var", value_name = "VAR")]
+    #[cfg_attr(feature = "cli", arg(long = "drop-env-var", value_name = "VAR"))]
     pub drop_env_var: Vec<String>,
 
     /// Run the master at nice level MASTER and its workers at WORKER (default: as the
     /// master); lowering a level needs privileges.
-    #[arg(long = "nice", value_name = "MASTER[:WORKER]", value_parser = parse_nice)]
+    #[cfg_attr(feature = "cli", arg(long = "nice", value_name = "MASTER[:WORKER]", value_parser = parse_nice))]
     pub nice: Option<Nice>,
 
     /// During a smooth upgrade, start up to N new workers before the first ACKs (the upgrade
     /// is still paced by ACKs: one more starts for each ACK).
-    #[arg(long = "max-unacked", value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..))]
+    #[cfg_attr(feature = "cli", arg(long = "max-unacked", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..)))]
     pub max_unacked: u32,
 
     /// During an upgrade, run at most N workers beyond -n, old ones draining included.
-    #[arg(long = "max-upgrade-additional", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "max-upgrade-additional", value_name = "N")
+    )]
     pub max_upgrade_additional: Option<usize>,
 
     /// Exec CMDLINE (split at whitespace) instead of this program when the master reloads
     /// its own code (`reload`, `upgrade`, SIGHUP), e.g. a path through a `current` link.
-    #[arg(long = "reexec-as", value_name = "CMDLINE")]
+    #[cfg_attr(feature = "cli", arg(long = "reexec-as", value_name = "CMDLINE"))]
     pub reexec_as: Option<String>,
 
     /// (Internal) The state handed over by the master that exec'd this one.
-    #[arg(long = "with-state-fd", value_name = "FD", hide = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "with-state-fd", value_name = "FD", hide = true)
+    )]
     pub with_state_fd: Option<i32>,
 
     /// (Internal) Only check that this program could take over from the running master
     /// (with --with-state-fd), then exit.
-    #[arg(long = "upgrade-check", hide = true)]
+    #[cfg_attr(feature = "cli", arg(long = "upgrade-check", hide = true))]
     pub upgrade_check: bool,
 
     /// How this master re-execs itself; `None`: it cannot (`reload` is refused and
     /// `upgrade` upgrades the workers only).
-    #[arg(skip)]
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub self_exec: Option<crate::reexec::SelfExec>,
 
     /// Once bound, write one line `INDEX ADDR` per -b socket to this file (atomically).
-    #[arg(long = "addr-file", value_name = "PATH")]
+    #[cfg_attr(feature = "cli", arg(long = "addr-file", value_name = "PATH"))]
     pub addr_file: Option<PathBuf>,
 
     /// The worker command and its arguments (resolved through PATH at every spawn, so an
     /// upgrade runs whatever is at that path then).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         value_name = "COMMAND",
         required = true,
         num_args = 1..,
         trailing_var_arg = true
-    )]
+    ))]
     pub command: Vec<OsString>,
 }
 
 impl MasterArgs {
+    /// The arguments of a master running `command` with every other setting at its default,
+    /// as `einhorn-master -- COMMAND` would parse (a test holds the two equal): what a
+    /// self-hosted master starts from, without the command-line parser.
+    pub fn for_command(command: Vec<OsString>) -> MasterArgs {
+        MasterArgs {
+            bind: Vec::new(),
+            number: 1,
+            ack_mode: AckMode::Timer(Duration::from_secs(1)),
+            socket_path: None,
+            lockfile: None,
+            command_name: None,
+            seconds: Duration::ZERO,
+            signal_timeout: None,
+            kill_children_on_exit: false,
+            block_signals: crate::held_signals::BlockSignals::default(),
+            backlog: 100,
+            pidfile: None,
+            quiet: 0,
+            verbose: 0,
+            upgrade_timeout: Duration::from_secs(60),
+            min_uptime: crate::machine::DEFAULT_MIN_UPTIME,
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(60),
+            stderr_tail: 0,
+            canary: None,
+            soak: Duration::from_secs(10),
+            metrics: None,
+            command_socket_as_fd: false,
+            drop_env_var: Vec::new(),
+            nice: None,
+            max_unacked: 1,
+            max_upgrade_additional: None,
+            reexec_as: None,
+            with_state_fd: None,
+            upgrade_check: false,
+            self_exec: None,
+            addr_file: None,
+            command,
+        }
+    }
+
     /// The command socket path: `-d`, or `$TMPDIR/einhorn-NAME.sock` with `-c NAME`, or
     /// `$TMPDIR/einhorn.sock`, as Einhorn picks it.
     pub fn socket_path(&self) -> PathBuf {
@@ -252,7 +328,7 @@ impl MasterArgs {
     }
 
     /// The log level from `-q` and `-v` (info by default).
-    pub fn log_level(&self) -> tracing_subscriber::filter::LevelFilter {
+    pub fn log_level(&self) -> tracing::level_filters::LevelFilter {
         crate::log_level::level(self.verbosity())
     }
 
@@ -276,34 +352,46 @@ pub fn default_socket_path(command_name: Option<&str>) -> PathBuf {
 ///
 /// Exits 0 when the last reply is not an error (for `upgrade`: when it is `Upgrade done`), 1 on
 /// an error reply, 2 when the master cannot be reached or does not answer in time.
-#[derive(Clone, Debug, Parser)]
-#[command(name = "einhorn-master ctl", version, max_term_width = 100)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(Parser))]
+#[cfg_attr(
+    feature = "cli",
+    command(name = "einhorn-master ctl", version, max_term_width = 100)
+)]
+#[cfg(feature = "cli")]
 pub struct CtlArgs {
     /// Path of the master's command socket [default: as the master picks it].
-    #[arg(short = 'd', long = "socket-path", value_name = "PATH")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(short = 'd', long = "socket-path", value_name = "PATH")
+    )]
     pub socket_path: Option<PathBuf>,
 
     /// The master's `-c` name, to find its default socket path.
-    #[arg(short = 'c', long = "command-name", value_name = "NAME")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(short = 'c', long = "command-name", value_name = "NAME")
+    )]
     pub command_name: Option<String>,
 
     /// Give up after this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds)]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "SECONDS", default_value = "120", value_parser = parse_seconds))]
     pub timeout: Duration,
 
     /// Print the reply lines as they came over the wire (escaped YAML) instead of messages.
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub raw: bool,
 
     /// The command (`ehlo`, `state`, `upgrade`, `set_workers`, ...).
-    #[arg(value_name = "COMMAND")]
+    #[cfg_attr(feature = "cli", arg(value_name = "COMMAND"))]
     pub command: String,
 
     /// Its arguments.
-    #[arg(value_name = "ARGS", allow_hyphen_values = true)]
+    #[cfg_attr(feature = "cli", arg(value_name = "ARGS", allow_hyphen_values = true))]
     pub args: Vec<String>,
 }
 
+#[cfg(feature = "cli")]
 impl CtlArgs {
     /// The socket path to connect to.
     pub fn socket_path(&self) -> PathBuf {
@@ -315,6 +403,7 @@ impl CtlArgs {
 
 /// What the command line asks for.
 #[derive(Clone, Debug)]
+#[cfg(feature = "cli")]
 pub enum Invocation {
     /// Run a master.
     Master(Box<MasterArgs>),
@@ -343,6 +432,7 @@ pub enum Invocation {
 /// ));
 /// assert!(parse_args(["einhorn-master", "-X", "sleep", "1"]).is_err());
 /// ```
+#[cfg(feature = "cli")]
 pub fn parse_args<I, T>(args: I) -> Result<Invocation, clap::Error>
 where
     I: IntoIterator<Item = T>,
@@ -452,9 +542,16 @@ pub fn parse_ack_mode(text: &str) -> Result<AckMode, AckModeError> {
         .map_err(|_| AckModeError(text.to_string()))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "cli"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_defaults_without_the_parser_are_the_parsers() {
+        let parsed = MasterArgs::try_parse_from(["einhorn-master", "--", "srv"]).unwrap();
+        let built = MasterArgs::for_command(vec!["srv".into()]);
+        assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
+    }
 
     fn master(args: &[&str]) -> Result<MasterArgs, clap::Error> {
         let mut all = vec!["einhorn-master"];

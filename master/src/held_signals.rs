@@ -91,7 +91,8 @@ impl SignalMasks {
 }
 
 /// When workers start with the stop signals blocked (`--block-signals`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum BlockSignals {
     /// When the program file carries graceful-listener's marker: it unblocks them itself.
     #[default]

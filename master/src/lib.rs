@@ -103,6 +103,7 @@ pub mod cli;
 pub mod client;
 pub mod command;
 pub mod conn;
+#[cfg(feature = "cli")]
 pub mod ctl;
 pub mod driver;
 pub mod handover;

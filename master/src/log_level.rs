@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use tracing_subscriber::filter::LevelFilter;
+use tracing::level_filters::LevelFilter;
 
 /// Sets the level of the logger that the master's `tracing` events go to.
 pub type LevelControl = Box<dyn Fn(LevelFilter) + Send + Sync>;
@@ -18,7 +18,7 @@ static CONTROL: OnceLock<LevelControl> = OnceLock::new();
 /// Registers the control of the process's logger (once; later calls are ignored).
 ///
 /// ```
-/// use tracing_subscriber::filter::LevelFilter;
+/// use tracing::level_filters::LevelFilter;
 /// use tracing_subscriber::{prelude::*, reload};
 ///
 /// let (filter, handle) = reload::Layer::new(LevelFilter::INFO);
@@ -47,7 +47,7 @@ pub fn apply(offset: i8) -> bool {
 ///
 /// ```
 /// use einhorn_master::log_level::level;
-/// use tracing_subscriber::filter::LevelFilter;
+/// use tracing::level_filters::LevelFilter;
 /// assert_eq!(level(0), LevelFilter::INFO);
 /// assert_eq!(level(-1), LevelFilter::WARN);
 /// assert_eq!(level(9), LevelFilter::TRACE);

@@ -60,7 +60,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
 use graceful_listener::env::Environment;
 
 use crate::bind::{BindSpec, BindSpecError};
@@ -410,13 +409,8 @@ impl SelfHosted {
             Some(path) => absolute(path)?,
             None => resolve_program(&argv0)?,
         };
-        // Defaults come from the one place that defines them: the master's command line.
-        let mut args = MasterArgs::try_parse_from([
-            OsString::from("einhorn-master"),
-            OsString::from("--"),
-            program.clone().into_os_string(),
-        ])
-        .expect("the master's defaults parse");
+        // The master's defaults, as its command line has them (a test holds the two equal).
+        let mut args = MasterArgs::for_command(vec![program.clone().into_os_string()]);
         args.bind = bind;
         args.number = self.workers;
         args.ack_mode = AckMode::Manual;
