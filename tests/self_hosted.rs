@@ -89,10 +89,13 @@ impl App {
             .master
             .wait_state(&format!("version {version} serving"), |s| {
                 let serving = s.serving_pids();
+                // The old workers gone too: one told to stop may still accept a fresh
+                // connection in the moment before it handles the signal.
                 s.version == version
                     && s.base_version == version
                     && s.upgrading.is_none()
                     && serving.len() == workers
+                    && s.workers.len() == workers
                     && serving.iter().all(|p| !before.contains(p))
             });
         (state.serving_pids(), started.elapsed())
