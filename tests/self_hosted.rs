@@ -550,11 +550,11 @@ fn a_canary_that_answers_500s_is_rolled_back_on_sighup_and_the_old_workers_serve
 
 #[test]
 fn overlapping_sighups_never_leave_the_port_without_an_acceptor() {
-    // Workers take 1.5 s to warm up before they accept and ACK (within the app's 3 s
+    // Workers take 1.2 s to warm up before they accept and ACK (well within the app's 3 s
     // upgrade timeout); three SIGHUPs 0.7 s apart each supersede the last one's new workers
     // before they serve.
     let app = App::start(2, |cmd| {
-        cmd.args(["--warm-up-ms", "1500"]);
+        cmd.args(["--warm-up-ms", "1200"]);
     });
     let first = app.master.wait_serving(2);
     let load = app.load(8);
