@@ -387,6 +387,9 @@ where
         // Stop accepting. (actix keeps its copy of the socket until it stops; a master holds
         // the shared socket anyway, and other workers take the new connections.)
         actix.pause().await;
+        if !stop.is_immediate() {
+            settle_accepts(&handle, &signal).await;
+        }
         let (report, ()) = tokio::join!(
             worker.drain(stop),
             stop_actix(actix, stop, self.idle_grace, handle, signal)
@@ -437,6 +440,40 @@ fn server_result(
         Err(e) => Err(std::io::Error::other(format!(
             "actix server task failed: {e}"
         ))),
+    }
+}
+
+/// How long no connection may reach the app after the pause before the accept thread counts
+/// as stopped, and the most the wait takes.
+const ACCEPT_QUIET: Duration = Duration::from_millis(50);
+const ACCEPT_SETTLE_MAX: Duration = Duration::from_millis(500);
+
+/// Waits until actix's accept thread has really stopped handing out connections.
+///
+/// `ServerHandle::pause` answers before the accept thread has seen the request (actix-server
+/// 2.9: the server wakes the thread and replies at once), so connections accepted just
+/// before it, or on its way to it, reach an actix worker's `on_connect` a moment later. A
+/// drain that began with none counted would end at once and the process would exit with
+/// such a connection and its client's request unread: a reset (seen under load, in a burst
+/// of clients reconnecting during an upgrade). So the drain starts once no new connection
+/// has been tracked for [`ACCEPT_QUIET`] (at most [`ACCEPT_SETTLE_MAX`], or until a hammer).
+async fn settle_accepts(handle: &ListenerHandle, signal: &ShutdownSignal) {
+    let deadline = tokio::time::Instant::now() + ACCEPT_SETTLE_MAX;
+    let hammer = signal.hammer();
+    tokio::pin!(hammer);
+    loop {
+        let seen = handle.accepted();
+        tokio::select! {
+            () = tokio::time::sleep(ACCEPT_QUIET) => {}
+            () = &mut hammer => return,
+        }
+        if handle.accepted() == seen {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!("actix still handing out connections after the pause; draining anyway");
+            return;
+        }
     }
 }
 
