@@ -77,7 +77,8 @@ impl<S, B> AppServiceFactory<B> for S where
 /// 1. installs the stop signals' handlers (actix's own are turned off);
 /// 2. takes the listener and hands it to actix (`HttpServer::listen`, or `listen_uds`);
 /// 3. starts actix, and ACKs once every actix worker has built the app and actix accepts;
-/// 4. on SIGUSR2, SIGTERM or SIGINT: pauses accepting, marks every response
+/// 4. on SIGUSR2, SIGTERM or SIGINT: pauses accepting (and waits until actix's accept
+///    thread has handed out its last connection), marks every response
 ///    `Connection: close`, gives idle keep-alive connections the idle grace, then has actix
 ///    stop gracefully (in-flight requests finish);
 /// 5. ends as soon as every connection has closed, or cuts what is left at the drain timeout
@@ -444,8 +445,9 @@ fn server_result(
 }
 
 /// How long no connection may reach the app after the pause before the accept thread counts
-/// as stopped, and the most the wait takes.
+/// as stopped.
 const ACCEPT_QUIET: Duration = Duration::from_millis(50);
+/// The most that wait takes, for a thread still handing out connections (a flood).
 const ACCEPT_SETTLE_MAX: Duration = Duration::from_millis(500);
 
 /// Waits until actix's accept thread has really stopped handing out connections.
