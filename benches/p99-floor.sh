@@ -9,16 +9,17 @@
 #   inc      a fifth worker started (`ctl inc`; `ctl dec` after the run, outside it)
 #   usr2one  one worker stopped with SIGUSR2 and replaced: a hand-over without the master
 #   upgrade  a real upgrade of the 4 workers (the master reloads itself first)
-# With DEAL=1 each line also shows how wrk's 32 connections are spread over the worker
+# WORKERS (default 4) sets the pool's size. With DEAL=1 each line also shows how wrk's 32 connections are spread over the worker
 # processes in the middle of the run (`ss`), largest last.
 # Needs wrk, and a release build:
 #   cargo build --release -p einhorn-master --bin einhorn-master
 #   cargo build --release --example axum-hello
 # Example: EVENTS="none reload usr2one upgrade" ROUNDS=5 benches/p99-floor.sh
 set -u
+# Exported variables reach the workers: TOKIO_WORKER_THREADS=1 gives each a one-thread runtime.
 R="$(cd "$(dirname "$0")/.." && pwd)/target/release"
 D=$(mktemp -d)
-$R/einhorn-master -q -b 127.0.0.1:0 -n 4 -m manual -d $D/s --addr-file $D/a -- $R/examples/axum-hello >$D/log 2>&1 &
+$R/einhorn-master -q -b 127.0.0.1:0 -n ${WORKERS:-4} -m manual -d $D/s --addr-file $D/a -- $R/examples/axum-hello >$D/log 2>&1 &
 M=$!
 trap 'kill -INT $M 2>/dev/null; wait $M 2>/dev/null; rm -rf $D' EXIT
 for i in $(seq 100); do [ -s $D/a ] && break; sleep 0.1; done
