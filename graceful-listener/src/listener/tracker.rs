@@ -1,10 +1,10 @@
 //! Counting live connections, waiting for them to finish, and cutting them at hammer time.
 
-use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use slab::Slab;
 use tokio::sync::watch;
 
 /// The connections a listener handed out that are still alive.
@@ -22,8 +22,8 @@ pub(crate) struct Tracker {
 
 #[derive(Debug, Default)]
 struct Registry {
-    next_id: u64,
-    fds: HashMap<u64, Tracked>,
+    /// A slab rather than a map: a slot per connection and no spare buckets to pay for.
+    fds: Slab<Tracked>,
     forced: bool,
     /// Connections shut down at hammer time, and any accepted after it.
     forced_count: u64,
@@ -75,19 +75,17 @@ impl Tracker {
         let mut registry = self.lock();
         // Counted under the lock, so that `counts` sees it together with the live count.
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        let id = registry.next_id;
-        registry.next_id += 1;
         if registry.forced {
             // Accepted after hammer time (a race with the stop): it gets no service either.
             shutdown_tracked(tracked);
             registry.forced_count += 1;
         }
-        registry.fds.insert(id, tracked);
+        let key = registry.fds.insert(tracked);
         self.live.send_replace(registry.fds.len());
         crate::telemetry::connection_opened(registry.fds.len());
         ConnectionGuard {
             tracker: self.clone(),
-            id,
+            key,
         }
     }
 
@@ -97,7 +95,7 @@ impl Tracker {
         registry.forced = true;
         // The lock is held while shutting down: a connection being dropped meanwhile waits in
         // its guard's drop, before its fd is closed, so no fd number here can have been reused.
-        for &tracked in registry.fds.values() {
+        for (_, &tracked) in &registry.fds {
             shutdown_tracked(tracked);
         }
         let live = registry.fds.len();
@@ -168,13 +166,13 @@ fn inode(fd: RawFd) -> Option<u64> {
 #[must_use = "the connection is counted only while its guard lives"]
 pub struct ConnectionGuard {
     tracker: Arc<Tracker>,
-    id: u64,
+    key: usize,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         let mut registry = self.tracker.lock();
-        registry.fds.remove(&self.id);
+        registry.fds.remove(self.key);
         self.tracker.live.send_replace(registry.fds.len());
         crate::telemetry::connection_closed(registry.fds.len());
     }

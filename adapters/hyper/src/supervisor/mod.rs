@@ -9,15 +9,14 @@
 
 mod rules;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use graceful_listener::ShutdownSignal;
+use slab::Slab;
 
-pub(crate) use rules::Limits;
-use rules::{Phase, Record, judge};
+pub(crate) use rules::{Limits, Record};
+use rules::{Phase, judge};
 
 use crate::state::{Command, ConnState};
 
@@ -33,8 +32,8 @@ pub(crate) struct Supervisor {
 
 #[derive(Debug)]
 struct Inner {
-    connections: Mutex<HashMap<u64, Arc<ConnState>>>,
-    next_id: AtomicU64,
+    /// A slab rather than a map: a slot per connection and no spare buckets to pay for.
+    connections: Mutex<Slab<Arc<ConnState>>>,
     limits: Limits,
 }
 
@@ -42,17 +41,17 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct Supervised {
     inner: Arc<Inner>,
-    id: u64,
+    key: usize,
 }
 
 impl Drop for Supervised {
     fn drop(&mut self) {
-        self.inner.lock().remove(&self.id);
+        self.inner.lock().remove(self.key);
     }
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<ConnState>>> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -61,8 +60,7 @@ impl Supervisor {
     pub(crate) fn new(limits: Limits) -> Supervisor {
         Supervisor {
             inner: Arc::new(Inner {
-                connections: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(0),
+                connections: Mutex::new(Slab::new()),
                 limits,
             }),
         }
@@ -70,34 +68,31 @@ impl Supervisor {
 
     /// Supervises a connection until the returned guard is dropped.
     pub(crate) fn supervise(&self, state: Arc<ConnState>) -> Supervised {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.lock().insert(id, state);
+        let key = self.inner.lock().insert(state);
         Supervised {
             inner: self.inner.clone(),
-            id,
+            key,
         }
     }
 
     /// The supervisor's task: runs until the worker has stopped and every connection is gone.
     pub(crate) async fn run(self, signal: ShutdownSignal) {
-        let mut records: HashMap<u64, Record> = HashMap::new();
         let mut phase = Phase::Running;
+        // Reused from look to look; filled under the lock, judged outside it, so that
+        // connections coming and going never wait for a look (which may peek at sockets).
+        let mut connections: Vec<Arc<ConnState>> = Vec::new();
         loop {
             let now = Instant::now();
-            let connections: Vec<(u64, Arc<ConnState>)> = self
-                .inner
-                .lock()
-                .iter()
-                .map(|(id, state)| (*id, state.clone()))
-                .collect();
+            connections.clear();
+            connections.extend(self.inner.lock().iter().map(|(_, state)| state.clone()));
             if matches!(phase, Phase::Draining { .. }) && connections.is_empty() {
                 return;
             }
-            records.retain(|id, _| connections.iter().any(|(c, _)| c == id));
             let mut next_look: Option<Instant> = None;
-            for (id, state) in &connections {
+            for state in &connections {
                 let seen = state.observe();
-                let record = records.entry(*id).or_insert_with(|| Record::new(seen, now));
+                let mut record = state.record();
+                let record = record.get_or_insert_with(|| Record::new(seen, now));
                 let verdict = judge(record, seen, now, phase, &self.inner.limits, &mut || {
                     state.has_unread_bytes()
                 });
@@ -109,6 +104,8 @@ impl Supervisor {
                     next_look = Some(next_look.map_or(at, |n| n.min(at)));
                 }
             }
+            // Not held while asleep: a closed connection's state goes with it.
+            connections.clear();
             // Look when a rule needs it, and at least every tick: new connections come, and
             // ended ones go.
             let wake_at = next_look.map_or(now + RUNNING_TICK, |at| at.min(now + RUNNING_TICK));
