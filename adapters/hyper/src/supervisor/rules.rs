@@ -39,8 +39,8 @@ pub(crate) enum Phase {
 /// What the supervisor remembers about one connection between looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Record {
-    /// The last observation.
-    last: Observation,
+    /// The requests started and finished at the last look: a change restarts the clocks.
+    requests: (u64, u64),
     /// Since when the connection has been in its current state (idle, or waiting for the
     /// current head): reset whenever a request starts or ends.
     since: Instant,
@@ -61,7 +61,7 @@ impl Record {
     /// A connection seen for the first time, `now`.
     pub(crate) fn new(observation: Observation, now: Instant) -> Record {
         Record {
-            last: observation,
+            requests: (observation.started, observation.finished),
             since: now,
             head_seen: observation.head_arriving().then_some(now),
             window: None,
@@ -90,10 +90,10 @@ pub(crate) fn judge(
     limits: &Limits,
     unread: &mut dyn FnMut() -> bool,
 ) -> Verdict {
-    let last = record.last;
     // A request started or ended since the last look: the clock of the current state
     // restarts (for an idle connection, from when it became idle; near enough).
-    if now_seen.started != last.started || now_seen.finished != last.finished {
+    let requests = (now_seen.started, now_seen.finished);
+    if requests != record.requests {
         record.since = now;
         record.head_seen = None;
         record.window = None;
@@ -103,7 +103,7 @@ pub(crate) fn judge(
     } else {
         record.head_seen = None;
     }
-    record.last = now_seen;
+    record.requests = requests;
 
     let command = match phase {
         Phase::Running => running(record, now_seen, now, limits, unread),
