@@ -12,9 +12,7 @@ FW=${1:-hyper}
 TOP=${2:-20}
 FEW=2000
 MANY=12000
-R="$(cd "$(dirname "$0")/.." && pwd)/target/release/examples"
-D=$(mktemp -d)
-trap 'rm -rf $D' EXIT
+. "$(dirname "$0")/valgrind-server.sh"
 cat > $D/load.py <<'PY'
 import socket, sys, threading
 host, port, conns, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -44,13 +42,9 @@ if sum(done) != conns * per:
     sys.exit(f"only {sum(done)} of {conns * per} responses")
 PY
 run() { # MODE REQUESTS
-  local out=$D/cg.$1.$2 err=$D/err.$1.$2
-  valgrind --tool=callgrind --callgrind-out-file=$out $R/bench-server --framework $FW --mode $1 2>$err &
-  local pid=$!
-  for i in $(seq 600); do grep -q "listening addr=" $err 2>/dev/null && break; sleep 0.2; done
-  local addr; addr=$(grep -o "listening addr=[0-9.:]*" $err | head -1 | cut -d= -f2)
-  python3 $D/load.py ${addr%:*} ${addr##*:} 8 $(($2 / 8)) || { kill $pid; exit 1; }
-  kill -TERM $pid; wait $pid || true
+  valgrind_server callgrind $D/cg.$1.$2 $1
+  python3 $D/load.py ${ADDR%:*} ${ADDR##*:} 8 $(($2 / 8)) || { kill $PID; exit 1; }
+  kill -TERM $PID; wait $PID || true
 }
 for mode in plain ours; do for n in $FEW $MANY; do run $mode $n; done; done
 for mode in plain ours; do

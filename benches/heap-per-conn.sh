@@ -10,9 +10,7 @@ set -eu
 FW=${1:-hyper}
 FEW=200
 MANY=2000
-R="$(cd "$(dirname "$0")/.." && pwd)/target/release/examples"
-D=$(mktemp -d)
-trap 'rm -rf $D' EXIT
+. "$(dirname "$0")/valgrind-server.sh"
 cat > $D/idle.py <<'PY'
 import socket, sys, time
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -30,14 +28,10 @@ for i in range(n):
 time.sleep(2)
 PY
 peak() { # MODE CONNECTIONS -> bytes live at the heap's peak
-  local err=$D/err.$1.$2
-  valgrind --tool=dhat --dhat-out-file=$D/dhat.$1.$2 $R/bench-server --framework $FW --mode $1 2>$err &
-  local pid=$!
-  for i in $(seq 600); do grep -q "listening addr=" $err 2>/dev/null && break; sleep 0.2; done
-  local addr; addr=$(grep -o "listening addr=[0-9.:]*" $err | head -1 | cut -d= -f2)
-  python3 $D/idle.py ${addr%:*} ${addr##*:} $2 || { kill $pid; exit 1; }
-  kill -TERM $pid; wait $pid || true
-  grep "At t-gmax:" $err | awk '{gsub(",", "", $4); print $4}'
+  valgrind_server dhat $D/dhat.$1.$2 $1
+  python3 $D/idle.py ${ADDR%:*} ${ADDR##*:} $2 || { kill $PID; exit 1; }
+  kill -TERM $PID; wait $PID || true
+  grep "At t-gmax:" $D/dhat.$1.$2.err | awk '{gsub(",", "", $4); print $4}'
 }
 for mode in plain ours; do
   few=$(peak $mode $FEW); many=$(peak $mode $MANY)

@@ -9,8 +9,9 @@
 #   inc      a fifth worker started (`ctl inc`; `ctl dec` after the run, outside it)
 #   usr2one  one worker stopped with SIGUSR2 and replaced: a hand-over without the master
 #   upgrade  a real upgrade of the 4 workers (the master reloads itself first)
-# WORKERS (default 4) sets the pool's size. With DEAL=1 each line also shows how wrk's 32 connections are spread over the worker
-# processes in the middle of the run (`ss`), largest last.
+# WORKERS (default 4) sets the pool's size. With DEAL=1 each line also shows how wrk's 32
+# connections are spread over the worker processes in the middle of the run (`ss`), largest
+# last.
 # Needs wrk, and a release build:
 #   cargo build --release -p einhorn-master --bin einhorn-master
 #   cargo build --release --example axum-hello

@@ -204,6 +204,37 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_slot_reused_by_the_next_connection_keeps_each_guard_to_its_own() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            clients.push(std::net::TcpStream::connect(addr).unwrap());
+            servers.push(listener.accept().unwrap().0);
+        }
+        let tracker = Tracker::new();
+        let first = tracker.track(servers[0].as_raw_fd());
+        let second = tracker.track(servers[1].as_raw_fd());
+        drop(first);
+        // Takes the slot the first one left.
+        let third = tracker.track(servers[2].as_raw_fd());
+        drop(third);
+        assert_eq!((tracker.live(), tracker.accepted()), (1, 3));
+        // Only the second is still registered: hammer time cuts it and nothing else.
+        assert_eq!(tracker.force_close(), 1);
+        let mut buf = [0u8; 1];
+        assert_eq!(clients[1].read(&mut buf).unwrap(), 0, "the second is cut");
+        for i in [0, 2] {
+            clients[i].write_all(b"x").unwrap();
+            servers[i].read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"x", "connection {i} left alone");
+        }
+        drop(second);
+        assert_eq!(tracker.live(), 0);
+    }
+
+    #[test]
     fn force_close_fails_the_next_read_and_write() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();

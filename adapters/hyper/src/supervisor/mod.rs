@@ -78,12 +78,12 @@ impl Supervisor {
     /// The supervisor's task: runs until the worker has stopped and every connection is gone.
     pub(crate) async fn run(self, signal: ShutdownSignal) {
         let mut phase = Phase::Running;
-        // Reused from look to look; filled under the lock, judged outside it, so that
-        // connections coming and going never wait for a look (which may peek at sockets).
+        // Reused from look to look, empty between them; filled under the lock, judged outside
+        // it, so that connections coming and going never wait for a look (which may peek at
+        // sockets).
         let mut connections: Vec<Arc<ConnState>> = Vec::new();
         loop {
             let now = Instant::now();
-            connections.clear();
             connections.extend(self.inner.lock().iter().map(|(_, state)| state.clone()));
             if matches!(phase, Phase::Draining { .. }) && connections.is_empty() {
                 return;
