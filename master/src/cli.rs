@@ -34,7 +34,7 @@ pub struct MasterArgs {
     /// Number of workers.
     #[cfg_attr(
         feature = "cli",
-        arg(short = 'n', long = "number", value_name = "N", default_value_t = 1)
+        arg(short = 'n', long = "number", value_name = "N", default_value_t = 1, value_parser = parse_workers)
     )]
     pub number: usize,
 
@@ -492,28 +492,29 @@ pub fn parse_nice(text: &str) -> Result<Nice, NiceError> {
     }
 }
 
-/// Why a number of seconds is not one.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid number of seconds {0:?}: expected a non-negative number like 1 or 0.5")]
-pub struct SecondsError(pub String);
+pub use crate::seconds::{SecondsError, parse_seconds};
 
-/// Parses a non-negative, finite number of seconds (`1`, `0.25`).
+/// Why a number of workers is not one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid number of workers {0:?}: expected 1 or more (a master with no worker would hold the port with nothing accepting)")]
+pub struct WorkersError(pub String);
+
+/// Parses `-n`: a number of workers, at least 1.
 ///
 /// # Errors
-/// [`SecondsError`] naming the input.
+/// [`WorkersError`] naming the input.
 ///
 /// ```
-/// use std::time::Duration;
-/// use einhorn_master::cli::parse_seconds;
-/// assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
-/// assert!(parse_seconds("-1").is_err());
+/// use einhorn_master::cli::parse_workers;
+/// assert_eq!(parse_workers("4").unwrap(), 4);
+/// assert!(parse_workers("0").is_err());
 /// ```
-pub fn parse_seconds(text: &str) -> Result<Duration, SecondsError> {
+pub fn parse_workers(text: &str) -> Result<usize, WorkersError> {
     text.trim()
-        .parse::<f64>()
+        .parse::<usize>()
         .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or_else(|| SecondsError(text.to_string()))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| WorkersError(text.to_string()))
 }
 
 /// Why an ACK mode is not one.
@@ -727,7 +728,7 @@ mod tests {
     fn seconds_and_ack_modes() {
         assert_eq!(parse_seconds("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_seconds(" 1.5 ").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "x", "-0.1", "NaN", "inf", "1e400"] {
+        for bad in ["", "x", "-0.1", "NaN", "inf", "1e400", "1e19"] {
             assert_eq!(parse_seconds(bad), Err(SecondsError(bad.into())), "{bad}");
         }
         assert_eq!(parse_ack_mode("0").unwrap(), AckMode::Timer(Duration::ZERO));

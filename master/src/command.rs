@@ -285,7 +285,7 @@ pub fn parse_canary(args: &[String]) -> Result<Option<CanaryPlan>, CommandError>
         match flag.as_str() {
             "--canary" => workers = Some(value.trim().parse::<usize>().map_err(|_| bad())?),
             "--soak" => {
-                soak = Some(crate::cli::parse_seconds(value).map_err(|_| bad())?);
+                soak = Some(crate::seconds::parse_seconds(value).map_err(|_| bad())?);
             }
             _ => return Err(bad()),
         }

@@ -87,6 +87,9 @@ pub enum MasterError {
     /// The event loop (runtime, signal handlers, socket registration) could not be set up.
     #[error("cannot set up the event loop: {0}")]
     EventLoop(std::io::Error),
+    /// `-n 0`: a master with no worker would hold the port with nothing accepting.
+    #[error("invalid number of workers 0: expected 1 or more")]
+    NoWorkers,
     /// The `--metrics` endpoint could not be served.
     #[error("{0}")]
     Metrics(String),
@@ -112,9 +115,18 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     if args.upgrade_check {
         return upgrade_check(args, handover.as_ref());
     }
+    if args.number == 0 {
+        return Err(MasterError::NoWorkers);
+    }
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     // Before anything is created: a typo in the command fails here, not in a respawn loop.
-    check_program(program)?;
+    // After an exec, workers and sockets are ours to keep: a program gone meanwhile (its
+    // check passed a moment ago) is logged, and its respawns back off until it is back.
+    match (check_program(program), &handover) {
+        (Ok(_), _) => {}
+        (Err(e), None) => return Err(e.into()),
+        (Err(e), Some(_)) => tracing::error!("{e}: workers cannot be started until it is fixed"),
+    }
     if let Err(e) = crate::spawn::cloexec_inherited_fds() {
         tracing::warn!("cannot mark inherited fds close-on-exec; workers may inherit them: {e}");
     }
@@ -134,9 +146,14 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
             );
         }
     }
-    let pidfile = match &args.pidfile {
-        Some(path) => Some(Pidfile::create(path, master_pid)?),
-        None => None,
+    let pidfile = match (&args.pidfile, &handover) {
+        (Some(path), None) => Some(Pidfile::create(path, master_pid)?),
+        // The pid is unchanged across the exec: the file is this master's, whatever was
+        // written into it meanwhile; a failure to write it ends nothing.
+        (Some(path), Some(_)) => Pidfile::overwrite(path, master_pid)
+            .inspect_err(|e| tracing::error!("{e}"))
+            .ok(),
+        (None, _) => None,
     };
     let absolute = |path: PathBuf| {
         std::path::absolute(&path).map_err(|source| MasterError::Path { path, source })
@@ -164,12 +181,20 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
                 .iter()
                 .map(|l| format!("{} {}\n", l.index, l.addr))
                 .collect();
-            let file =
-                WrittenFile::create(path, &text).map_err(|source| MasterError::AddrFile {
-                    path: path.clone(),
-                    source,
-                })?;
-            Some(file)
+            match WrittenFile::create(path, &text) {
+                Ok(file) => Some(file),
+                Err(source) => {
+                    let error = MasterError::AddrFile {
+                        path: path.clone(),
+                        source,
+                    };
+                    if handover.is_none() {
+                        return Err(error);
+                    }
+                    tracing::error!("{error}");
+                    None
+                }
+            }
         }
         None => None,
     };
@@ -222,6 +247,11 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     crate::log_level::apply(machine.verbosity());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // Only the main thread takes the master's signals (see
+        // `reexec::with_master_signals_blocked`): the blocking pool's threads block them.
+        .on_thread_start(|| {
+            let _ = crate::reexec::mask_master_signals(SigmaskHow::SIG_BLOCK);
+        })
         .build()
         .map_err(MasterError::EventLoop)?;
     let listener = command_socket.take_listener();
@@ -259,16 +289,28 @@ fn read_handover(fd: i32) -> Result<Handover, MasterError> {
 }
 
 /// `--upgrade-check`: could this program take over from the master that runs it, with
-/// these arguments and that state? Prints the verdict; the exit status says it.
+/// these arguments and that state? Checks, against the real state and configuration,
+/// everything this program would do at its start: read the state, run the worker program,
+/// bind the listeners the state does not hold (a self-hosted build may add one), serve
+/// `--metrics`. Prints the verdict, and on success the [`HANDSHAKE`](crate::reexec::HANDSHAKE)
+/// with the state's nonce; the exit status says it.
 fn upgrade_check(args: &MasterArgs, handover: Option<&Handover>) -> Result<i32, MasterError> {
     let Some(handover) = handover else {
         return Err(MasterError::Handover(HandoverError::Malformed(
             "--upgrade-check needs the state (--with-state-fd)".to_string(),
         )));
     };
-    let config = MachineConfig::new(args.number);
+    let config = MachineConfig::new(args.number.max(1));
     Machine::resume(config, &handover.machine, Instant::now())
         .map_err(|e| MasterError::Handover(HandoverError::Malformed(e.to_string())))?;
+    let problems = upgrade_problems(args, handover);
+    if !problems.is_empty() {
+        eprintln!(
+            "upgrade check failed: {}",
+            problems.join("; ")
+        );
+        return Ok(1);
+    }
     println!(
         "upgrade check passed: {} reads the state of {} (format {}, {} workers)",
         crate::handover::writer(),
@@ -276,7 +318,56 @@ fn upgrade_check(args: &MasterArgs, handover: Option<&Handover>) -> Result<i32, 
         handover.format,
         handover.machine.workers.len()
     );
+    if let Some(nonce) = &handover.check_nonce {
+        println!("{} {nonce}", crate::reexec::HANDSHAKE);
+    }
     Ok(0)
+}
+
+/// What would go wrong if this program took over with `args` from the master that handed
+/// over `handover`: each a sentence naming the value at fault.
+fn upgrade_problems(args: &MasterArgs, handover: &Handover) -> Vec<String> {
+    let mut problems = Vec::new();
+    if args.number == 0 {
+        problems.push(MasterError::NoWorkers.to_string());
+    }
+    match args.command.first() {
+        Some(program) => {
+            if let Err(e) = check_program(program) {
+                problems.push(e.to_string());
+            }
+        }
+        None => problems.push("no worker command".to_string()),
+    }
+    for spec in &args.bind {
+        let text = spec.to_string();
+        if handover.listeners.iter().any(|l| l.spec == text) {
+            continue;
+        }
+        // Bound and closed again: the port is free now (the real start binds it for good;
+        // should it be taken in between, the master keeps its old listeners).
+        if let Err(e) = spec.bind(args.backlog) {
+            problems.push(format!("new listener {text}: {e}"));
+        }
+    }
+    if let Some(addr) = args.metrics
+        && handed_metrics(addr, Some(handover)).is_none()
+        && let Err(e) = std::net::TcpListener::bind(addr)
+    {
+        problems.push(format!("--metrics {addr}: {e}"));
+    }
+    problems
+}
+
+/// The metrics listener handed over, if it serves `configured` (the same address, or the
+/// same IP when the configured port is 0): kept, never closed and bound again.
+fn handed_metrics(
+    configured: std::net::SocketAddr,
+    handover: Option<&Handover>,
+) -> Option<&crate::handover::MetricsListenerHandover> {
+    handover?.metrics_listener.as_ref().filter(|m| {
+        m.addr == configured || (configured.port() == 0 && configured.ip() == m.addr.ip())
+    })
 }
 
 /// Sockets no longer configured, each with the spawn number below which workers may still
@@ -285,59 +376,91 @@ type RetiredListeners = Vec<(Bound, u64)>;
 
 /// The `-b` sockets: those handed over whose spec is still configured are kept, new ones
 /// bound; those no longer configured stay open (retired) while workers started with them
-/// run.
+/// run. After an exec, a new socket that cannot be bound (its port taken since the check)
+/// ends nothing: the master keeps the sockets it had, as they were, and says so.
 fn bind_listeners(
     args: &MasterArgs,
     handover: Option<&Handover>,
 ) -> Result<(Vec<Bound>, RetiredListeners), MasterError> {
-    let mut handed: Vec<(String, i32)> = handover
-        .map(|h| h.listeners.iter().map(|l| (l.spec.clone(), l.fd)).collect())
-        .unwrap_or_default();
-    let mut bound = Vec::new();
+    let Some(h) = handover else {
+        let bound = args
+            .bind
+            .iter()
+            .map(|spec| spec.bind(args.backlog))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok((bound, Vec::new()));
+    };
+    let mut handed: Vec<(String, i32)> = h.listeners.iter().map(|l| (l.spec.clone(), l.fd)).collect();
+    // Every new socket is bound before any handed-over fd is taken: on a failure, the
+    // handed-over ones are all still there to keep.
+    let mut plan = Vec::new();
     for spec in &args.bind {
         let text = spec.to_string();
-        let b = match handed.iter().position(|(s, _)| *s == text) {
-            Some(i) => {
-                let (_, fd) = handed.remove(i);
-                Bound::adopt(spec.clone(), fd)
-                    .map_err(|e| MasterError::Handover(HandoverError::Malformed(e.to_string())))?
-            }
-            None => spec.bind(args.backlog)?,
-        };
-        bound.push(b);
-    }
-    let mut retired = Vec::new();
-    if let Some(h) = handover {
-        let used_below = h.machine.next_spawn;
-        for (spec, fd) in handed {
-            let adopted = spec
-                .parse::<crate::bind::BindSpec>()
-                .ok()
-                .and_then(|s| Bound::adopt(s, fd).ok());
-            if let Some(b) = adopted {
-                tracing::info!(
-                    "{spec} is no longer configured: closing it once the workers started with it are gone"
-                );
-                retired.push((b, used_below));
-            }
+        match handed.iter().position(|(s, _)| *s == text) {
+            Some(i) => plan.push(Err(handed.remove(i).1)),
+            None => match spec.bind(args.backlog) {
+                Ok(bound) => plan.push(Ok(bound)),
+                Err(e) => {
+                    tracing::error!(
+                        "{e}: keeping the listeners this master had before its exec ({})",
+                        h.listeners.iter().map(|l| l.spec.as_str()).collect::<Vec<_>>().join(", ")
+                    );
+                    let kept = h
+                        .listeners
+                        .iter()
+                        .filter_map(|l| adopt_handed(&l.spec, l.fd))
+                        .collect();
+                    return Ok((kept, adopt_retired(h, Vec::new())));
+                }
+            },
         }
-        for r in &h.retired_listeners {
-            let adopted = r
-                .listener
-                .spec
-                .parse::<crate::bind::BindSpec>()
-                .ok()
-                .and_then(|s| Bound::adopt(s, r.listener.fd).ok());
-            if let Some(b) = adopted {
-                retired.push((b, r.used_below_spawn));
-            }
+    }
+    let bound = plan
+        .into_iter()
+        .zip(&args.bind)
+        .filter_map(|(planned, spec)| match planned {
+            Ok(bound) => Some(bound),
+            Err(fd) => adopt_handed(&spec.to_string(), fd),
+        })
+        .collect();
+    Ok((bound, adopt_retired(h, handed)))
+}
+
+/// A listening socket handed over on `fd` for `spec`; `None` (logged) when it is not one.
+fn adopt_handed(spec: &str, fd: i32) -> Option<Bound> {
+    let adopted = spec
+        .parse::<crate::bind::BindSpec>()
+        .map_err(|e| e.to_string())
+        .and_then(|s| Bound::adopt(s, fd).map_err(|e| e.to_string()));
+    adopted
+        .inspect_err(|e| tracing::error!("cannot keep listener {spec} (fd {fd}): {e}"))
+        .ok()
+}
+
+/// The retired sockets: those handed over as retired, and `unconfigured` (handed over as
+/// configured, no longer in the configuration), each closed once the workers started with
+/// it are gone.
+fn adopt_retired(h: &Handover, unconfigured: Vec<(String, i32)>) -> RetiredListeners {
+    let mut retired = Vec::new();
+    let used_below = h.machine.next_spawn;
+    for (spec, fd) in unconfigured {
+        if let Some(b) = adopt_handed(&spec, fd) {
+            tracing::info!(
+                "{spec} is no longer configured: closing it once the workers started with it are gone"
+            );
+            retired.push((b, used_below));
+        }
+    }
+    for r in &h.retired_listeners {
+        if let Some(b) = adopt_handed(&r.listener.spec, r.listener.fd) {
+            retired.push((b, r.used_below_spawn));
         }
     }
     for (b, _) in &retired {
         // Workers started from now on do not get it.
         let _ = crate::reexec::set_cloexec(b.fd(), true);
     }
-    Ok((bound, retired))
+    retired
 }
 
 fn listener_infos(bound: &[Bound]) -> Vec<ListenerInfo> {
@@ -381,6 +504,52 @@ struct Driver<'a> {
     spawned_any: bool,
     /// Requests handed over but not handled when an exec was tried: handled next.
     requeued: Vec<Event>,
+    signals: SignalStreams,
+}
+
+/// The master's signal handlers, as streams.
+struct SignalStreams {
+    chld: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl SignalStreams {
+    /// Installs the handlers (a master exec'd by another starts with the signals blocked:
+    /// they wait, pending, until [`Driver::drive`] unblocks them).
+    fn install() -> std::io::Result<SignalStreams> {
+        Ok(SignalStreams {
+            chld: signal(SignalKind::child())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// The stop and upgrade signals the handlers took and the loop has not seen yet, taken.
+    /// Their handlers have run, so they are no longer pending in the kernel: an exec now
+    /// would lose them.
+    fn caught(&mut self) -> Vec<MasterSignal> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut caught = Vec::new();
+        for (stream, signal) in [
+            (&mut self.hup, MasterSignal::Hup),
+            (&mut self.usr2, MasterSignal::Usr2),
+            (&mut self.int, MasterSignal::Int),
+            (&mut self.term, MasterSignal::Term),
+            (&mut self.quit, MasterSignal::Quit),
+        ] {
+            if stream.poll_recv(&mut cx).is_ready() {
+                caught.push(signal);
+            }
+        }
+        caught
+    }
 }
 
 impl<'a> Driver<'a> {
@@ -398,6 +567,9 @@ impl<'a> Driver<'a> {
         let listener = tokio::net::UnixListener::from_std(listener).map_err(setup)?;
         let (conns, from_conns) = Connections::new(limits);
         let (observer, stderr_closed) = Observer::new(args.stderr_tail, worker.master_pid);
+        // Every handler is installed before the first worker exists: no exit is missed and no
+        // early signal kills the master.
+        let signals = SignalStreams::install().map_err(setup)?;
         Ok(Driver {
             machine,
             worker,
@@ -413,20 +585,14 @@ impl<'a> Driver<'a> {
             preflight: None,
             spawned_any: false,
             requeued: Vec::new(),
+            signals,
         })
     }
 
     async fn drive(&mut self, handover: Option<Handover>) -> Result<i32, MasterError> {
         let setup = MasterError::EventLoop;
-        // Every handler is installed before the first worker exists: no exit is missed and no
-        // early signal kills the master. A master exec'd by another starts with them blocked
-        // (so none is lost in between): unblocked once the handlers are in place.
-        let mut sigchld = signal(SignalKind::child()).map_err(setup)?;
-        let mut sighup = signal(SignalKind::hangup()).map_err(setup)?;
-        let mut sigusr2 = signal(SignalKind::user_defined2()).map_err(setup)?;
-        let mut sigint = signal(SignalKind::interrupt()).map_err(setup)?;
-        let mut sigterm = signal(SignalKind::terminate()).map_err(setup)?;
-        let mut sigquit = signal(SignalKind::quit()).map_err(setup)?;
+        // A master exec'd by another starts with its signals blocked (so none is lost in
+        // between): unblocked once the handlers are in place (`Driver::new`).
         crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK).map_err(setup)?;
 
         if let Some(addr) = self.args.metrics {
@@ -472,12 +638,12 @@ impl<'a> Driver<'a> {
             let preflight_pid = self.preflight.as_ref().map(|(p, _, _)| p.pid);
             let mut events = Vec::new();
             tokio::select! {
-                _ = sigchld.recv() => reap(&mut events),
-                _ = sighup.recv() => events.push(Event::Signal(MasterSignal::Hup)),
-                _ = sigusr2.recv() => events.push(Event::Signal(MasterSignal::Usr2)),
-                _ = sigint.recv() => events.push(Event::Signal(MasterSignal::Int)),
-                _ = sigterm.recv() => events.push(Event::Signal(MasterSignal::Term)),
-                _ = sigquit.recv() => events.push(Event::Signal(MasterSignal::Quit)),
+                _ = self.signals.chld.recv() => reap(&mut events),
+                _ = self.signals.hup.recv() => events.push(Event::Signal(MasterSignal::Hup)),
+                _ = self.signals.usr2.recv() => events.push(Event::Signal(MasterSignal::Usr2)),
+                _ = self.signals.int.recv() => events.push(Event::Signal(MasterSignal::Int)),
+                _ = self.signals.term.recv() => events.push(Event::Signal(MasterSignal::Term)),
+                _ = self.signals.quit.recv() => events.push(Event::Signal(MasterSignal::Quit)),
                 _ = sleep_until(recheck), if recheck.is_some() => {
                     for pid in self.held.check(Instant::now()) {
                         send_signal(pid, Signal::SIGKILL);
@@ -485,8 +651,8 @@ impl<'a> Driver<'a> {
                 }
                 _ = sleep_until(preflight_due), if preflight_due.is_some() => {
                     if let Some((preflight, _, _)) = &self.preflight {
-                        tracing::warn!("the new master's check takes longer than {}s: killing it", PREFLIGHT_TIMEOUT.as_secs());
-                        send_signal(preflight.pid, Signal::SIGKILL);
+                        tracing::warn!("the new master's check takes longer than {}s: killing it and what it started", PREFLIGHT_TIMEOUT.as_secs());
+                        preflight.kill();
                     }
                 }
                 accepted = self.listener.accept(), if paused.is_none() => match accepted {
@@ -593,7 +759,7 @@ impl<'a> Driver<'a> {
             }
             Action::CancelReexec => {
                 if let Some((preflight, _, _)) = self.preflight.take() {
-                    send_signal(preflight.pid, Signal::SIGKILL);
+                    preflight.kill();
                 }
             }
         }
@@ -607,10 +773,14 @@ impl<'a> Driver<'a> {
             .self_exec
             .as_ref()
             .ok_or_else(|| "this master cannot re-exec itself".to_string())?;
-        let handover = self.handover_now(Vec::new(), Vec::new());
+        self.resources.command_socket.keep_lock()?;
+        let mut handover = self.handover_now(Vec::new(), Vec::new());
+        let nonce = crate::reexec::nonce()
+            .map_err(|e| format!("cannot make a nonce for the new master's check: {e}"))?;
+        handover.check_nonce = Some(nonce.clone());
         let state = crate::reexec::state_file(&handover.encode())
             .map_err(|e| format!("cannot write the state for the new master: {e}"))?;
-        let preflight = Preflight::start(exec, &state, &self.args.drop_env_var)
+        let preflight = Preflight::start(exec, &state, nonce, &self.args.drop_env_var)
             .map_err(|e| format!("cannot start {}: {e}", exec.program.display()))?;
         tracing::info!(
             "checking that {} can take over (pid {})",
@@ -640,6 +810,11 @@ impl<'a> Driver<'a> {
             .self_exec
             .clone()
             .ok_or_else(|| "this master cannot re-exec itself".to_string())?;
+        // From here on, the stop and upgrade signals stay pending in the kernel (every other
+        // thread blocks them too): a pending signal survives the exec, and the new master's
+        // handlers take it. One the handlers took before is looked for below.
+        crate::reexec::mask_master_signals(SigmaskHow::SIG_BLOCK)
+            .map_err(|e| format!("cannot block the master's signals for the exec: {e}"))?;
         // A healthy connection answers within a turn of its task; a flood's may not: those
         // are left to close.
         let mut queued = Vec::new();
@@ -680,14 +855,26 @@ impl<'a> Driver<'a> {
                 },
             })
             .collect();
-        let error = match crate::reexec::state_file(&handover.encode()) {
+        // A signal whose handler ran before the mask was set is in the handlers' pipe, no
+        // longer pending in the kernel: let the event loop read the pipe, then look.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let caught = self.signals.caught();
+        let state = match caught.first() {
+            Some(signal) => Err(std::io::Error::other(format!(
+                "SIG{} came during the hand-over: this master acts on it instead",
+                format!("{signal:?}").to_uppercase()
+            ))),
+            None => crate::reexec::state_file(&handover.encode()),
+        };
+        let error = match state {
             Ok(state) => {
                 let mut fds = handover.fds();
                 fds.push(state.as_raw_fd());
                 let ready = fds
                     .iter()
-                    .try_for_each(|&fd| crate::reexec::set_cloexec(fd, false))
-                    .and_then(|()| crate::reexec::mask_master_signals(SigmaskHow::SIG_BLOCK));
+                    .try_for_each(|&fd| crate::reexec::set_cloexec(fd, false));
                 let error = match ready {
                     Ok(()) => {
                         tracing::info!(
@@ -700,7 +887,6 @@ impl<'a> Driver<'a> {
                     Err(e) => e,
                 };
                 // Still here: the exec failed. Back as it was.
-                let _ = crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK);
                 for &fd in &handover.fds() {
                     // The listening sockets stay inheritable: workers get them.
                     let listening = self.resources.bound.iter().any(|b| b.fd() == fd);
@@ -710,14 +896,16 @@ impl<'a> Driver<'a> {
             }
             Err(e) => e,
         };
+        // Signals sent meanwhile, pending, are delivered now, to this master.
+        let _ = crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK);
         for connection in connections {
             self.conns.adopt(connection);
         }
         for (pid, fd, lines) in pipes {
             self.observer.adopt_stderr(pid, fd, &lines);
         }
-        // What was queued is handled now, as if it had just come.
-        let mut events = Vec::new();
+        // What was queued is handled now, as if it had just come; the signals first.
+        let mut events: Vec<Event> = caught.iter().copied().map(Event::Signal).collect();
         for incoming in queued {
             match incoming {
                 Incoming::Request {
@@ -726,8 +914,13 @@ impl<'a> Driver<'a> {
                 Incoming::Reply { conn, reply } => self.conns.reply(conn, &reply),
             }
         }
+        let abandoned = !caught.is_empty();
         self.requeued = events;
-        Err(format!("cannot exec {}: {error}", exec.program.display()))
+        Err(if abandoned {
+            format!("the hand-over to {} was abandoned: {error}", exec.program.display())
+        } else {
+            format!("cannot exec {}: {error}", exec.program.display())
+        })
     }
 
     /// Everything this master would hand over now, with these connections and pipes.
@@ -770,6 +963,9 @@ impl<'a> Driver<'a> {
             readiness,
             failure,
             metrics: self.observer.metrics_tally(),
+            // Filled in once the metrics endpoint is served from a handed-over socket.
+            metrics_listener: None,
+            check_nonce: None,
         }
     }
 

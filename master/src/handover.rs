@@ -65,6 +65,24 @@ pub struct Handover {
     /// The metrics' counts, when the master serves metrics.
     #[serde(default)]
     pub metrics: Option<crate::metrics::Tally>,
+    /// The metrics endpoint's listening socket (`--metrics`), kept open across the exec:
+    /// closed and bound again, its port could be taken in between.
+    #[serde(default)]
+    pub metrics_listener: Option<MetricsListenerHandover>,
+    /// Set only in the state given to a preflight check: the check prints it after
+    /// [`HANDSHAKE`](crate::reexec::HANDSHAKE) when it passes, which only a program that read
+    /// this state can do.
+    #[serde(default)]
+    pub check_nonce: Option<String>,
+}
+
+/// The metrics endpoint's listening socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsListenerHandover {
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+    /// The fd.
+    pub fd: i32,
 }
 
 /// One `-b` socket.
@@ -209,6 +227,7 @@ impl Handover {
         fds.extend(self.retired_listeners.iter().map(|r| r.listener.fd));
         fds.extend(self.connections.iter().map(|c| c.fd));
         fds.extend(self.stderr.iter().map(|s| s.fd));
+        fds.extend(self.metrics_listener.iter().map(|m| m.fd));
         fds
     }
 }

@@ -117,6 +117,7 @@ pub mod observer;
 pub mod pidfile;
 pub mod reexec;
 pub mod render;
+pub mod seconds;
 pub mod self_hosted;
 pub mod socket;
 pub mod spawn;

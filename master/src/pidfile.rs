@@ -86,6 +86,22 @@ impl Pidfile {
         })?;
         Ok(Pidfile { _file: file })
     }
+
+    /// Writes `pid` to `path` (atomically) whatever the file names: for a master that took
+    /// over from the one it replaced by exec (same pid), whose pid file is its own even if
+    /// someone wrote another pid into it meanwhile.
+    ///
+    /// # Errors
+    /// [`PidfileError::Write`] naming the file.
+    pub fn overwrite(path: &Path, pid: i32) -> Result<Pidfile, PidfileError> {
+        let file = WrittenFile::create(path, &format!("{pid}\n")).map_err(|source| {
+            PidfileError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(Pidfile { _file: file })
+    }
 }
 
 /// Writes `text` to a temporary file beside `path`, then renames it over `path`, so a reader

@@ -219,23 +219,67 @@ pub fn mask_master_signals(how: SigmaskHow) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The new program running in its check mode.
+/// The line a new master's check prints, followed by a space and the nonce the state it
+/// was given carries ([`Handover::check_nonce`](crate::handover::Handover::check_nonce)):
+/// only a program that read that state and passed every check can print it. A program that
+/// merely exits 0 at the master's path (`/bin/true`, a wrong build) is refused.
+pub const HANDSHAKE: &str = "einhorn-master upgrade-check handshake";
+
+/// How long, after the check exited, its output pipes get to reach their end.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// A fresh nonce for a check's handshake: 128 bits from the kernel's random source, in hex.
+///
+/// # Errors
+/// The OS error reading `/dev/urandom`.
+pub fn nonce() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Runs `spawn` with the master's signals blocked in the calling thread, so that a thread it
+/// starts inherits them blocked; the calling thread's mask is restored after.
+///
+/// Every thread of the master but the main one must block them: a process-directed signal
+/// goes to any thread that does not, and one taken by a helper thread in the instant before
+/// the main thread execs the new master would be lost with it.
+///
+/// # Errors
+/// The OS error setting the mask (then `spawn` is not run).
+pub fn with_master_signals_blocked<T>(spawn: impl FnOnce() -> T) -> std::io::Result<T> {
+    let set: SigSet = MASTER_SIGNALS.into_iter().collect();
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
+    let result = spawn();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    Ok(result)
+}
+
+/// The new program running in its check mode, in a process group of its own (so that a
+/// check that hangs is killed with every process it started).
 #[derive(Debug)]
 pub struct Preflight {
-    /// Its pid (the driver reaps it, and hands its status to [`Preflight::verdict`]).
+    /// Its pid, and its process group's (the driver reaps it, and hands its status to
+    /// [`Preflight::verdict`]).
     pub pid: Pid,
+    nonce: String,
     output: Arc<Mutex<Tail>>,
+    /// One message per output pipe that reached its end.
+    ended: std::sync::mpsc::Receiver<()>,
+    pipes: usize,
 }
 
 impl Preflight {
-    /// Starts `exec`'s program in its check mode on the state in `state`, with the
-    /// environment less `drop_env`.
+    /// Starts `exec`'s program in its check mode on the state in `state` (which carries
+    /// `nonce`), with the environment less `drop_env`.
     ///
     /// # Errors
     /// The OS error when it cannot be started (missing, not executable, ...).
     pub fn start(
         exec: &SelfExec,
         state: &OwnedFd,
+        nonce: String,
         drop_env: &[String],
     ) -> std::io::Result<Preflight> {
         let fd = state.as_raw_fd();
@@ -246,7 +290,8 @@ impl Preflight {
             .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .process_group(0);
         for var in drop_env {
             command.env_remove(var);
         }
@@ -256,6 +301,8 @@ impl Preflight {
         }
         let mut child = command.spawn()?;
         let output = Arc::new(Mutex::new(Tail::new(PREFLIGHT_LINES)));
+        let (ended_tx, ended) = std::sync::mpsc::channel();
+        let mut pipes = 0;
         for pipe in [
             child
                 .stdout
@@ -270,8 +317,9 @@ impl Preflight {
         .flatten()
         {
             let output = output.clone();
+            let ended_tx = ended_tx.clone();
             // A thread per pipe: the check is short, and its output small.
-            std::thread::spawn(move || {
+            let reader = move || {
                 let mut pipe = pipe;
                 let mut chunk = [0u8; 4096];
                 while let Ok(n @ 1..) = pipe.read(&mut chunk) {
@@ -280,35 +328,68 @@ impl Preflight {
                         .unwrap_or_else(PoisonError::into_inner)
                         .push(&chunk[..n]);
                 }
-            });
+                let _ = ended_tx.send(());
+            };
+            with_master_signals_blocked(|| std::thread::spawn(reader))?;
+            pipes += 1;
         }
         let pid = Pid::try_from(child.id()).map_err(std::io::Error::other)?;
         // Reaped by the driver's waitpid, by pid.
         drop(child);
-        Ok(Preflight { pid, output })
+        Ok(Preflight {
+            pid,
+            nonce,
+            output,
+            ended,
+            pipes,
+        })
     }
 
-    /// The check's result, from how the program ended (`status`, as the driver reports it).
+    /// Kills the check and every process it started (its process group).
+    pub fn kill(&self) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid), Signal::SIGKILL);
+    }
+
+    /// The check's result, from how the program ended (`status`, as the driver reports it):
+    /// it passed when it exited 0 *and* printed the [`HANDSHAKE`] with this check's nonce.
+    /// Whatever the check left running in its process group is killed first.
     ///
     /// # Errors
-    /// Why it failed: its status and the last lines it wrote.
+    /// Why it failed: its status and the last lines it wrote, or the missing handshake.
     pub fn verdict(&self, success: bool, status: &str) -> Result<(), String> {
-        if success {
-            return Ok(());
+        self.kill();
+        // The pipes close when the check's group is gone; their threads end then.
+        let deadline = std::time::Instant::now() + OUTPUT_GRACE;
+        for _ in 0..self.pipes {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.ended.recv_timeout(left).is_err() {
+                break;
+            }
         }
-        // The pipes close when the program ends; give their threads a moment to finish.
-        std::thread::sleep(Duration::from_millis(20));
         let lines = self
             .output
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .lines();
-        let said = if lines.is_empty() {
+        let expected = format!("{HANDSHAKE} {}", self.nonce);
+        let shook = lines.iter().any(|line| line.trim_end() == expected);
+        let said = lines
+            .iter()
+            .filter(|line| !line.starts_with(HANDSHAKE))
+            .cloned()
+            .collect::<Vec<_>>();
+        let said = if said.is_empty() {
             String::new()
         } else {
-            format!(": {}", lines.join(" | "))
+            format!(": {}", said.join(" | "))
         };
-        Err(format!("its check exited with {status}{said}"))
+        match (success, shook) {
+            (true, true) => Ok(()),
+            (true, false) => Err(format!(
+                "its check exited 0 without the handshake of a master that read the state (not an einhorn-master, or one too old to take over){said}"
+            )),
+            (false, _) => Err(format!("its check exited with {status}{said}")),
+        }
     }
 }
 

@@ -222,7 +222,8 @@ impl SelfHosted {
     }
 
     /// An upgrade during which no new worker ACKs for this long fails (the old workers keep
-    /// serving).
+    /// serving). At most [`MAX_DURATION`](crate::seconds::MAX_DURATION) (366 days): a longer
+    /// one is taken as that.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -230,12 +231,13 @@ impl SelfHosted {
     /// # let _ = master;
     /// ```
     pub fn upgrade_timeout(mut self, timeout: Duration) -> SelfHosted {
-        self.upgrade_timeout = Some(timeout);
+        self.upgrade_timeout = Some(crate::seconds::bounded(timeout));
         self
     }
 
     /// SIGKILL a worker still alive this long after the master told it to stop (default:
-    /// never; the worker's own drain timeout ends it).
+    /// never; the worker's own drain timeout ends it). At most
+    /// [`MAX_DURATION`](crate::seconds::MAX_DURATION).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -243,7 +245,7 @@ impl SelfHosted {
     /// # let _ = master;
     /// ```
     pub fn signal_timeout(mut self, timeout: Duration) -> SelfHosted {
-        self.signal_timeout = Some(timeout);
+        self.signal_timeout = Some(crate::seconds::bounded(timeout));
         self
     }
 
@@ -265,7 +267,8 @@ impl SelfHosted {
     /// responses exceeds the old workers' (by 5 points, over at least 20 responses), they are
     /// stopped and the old workers serve on (`rolled back: ...` in the log and in systemd's
     /// `STATUS=`); else the upgrade goes on. Workers on graceful-listener's HTTP adapters
-    /// report their responses to the master by themselves.
+    /// report their responses to the master by themselves. A `soak` longer than
+    /// [`MAX_DURATION`](crate::seconds::MAX_DURATION) is taken as that.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -273,7 +276,10 @@ impl SelfHosted {
     /// # let _ = master;
     /// ```
     pub fn canary(mut self, workers: usize, soak: Duration) -> SelfHosted {
-        self.canary = Some(crate::command::CanaryPlan { workers, soak });
+        self.canary = Some(crate::command::CanaryPlan {
+            workers,
+            soak: crate::seconds::bounded(soak),
+        });
         self
     }
 

@@ -109,9 +109,24 @@ impl LockFile {
     }
 }
 
+impl LockFile {
+    /// Whether the file at the lock path is still the one this lock is on (someone may have
+    /// removed it, or put another file there).
+    fn is_current(&self) -> bool {
+        let ours = self._flock.metadata().ok().map(|m| (m.dev(), m.ino()));
+        let current = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        ours.is_some() && ours == current
+    }
+}
+
 impl Drop for LockFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Only our own file: one put in its place (another master's) is left alone.
+        if self.is_current() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -175,9 +190,13 @@ impl CommandSocket {
     /// The command socket of an earlier master, handed over: the listening fd and the lock
     /// file's fd (the lock belongs to the open file, so it is still held).
     ///
+    /// A master that took over workers keeps them: a lock file removed or replaced
+    /// meanwhile is taken again at its path if it can be ([`CommandSocket::keep_lock`]),
+    /// else the master runs on with the lock it has, and says so.
+    ///
     /// # Errors
-    /// [`SocketError::Locked`] when the lock is not held through `lock_fd` (another master
-    /// has it).
+    /// [`SocketError`] only when `lock_fd` holds no lock and the lock path's cannot be taken
+    /// either (a hand-over that is not this master's).
     pub fn adopt(
         path: &Path,
         listener_fd: std::os::fd::RawFd,
@@ -192,16 +211,58 @@ impl CommandSocket {
                 File::from_raw_fd(lock_fd),
             )
         };
-        let lock_guard =
-            LockFile::lock_if_current(file, lock, path)?.ok_or_else(|| SocketError::Locked {
-                socket: path.to_path_buf(),
-                lock: lock.to_path_buf(),
-            })?;
-        Ok(CommandSocket {
+        // The lock is held through the open file: flock on it again only confirms it.
+        let lock_guard = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => LockFile {
+                path: lock.to_path_buf(),
+                _flock: flock,
+            },
+            // Not our lock after all (a broken hand-over): take the path's, if no one has it.
+            Err((_, e)) => {
+                tracing::error!(
+                    "the lock handed over on fd {lock_fd} for {} is not held ({e}): taking it again",
+                    lock.display()
+                );
+                LockFile::acquire(lock, path)?
+            }
+        };
+        let mut socket = CommandSocket {
             listener: Some(listener),
             path: path.to_path_buf(),
             _lock: lock_guard,
-        })
+        };
+        if let Err(e) = socket.keep_lock() {
+            tracing::error!("{e}; running on with the lock this master has");
+        }
+        Ok(socket)
+    }
+
+    /// Makes sure the lock file at the lock path is the one this master holds: one removed
+    /// (or replaced by a file no one locks) is taken again at its path, with a warning.
+    ///
+    /// # Errors
+    /// Why it cannot be: the path's file is locked by another process (another master was
+    /// started on this socket path meanwhile), or cannot be opened.
+    pub fn keep_lock(&mut self) -> Result<(), String> {
+        if self._lock.is_current() {
+            return Ok(());
+        }
+        let lock = self._lock.path.clone();
+        match LockFile::acquire(&lock, &self.path) {
+            Ok(taken) => {
+                tracing::warn!(
+                    "lock file {} was removed or replaced while this master held it: taken again",
+                    lock.display()
+                );
+                // The old lock's file is no longer at the path: dropping it removes nothing.
+                self._lock = taken;
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "lock file {} was removed or replaced while this master held it, and cannot be taken again ({e})",
+                lock.display()
+            )),
+        }
     }
 
     /// The lock file's fd (to hand it over across an exec).
