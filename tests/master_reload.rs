@@ -312,3 +312,190 @@ fn with_g_workers_ack_through_einhorn_sock_fd_without_the_socket_path() {
     });
     assert!(state.serving_pids().iter().all(|p| !first.contains(p)));
 }
+
+/// Copies `example` into `dir` (so the test can remove or break it) and returns its path.
+fn worker_copy(dir: &Path, example_name: &str) -> PathBuf {
+    let path = dir.join(example_name);
+    std::fs::copy(example(example_name), &path).expect("copy the worker");
+    path
+}
+
+#[test]
+fn a_deploy_broken_around_the_master_never_ends_it() {
+    let workdir = tempfile::tempdir().unwrap();
+    let worker = worker_copy(workdir.path(), "hyper-hello");
+    let pidfile = workdir.path().join("master.pid");
+    let (master, program) = start_master(
+        &["-n", "2", "-e", pidfile.to_str().unwrap()],
+        &[worker.as_os_str()],
+    );
+    let pid = master.pid();
+    let workers = master.wait_serving(2);
+    let load = load::start(
+        LoadConfig::new(master.addr(0))
+            .connections(4)
+            .duration(Duration::from_secs(120)),
+    );
+    let probe = Probe::start(master.addr(0), Duration::from_millis(50));
+    let hidden = workdir.path().join("hidden");
+    // (what is wrong, how to break it, what the refusal says, how to mend it)
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str, Box<dyn Fn() + 'a>);
+    let cases: Vec<Case> = vec![
+        (
+            "the worker program missing",
+            Box::new(|| std::fs::rename(&worker, &hidden).unwrap()),
+            "No such file or directory",
+            Box::new(|| std::fs::rename(&hidden, &worker).unwrap()),
+        ),
+        (
+            "the worker program not executable",
+            Box::new(|| {
+                std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o644)).unwrap()
+            }),
+            "is not executable",
+            Box::new(|| {
+                std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap()
+            }),
+        ),
+        (
+            "/bin/true at the master's path",
+            Box::new(|| deploy_script(&program, "exit 0", 0o755)),
+            "without the handshake",
+            Box::new(|| {
+                deploy(&program);
+            }),
+        ),
+    ];
+    for (what, break_it, expected, mend) in &cases {
+        break_it();
+        for command in ["reload", "upgrade"] {
+            let (code, out) = ctl(&master.socket, command);
+            assert_ne!(code, 0, "{what}: ctl {command} fails: {out}");
+            assert!(
+                out.contains("the new master cannot take over") && out.contains(expected),
+                "{what}: ctl {command} says why: {out}\n{}",
+                master.output()
+            );
+            let state = master.state();
+            assert_eq!(state.master_pid, pid, "{what}");
+            assert_eq!(state.version, 0, "{what}: no upgrade happened");
+            let mut serving = state.serving_pids();
+            serving.sort_unstable();
+            assert_eq!(serving, workers, "{what}: the same workers serve");
+        }
+        mend();
+    }
+    // The master's own files, tampered with: it takes them back and reloads.
+    let lock = master.socket.with_extension("sock.lock");
+    assert!(lock.exists(), "{}", lock.display());
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::write(&pidfile, "1\n").unwrap();
+    let (code, out) = ctl(&master.socket, "reload");
+    assert_eq!(
+        code, 0,
+        "a reload with the lock and pid file tampered with: {out}"
+    );
+    assert_eq!(master.state().master_pid, pid);
+    assert!(lock.exists(), "the lock file is taken again");
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        pid.to_string(),
+        "the pid file names the master again"
+    );
+    // Another master cannot start on the socket the reloaded one serves.
+    let second = Command::new(binary("einhorn-master"))
+        .arg("-d")
+        .arg(&master.socket)
+        .args(["-b", "127.0.0.1:0", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another master is running"));
+    // And a good upgrade works.
+    let (code, out) = ctl(&master.socket, "upgrade");
+    assert_eq!(code, 0, "{out}\n{}", master.output());
+    let new = master.wait_serving(2);
+    assert!(new.iter().all(|p| !workers.contains(p)));
+    let probed = probe.stop();
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{report}\n{}", master.output());
+    assert!(probed.failures.is_empty(), "{probed}");
+}
+
+/// Sends `reload` without waiting for its answer.
+fn reload_async(socket: &Path) -> einhorn_master::client::Client {
+    let mut client = einhorn_master::client::Client::connect(socket).expect("connect");
+    client.send("reload", &[]).expect("send reload");
+    client
+}
+
+/// A command client that sends requests and never reads their replies: the master's
+/// hand-over waits up to its bound for that connection before the exec.
+fn deaf_client(socket: &Path) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    stream.set_nonblocking(true).unwrap();
+    let line = b"{\"command\":\"state\"}\n";
+    for _ in 0..2_000 {
+        if stream.write(line).is_err() {
+            break;
+        }
+    }
+    stream
+}
+
+#[test]
+fn a_sighup_sent_during_a_reload_is_acted_on_once() {
+    let (master, _program) = start_master(&["-n", "1"], &[example("hyper-hello").as_os_str()]);
+    master.wait_serving(1);
+    let mut version = 0;
+    for offset in 0..=20 {
+        let deaf = (offset % 2 == 0).then(|| deaf_client(&master.socket));
+        let _client = reload_async(&master.socket);
+        std::thread::sleep(Duration::from_millis(offset));
+        master.signal(nix::sys::signal::Signal::SIGHUP);
+        version += 1;
+        let state = master.wait_state(&format!("version {version} serving alone"), |s| {
+            s.version >= version && s.upgrading.is_none() && s.serving_pids().len() == 1
+        });
+        assert_eq!(
+            state.version,
+            version,
+            "offset {offset} ms: one upgrade per SIGHUP\n{}",
+            master.output()
+        );
+        drop(deaf);
+    }
+    let output = master.output();
+    eprintln!(
+        "21 SIGHUPs during reloads: {} reloads done, {} abandoned for the signal",
+        output.matches("took over from einhorn-master").count(),
+        output.matches("was abandoned").count()
+    );
+}
+
+#[test]
+fn a_stop_signal_sent_during_a_reload_stops_the_master() {
+    use nix::sys::signal::Signal;
+    for offset in 0..=20 {
+        let signal = if offset % 2 == 0 {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGQUIT
+        };
+        let (mut master, _program) =
+            start_master(&["-n", "1"], &[example("hyper-hello").as_os_str()]);
+        master.wait_serving(1);
+        let deaf = (offset % 3 == 0).then(|| deaf_client(&master.socket));
+        let _client = reload_async(&master.socket);
+        std::thread::sleep(Duration::from_millis(offset));
+        master.signal(signal);
+        let status = master.wait_exit(WAIT);
+        assert!(
+            status.is_some(),
+            "{signal} {offset} ms after a reload: the master stops\n{}",
+            master.output()
+        );
+        drop(deaf);
+    }
+}

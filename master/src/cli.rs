@@ -185,6 +185,12 @@ pub struct MasterArgs {
     #[cfg_attr(feature = "cli", arg(long = "metrics", value_name = "HOST:PORT"))]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Leave running what a worker started (its process group) when it exits, as Einhorn
+    /// does. By default the master kills a dead worker's process group: a child it forked
+    /// would otherwise serve the port outside the master's reach, one more at each respawn.
+    #[cfg_attr(feature = "cli", arg(long = "keep-orphans"))]
+    pub keep_orphans: bool,
+
     /// Give each worker an fd already connected to the command socket, as
     /// `EINHORN_SOCK_FD`, to ACK through without knowing the socket's path.
     #[cfg_attr(feature = "cli", arg(short = 'g', long = "command-socket-as-fd"))]
@@ -278,6 +284,7 @@ impl MasterArgs {
             canary: None,
             soak: Duration::from_secs(10),
             metrics: None,
+            keep_orphans: false,
             command_socket_as_fd: false,
             drop_env_var: Vec::new(),
             nice: None,
@@ -496,7 +503,9 @@ pub use crate::seconds::{SecondsError, parse_seconds};
 
 /// Why a number of workers is not one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid number of workers {0:?}: expected 1 or more (a master with no worker would hold the port with nothing accepting)")]
+#[error(
+    "invalid number of workers {0:?}: expected 1 or more (a master with no worker would hold the port with nothing accepting)"
+)]
 pub struct WorkersError(pub String);
 
 /// Parses `-n`: a number of workers, at least 1.

@@ -305,10 +305,7 @@ fn upgrade_check(args: &MasterArgs, handover: Option<&Handover>) -> Result<i32, 
         .map_err(|e| MasterError::Handover(HandoverError::Malformed(e.to_string())))?;
     let problems = upgrade_problems(args, handover);
     if !problems.is_empty() {
-        eprintln!(
-            "upgrade check failed: {}",
-            problems.join("; ")
-        );
+        eprintln!("upgrade check failed: {}", problems.join("; "));
         return Ok(1);
     }
     println!(
@@ -390,7 +387,8 @@ fn bind_listeners(
             .collect::<Result<Vec<_>, _>>()?;
         return Ok((bound, Vec::new()));
     };
-    let mut handed: Vec<(String, i32)> = h.listeners.iter().map(|l| (l.spec.clone(), l.fd)).collect();
+    let mut handed: Vec<(String, i32)> =
+        h.listeners.iter().map(|l| (l.spec.clone(), l.fd)).collect();
     // Every new socket is bound before any handed-over fd is taken: on a failure, the
     // handed-over ones are all still there to keep.
     let mut plan = Vec::new();
@@ -403,7 +401,11 @@ fn bind_listeners(
                 Err(e) => {
                     tracing::error!(
                         "{e}: keeping the listeners this master had before its exec ({})",
-                        h.listeners.iter().map(|l| l.spec.as_str()).collect::<Vec<_>>().join(", ")
+                        h.listeners
+                            .iter()
+                            .map(|l| l.spec.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
                     let kept = h
                         .listeners
@@ -690,6 +692,11 @@ impl<'a> Driver<'a> {
                         continue;
                     }
                     self.held.exited(*pid);
+                    if !self.args.keep_orphans
+                        && self.machine.workers().any(|w| w.pid == Some(*pid))
+                    {
+                        kill_orphans(*pid);
+                    }
                 }
                 let actions = self.step(event);
                 todo.extend(actions);
@@ -917,7 +924,10 @@ impl<'a> Driver<'a> {
         let abandoned = !caught.is_empty();
         self.requeued = events;
         Err(if abandoned {
-            format!("the hand-over to {} was abandoned: {error}", exec.program.display())
+            format!(
+                "the hand-over to {} was abandoned: {error}",
+                exec.program.display()
+            )
         } else {
             format!("cannot exec {}: {error}", exec.program.display())
         })
@@ -1120,6 +1130,19 @@ fn write_logs(logs: Vec<Log>) {
             Level::Info => tracing::info!("{text}"),
             Level::Debug => tracing::debug!("{text}"),
         }
+    }
+}
+
+/// Kills what worker `pid`, just reaped, left in its process group (workers start in one of
+/// their own). Its pid cannot name another group yet: the kernel reuses no pid still in use
+/// as a group id, and none is spawned between the reaping and this.
+fn kill_orphans(pid: Pid) {
+    match nix::sys::signal::killpg(NixPid::from_raw(pid), Signal::SIGKILL) {
+        Ok(()) => tracing::warn!(
+            "worker {pid} left processes running in its process group: killed them (--keep-orphans leaves them)"
+        ),
+        Err(Errno::ESRCH) => {}
+        Err(e) => tracing::debug!("cannot kill worker {pid}'s process group: {e}"),
     }
 }
 

@@ -65,7 +65,10 @@ mod tests {
     fn every_input_is_a_bounded_duration_or_an_error_naming_it() {
         assert_eq!(parse_seconds("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_seconds(" 1.5 ").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_seconds(&MAX_SECONDS.to_string()).unwrap(), MAX_DURATION);
+        assert_eq!(
+            parse_seconds(&MAX_SECONDS.to_string()).unwrap(),
+            MAX_DURATION
+        );
         for bad in [
             "", "x", "-0.1", "-1", "NaN", "nan", "inf", "-inf", "1e400", "1e19", "31622401",
         ] {
