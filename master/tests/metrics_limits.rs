@@ -105,11 +105,11 @@ fn get_metrics_answers_with_the_metrics_other_paths_404_other_methods_405() {
 #[test]
 fn the_listener_is_the_one_handed_in_and_stays_open() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (server, _recorder) = start();
-    let addr = server.addr();
-    let fd = server.fd();
-    drop(server);
-    // The fd is the listening socket, still open after the handle is gone.
+    let (addr, fd) = {
+        let (server, _recorder) = start();
+        (server.addr(), server.fd())
+    };
+    // The fd is the listening socket, still open after the handle (and the recorder) are gone.
     let bound: nix::sys::socket::SockaddrStorage =
         nix::sys::socket::getsockname(fd).expect("getsockname on the listener's fd");
     assert_eq!(bound.as_sockaddr_in().map(|a| a.port()), Some(addr.port()));
