@@ -191,7 +191,7 @@ impl Throttle {
 }
 
 /// " (N more since the last report)" when N > 0: the end of a throttled log line.
-fn more(skipped: u64) -> String {
+pub(crate) fn more(skipped: u64) -> String {
     if skipped == 0 {
         String::new()
     } else {

@@ -598,7 +598,7 @@ impl<'a> Driver<'a> {
         crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK).map_err(setup)?;
 
         if let Some(addr) = self.args.metrics {
-            crate::metrics::serve(addr).map_err(MasterError::Metrics)?;
+            crate::metrics::serve(addr).map_err(|e| MasterError::Metrics(e.to_string()))?;
             let tally = handover.as_ref().and_then(|h| h.metrics.clone());
             self.observer.record_metrics(tally.unwrap_or_default());
         }

@@ -95,7 +95,9 @@
 //! (command-socket connections and their limits), [`observer`] (stderr tails of failed
 //! workers, systemd notifications), [`reexec`] (the check and the exec), [`spawn`],
 //! [`socket`], [`pidfile`], [`holders`], [`client`], [`ctl`], [`log_level`],
-//! [`self_hosted`] (the master inside the application).
+//! [`self_hosted`] (the master inside the application), [`metrics`] (the metrics' names and
+//! what the machine did, as metrics), [`metrics_http`] (the `/metrics` endpoint and the limits
+//! that keep its clients from hurting the master).
 //! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
@@ -112,6 +114,7 @@ pub mod holders;
 pub mod log_level;
 pub mod machine;
 pub mod metrics;
+pub mod metrics_http;
 pub mod notify;
 pub mod observer;
 pub mod pidfile;

@@ -1,7 +1,8 @@
 //! The master's metrics, through the [`metrics`] facade: what its upgrades did, its workers by
 //! generation and state, its respawns and each version's responses. `--metrics HOST:PORT`
 //! (and [`SelfHosted::metrics`](crate::self_hosted::SelfHosted::metrics)) serves them in
-//! Prometheus' text format at `GET /metrics`.
+//! Prometheus' text format at `GET /metrics` ([`serve`]; the endpoint and its limits are
+//! [`metrics_http`](crate::metrics_http)'s).
 //!
 //! Read from the machine from outside, as the [`Observer`](crate::observer::Observer) reads
 //! it: after each event, its typed log messages and its state. The counts are kept in a
@@ -27,6 +28,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::{ExitNote, Log, Machine, Message};
+use crate::metrics_http::{Limits, MetricsError, MetricsServer};
 
 /// Upgrades begun.
 pub const UPGRADES_STARTED: &str = "einhorn_master_upgrades_started_total";
@@ -64,19 +66,20 @@ pub struct Tally {
     pub respawns: u64,
 }
 
-/// Serves the metrics at `GET http://addr/metrics` (the exporter's listener, on its own
-/// thread) and makes it the process's recorder.
+/// Makes a Prometheus recorder the process's and serves it at `GET http://addr/metrics`, on
+/// its own thread within the [limits](crate::metrics_http) that keep clients from hurting the
+/// master. The returned server's socket stays open for the life of the process.
 ///
 /// # Errors
-/// The exporter's error: the address cannot be bound, or a recorder is installed already.
-pub fn serve(addr: std::net::SocketAddr) -> Result<(), String> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+/// The address cannot be bound ([`MetricsError::Bind`]), a recorder is installed already
+/// ([`MetricsError::Install`]), or the server cannot start.
+pub fn serve(addr: std::net::SocketAddr) -> Result<MetricsServer, MetricsError> {
+    let listener = crate::metrics_http::bind(addr)?;
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|source| MetricsError::Install { addr, source })?;
     describe();
-    tracing::info!(%addr, "serving metrics at /metrics");
-    Ok(())
+    MetricsServer::start(listener, handle, Limits::default())
 }
 
 /// Gives each metric its help text.
