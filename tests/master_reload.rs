@@ -499,3 +499,71 @@ fn a_stop_signal_sent_during_a_reload_stops_the_master() {
         drop(deaf);
     }
 }
+
+/// `GET /metrics` on `addr`: whether it answered 200.
+fn scrape(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    response.starts_with(b"HTTP/1.1 200")
+}
+
+#[test]
+fn the_metrics_socket_is_handed_over_across_reloads_and_never_free() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (master, _program) = start_master(
+        &["-n", "1", "--metrics", &metrics],
+        &[example("hyper-hello").as_os_str()],
+    );
+    master.wait_serving(1);
+    let addr: std::net::SocketAddr = metrics.parse().unwrap();
+    assert!(scrape(addr), "{}", master.output());
+    // Beside the reloads: a scraper, and another process trying to take the port.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut scrapes, mut failed, mut taken) = (0, 0, 0);
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                scrapes += 1;
+                if !scrape(addr) {
+                    failed += 1;
+                }
+                if std::net::TcpListener::bind(addr).is_ok() {
+                    taken += 1;
+                }
+            }
+            (scrapes, failed, taken)
+        })
+    };
+    for _ in 0..10 {
+        let (code, out) = ctl(&master.socket, "reload");
+        assert_eq!(code, 0, "{out}\n{}", master.output());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (scrapes, failed, taken) = watcher.join().unwrap();
+    eprintln!("10 reloads: {scrapes} scrapes, {failed} failed; the port taken {taken} times");
+    assert_eq!(failed, 0, "{}", master.output());
+    assert_eq!(taken, 0, "another process bound the metrics port");
+    assert!(scrapes >= 10);
+    let text = master.output();
+    assert!(!text.contains("no metrics are served"), "{text}");
+}

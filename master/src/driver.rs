@@ -24,7 +24,7 @@ pub use crate::conn::MAX_REQUEST_LINE;
 use crate::conn::{ConnLimits, Connections, Detached, Incoming, sleep_until};
 use crate::handover::{
     CommandSocketHandover, ConnectionHandover, Handover, HandoverError, ListenerHandover,
-    QueuedHandover, RetiredListener, StderrHandover,
+    MetricsListenerHandover, QueuedHandover, RetiredListener, StderrHandover,
 };
 use crate::held_signals::{HeldStops, ProgramCheck};
 use crate::machine::{
@@ -507,6 +507,8 @@ struct Driver<'a> {
     /// Requests handed over but not handled when an exec was tried: handled next.
     requeued: Vec<Event>,
     signals: SignalStreams,
+    /// The `--metrics` endpoint, once served.
+    metrics: Option<crate::metrics_http::MetricsServer>,
 }
 
 /// The master's signal handlers, as streams.
@@ -588,6 +590,7 @@ impl<'a> Driver<'a> {
             spawned_any: false,
             requeued: Vec::new(),
             signals,
+            metrics: None,
         })
     }
 
@@ -597,11 +600,7 @@ impl<'a> Driver<'a> {
         // between): unblocked once the handlers are in place (`Driver::new`).
         crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK).map_err(setup)?;
 
-        if let Some(addr) = self.args.metrics {
-            crate::metrics::serve(addr).map_err(|e| MasterError::Metrics(e.to_string()))?;
-            let tally = handover.as_ref().and_then(|h| h.metrics.clone());
-            self.observer.record_metrics(tally.unwrap_or_default());
-        }
+        self.serve_metrics(handover.as_ref())?;
 
         // After a failed accept (out of fds), accepting pauses briefly instead of spinning.
         let mut accept_paused: Option<Instant> = None;
@@ -773,6 +772,54 @@ impl<'a> Driver<'a> {
         Ok(None)
     }
 
+    /// Serves `--metrics`: on the socket handed over across the exec when it is the
+    /// configured one (never closed and bound again, so no one can take its port in
+    /// between), else on a new one. After an exec, a failure ends nothing: logged, no metrics.
+    fn serve_metrics(&mut self, handover: Option<&Handover>) -> Result<(), MasterError> {
+        let handed = handover.and_then(|h| h.metrics_listener.as_ref());
+        let Some(addr) = self.args.metrics else {
+            if let Some(m) = handed {
+                tracing::info!("--metrics is no longer configured: closing {}", m.addr);
+                // SAFETY: handed over to this process to be taken, once.
+                drop(unsafe { OwnedFd::from_raw_fd(m.fd) });
+            }
+            return Ok(());
+        };
+        let kept = handed_metrics(addr, handover);
+        if let (Some(m), None) = (handed, kept) {
+            tracing::info!(
+                "metrics move from {} to {addr}: closing the old socket",
+                m.addr
+            );
+            // SAFETY: as below.
+            drop(unsafe { OwnedFd::from_raw_fd(m.fd) });
+        }
+        let listener = match kept {
+            Some(m) => {
+                // SAFETY: handed over to this process to be taken, once.
+                let listener = unsafe { std::net::TcpListener::from_raw_fd(m.fd) };
+                // Workers never get it.
+                crate::reexec::set_cloexec(m.fd, true)
+                    .map(|()| listener)
+                    .map_err(|e| e.to_string())
+            }
+            None => crate::metrics_http::bind(addr).map_err(|e| e.to_string()),
+        };
+        match listener.and_then(|l| crate::metrics::serve(l).map_err(|e| e.to_string())) {
+            Ok(server) => {
+                self.metrics = Some(server);
+                let tally = handover.and_then(|h| h.metrics.clone());
+                self.observer.record_metrics(tally.unwrap_or_default());
+                Ok(())
+            }
+            Err(e) if handover.is_none() => Err(MasterError::Metrics(e)),
+            Err(e) => {
+                tracing::error!("{e}: no metrics are served until the next reload");
+                Ok(())
+            }
+        }
+    }
+
     /// Starts the new program's check on the state as it is now.
     fn start_preflight(&mut self) -> Result<(), String> {
         let exec = self
@@ -822,6 +869,14 @@ impl<'a> Driver<'a> {
         // handlers take it. One the handlers took before is looked for below.
         crate::reexec::mask_master_signals(SigmaskHow::SIG_BLOCK)
             .map_err(|e| format!("cannot block the master's signals for the exec: {e}"))?;
+        // Scrapes in progress end first; those that come meanwhile wait in the backlog for
+        // the new master.
+        if let Some(metrics) = &self.metrics {
+            let open = metrics.pause(DETACH_WITHIN).await;
+            if open > 0 {
+                tracing::debug!("{open} metrics connections still open: cut by the exec");
+            }
+        }
         // A healthy connection answers within a turn of its task; a flood's may not: those
         // are left to close.
         let mut queued = Vec::new();
@@ -905,6 +960,9 @@ impl<'a> Driver<'a> {
         };
         // Signals sent meanwhile, pending, are delivered now, to this master.
         let _ = crate::reexec::mask_master_signals(SigmaskHow::SIG_UNBLOCK);
+        if let Some(metrics) = &self.metrics {
+            metrics.resume();
+        }
         for connection in connections {
             self.conns.adopt(connection);
         }
@@ -973,8 +1031,10 @@ impl<'a> Driver<'a> {
             readiness,
             failure,
             metrics: self.observer.metrics_tally(),
-            // Filled in once the metrics endpoint is served from a handed-over socket.
-            metrics_listener: None,
+            metrics_listener: self.metrics.as_ref().map(|m| MetricsListenerHandover {
+                addr: m.addr(),
+                fd: m.fd(),
+            }),
             check_nonce: None,
         }
     }

@@ -66,15 +66,18 @@ pub struct Tally {
     pub respawns: u64,
 }
 
-/// Makes a Prometheus recorder the process's and serves it at `GET http://addr/metrics`, on
-/// its own thread within the [limits](crate::metrics_http) that keep clients from hurting the
-/// master. The returned server's socket stays open for the life of the process.
+/// Makes a Prometheus recorder the process's and serves it at `GET /metrics` on `listener`
+/// (bound by [`metrics_http::bind`](crate::metrics_http::bind), or handed over across a
+/// re-exec), on its own thread within the [limits](crate::metrics_http) that keep clients
+/// from hurting the master. The returned server's socket stays open for the life of the
+/// process.
 ///
 /// # Errors
-/// The address cannot be bound ([`MetricsError::Bind`]), a recorder is installed already
-/// ([`MetricsError::Install`]), or the server cannot start.
-pub fn serve(addr: std::net::SocketAddr) -> Result<MetricsServer, MetricsError> {
-    let listener = crate::metrics_http::bind(addr)?;
+/// A recorder is installed already ([`MetricsError::Install`]), or the server cannot start.
+pub fn serve(listener: std::net::TcpListener) -> Result<MetricsServer, MetricsError> {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|source| MetricsError::Install { addr, source })?;

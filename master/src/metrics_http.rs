@@ -44,8 +44,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::conn::{Throttle, more};
 
@@ -168,11 +167,16 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
 /// The running `/metrics` server. See the [module documentation](self).
 ///
 /// Dropping it leaves the server running: it serves, and its socket stays open, for the life
-/// of the process.
+/// of the process (unpaused: a paused server whose handle is dropped stays paused).
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
     fd: RawFd,
+    /// A permit per connection slot: all free means no connection in progress.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// `true` while paused for a hand-over.
+    paused: watch::Sender<bool>,
 }
 
 impl MetricsServer {
@@ -206,6 +210,8 @@ impl MetricsServer {
         listener.set_nonblocking(true).map_err(unusable)?;
         let failed = |source| MetricsError::Start { addr, source };
         // Built here, not on the thread, so that every failure is the caller's to handle.
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let (paused, paused_rx) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -215,12 +221,44 @@ impl MetricsServer {
             let _in = runtime.enter();
             tokio::net::TcpListener::from_std(listener).map_err(unusable)?
         };
-        spawn_with_master_signals_blocked(move || {
-            runtime.block_on(run(listener, handle, limits));
+        // Born with the master's signals blocked (see `reexec::with_master_signals_blocked`).
+        crate::reexec::with_master_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name(THREAD_NAME.to_owned())
+                .spawn({
+                    let slots = slots.clone();
+                    move || runtime.block_on(run(listener, handle, limits, slots, paused_rx))
+                })
         })
+        .and_then(|spawned| spawned)
         .map_err(failed)?;
         tracing::info!(%addr, "serving metrics at /metrics");
-        Ok(MetricsServer { addr, fd })
+        Ok(MetricsServer {
+            addr,
+            fd,
+            slots,
+            max_connections: limits.max_connections,
+            paused,
+        })
+    }
+
+    /// Stops accepting (new connections wait in the listening socket's backlog, for the
+    /// master that comes next, or for this one again after [`resume`](Self::resume)), and
+    /// waits up to `within` for the connections in progress to end: a re-exec would cut
+    /// them. Returns how many were still open at the end (a client that sends its request
+    /// slowly, or not at all, is not waited for longer).
+    pub async fn pause(&self, within: Duration) -> usize {
+        self.paused.send_replace(true);
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(within, self.slots.acquire_many(all)).await {
+            Ok(Ok(_every_slot)) => 0,
+            _ => self.max_connections - self.slots.available_permits(),
+        }
+    }
+
+    /// Accepts again after [`pause`](Self::pause) (the re-exec did not happen).
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
     }
 
     /// The address it listens on.
@@ -234,26 +272,14 @@ impl MetricsServer {
     }
 }
 
-/// Spawns the server's thread with the master's signals blocked in it from its start: they
-/// are blocked in the calling thread around the spawn (a new thread inherits its creator's
-/// mask), then the caller's mask is restored. Blocking them in the new thread itself would
-/// leave a window in which a process-directed signal could be delivered to it.
-fn spawn_with_master_signals_blocked(
-    body: impl FnOnce() + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let master: SigSet = crate::reexec::MASTER_SIGNALS.into_iter().collect();
-    let mut caller = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&master), Some(&mut caller))?;
-    let spawned = std::thread::Builder::new()
-        .name(THREAD_NAME.to_owned())
-        .spawn(body);
-    // Restored whatever the spawn did: the caller's mask is not ours to change.
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&caller), None)?;
-    spawned
-}
-
 /// The accept loop: never returns, so the listener stays open for the life of the process.
-async fn run(listener: tokio::net::TcpListener, handle: PrometheusHandle, limits: Limits) {
+async fn run(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    mut paused: watch::Receiver<bool>,
+) {
     tokio::spawn(upkeep(handle.clone()));
     let http = {
         let mut http = http1::Builder::new();
@@ -264,17 +290,20 @@ async fn run(listener: tokio::net::TcpListener, handle: PrometheusHandle, limits
             .header_read_timeout(limits.head_timeout);
         http
     };
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let accept_failed = Throttle::new(LOG_WINDOW);
-    loop {
+    'accepting: loop {
+        until(&mut paused, false).await;
         // A slot first, then the accept: at the limit, connections wait in the backlog.
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection slots are never closed");
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the connection slots are never closed"),
+            () = until(&mut paused, true) => continue 'accepting,
+        };
         let stream = loop {
-            match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = until(&mut paused, true) => continue 'accepting,
+            };
+            match accepted {
                 Ok((stream, _)) => break stream,
                 Err(error) => {
                     if let Some(skipped) = accept_failed.hit(Instant::now()) {
@@ -286,6 +315,14 @@ async fn run(listener: tokio::net::TcpListener, handle: PrometheusHandle, limits
             }
         };
         tokio::spawn(serve(stream, http.clone(), handle.clone(), limits, slot));
+    }
+}
+
+/// Returns once `paused` is `value`; never if it cannot be any more (the server's handle is
+/// gone, and with it any pause or resume).
+async fn until(paused: &mut watch::Receiver<bool>, value: bool) {
+    if paused.wait_for(|p| *p == value).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
