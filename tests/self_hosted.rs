@@ -492,6 +492,43 @@ fn sighup_reloads_the_master_into_the_new_build_with_its_worker_count_and_binds(
 }
 
 #[test]
+fn a_new_build_whose_new_listener_cannot_be_bound_is_refused_and_the_old_one_serves_on() {
+    // Another process holds the port version 2 wants to add.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = squatter.local_addr().unwrap();
+    let app = App::start(2, |cmd| {
+        cmd.args(["--v2-bind", "127.0.0.1:0", "--v2-bind", &busy.to_string()]);
+    });
+    let master_pid = app.master.pid();
+    let v1 = sorted(app.master.wait_serving(2));
+    let load = app.load(8);
+    let probe = Probe::start(app.addr, Duration::from_millis(50));
+    assert!(wait_until(WAIT, || load.snapshot().ok >= 200));
+
+    app.deploy(&example("self-hosted-v2"));
+    app.master.signal(Signal::SIGHUP);
+    let line = app.master.wait_for_line("the new master cannot take over");
+    assert!(line.contains(&format!("new listener {busy}")), "{line}");
+    let state = app.master.state();
+    assert_eq!(state.master_pid, master_pid);
+    assert_eq!(state.version, 0, "no upgrade happened");
+    assert_eq!(sorted(state.serving_pids()), v1);
+    assert_eq!(state.listeners.len(), 1);
+    let served = load.snapshot().ok;
+    assert!(wait_until(WAIT, || load.snapshot().ok >= served + 200));
+
+    // The port freed, the same build upgrades.
+    drop(squatter);
+    app.upgrade(1, 2, &v1);
+    assert_eq!(app.answering_version(6), "2");
+    assert_eq!(app.master.state().listeners.len(), 2);
+    let probed = probe.stop();
+    let report = load.stop();
+    assert_eq!(report.failed(), 0, "{report}\n{}", app.master.output());
+    assert!(probed.failures.is_empty(), "{probed}");
+}
+
+#[test]
 fn a_canary_that_answers_500s_is_rolled_back_on_sighup_and_the_old_workers_serve_on() {
     // Version 2 answers 500 to a fifth of its requests; every SIGHUP upgrade is a canary.
     let app = App::start(2, |cmd| {
