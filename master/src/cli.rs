@@ -734,6 +734,48 @@ mod tests {
     }
 
     #[test]
+    fn every_duration_flag_refuses_huge_infinite_nan_and_negative_values_naming_itself() {
+        let flags = [
+            "--ack-mode",
+            "--seconds",
+            "--signal-timeout",
+            "--upgrade-timeout",
+            "--min-uptime",
+            "--idle-timeout",
+            "--soak",
+        ];
+        for flag in flags {
+            for bad in ["1e19", "inf", "nan", "-1", "31622401"] {
+                let arg = format!("{flag}={bad}");
+                let err = master(&[&arg, "--", "srv"]).unwrap_err().to_string();
+                assert!(
+                    err.contains(bad) && err.contains(flag),
+                    "{flag} {bad}: {err}"
+                );
+            }
+            master(&[flag, "31622400", "--", "srv"]).unwrap();
+        }
+        let err = parse_args(["einhorn-master", "ctl", "--timeout", "1e19", "state"]).unwrap_err();
+        assert!(err.to_string().contains("--timeout"), "{err}");
+        for bad in ["1e19", "inf", "nan", "-1"] {
+            let args = [
+                "--canary".to_string(),
+                "1".to_string(),
+                "--soak".to_string(),
+                bad.to_string(),
+            ];
+            assert!(crate::command::parse_canary(&args).is_err(), "--soak {bad}");
+        }
+    }
+
+    #[test]
+    fn zero_workers_is_an_error() {
+        let err = master(&["-n", "0", "--", "srv"]).unwrap_err().to_string();
+        assert!(err.contains("invalid number of workers"), "{err}");
+        assert_eq!(master(&["-n", "3", "--", "srv"]).unwrap().number, 3);
+    }
+
+    #[test]
     fn seconds_and_ack_modes() {
         assert_eq!(parse_seconds("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_seconds(" 1.5 ").unwrap(), Duration::from_millis(1500));
