@@ -370,3 +370,19 @@ pub fn spawn_on_free_ports(
     }
     panic!("five tries, every time a port was taken");
 }
+
+/// The pids of the processes running exactly `argv` (their `/proc/PID/cmdline`).
+pub fn pids_running(argv: &[&str]) -> Vec<i32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|arg| arg.bytes().chain(std::iter::once(0)))
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted))
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}

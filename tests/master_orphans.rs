@@ -2,22 +2,12 @@
 //! marker argument) does not outlive it, one more at each respawn. `--keep-orphans` leaves
 //! them, as Einhorn does.
 
-use graceful_listener_suite::harness::{example, wait_until};
+use graceful_listener_suite::harness::{example, pids_running, wait_until};
 use graceful_listener_suite::master::{Master, WAIT};
 
-/// The pids of the processes whose command line is `sleep MARKER`.
+/// The pids of the processes `sleep MARKER`.
 fn sleeping_pids(marker: &str) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|cmdline| cmdline == format!("sleep\0{marker}\0").as_bytes())
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
+    pids_running(&["sleep", marker])
 }
 
 fn sleeping(marker: &str) -> usize {

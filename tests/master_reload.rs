@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use graceful_listener_suite::harness::{Proc, binary, example, wait_until};
+use graceful_listener_suite::harness::{Proc, binary, example, pids_running, wait_until};
 use graceful_listener_suite::load::{self, LoadConfig};
 use graceful_listener_suite::master::{Master, WAIT};
 use graceful_listener_suite::probe::Probe;
@@ -355,6 +355,18 @@ fn a_deploy_broken_around_the_master_never_ends_it() {
             "is not executable",
             Box::new(|| {
                 std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap()
+            }),
+        ),
+        (
+            "a check that fails leaving a child behind",
+            Box::new(|| deploy_script(&program, "sleep 6019 & exit 1", 0o755)),
+            "exit status 1",
+            Box::new(|| {
+                assert!(
+                    wait_until(WAIT, || pids_running(&["sleep", "6019"]).is_empty()),
+                    "the check's child is killed with it"
+                );
+                deploy(&program);
             }),
         ),
         (
