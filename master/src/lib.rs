@@ -64,6 +64,12 @@
 //!   master killed with SIGKILL) and what to do.
 //! - The lock file is removed when the master exits, and on every failed start (Einhorn
 //!   leaves it forever).
+//! - A reload never ends the master: the new program's check tries everything it will do at
+//!   its start (worker program, new listeners, `--metrics`) and answers with a nonce from the
+//!   state, and after the exec no recoverable fault ends it (see the book's "When a deploy
+//!   is broken"). Signals sent during the hand-over reach the new master.
+//! - Workers run in process groups of their own, and a worker's exit takes its group with it
+//!   (`--keep-orphans`: as Einhorn, which leaves them).
 //! - With `NOTIFY_SOCKET` set, the master speaks systemd's notify protocol for the service
 //!   (`Type=notify-reload`: `READY=1`, `RELOADING=1`, `STATUS=`, `STOPPING=1`; see [`notify`]),
 //!   and workers get no `NOTIFY_SOCKET`. Einhorn knows nothing of systemd.
@@ -90,10 +96,12 @@
 //! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
 //! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
 //! as data), [`render`] (data into the wire's text and YAML), [`handover`] (the state a
-//! reload hands over), [`bind`]'s parser, [`cli`], [`notify`]'s `Readiness`, [`stderr`]'s
+//! reload hands over), [`seconds`] (durations, bounded), [`bind`]'s parser, [`cli`],
+//! [`notify`]'s `Readiness`, [`stderr`]'s
 //! `Tail`, [`held_signals`]' parsers. I/O: [`driver`] (the event loop), [`conn`]
 //! (command-socket connections and their limits), [`observer`] (stderr tails of failed
-//! workers, systemd notifications), [`reexec`] (the check and the exec), [`spawn`],
+//! workers, systemd notifications), [`metrics_http`] (the bounded `/metrics` endpoint),
+//! [`reexec`] (the check and the exec), [`spawn`],
 //! [`socket`], [`pidfile`], [`holders`], [`client`], [`ctl`], [`log_level`],
 //! [`self_hosted`] (the master inside the application), [`metrics`] (the metrics' names and
 //! what the machine did, as metrics), [`metrics_http`] (the `/metrics` endpoint and the limits
