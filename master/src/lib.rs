@@ -106,6 +106,7 @@ pub mod conn;
 #[cfg(feature = "cli")]
 pub mod ctl;
 pub mod driver;
+pub mod files;
 pub mod handover;
 pub mod held_signals;
 pub mod holders;
@@ -117,6 +118,7 @@ pub mod observer;
 pub mod pidfile;
 pub mod reexec;
 pub mod render;
+pub mod runtime_dir;
 pub mod self_hosted;
 pub mod socket;
 pub mod spawn;
