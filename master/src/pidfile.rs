@@ -188,6 +188,133 @@ fn fill(mut file: std::fs::File, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::tests::{assert_names_other_owner, plant_as_other_user};
+    use std::os::unix::fs::MetadataExt;
+
+    /// A root-only file outside the master's files, and a path that does not exist yet:
+    /// what a planted symlink points at.
+    fn victims(dir: &Path) -> (PathBuf, PathBuf) {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "root only\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (secret, dir.join("created-through-a-link"))
+    }
+
+    /// Holds that nothing was written through a planted symlink.
+    fn assert_untouched(secret: &Path, dangling: &Path) {
+        assert_eq!(std::fs::read_to_string(secret).unwrap(), "root only\n");
+        let meta = std::fs::metadata(secret).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert!(
+            std::fs::symlink_metadata(dangling).is_err(),
+            "no file created at a dangling target"
+        );
+    }
+
+    #[test]
+    fn a_symlink_at_the_pid_file_is_refused_naming_it_and_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        let path = dir.path().join("master.pid");
+        for target in [&secret, &dangling] {
+            std::os::unix::fs::symlink(target, &path).unwrap();
+            let planted = plant_as_other_user(&path);
+            let err = Pidfile::create(&path, std::process::id() as i32).unwrap_err();
+            assert!(matches!(err, PidfileError::NotAFile { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "pid file {} is a symlink to {} owned by ",
+                    path.display(),
+                    target.display()
+                )),
+                "{text}"
+            );
+            assert_names_other_owner(&text, planted);
+            assert_untouched(&secret, &dangling);
+            assert_eq!(&std::fs::read_link(&path).unwrap(), target, "left in place");
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_fifo_or_directory_at_the_pid_file_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.pid");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let err = Pidfile::create(&path, 1).unwrap_err();
+        assert!(err.to_string().contains("is a fifo owned by "), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let err = Pidfile::create(&path, 1).unwrap_err();
+        assert!(
+            err.to_string().contains("is a directory owned by "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn symlinks_planted_at_temp_names_are_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        let path = dir.path().join("master.pid");
+        // The old predictable temp name, and names of the new pattern with a guessed suffix.
+        let me = std::process::id();
+        let mut planted = vec![dir.path().join(format!("master.pid.tmp{me}"))];
+        for suffix in ["0000000000000000", "ffffffffffffffff"] {
+            planted.push(dir.path().join(format!("master.pid.tmp{me}.{suffix}")));
+        }
+        for (i, link) in planted.iter().enumerate() {
+            let target = if i % 2 == 0 { &secret } else { &dangling };
+            std::os::unix::fs::symlink(target, link).unwrap();
+            plant_as_other_user(link);
+        }
+        let _file = Pidfile::create(&path, me as i32).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{me}\n"));
+        assert_untouched(&secret, &dangling);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.mode() & 0o7777, 0o644);
+        assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+        // Only the planted links are left beside it: no temp file of ours.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("master.pid"))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), planted.len() + 1, "{names:?}");
+    }
+
+    #[test]
+    fn a_symlink_at_an_address_file_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        for target in [&secret, &dangling] {
+            let path = dir.path().join("addr");
+            std::os::unix::fs::symlink(target, &path).unwrap();
+            plant_as_other_user(&path);
+            let file = WrittenFile::create(&path, "0 127.0.0.1:1\n").unwrap();
+            assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "0 127.0.0.1:1\n");
+            assert_untouched(&secret, &dangling);
+            drop(file);
+            assert!(std::fs::symlink_metadata(&path).is_err(), "removed on drop");
+            assert_untouched(&secret, &dangling);
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: a non-empty directory is at the path.
+        let path = dir.path().join("busy");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), "x").unwrap();
+        assert!(write_atomically(&path, "text").is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
 
     #[test]
     fn writes_refuses_a_live_pid_and_removes_on_drop() {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::files::{Found, Owner, create_unique};
+use crate::files::{FileKind, Found, Owner, create_unique};
 
 /// Why the command socket (or the directory it belongs in) could not be opened.
 ///
@@ -157,11 +157,9 @@ impl LockFile {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
                 .open(path)
                 .map_err(|source| {
-                    let found = Found::at(path).ok();
-                    match found {
-                        Some(found) if source.raw_os_error() == Some(libc::ELOOP) => {
-                            not_a_file(found)
-                        }
+                    // A symlink fails with ELOOP, a fifo with ENXIO: say what is there.
+                    match Found::at(path).ok() {
+                        Some(found) if found.kind != FileKind::File => not_a_file(found),
                         found => SocketError::LockFile {
                             path: path.to_path_buf(),
                             found,
@@ -330,7 +328,171 @@ impl Drop for CommandSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::tests::{assert_names_other_owner, plant_as_other_user};
     use std::os::unix::net::UnixStream;
+
+    /// A root-only file outside the master's files, and a path that does not exist yet:
+    /// what a planted symlink points at.
+    fn victims(dir: &Path) -> (PathBuf, PathBuf) {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "root only\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (secret, dir.join("created-through-a-link"))
+    }
+
+    /// Holds that nothing was written, created or locked through a planted symlink.
+    fn assert_untouched(secret: &Path, dangling: &Path) {
+        assert_eq!(std::fs::read_to_string(secret).unwrap(), "root only\n");
+        let meta = std::fs::metadata(secret).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert!(
+            std::fs::symlink_metadata(dangling).is_err(),
+            "no file created at a dangling target"
+        );
+        let file = File::open(secret).unwrap();
+        assert!(
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok(),
+            "the target is not locked"
+        );
+    }
+
+    #[test]
+    fn a_symlink_at_the_lock_path_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.sock.lock");
+        for target in [&secret, &dangling] {
+            std::os::unix::fs::symlink(target, &lock).unwrap();
+            let planted = plant_as_other_user(&lock);
+            let err = CommandSocket::open(&path, &lock).unwrap_err();
+            assert!(matches!(err, SocketError::LockNotAFile { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "lock file {} is a symlink to {} owned by ",
+                    lock.display(),
+                    target.display()
+                )),
+                "{text}"
+            );
+            assert_names_other_owner(&text, planted);
+            assert_untouched(&secret, &dangling);
+            assert_eq!(&std::fs::read_link(&lock).unwrap(), target, "left in place");
+            assert!(std::fs::symlink_metadata(&path).is_err(), "no socket made");
+            std::fs::remove_file(&lock).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_fifo_at_the_lock_path_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("m.lock");
+        nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = CommandSocket::open(&dir.path().join("m.sock"), &lock).unwrap_err();
+        assert!(matches!(err, SocketError::LockNotAFile { .. }), "{err}");
+        assert!(err.to_string().contains("is a fifo owned by "), "{err}");
+        assert!(
+            std::fs::symlink_metadata(&lock)
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+    }
+
+    #[test]
+    fn a_symlink_or_file_at_the_socket_path_is_refused_naming_it_and_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.sock.lock");
+        // A symlink to a live socket too: the master must not remove or replace it.
+        let live_path = dir.path().join("live.sock");
+        let _live = UnixListener::bind(&live_path).unwrap();
+        for target in [&secret, &dangling, &live_path] {
+            std::os::unix::fs::symlink(target, &path).unwrap();
+            let planted = plant_as_other_user(&path);
+            let err = CommandSocket::open(&path, &lock).unwrap_err();
+            assert!(matches!(err, SocketError::NotASocket { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "command socket path {} is a symlink to {} owned by ",
+                    path.display(),
+                    target.display()
+                )),
+                "{text}"
+            );
+            assert_names_other_owner(&text, planted);
+            assert_untouched(&secret, &dangling);
+            assert_eq!(&std::fs::read_link(&path).unwrap(), target, "left in place");
+            assert!(!lock.exists(), "the lock file is removed on failure");
+            std::fs::remove_file(&path).unwrap();
+        }
+        UnixStream::connect(&live_path).unwrap();
+        // A regular file and a directory, planted by another user.
+        std::fs::write(&path, "data").unwrap();
+        let planted = plant_as_other_user(&path);
+        let text = CommandSocket::open(&path, &lock).unwrap_err().to_string();
+        assert!(
+            text.starts_with(&format!(
+                "command socket path {} is a regular file owned by ",
+                path.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("mode 0644, not a socket; not removing it"),
+            "{text}"
+        );
+        assert_names_other_owner(&text, planted);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let text = CommandSocket::open(&path, &lock).unwrap_err().to_string();
+        assert!(text.contains("is a directory owned by "), "{text}");
+    }
+
+    #[test]
+    fn a_held_lock_names_its_files_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.sock.lock");
+        let _first = CommandSocket::open(&path, &lock).unwrap();
+        let planted = plant_as_other_user(&lock);
+        let text = CommandSocket::open(&path, &lock).unwrap_err().to_string();
+        assert!(
+            text.starts_with(&format!(
+                "another master is running on {} (lock {}, owned by ",
+                path.display(),
+                lock.display()
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with(", is held)"), "{text}");
+        assert_names_other_owner(&text, planted);
+    }
+
+    #[test]
+    fn symlinks_planted_beside_the_socket_are_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        let target_dir = dir.path().join("elsewhere");
+        std::fs::create_dir(&target_dir).unwrap();
+        std::fs::write(target_dir.join("s"), "keep").unwrap();
+        let path = dir.path().join("m.sock");
+        // The old predictable private directory name, pointing at another directory.
+        let old = dir.path().join(format!("m.sock.{}", std::process::id()));
+        std::os::unix::fs::symlink(&target_dir, &old).unwrap();
+        plant_as_other_user(&old);
+        let socket = CommandSocket::open(&path, &dir.path().join("m.lock")).unwrap();
+        UnixStream::connect(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(target_dir.join("s")).unwrap(),
+            "keep"
+        );
+        assert_untouched(&secret, &dangling);
+        drop(socket);
+    }
 
     #[test]
     fn opens_with_mode_0600_leaving_the_umask_and_no_stray_file_and_removes_on_drop() {
