@@ -64,6 +64,11 @@
 //!   master killed with SIGKILL) and what to do.
 //! - The lock file is removed when the master exits, and on every failed start (Einhorn
 //!   leaves it forever).
+//! - The default command socket is in a per-user directory, `$XDG_RUNTIME_DIR` or
+//!   `$TMPDIR/einhorn-UID/` made with mode 0700 (see [`runtime_dir`]), not in the shared
+//!   `$TMPDIR`; and no file of the master's (pid file, `--addr-file`, lock file, socket) is
+//!   ever written through a symlink planted by another user (see [`files`]). Errors about a
+//!   file in the way say what it is and whose.
 //! - With `NOTIFY_SOCKET` set, the master speaks systemd's notify protocol for the service
 //!   (`Type=notify-reload`: `READY=1`, `RELOADING=1`, `STATUS=`, `STOPPING=1`; see [`notify`]),
 //!   and workers get no `NOTIFY_SOCKET`. Einhorn knows nothing of systemd.
@@ -94,8 +99,8 @@
 //! `Tail`, [`held_signals`]' parsers. I/O: [`driver`] (the event loop), [`conn`]
 //! (command-socket connections and their limits), [`observer`] (stderr tails of failed
 //! workers, systemd notifications), [`reexec`] (the check and the exec), [`spawn`],
-//! [`socket`], [`pidfile`], [`holders`], [`client`], [`ctl`], [`log_level`],
-//! [`self_hosted`] (the master inside the application).
+//! [`socket`], [`runtime_dir`], [`pidfile`], [`files`], [`holders`], [`client`], [`ctl`],
+//! [`log_level`], [`self_hosted`] (the master inside the application).
 //! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
