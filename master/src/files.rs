@@ -231,6 +231,33 @@ pub(crate) mod tests {
         }
     }
 
+    /// A root-only file outside the master's files, and a path that does not exist yet:
+    /// what a planted symlink points at.
+    pub(crate) fn victims(dir: &Path) -> (PathBuf, PathBuf) {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "root only\n").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        (secret, dir.join("created-through-a-link"))
+    }
+
+    /// Holds that nothing was written, created or locked through a planted symlink to
+    /// [`victims`].
+    pub(crate) fn assert_untouched(secret: &Path, dangling: &Path) {
+        assert_eq!(std::fs::read_to_string(secret).unwrap(), "root only\n");
+        let meta = std::fs::metadata(secret).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert!(
+            std::fs::symlink_metadata(dangling).is_err(),
+            "no file created at a dangling target"
+        );
+        let file = std::fs::File::open(secret).unwrap();
+        assert!(
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok(),
+            "the target is not locked"
+        );
+    }
+
     #[test]
     fn describes_each_kind_without_following_symlinks() {
         let dir = tempfile::tempdir().unwrap();

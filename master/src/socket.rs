@@ -328,33 +328,10 @@ impl Drop for CommandSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::tests::{assert_names_other_owner, plant_as_other_user};
+    use crate::files::tests::{
+        assert_names_other_owner, assert_untouched, plant_as_other_user, victims,
+    };
     use std::os::unix::net::UnixStream;
-
-    /// A root-only file outside the master's files, and a path that does not exist yet:
-    /// what a planted symlink points at.
-    fn victims(dir: &Path) -> (PathBuf, PathBuf) {
-        let secret = dir.join("secret");
-        std::fs::write(&secret, "root only\n").unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-        (secret, dir.join("created-through-a-link"))
-    }
-
-    /// Holds that nothing was written, created or locked through a planted symlink.
-    fn assert_untouched(secret: &Path, dangling: &Path) {
-        assert_eq!(std::fs::read_to_string(secret).unwrap(), "root only\n");
-        let meta = std::fs::metadata(secret).unwrap();
-        assert_eq!(meta.mode() & 0o7777, 0o600);
-        assert!(
-            std::fs::symlink_metadata(dangling).is_err(),
-            "no file created at a dangling target"
-        );
-        let file = File::open(secret).unwrap();
-        assert!(
-            Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok(),
-            "the target is not locked"
-        );
-    }
 
     #[test]
     fn a_symlink_at_the_lock_path_is_never_followed() {
