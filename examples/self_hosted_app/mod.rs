@@ -28,7 +28,8 @@ struct Args {
     /// An upgrade fails when no new worker is ready for this many seconds.
     #[arg(long, default_value_t = 60.0)]
     upgrade_timeout: f64,
-    /// The master's command socket [default: $TMPDIR/einhorn-self-hosted.sock].
+    /// The master's command socket [default: einhorn-self-hosted.sock in the user's runtime
+    /// directory, $XDG_RUNTIME_DIR or $TMPDIR/einhorn-UID/].
     #[arg(long)]
     socket: Option<std::path::PathBuf>,
     /// Version 2 of the app runs this many workers instead of --workers: the tests' new

@@ -12,6 +12,8 @@ use clap::{ArgAction, Parser};
 
 use crate::bind::BindSpec;
 use crate::machine::AckMode;
+use crate::runtime_dir::{RuntimeDir, RuntimeEnv, runtime_dir};
+use crate::socket::SocketError;
 
 /// `einhorn-master`: an Einhorn-compatible socket master.
 ///
@@ -48,7 +50,8 @@ pub struct MasterArgs {
     ))]
     pub ack_mode: AckMode,
 
-    /// Path of the command socket [default: $TMPDIR/einhorn[-NAME].sock].
+    /// Path of the command socket [default: einhorn[-NAME].sock in $XDG_RUNTIME_DIR, or in
+    /// $TMPDIR/einhorn-UID/, made private to the user].
     #[cfg_attr(
         feature = "cli",
         arg(short = 'd', long = "socket-path", value_name = "PATH")
@@ -299,12 +302,25 @@ impl MasterArgs {
         }
     }
 
-    /// The command socket path: `-d`, or `$TMPDIR/einhorn-NAME.sock` with `-c NAME`, or
-    /// `$TMPDIR/einhorn.sock`, as Einhorn picks it.
+    /// The command socket path: `-d`, or [`default_socket_path`] for `-c NAME`. Computed
+    /// only: the master opens its socket at [`prepare_socket_path`](Self::prepare_socket_path).
     pub fn socket_path(&self) -> PathBuf {
         self.socket_path
             .clone()
             .unwrap_or_else(|| default_socket_path(self.command_name.as_deref()))
+    }
+
+    /// The command socket path, as [`socket_path`](Self::socket_path), for the master to bind:
+    /// with no `-d`, the per-user runtime directory it lies in is created if missing, and
+    /// refused if it is not private to this user (see [`crate::runtime_dir`]).
+    ///
+    /// # Errors
+    /// [`SocketError::RuntimeDirUnsafe`] or [`SocketError::RuntimeDir`] naming the directory.
+    pub fn prepare_socket_path(&self) -> Result<PathBuf, SocketError> {
+        match &self.socket_path {
+            Some(path) => Ok(path.clone()),
+            None => Ok(runtime_dir()?.join(socket_file_name(self.command_name.as_deref()))),
+        }
     }
 
     /// The lock file path: `-f`, or the socket path with `.lock` appended.
@@ -346,13 +362,22 @@ impl MasterArgs {
     }
 }
 
-/// Einhorn's default command socket path.
+/// The default command socket path, for the master (`-c NAME`) and for `ctl` alike:
+/// `einhorn-NAME.sock`, or `einhorn.sock`, as Einhorn names it, in this user's runtime
+/// directory ([`RuntimeDir::choose`]: `$XDG_RUNTIME_DIR`, or `$TMPDIR/einhorn-UID`) rather
+/// than in Einhorn's shared `$TMPDIR`. Computed only: nothing is created.
 pub fn default_socket_path(command_name: Option<&str>) -> PathBuf {
-    let file = match command_name {
+    RuntimeDir::choose(&RuntimeEnv::current())
+        .path()
+        .join(socket_file_name(command_name))
+}
+
+/// The default socket's file name, as Einhorn's.
+fn socket_file_name(command_name: Option<&str>) -> String {
+    match command_name {
         Some(name) => format!("einhorn-{name}.sock"),
         None => "einhorn.sock".to_string(),
-    };
-    std::env::temp_dir().join(file)
+    }
 }
 
 /// `einhorn-master ctl`: send one command to a running master and print the replies.
@@ -586,10 +611,7 @@ mod tests {
         assert!(!args.kill_children_on_exit);
         assert!(args.bind.is_empty());
         assert_eq!(args.command, ["sleep", "5"]);
-        assert_eq!(
-            args.socket_path(),
-            std::env::temp_dir().join("einhorn.sock")
-        );
+        assert_eq!(args.socket_path(), runtime_dir_now().join("einhorn.sock"));
         assert_eq!(
             args.log_level(),
             tracing_subscriber::filter::LevelFilter::INFO
@@ -673,16 +695,53 @@ mod tests {
         assert_eq!(args.command, ["sleep", "-x", "5"]);
     }
 
+    /// The runtime directory this test process's master and `ctl` choose.
+    fn runtime_dir_now() -> PathBuf {
+        RuntimeDir::choose(&RuntimeEnv::current())
+            .path()
+            .to_path_buf()
+    }
+
     #[test]
     fn default_paths_follow_the_command_name() {
         let args = master(&["-c", "api", "true"]).unwrap();
         assert_eq!(
             args.socket_path(),
-            std::env::temp_dir().join("einhorn-api.sock")
+            runtime_dir_now().join("einhorn-api.sock")
         );
         assert_eq!(
             args.lockfile(),
-            std::env::temp_dir().join("einhorn-api.sock.lock")
+            runtime_dir_now().join("einhorn-api.sock.lock")
+        );
+    }
+
+    #[test]
+    fn ctl_finds_the_masters_default_socket() {
+        let ctl = |args: &[&str]| {
+            let mut all = vec!["einhorn-master", "ctl"];
+            all.extend_from_slice(args);
+            match parse_args(all).unwrap() {
+                Invocation::Ctl(c) => c,
+                Invocation::Master(m) => panic!("parsed as a master: {m:?}"),
+            }
+        };
+        assert_eq!(
+            ctl(&["-c", "api", "state"]).socket_path(),
+            master(&["-c", "api", "true"]).unwrap().socket_path()
+        );
+        assert_eq!(
+            ctl(&["state"]).socket_path(),
+            master(&["true"]).unwrap().socket_path()
+        );
+    }
+
+    #[test]
+    fn a_given_socket_path_is_prepared_as_it_is() {
+        // No runtime directory is made or checked for it.
+        let args = master(&["-d", "/nonexistent/dir/x.sock", "true"]).unwrap();
+        assert_eq!(
+            args.prepare_socket_path().unwrap(),
+            PathBuf::from("/nonexistent/dir/x.sock")
         );
     }
 

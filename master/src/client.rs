@@ -4,12 +4,14 @@
 //! use std::time::Duration;
 //! use einhorn_master::client::{Client, upgrade};
 //!
+//! // The socket of a master started by this user without -d or -c.
+//! let socket = einhorn_master::cli::default_socket_path(None);
 //! // One call: upgrade and wait for `Upgrade done`.
-//! let replies = upgrade("/tmp/einhorn.sock", Duration::from_secs(60))?;
+//! let replies = upgrade(&socket, Duration::from_secs(60))?;
 //! println!("{}", replies.last().unwrap().message);
 //!
 //! // Or step by step.
-//! let mut client = Client::connect("/tmp/einhorn.sock")?;
+//! let mut client = Client::connect(&socket)?;
 //! let state = client.call("state", &[], Duration::from_secs(5))?;
 //! println!("{}", state[0].message);
 //! # Ok::<(), einhorn_master::client::ClientError>(())

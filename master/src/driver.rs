@@ -158,7 +158,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     let absolute = |path: PathBuf| {
         std::path::absolute(&path).map_err(|source| MasterError::Path { path, source })
     };
-    let socket_path = absolute(args.socket_path())?;
+    let socket_path = absolute(args.prepare_socket_path()?)?;
     let mut command_socket = match &handover {
         Some(h) => CommandSocket::adopt(
             &h.command_socket.path,

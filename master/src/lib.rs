@@ -70,6 +70,11 @@
 //!   is broken"). Signals sent during the hand-over reach the new master.
 //! - Workers run in process groups of their own, and a worker's exit takes its group with it
 //!   (`--keep-orphans`: as Einhorn, which leaves them).
+//! - The default command socket is in a per-user directory, `$XDG_RUNTIME_DIR` or
+//!   `$TMPDIR/einhorn-UID/` made with mode 0700 (see [`runtime_dir`]), not in the shared
+//!   `$TMPDIR`; and no file of the master's (pid file, `--addr-file`, lock file, socket) is
+//!   ever written through a symlink planted by another user (see [`files`]). Errors about a
+//!   file in the way say what it is and whose.
 //! - With `NOTIFY_SOCKET` set, the master speaks systemd's notify protocol for the service
 //!   (`Type=notify-reload`: `READY=1`, `RELOADING=1`, `STATUS=`, `STOPPING=1`; see [`notify`]),
 //!   and workers get no `NOTIFY_SOCKET`. Einhorn knows nothing of systemd.
@@ -101,11 +106,10 @@
 //! `Tail`, [`held_signals`]' parsers. I/O: [`driver`] (the event loop), [`conn`]
 //! (command-socket connections and their limits), [`observer`] (stderr tails of failed
 //! workers, systemd notifications), [`metrics_http`] (the bounded `/metrics` endpoint),
-//! [`reexec`] (the check and the exec), [`spawn`],
-//! [`socket`], [`pidfile`], [`holders`], [`client`], [`ctl`], [`log_level`],
-//! [`self_hosted`] (the master inside the application), [`metrics`] (the metrics' names and
-//! what the machine did, as metrics), [`metrics_http`] (the `/metrics` endpoint and the limits
-//! that keep its clients from hurting the master).
+//! [`reexec`] (the check and the exec), [`spawn`], [`socket`], [`runtime_dir`], [`pidfile`],
+//! [`files`], [`holders`], [`client`], [`ctl`], [`log_level`], [`self_hosted`] (the master
+//! inside the application), [`metrics`] (the metrics' names and what the machine did, as
+//! metrics).
 //! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
@@ -116,6 +120,7 @@ pub mod conn;
 #[cfg(feature = "cli")]
 pub mod ctl;
 pub mod driver;
+pub mod files;
 pub mod handover;
 pub mod held_signals;
 pub mod holders;
@@ -128,6 +133,7 @@ pub mod observer;
 pub mod pidfile;
 pub mod reexec;
 pub mod render;
+pub mod runtime_dir;
 pub mod seconds;
 pub mod self_hosted;
 pub mod socket;

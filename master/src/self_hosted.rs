@@ -141,7 +141,8 @@ pub enum SelfHostedError {
     #[error("self-hosted master: {STATE_FD_ENV}={0:?} is not an fd number")]
     StateFd(String),
     /// Another master holds the command socket: most often a second instance of the same
-    /// program, whose default socket (`$TMPDIR/einhorn-NAME.sock`) is the first one's.
+    /// program, whose default socket (`einhorn-NAME.sock` in the user's runtime directory,
+    /// see [`crate::runtime_dir`]) is the first one's.
     #[error(
         "self-hosted master: {0}; to run a second instance beside it, give it its own command socket with .command_socket(PATH)"
     )]
@@ -160,8 +161,9 @@ impl From<SelfHostedError> for graceful_listener::RunError {
 }
 
 impl SelfHosted {
-    /// No listener yet, 1 worker, the command socket at `$TMPDIR/einhorn-NAME.sock` (NAME: the
-    /// program's file name, so `einhorn-master ctl -c NAME state` finds it), the master's
+    /// No listener yet, 1 worker, the command socket at `einhorn-NAME.sock` in the user's
+    /// runtime directory ([`crate::runtime_dir`]; NAME: the program's file name, so
+    /// `einhorn-master ctl -c NAME state` finds it), the master's
     /// upgrade timeout (60 s), [`DEFAULT_STDERR_TAIL`] stderr lines kept per worker.
     ///
     /// ```

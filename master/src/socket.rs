@@ -8,28 +8,73 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-/// Why the command socket could not be opened.
+use crate::files::{FileKind, Found, Owner, create_unique};
+
+/// Why the command socket (or the directory it belongs in) could not be opened.
+///
+/// Nothing at the socket, lock or directory path is ever followed if it is a symlink, or
+/// removed if it is not what the master put there: the errors say what is there and whose it
+/// is, for the operator to judge.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// The lock file could not be opened.
-    #[error("cannot open lock file {path}: {source}")]
+    #[error("cannot open lock file {path}{}: {source}", found_note(.found))]
     LockFile {
         /// The lock file.
         path: PathBuf,
+        /// What is at the path, when something is.
+        found: Option<Found>,
         /// The OS error.
         source: std::io::Error,
     },
+    /// Something other than a regular file is at the lock file's path (a symlink, say).
+    #[error("lock file {path} is {found}, not a regular file; not following or removing it")]
+    LockNotAFile {
+        /// The lock file.
+        path: PathBuf,
+        /// What is there.
+        found: Found,
+    },
     /// Another master holds the lock.
-    #[error("another master is running on {socket} (lock {lock} is held)")]
+    #[error("another master is running on {socket} (lock {lock}{} is held)", owner_note(.owner))]
     Locked {
         /// The socket path.
         socket: PathBuf,
         /// The lock file.
         lock: PathBuf,
+        /// The lock file's owner, when it could be seen.
+        owner: Option<Owner>,
     },
-    /// Something that is not a socket is in the way.
-    #[error("{0} exists and is not a socket; not removing it")]
-    NotASocket(PathBuf),
+    /// Something that is not a socket is at the socket's path (a symlink included, never
+    /// followed).
+    #[error("command socket path {path} is {found}, not a socket; not removing it")]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+        /// What is there.
+        found: Found,
+    },
+    /// The default socket's directory is not private to this user (see
+    /// [`crate::runtime_dir`]): someone else could replace the socket in it.
+    #[error(
+        "runtime directory {path} is {found}; expected a directory owned by {expected} with mode 0700, and not changing it (remove it, or give the socket another path with -d)"
+    )]
+    RuntimeDirUnsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is there.
+        found: Found,
+        /// Its expected owner: this process's user.
+        expected: Owner,
+    },
+    /// The default socket's directory could not be created or inspected.
+    #[error("cannot create runtime directory {path}: {source}")]
+    RuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Removing a stale socket, binding or setting the mode failed.
     #[error("cannot {step} command socket {path}: {source}")]
     Io {
@@ -40,6 +85,33 @@ pub enum SocketError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// ` (a regular file owned by ...)` for an error about a path where something was found.
+fn found_note(found: &Option<Found>) -> String {
+    found
+        .as_ref()
+        .map_or_else(String::new, |f| format!(" ({f})"))
+}
+
+/// `, owned by ...` for [`SocketError::Locked`].
+fn owner_note(owner: &Option<Owner>) -> String {
+    owner
+        .as_ref()
+        .map_or_else(String::new, |o| format!(", owned by {o},"))
+}
+
+impl SocketError {
+    /// [`SocketError::Locked`], with the owner of the file at `lock` as it is now.
+    fn locked(socket: &Path, lock: &Path) -> SocketError {
+        SocketError::Locked {
+            socket: socket.to_path_buf(),
+            lock: lock.to_path_buf(),
+            owner: std::fs::symlink_metadata(lock)
+                .ok()
+                .map(|meta| Owner::of_uid(meta.uid())),
+        }
+    }
 }
 
 /// The bound command socket. Dropping it removes the socket file, then the lock file, then
@@ -63,28 +135,49 @@ struct LockFile {
 
 impl LockFile {
     /// Creates (or opens) `path` and takes an exclusive lock on it, without waiting.
+    ///
+    /// A symlink at `path` is never followed (`O_NOFOLLOW`): in a shared directory, another
+    /// user could point it at any file, which the master (often root) would create or lock.
+    /// Anything else that is not a regular file is refused too.
     fn acquire(path: &Path, socket: &Path) -> Result<LockFile, SocketError> {
+        let not_a_file = |found| SocketError::LockNotAFile {
+            path: path.to_path_buf(),
+            found,
+        };
         // Bounded: each round loses only to a master that removed the file between our open
         // and our lock, which happens once per exiting master.
         for _ in 0..5 {
+            // O_NONBLOCK: opening a fifo planted there would otherwise wait for a reader. It
+            // changes nothing for a regular file (the flock below does not wait either).
             let file = OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
                 .open(path)
-                .map_err(|source| SocketError::LockFile {
-                    path: path.to_path_buf(),
-                    source,
+                .map_err(|source| {
+                    // A symlink fails with ELOOP, a fifo with ENXIO: say what is there.
+                    match Found::at(path).ok() {
+                        Some(found) if found.kind != FileKind::File => not_a_file(found),
+                        found => SocketError::LockFile {
+                            path: path.to_path_buf(),
+                            found,
+                            source,
+                        },
+                    }
                 })?;
+            match file.metadata() {
+                Ok(meta) if !meta.is_file() => {
+                    return Err(not_a_file(Found::from_metadata(path, &meta)));
+                }
+                _ => {}
+            }
             if let Some(lock) = LockFile::lock_if_current(file, path, socket)? {
                 return Ok(lock);
             }
         }
-        Err(SocketError::Locked {
-            socket: socket.to_path_buf(),
-            lock: path.to_path_buf(),
-        })
+        Err(SocketError::locked(socket, path))
     }
 
     /// Locks `file`, opened from `path`; `None` when it is no longer the file at `path` (a
@@ -94,18 +187,14 @@ impl LockFile {
         path: &Path,
         socket: &Path,
     ) -> Result<Option<LockFile>, SocketError> {
-        let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-            SocketError::Locked {
-                socket: socket.to_path_buf(),
-                lock: path.to_path_buf(),
-            }
-        })?;
-        let ours = flock.metadata().ok().map(|m| (m.dev(), m.ino()));
-        let current = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-        Ok((ours.is_some() && ours == current).then(|| LockFile {
+        let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| SocketError::locked(socket, path))?;
+        let lock = LockFile {
             path: path.to_path_buf(),
             _flock: flock,
-        }))
+        };
+        // Not current: dropped, it removes nothing (it is not the file at the path).
+        Ok(lock.is_current().then_some(lock))
     }
 }
 
@@ -114,6 +203,7 @@ impl LockFile {
     /// removed it, or put another file there).
     fn is_current(&self) -> bool {
         let ours = self._flock.metadata().ok().map(|m| (m.dev(), m.ino()));
+        // lstat: a symlink swapped in since is not our file either.
         let current = std::fs::symlink_metadata(&self.path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
@@ -150,25 +240,25 @@ impl CommandSocket {
                 tracing::info!("removing stale command socket {}", path.display());
                 std::fs::remove_file(path).map_err(|e| io("remove stale", e))?;
             }
-            Ok(_) => return Err(SocketError::NotASocket(path.to_path_buf())),
+            Ok(meta) => {
+                return Err(SocketError::NotASocket {
+                    path: path.to_path_buf(),
+                    found: Found::from_metadata(path, &meta),
+                });
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("inspect", e)),
         }
         // Bound in a private directory (mode 0700) beside the path, made 0600, and renamed
         // into place once listening: the path only ever names a socket that accepts, and no
         // one else can connect in between. The process-wide umask is left alone: the
-        // application embedding the master may be creating files on other threads.
-        let mut dir = path.as_os_str().to_owned();
-        dir.push(format!(".{}", std::process::id()));
-        let dir = PathBuf::from(dir);
-        let tmp = dir.join("s");
-        // A previous run with this pid that died in between.
-        let _ = std::fs::remove_file(&tmp);
-        let _ = std::fs::remove_dir(&dir);
-        DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
+        // application embedding the master may be creating files on other threads. The
+        // directory's name is unpredictable and mkdir never follows a symlink, so nothing
+        // planted beside the path is used. The rename replaces the path itself, never a
+        // symlink's target (one planted after the check above).
+        let (dir, ()) = create_unique(path, "", |dir| DirBuilder::new().mode(0o700).create(dir))
             .map_err(|e| io("create a private directory for", e))?;
+        let tmp = dir.join("s");
         let placed = UnixListener::bind(&tmp)
             .map_err(|e| io("bind", e))
             .and_then(|listener| {
@@ -300,7 +390,148 @@ impl Drop for CommandSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::tests::{
+        assert_names_other_owner, assert_untouched, plant_as_other_user, victims,
+    };
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_symlink_at_the_lock_path_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.sock.lock");
+        for target in [&secret, &dangling] {
+            std::os::unix::fs::symlink(target, &lock).unwrap();
+            let planted = plant_as_other_user(&lock);
+            let err = CommandSocket::open(&path, &lock).unwrap_err();
+            assert!(matches!(err, SocketError::LockNotAFile { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "lock file {} is a symlink to {} owned by ",
+                    lock.display(),
+                    target.display()
+                )),
+                "{text}"
+            );
+            assert_names_other_owner(&text, planted);
+            assert_untouched(&secret, &dangling);
+            assert_eq!(&std::fs::read_link(&lock).unwrap(), target, "left in place");
+            assert!(std::fs::symlink_metadata(&path).is_err(), "no socket made");
+            std::fs::remove_file(&lock).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_fifo_at_the_lock_path_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("m.lock");
+        nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = CommandSocket::open(&dir.path().join("m.sock"), &lock).unwrap_err();
+        assert!(matches!(err, SocketError::LockNotAFile { .. }), "{err}");
+        assert!(err.to_string().contains("is a fifo owned by "), "{err}");
+        assert!(
+            std::fs::symlink_metadata(&lock)
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+    }
+
+    #[test]
+    fn a_symlink_or_file_at_the_socket_path_is_refused_naming_it_and_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.sock.lock");
+        // A symlink to a live socket too: the master must not remove or replace it.
+        let live_path = dir.path().join("live.sock");
+        let _live = UnixListener::bind(&live_path).unwrap();
+        for target in [&secret, &dangling, &live_path] {
+            std::os::unix::fs::symlink(target, &path).unwrap();
+            let planted = plant_as_other_user(&path);
+            let err = CommandSocket::open(&path, &lock).unwrap_err();
+            assert!(matches!(err, SocketError::NotASocket { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "command socket path {} is a symlink to {} owned by ",
+                    path.display(),
+                    target.display()
+                )),
+                "{text}"
+            );
+            assert_names_other_owner(&text, planted);
+            assert_untouched(&secret, &dangling);
+            assert_eq!(&std::fs::read_link(&path).unwrap(), target, "left in place");
+            assert!(!lock.exists(), "the lock file is removed on failure");
+            std::fs::remove_file(&path).unwrap();
+        }
+        UnixStream::connect(&live_path).unwrap();
+        // A regular file and a directory, planted by another user.
+        std::fs::write(&path, "data").unwrap();
+        let planted = plant_as_other_user(&path);
+        let text = CommandSocket::open(&path, &lock).unwrap_err().to_string();
+        assert!(
+            text.starts_with(&format!(
+                "command socket path {} is a regular file owned by ",
+                path.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("mode 0644, not a socket; not removing it"),
+            "{text}"
+        );
+        assert_names_other_owner(&text, planted);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let text = CommandSocket::open(&path, &lock).unwrap_err().to_string();
+        assert!(text.contains("is a directory owned by "), "{text}");
+    }
+
+    #[test]
+    fn a_held_lock_names_its_files_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let lock = dir.path().join("m.sock.lock");
+        let _first = CommandSocket::open(&path, &lock).unwrap();
+        let planted = plant_as_other_user(&lock);
+        let text = CommandSocket::open(&path, &lock).unwrap_err().to_string();
+        assert!(
+            text.starts_with(&format!(
+                "another master is running on {} (lock {}, owned by ",
+                path.display(),
+                lock.display()
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with(", is held)"), "{text}");
+        assert_names_other_owner(&text, planted);
+    }
+
+    #[test]
+    fn symlinks_planted_beside_the_socket_are_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, dangling) = victims(dir.path());
+        let target_dir = dir.path().join("elsewhere");
+        std::fs::create_dir(&target_dir).unwrap();
+        std::fs::write(target_dir.join("s"), "keep").unwrap();
+        let path = dir.path().join("m.sock");
+        // The old predictable private directory name, pointing at another directory.
+        let old = dir.path().join(format!("m.sock.{}", std::process::id()));
+        std::os::unix::fs::symlink(&target_dir, &old).unwrap();
+        plant_as_other_user(&old);
+        let socket = CommandSocket::open(&path, &dir.path().join("m.lock")).unwrap();
+        UnixStream::connect(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(target_dir.join("s")).unwrap(),
+            "keep"
+        );
+        assert_untouched(&secret, &dangling);
+        drop(socket);
+    }
 
     #[test]
     fn opens_with_mode_0600_leaving_the_umask_and_no_stray_file_and_removes_on_drop() {
@@ -389,7 +620,7 @@ mod tests {
         let path = dir.path().join("m.sock");
         std::fs::write(&path, "data").unwrap();
         let err = CommandSocket::open(&path, &dir.path().join("m.lock")).unwrap_err();
-        assert!(matches!(err, SocketError::NotASocket(_)), "{err}");
+        assert!(matches!(err, SocketError::NotASocket { .. }), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "data");
     }
 }

@@ -6,7 +6,7 @@
 //! use std::time::Duration;
 //! use einhorn_master::client::Client;
 //!
-//! let mut client = Client::connect("/tmp/einhorn.sock")?;
+//! let mut client = Client::connect(einhorn_master::cli::default_socket_path(None))?;
 //! let state = client.state(Duration::from_secs(5))?;
 //! let port = state.listeners[0].addr.rsplit(':').next().unwrap();
 //! let serving = state.workers.iter().filter(|w| w.acked && w.retired.is_none()).count();
