@@ -179,6 +179,12 @@ pub struct MasterArgs {
     #[cfg_attr(feature = "cli", arg(long = "canary", value_name = "N", value_parser = clap::value_parser!(u32).range(1..)))]
     pub canary: Option<u32>,
 
+    /// Responses a canary must have answered by the soak's end for a verdict: fewer roll the
+    /// upgrade back (clients that keep their connections may never reach it); 0 lets a
+    /// canary pass on its exits alone.
+    #[cfg_attr(feature = "cli", arg(long = "canary-min-responses", value_name = "N", default_value_t = crate::machine::CANARY_MIN_RESPONSES))]
+    pub canary_min_responses: u64,
+
     /// How long a canary serves beside the old workers once it has ACKed (with --canary).
     #[cfg_attr(feature = "cli", arg(long = "soak", value_name = "SECONDS", default_value = "10", value_parser = parse_seconds))]
     pub soak: Duration,
@@ -285,6 +291,7 @@ impl MasterArgs {
             idle_timeout: Duration::from_secs(60),
             stderr_tail: 0,
             canary: None,
+            canary_min_responses: crate::machine::CANARY_MIN_RESPONSES,
             soak: Duration::from_secs(10),
             metrics: None,
             keep_orphans: false,

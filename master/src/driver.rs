@@ -158,7 +158,6 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     let absolute = |path: PathBuf| {
         std::path::absolute(&path).map_err(|source| MasterError::Path { path, source })
     };
-    let socket_path = absolute(args.prepare_socket_path()?)?;
     let mut command_socket = match &handover {
         Some(h) => CommandSocket::adopt(
             &h.command_socket.path,
@@ -166,7 +165,12 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
             &h.command_socket.lock_path,
             h.command_socket.lock_fd,
         )?,
-        None => CommandSocket::open(&socket_path, &absolute(args.lockfile())?)?,
+        // The socket path (and its runtime directory) is made only by a master that starts:
+        // one that took over keeps the handed-over socket, wherever it is.
+        None => CommandSocket::open(
+            &absolute(args.prepare_socket_path()?)?,
+            &absolute(args.lockfile())?,
+        )?,
     };
     let socket_path = command_socket.path().to_path_buf();
     let (bound, retired) = bind_listeners(args, handover.as_ref())?;
@@ -235,6 +239,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         max_unacked: args.max_unacked as usize,
         max_upgrade_additional: args.max_upgrade_additional,
         canary: args.canary(),
+        canary_min_responses: args.canary_min_responses,
     };
     let mut machine = match &handover {
         Some(h) => Machine::resume(config, &h.machine, Instant::now())

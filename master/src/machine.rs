@@ -128,6 +128,10 @@ pub struct MachineConfig {
     pub max_upgrade_additional: Option<usize>,
     /// The canary of every upgrade that does not name its own (`--canary N --soak SECS`).
     pub canary: Option<CanaryPlan>,
+    /// Responses the canaries must have answered by the soak's end for a verdict
+    /// (`--canary-min-responses`): fewer roll the upgrade back ("too few to judge"); 0 lets
+    /// a canary pass on its exits alone.
+    pub canary_min_responses: u64,
 }
 
 impl MachineConfig {
@@ -151,6 +155,7 @@ impl MachineConfig {
             max_unacked: 1,
             max_upgrade_additional: None,
             canary: None,
+            canary_min_responses: CANARY_MIN_RESPONSES,
         }
     }
 }
@@ -361,7 +366,9 @@ enum Phase {
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Wait before the first respawn after a failure, when `-s` is shorter.
 pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
-/// A canary generation needs at least this many responses before its 5xx share is compared.
+/// By default, a canary generation needs at least this many responses before its 5xx share
+/// is compared, and by the soak's end for a verdict at all
+/// ([`MachineConfig::canary_min_responses`]).
 pub const CANARY_MIN_RESPONSES: u64 = 20;
 /// A canary generation is rolled back when its share of 5xx responses exceeds the old
 /// generation's (over the soak) by more than this, in points of share (0.05: 5 percentage
@@ -1114,8 +1121,10 @@ impl Machine {
     }
 
     /// During a soak: rolls back when the canaries' 5xx share exceeds the old workers' by
-    /// more than [`CANARY_MAX_5XX_EXCESS`] (with at least [`CANARY_MIN_RESPONSES`]); at the
-    /// soak's end (`end`), lets the upgrade go on otherwise.
+    /// more than [`CANARY_MAX_5XX_EXCESS`] (once they have answered
+    /// [`MachineConfig::canary_min_responses`], or [`CANARY_MIN_RESPONSES`] when that is 0);
+    /// at the soak's end (`end`), rolls back a canary that answered fewer than
+    /// `canary_min_responses` (no evidence is no pass), and lets the upgrade go on otherwise.
     fn judge_canary(&mut self, now: Instant, end: bool) {
         let Some((new, old)) = self.soak_counts() else {
             return;
@@ -1127,8 +1136,25 @@ impl Machine {
                 errors as f64 / total as f64
             }
         };
-        if new.0 >= CANARY_MIN_RESPONSES && share(new) > share(old) + CANARY_MAX_5XX_EXCESS {
+        let needed = self.config.canary_min_responses;
+        let compare_from = if needed == 0 {
+            CANARY_MIN_RESPONSES
+        } else {
+            needed
+        };
+        if new.0 >= compare_from && share(new) > share(old) + CANARY_MAX_5XX_EXCESS {
             self.roll_back(now, Rollback::ServerErrors { new, old });
+            return;
+        }
+        if end && new.0 < needed {
+            self.roll_back(
+                now,
+                Rollback::TooFewResponses {
+                    new: new.0,
+                    old: old.0,
+                    needed,
+                },
+            );
             return;
         }
         if end {

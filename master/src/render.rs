@@ -165,14 +165,9 @@ pub fn text(message: &Message) -> String {
         ),
         Message::CanaryPassed { new, old } if new.0 < crate::machine::CANARY_MIN_RESPONSES => {
             format!(
-                "Canary passed on its exits alone: new workers {} 5xx of {} responses (fewer than {} \
-                 reported: too few to judge; soak longer, or is traffic reaching them?), old workers \
-                 {} of {}; upgrading the rest",
-                new.1,
-                new.0,
-                crate::machine::CANARY_MIN_RESPONSES,
-                old.1,
-                old.0
+                "Canary passed on its exits alone (--canary-min-responses 0): new workers {} 5xx \
+                 of {} responses, old workers {} of {}; upgrading the rest",
+                new.1, new.0, old.1, old.0
             )
         }
         Message::CanaryPassed { new, old } => format!(
@@ -262,6 +257,10 @@ pub fn rollback_text(why: &Rollback) -> String {
         Rollback::Exited { pid, status } => {
             format!("new worker {pid} exited ({status}) during the canary")
         }
+        Rollback::TooFewResponses { new, old, needed } => format!(
+            "too few responses reached the canary to judge: {new} of {} during the soak (old workers {old}), at least {needed} needed: are clients keeping their connections to the old workers? (soak longer, or --canary-min-responses 0 to pass on exits alone)",
+            new + old
+        ),
         Rollback::ServerErrors { new, old } => format!(
             "new workers answered {} 5xx of {} responses ({:.1}%), old workers {} of {} ({:.1}%) during the soak",
             new.1,

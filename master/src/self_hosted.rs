@@ -85,6 +85,7 @@ pub struct SelfHosted {
     signal_timeout: Option<Duration>,
     kill_children_on_exit: bool,
     canary: Option<crate::command::CanaryPlan>,
+    canary_min_responses: u64,
     metrics: Option<std::net::SocketAddr>,
     stderr_tail: usize,
     program: Option<PathBuf>,
@@ -179,6 +180,7 @@ impl SelfHosted {
             signal_timeout: None,
             kill_children_on_exit: true,
             canary: None,
+            canary_min_responses: crate::machine::CANARY_MIN_RESPONSES,
             metrics: None,
             stderr_tail: DEFAULT_STDERR_TAIL,
             program: None,
@@ -282,6 +284,23 @@ impl SelfHosted {
             workers,
             soak: crate::seconds::bounded(soak),
         });
+        self
+    }
+
+    /// Responses a canary must have answered by the end of its soak for a verdict (default
+    /// [`CANARY_MIN_RESPONSES`](crate::machine::CANARY_MIN_RESPONSES)): fewer roll the upgrade
+    /// back, since a canary no client reached proves nothing; 0 lets it pass on its exits
+    /// alone (einhorn-master's `--canary-min-responses`).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let master = einhorn_master::self_hosted::SelfHosted::new()
+    ///     .canary(1, Duration::from_secs(30))
+    ///     .canary_min_responses(100);
+    /// # let _ = master;
+    /// ```
+    pub fn canary_min_responses(mut self, responses: u64) -> SelfHosted {
+        self.canary_min_responses = responses;
         self
     }
 
@@ -435,6 +454,7 @@ impl SelfHosted {
             args.canary = Some(u32::try_from(plan.workers.max(1)).unwrap_or(u32::MAX));
             args.soak = plan.soak;
         }
+        args.canary_min_responses = self.canary_min_responses;
         args.metrics = self.metrics;
         args.stderr_tail = self.stderr_tail;
         args.command = std::iter::once(program.into_os_string())

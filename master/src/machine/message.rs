@@ -121,6 +121,16 @@ pub enum Rollback {
         /// The old workers' responses and 5xx since the soak began.
         old: (u64, u64),
     },
+    /// The soak ended with fewer responses from the new workers than a verdict needs: no
+    /// evidence is no pass (clients that keep their connections may never reach them).
+    TooFewResponses {
+        /// The new workers' responses.
+        new: u64,
+        /// The old workers' responses since the soak began.
+        old: u64,
+        /// The responses a verdict needs (`--canary-min-responses`).
+        needed: u64,
+    },
 }
 
 /// Which command changed the target number of workers.

@@ -72,10 +72,16 @@ impl Sim {
             Event::Request { command, .. } => matches!(command, Command::Die(_)),
             _ => false,
         };
-        let rollbacks = self.m.snapshot(self.now).last_rollback;
+        let rollbacks = |m: &Machine| {
+            m.logs
+                .iter()
+                .filter(|log| matches!(log.message, Message::RolledBack { .. }))
+                .count()
+        };
+        let before = rollbacks(&self.m);
         let out = self.feed_unchecked(event.clone());
         // A rollback stops serving canaries by design, as long as others serve.
-        let rolled_back = self.m.snapshot(self.now).last_rollback != rollbacks;
+        let rolled_back = rollbacks(&self.m) > before;
         if !stops && !self.m.is_stopping() {
             let floor = if rolled_back {
                 serving_before.len().min(1)
@@ -1598,7 +1604,74 @@ fn a_canary_answering_too_many_5xx_is_rolled_back_within_the_soak() {
     assert_eq!(state.serving_pids().len(), 2);
 }
 
-// ----- random sequences -----
+#[test]
+fn a_canary_no_client_reached_is_rolled_back_at_the_soak_end() {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: canary(1, 5.0),
+        },
+    );
+    let canary_pid = sim.pids(1)[0];
+    sim.ack(canary_pid);
+    // The old workers keep every client (a balancer's pool); the canary sees 3 requests.
+    stats(&mut sim, old[0], [0, 300, 0, 0, 0]);
+    stats(&mut sim, canary_pid, [0, 3, 0, 0, 0]);
+    assert!(sim.m.is_upgrading());
+    let actions = sim.advance(secs(5.1));
+    assert_eq!(signals(&actions), vec![(canary_pid, Signal::SIGUSR2)]);
+    let last = replies(&actions, 1);
+    let last = last.last().unwrap();
+    assert!(last.error, "{last:?}");
+    assert_eq!(
+        last.message,
+        "rolled back: too few responses reached the canary to judge: 3 of 303 during the soak \
+         (old workers 300), at least 20 needed: are clients keeping their connections to the old \
+         workers? (soak longer, or --canary-min-responses 0 to pass on exits alone)"
+    );
+    assert_eq!(sim.serving(), old.iter().copied().collect());
+    assert!(!sim.m.is_upgrading());
+}
+
+#[test]
+fn with_no_minimum_a_canary_passes_on_its_exits_alone_and_a_higher_one_is_needed_to_compare() {
+    for (needed, responses, passes) in [(0, 0, true), (100, 50, false), (100, 100, true)] {
+        let mut sim = Sim::new(MachineConfig {
+            ack_mode: AckMode::Manual,
+            canary_min_responses: needed,
+            ..MachineConfig::new(2)
+        });
+        let old = sim.start();
+        for &pid in &old {
+            sim.ack(pid);
+        }
+        sim.command(
+            1,
+            Command::Upgrade {
+                fleet: false,
+                canary: canary(1, 5.0),
+            },
+        );
+        let canary_pid = sim.pids(1)[0];
+        sim.ack(canary_pid);
+        if responses > 0 {
+            stats(&mut sim, canary_pid, [0, responses, 0, 0, 0]);
+        }
+        let actions = sim.advance(secs(5.1));
+        let said: Vec<String> = replies(&actions, 1).into_iter().map(|r| r.message).collect();
+        let passed = said.iter().any(|m| m.starts_with("Canary passed"));
+        let too_few = said.iter().any(|m| m.contains("too few responses"));
+        assert_eq!(
+            (passed, too_few),
+            (passes, !passes),
+            "{needed} needed, {responses} answered: {said:?}"
+        );
+    }
+}
+
+// ----- random sequences -----// ----- random sequences -----
 
 /// A tiny deterministic generator (xorshift), so failures reproduce.
 struct Rng(u64);
