@@ -89,7 +89,8 @@ fn old_workers_serve_on(master: &Master, old: &[i32]) {
 
 #[test]
 fn a_warm_up_that_fails_or_outlasts_its_timeout_fails_the_upgrade_and_the_old_workers_serve_on() {
-    let (master, program, _scripts) = start(&["--upgrade-timeout", "3"]);
+    // The default upgrade timeout (60 s): three failed starts in a row fail it within seconds.
+    let (master, program, _scripts) = start(&[]);
     let old = master.state().serving_pids();
     let load = load_on(&master);
 
@@ -104,8 +105,15 @@ fn a_warm_up_that_fails_or_outlasts_its_timeout_fails_the_upgrade_and_the_old_wo
         ),
     ] {
         deploy(&program, flags);
+        let started = std::time::Instant::now();
         let (status, out) = ctl(&master.socket, &["upgrade"]);
+        let took = started.elapsed();
         assert_ne!(status, 0, "the upgrade to {flags} must fail:\n{out}");
+        assert!(
+            out.contains("3 new workers in a row exited before their ACK"),
+            "{out}"
+        );
+        assert!(took < Duration::from_secs(10), "ctl took {took:?}: {out}");
         master.wait_for_line(error);
         old_workers_serve_on(&master, &old);
     }

@@ -53,7 +53,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-pub use self::message::{CountChange, ExitNote, Level, Log, Message, Response, Rollback, Sent};
+pub use self::message::{
+    CountChange, ExitNote, Level, Log, Message, Response, Rollback, Sent, UpgradeFailure,
+};
 pub use self::snapshot::{
     MachineSnapshot, ReexecSnapshot, SnapshotError, SubscriberSnapshot, UpgradeSnapshot,
     WorkerSnapshot,
@@ -353,6 +355,9 @@ struct Upgrade {
     /// Start of the upgrade, or the last new ACK.
     progress_at: Instant,
     subscribers: Vec<Subscriber>,
+    /// New workers that exited before their ACK since the last new ACK: at
+    /// [`UPGRADE_MAX_FAILED_STARTS`] the upgrade fails.
+    failed_starts: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,6 +375,11 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
 /// is compared, and by the soak's end for a verdict at all
 /// ([`MachineConfig::canary_min_responses`]).
 pub const CANARY_MIN_RESPONSES: u64 = 20;
+/// An upgrade fails once this many of its new workers in a row exit before their ACK (a
+/// warm-up that fails, a build that crashes at start): the old workers serve on, and the
+/// operator hears of it in seconds rather than at the upgrade timeout.
+pub const UPGRADE_MAX_FAILED_STARTS: u32 = 3;
+
 /// A canary generation is rolled back when its share of 5xx responses exceeds the old
 /// generation's (over the soak) by more than this, in points of share (0.05: 5 percentage
 /// points, e.g. 6% against 0.5%).
@@ -666,6 +676,11 @@ impl Machine {
             (Some(_), _) => ExitNote::Retired,
             (None, None) => {
                 self.failed(now);
+                if let Some(up) = &mut self.upgrade
+                    && worker.version > up.base
+                {
+                    up.failed_starts += 1;
+                }
                 ExitNote::BeforeAck {
                     failures: self.failures,
                 }
@@ -698,6 +713,17 @@ impl Machine {
         if canary_died {
             let status = status.to_string();
             self.roll_back(now, Rollback::Exited { pid, status });
+        } else if self
+            .upgrade
+            .as_ref()
+            .is_some_and(|up| up.failed_starts >= UPGRADE_MAX_FAILED_STARTS)
+        {
+            let cause = UpgradeFailure::FailedStarts {
+                starts: UPGRADE_MAX_FAILED_STARTS,
+                pid,
+                status: status.to_string(),
+            };
+            self.fail_upgrade(now, cause);
         }
     }
 
@@ -888,6 +914,7 @@ impl Machine {
         match &mut self.upgrade {
             Some(up) if counts => {
                 up.progress_at = now;
+                up.failed_starts = 0;
                 let acked = self.acked_count();
                 self.progress(Message::AckProgress {
                     pid,
@@ -1050,6 +1077,7 @@ impl Machine {
                     base: self.base,
                     progress_at: now,
                     subscribers: requesters,
+                    failed_starts: 0,
                 });
                 self.progress(Message::UpgradeStarting {
                     fleet,
@@ -1366,10 +1394,17 @@ impl Machine {
     fn check_upgrade_timeout(&mut self, now: Instant) {
         let timeout = self.config.upgrade_timeout;
         let due = matches!(&self.upgrade, Some(up) if now >= up.progress_at + timeout);
-        if !due {
-            return;
+        if due {
+            self.fail_upgrade(now, UpgradeFailure::Timeout(timeout));
         }
-        let up = self.upgrade.take().expect("checked above");
+    }
+
+    /// Ends the upgrade in progress in an error: its unACKed workers are retired, and
+    /// whatever serves is the pool now.
+    fn fail_upgrade(&mut self, now: Instant, cause: UpgradeFailure) {
+        let Some(up) = self.upgrade.take() else {
+            return;
+        };
         // Every unACKed worker this upgrade started (a restarted upgrade included) is retired.
         let unacked: Vec<usize> = (0..self.workers.len())
             .filter(|&i| {
@@ -1383,7 +1418,7 @@ impl Machine {
         self.base = up.base;
         let serving = self.workers.iter().filter(|w| w.retired.is_none()).count();
         let message = Message::UpgradeFailed {
-            timeout,
+            cause,
             serving,
             signaled,
         };

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::command::{COMMANDS, CommandError, DecodeError, signal_name};
-use crate::machine::{CountChange, ExitNote, Message, Response, Rollback, Sent};
+use crate::machine::{CountChange, ExitNote, Message, Response, Rollback, Sent, UpgradeFailure};
 use crate::state::{ConfigState, MasterState};
 use crate::wire::Reply;
 
@@ -180,12 +180,18 @@ pub fn text(message: &Message) -> String {
         Message::Upgraded { version } => format!("Upgraded successfully to version {version}."),
         Message::UpgradeDone => "Upgrade done".to_string(),
         Message::UpgradeFailed {
-            timeout,
+            cause,
             serving,
             signaled,
         } => format!(
-            "Upgrade failed: no new worker ACKed within {}s; {serving} workers keep serving, {} unACKed new workers were sent USR2 {signaled:?}",
-            timeout.as_secs_f64(),
+            "Upgrade failed: {}; {serving} workers keep serving, {} unACKed new workers were sent USR2 {signaled:?}",
+            match cause {
+                UpgradeFailure::Timeout(timeout) =>
+                    format!("no new worker ACKed within {}s", timeout.as_secs_f64()),
+                UpgradeFailure::FailedStarts { starts, pid, status } => format!(
+                    "{starts} new workers in a row exited before their ACK (the last, {pid}: {status})"
+                ),
+            },
             signaled.len(),
         ),
         Message::UpgradeAborted { quitting } => format!(
@@ -434,7 +440,7 @@ mod tests {
             ),
             (
                 Message::UpgradeFailed {
-                    timeout: Duration::from_secs(1),
+                    cause: UpgradeFailure::Timeout(Duration::from_secs(1)),
                     serving: 2,
                     signaled: vec![5],
                 },

@@ -133,6 +133,22 @@ pub enum Rollback {
     },
 }
 
+/// Why an upgrade failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpgradeFailure {
+    /// No new worker ACKed within this long (`--upgrade-timeout`).
+    Timeout(Duration),
+    /// This many new workers in a row exited before their ACK.
+    FailedStarts {
+        /// How many.
+        starts: u32,
+        /// The last one.
+        pid: Pid,
+        /// How it ended.
+        status: String,
+    },
+}
+
 /// Which command changed the target number of workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CountChange {
@@ -331,8 +347,8 @@ pub enum Message {
     UpgradeDone,
     /// No new worker ACKed within the upgrade timeout.
     UpgradeFailed {
-        /// The timeout.
-        timeout: Duration,
+        /// Why.
+        cause: UpgradeFailure,
         /// Workers that keep serving.
         serving: usize,
         /// UnACKed new workers, sent SIGUSR2.

@@ -122,6 +122,9 @@ pub struct UpgradeSnapshot {
     /// Its canary, until passed.
     #[serde(default)]
     pub canary: Option<CanarySnapshot>,
+    /// New workers that exited before their ACK since the last new ACK.
+    #[serde(default)]
+    pub failed_starts: u32,
 }
 
 /// What a re-exec is for.
@@ -252,6 +255,7 @@ impl Machine {
                     soak: c.plan.soak.as_secs_f64(),
                     soaking: c.soaking.map(|(at, old)| (ago(now, at), old)),
                 }),
+                failed_starts: up.failed_starts,
             }),
             reexec: self.reexec.as_ref().map(|r| ReexecSnapshot {
                 upgrade: r.upgrade.map(|o| o.fleet),
@@ -336,6 +340,7 @@ impl Machine {
                 base: up.base,
                 progress_at: at(now, "upgrade progress", up.progress_ago)?,
                 subscribers: subscribers(&up.subscribers),
+                failed_starts: up.failed_starts,
             }),
             None => None,
         };

@@ -735,7 +735,7 @@ fn each_new_ack_restarts_the_upgrade_timeout() {
 }
 
 #[test]
-fn new_workers_crashing_before_ack_are_respawned_with_backoff_during_upgrade() {
+fn new_workers_crashing_before_ack_are_respawned_with_backoff_then_fail_the_upgrade() {
     let mut sim = Sim::new(MachineConfig {
         ack_mode: AckMode::Manual,
         upgrade_timeout: secs(3600.0),
@@ -751,7 +751,7 @@ fn new_workers_crashing_before_ack_are_respawned_with_backoff_during_upgrade() {
         },
     );
     let mut delays = Vec::new();
-    for _ in 0..12 {
+    for _ in 1..UPGRADE_MAX_FAILED_STARTS {
         let pid = sim.pids(1)[0];
         sim.exit(pid);
         let wait = sim.m.next_deadline().unwrap() - sim.now;
@@ -759,12 +759,61 @@ fn new_workers_crashing_before_ack_are_respawned_with_backoff_during_upgrade() {
         let actions = sim.advance(wait);
         assert_eq!(spawns(&actions), 1);
     }
-    assert!(
-        (delays[0] - 1.0).abs() < 1e-6 && (delays[1] - 1.5).abs() < 1e-6,
-        "{delays:?}"
+    assert_eq!(delays, [1.0, 1.5]);
+    // The third in a row fails the upgrade at once, not at the upgrade timeout (an hour).
+    let last = sim.pids(1)[0];
+    let actions = sim.exit(last);
+    let said = replies(&actions, 1);
+    let said = said.last().unwrap();
+    assert!(said.error, "{said:?}");
+    assert_eq!(
+        said.message,
+        format!(
+            "Upgrade failed: 3 new workers in a row exited before their ACK (the last, {last}: \
+             exit status 0); 1 workers keep serving, 0 unACKed new workers were sent USR2 []"
+        )
     );
-    assert!(delays.windows(2).all(|w| w[1] >= w[0]));
-    assert!((delays[11] - 30.0).abs() < 1e-6, "{delays:?}");
+    assert!(!sim.m.is_upgrading());
+    assert_eq!(sim.serving(), old.iter().copied().collect());
+    assert_eq!(
+        spawns(&sim.advance(secs(120.0))),
+        0,
+        "no new build started again"
+    );
+}
+
+#[test]
+fn a_new_ack_between_failed_starts_starts_the_count_again() {
+    let mut sim = Sim::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        upgrade_timeout: secs(3600.0),
+        ..MachineConfig::new(3)
+    });
+    let old = sim.start();
+    for &pid in &old {
+        sim.ack(pid);
+    }
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
+    // Two fail, one ACKs, two fail again: still upgrading (never three in a row).
+    for round in 0..2 {
+        for _ in 0..2 {
+            let pid = sim.pids(1).into_iter().find(|p| !old.contains(p)).unwrap();
+            sim.exit(pid);
+            let wait = sim.m.next_deadline().unwrap() - sim.now;
+            sim.advance(wait);
+        }
+        if round == 0 {
+            let pid = sim.pids(1).into_iter().find(|p| !old.contains(p)).unwrap();
+            sim.ack(pid);
+        }
+    }
+    assert!(sim.m.is_upgrading());
 }
 
 // ----- crashes and backoff -----
@@ -1660,7 +1709,10 @@ fn with_no_minimum_a_canary_passes_on_its_exits_alone_and_a_higher_one_is_needed
             stats(&mut sim, canary_pid, [0, responses, 0, 0, 0]);
         }
         let actions = sim.advance(secs(5.1));
-        let said: Vec<String> = replies(&actions, 1).into_iter().map(|r| r.message).collect();
+        let said: Vec<String> = replies(&actions, 1)
+            .into_iter()
+            .map(|r| r.message)
+            .collect();
         let passed = said.iter().any(|m| m.starts_with("Canary passed"));
         let too_few = said.iter().any(|m| m.contains("too few responses"));
         assert_eq!(
