@@ -23,8 +23,8 @@ use crate::command::decode;
 pub use crate::conn::MAX_REQUEST_LINE;
 use crate::conn::{ConnLimits, Connections, Detached, Incoming, sleep_until};
 use crate::handover::{
-    CommandSocketHandover, ConnectionHandover, Handover, HandoverError, ListenerHandover,
-    MetricsListenerHandover, QueuedHandover, RetiredListener, StderrHandover,
+    BuildHandover, CommandSocketHandover, ConnectionHandover, Handover, HandoverError,
+    ListenerHandover, MetricsListenerHandover, QueuedHandover, RetiredListener, StderrHandover,
 };
 use crate::held_signals::{HeldStops, ProgramCheck};
 use crate::machine::{
@@ -514,6 +514,8 @@ struct Driver<'a> {
     signals: SignalStreams,
     /// The `--metrics` endpoint, once served.
     metrics: Option<crate::metrics_http::MetricsServer>,
+    /// Each version's build, held open.
+    builds: crate::builds::Builds,
 }
 
 /// The master's signal handlers, as streams.
@@ -596,6 +598,7 @@ impl<'a> Driver<'a> {
             requeued: Vec::new(),
             signals,
             metrics: None,
+            builds: Default::default(),
         })
     }
 
@@ -633,6 +636,7 @@ impl<'a> Driver<'a> {
                 }
             }
             self.close_unused_listeners();
+            self.release_unused_builds();
 
             let deadline = self.machine.next_deadline();
             let recheck = self.held.next_check(Instant::now());
@@ -715,9 +719,12 @@ impl<'a> Driver<'a> {
         todo: &mut VecDeque<Action>,
     ) -> Result<Option<i32>, MasterError> {
         match action {
-            Action::Spawn { id, index } => {
+            Action::Spawn { id, index, version } => {
                 let block = self.check.blocks(&self.worker.program);
-                let event = match self.worker.spawn(index, block) {
+                let started = self
+                    .start_from(version)
+                    .and_then(|from| self.worker.spawn(index, block, &from));
+                let event = match started {
                     Ok(started) => {
                         self.spawned_any = true;
                         if block {
@@ -823,6 +830,25 @@ impl<'a> Driver<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// How to start a worker of `version`: from the program's path, or from the build that
+    /// version's first worker ran when the path names another file now (or none).
+    fn start_from(&mut self, version: u64) -> std::io::Result<crate::builds::StartFrom> {
+        let from = match check_program(&self.worker.program) {
+            Ok(found) => self.builds.start_from(version, &found)?,
+            Err(e) => self
+                .builds
+                .held(version)
+                .ok_or_else(|| std::io::Error::other(e.to_string()))?,
+        };
+        if from != crate::builds::StartFrom::Path {
+            tracing::info!(
+                "starting version {version}'s build as held since its first worker ({} names another file now, or none)",
+                self.worker.program.to_string_lossy()
+            );
+        }
+        Ok(from)
     }
 
     /// Starts the new program's check on the state as it is now.
@@ -1036,6 +1062,12 @@ impl<'a> Driver<'a> {
             readiness,
             failure,
             metrics: self.observer.metrics_tally(),
+            builds: self
+                .builds
+                .fds()
+                .into_iter()
+                .map(|(version, fd)| BuildHandover { version, fd })
+                .collect(),
             metrics_listener: self.metrics.as_ref().map(|m| MetricsListenerHandover {
                 addr: m.addr(),
                 fd: m.fd(),
@@ -1047,6 +1079,9 @@ impl<'a> Driver<'a> {
     /// Takes over what the master before the exec handed over: its connections and its
     /// workers' stderr pipes, and what systemd was told.
     fn adopt(&mut self, handover: Handover) {
+        let builds: Vec<(u64, i32)> = handover.builds.iter().map(|b| (b.version, b.fd)).collect();
+        // SAFETY: handed over to this process to be taken, once.
+        unsafe { self.builds.adopt(&builds) };
         for c in handover.connections {
             // SAFETY: handed over to this process to be taken, once.
             let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(c.fd) };
@@ -1101,6 +1136,16 @@ impl<'a> Driver<'a> {
 
     fn conns_count(&self) -> usize {
         self.conns.open_count()
+    }
+
+    /// Lets go of the builds no worker runs and no later worker will: those of versions
+    /// with no worker, but the newest and the pinned one.
+    fn release_unused_builds(&mut self) {
+        let running: std::collections::BTreeSet<u64> =
+            self.machine.workers().map(|w| w.version).collect();
+        let (newest, pinned) = (self.machine.version(), self.machine.pinned());
+        self.builds
+            .retain(|v| running.contains(&v) || v == newest || Some(v) == pinned);
     }
 
     /// Closes the retired listening sockets that no worker uses any more.

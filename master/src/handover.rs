@@ -69,11 +69,23 @@ pub struct Handover {
     /// closed and bound again, its port could be taken in between.
     #[serde(default)]
     pub metrics_listener: Option<MetricsListenerHandover>,
+    /// Each version's build, held open (see [`crate::builds`]).
+    #[serde(default)]
+    pub builds: Vec<BuildHandover>,
     /// Set only in the state given to a preflight check: the check prints it after
     /// [`HANDSHAKE`](crate::reexec::HANDSHAKE) when it passes, which only a program that read
     /// this state can do.
     #[serde(default)]
     pub check_nonce: Option<String>,
+}
+
+/// A version's build, held open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildHandover {
+    /// The version.
+    pub version: u64,
+    /// The `O_PATH` fd.
+    pub fd: i32,
 }
 
 /// The metrics endpoint's listening socket.
@@ -228,6 +240,7 @@ impl Handover {
         fds.extend(self.connections.iter().map(|c| c.fd));
         fds.extend(self.stderr.iter().map(|s| s.fd));
         fds.extend(self.metrics_listener.iter().map(|m| m.fd));
+        fds.extend(self.builds.iter().map(|b| b.fd));
         fds
     }
 }

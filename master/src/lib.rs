@@ -106,13 +106,15 @@
 //! `Tail`, [`held_signals`]' parsers. I/O: [`driver`] (the event loop), [`conn`]
 //! (command-socket connections and their limits), [`observer`] (stderr tails of failed
 //! workers, systemd notifications), [`metrics_http`] (the bounded `/metrics` endpoint),
-//! [`reexec`] (the check and the exec), [`spawn`], [`socket`], [`runtime_dir`], [`pidfile`],
+//! [`reexec`] (the check and the exec), [`spawn`], [`builds`] (each version's build, held
+//! open), [`socket`], [`runtime_dir`], [`pidfile`],
 //! [`files`], [`holders`], [`client`], [`ctl`], [`log_level`], [`self_hosted`] (the master
 //! inside the application), [`metrics`] (the metrics' names and what the machine did, as
 //! metrics).
 //! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
 
 pub mod bind;
+pub mod builds;
 pub mod cli;
 pub mod client;
 pub mod command;

@@ -42,7 +42,7 @@
 //! });
 //! let now = Instant::now();
 //! let actions = machine.handle(now, Event::Start);
-//! assert_eq!(actions, vec![Action::Spawn { id: SpawnId(0), index: 0 }]);
+//! assert_eq!(actions, vec![Action::Spawn { id: SpawnId(0), index: 0, version: 0 }]);
 //! assert!(machine.handle(now, Event::Spawned { id: SpawnId(0), pid: 100 }).is_empty());
 //! ```
 
@@ -237,6 +237,10 @@ pub enum Action {
         id: SpawnId,
         /// The worker's index.
         index: usize,
+        /// The worker's version: the build to start is the one this version's first worker
+        /// ran (after a failed upgrade, the last good one), not whatever is at the program's
+        /// path now.
+        version: u64,
     },
     /// Send `signal` to `pid`.
     Signal {
@@ -355,6 +359,9 @@ struct Upgrade {
     /// Start of the upgrade, or the last new ACK.
     progress_at: Instant,
     subscribers: Vec<Subscriber>,
+    /// The version serving before it (the last good build): what later workers run if it
+    /// fails.
+    good: u64,
     /// New workers that exited before their ACK since the last new ACK: at
     /// [`UPGRADE_MAX_FAILED_STARTS`] the upgrade fails.
     failed_starts: u32,
@@ -423,6 +430,9 @@ pub struct Machine {
     generations: std::collections::BTreeMap<u64, [u64; 5]>,
     /// Why the last canary upgrade was rolled back.
     last_rollback: Option<Rollback>,
+    /// After an upgrade failed or was rolled back: the last good version, whose build every
+    /// later worker runs until an upgrade succeeds.
+    pinned: Option<u64>,
     phase: Phase,
     started: bool,
     actions: Vec<Action>,
@@ -449,6 +459,7 @@ impl Machine {
             warned_ack_mode: false,
             generations: Default::default(),
             last_rollback: None,
+            pinned: None,
             phase: Phase::Running,
             started: false,
             actions: Vec::new(),
@@ -1077,6 +1088,7 @@ impl Machine {
                     base: self.base,
                     progress_at: now,
                     subscribers: requesters,
+                    good: self.pinned.unwrap_or(self.version),
                     failed_starts: 0,
                 });
                 self.progress(Message::UpgradeStarting {
@@ -1241,6 +1253,7 @@ impl Machine {
             .collect();
         self.retire(now, &new, Signal::SIGUSR2);
         self.base = up.base;
+        self.pin(up.good);
         let message = Message::RolledBack { why: why.clone() };
         self.log(Level::Error, message.clone());
         self.last_rollback = Some(why);
@@ -1416,6 +1429,7 @@ impl Machine {
         // Whatever still serves is the pool now: no more old workers to replace. Each keeps its
         // own version; the base goes back, so the old ones count as current again.
         self.base = up.base;
+        self.pin(up.good);
         let serving = self.workers.iter().filter(|w| w.retired.is_none()).count();
         let message = Message::UpgradeFailed {
             cause,
@@ -1476,6 +1490,7 @@ impl Machine {
                     version: self.version,
                 },
             );
+            self.pinned = None;
             self.finish(up, Response::last(Message::UpgradeDone, None));
         }
         let mut current: Vec<usize> = (0..self.workers.len())
@@ -1576,11 +1591,16 @@ impl Machine {
         while self.workers.iter().any(|w| w.index == index) {
             index += 1;
         }
+        // Outside an upgrade, a worker replaced after a failed one runs the last good build.
+        let version = match (&self.upgrade, self.pinned) {
+            (None, Some(good)) => good,
+            _ => self.version,
+        };
         self.workers.push(Worker {
             spawn: id,
             pid: None,
             index,
-            version: self.version,
+            version,
             spawned_at: now,
             acked_at: None,
             retired: None,
@@ -1589,7 +1609,7 @@ impl Machine {
             responses: [0; 5],
         });
         self.last_spawn = Some(now);
-        self.actions.push(Action::Spawn { id, index });
+        self.actions.push(Action::Spawn { id, index, version });
     }
 
     // ----- helpers -----
@@ -1675,6 +1695,18 @@ impl Machine {
     }
 
     /// Sends an upgrade's final reply to each of its subscribers.
+    /// After a failed upgrade, the last good version, whose build workers started outside
+    /// an upgrade run until an upgrade succeeds.
+    pub fn pinned(&self) -> Option<u64> {
+        self.pinned
+    }
+
+    /// From now on, workers started outside an upgrade run version `good`'s build.
+    fn pin(&mut self, good: u64) {
+        self.pinned = Some(good);
+        self.log(Level::Warn, Message::Pinned { version: good });
+    }
+
     fn finish(&mut self, up: Upgrade, last: Response) {
         for (conn, id) in up.subscribers {
             self.actions.push(Action::Reply {
@@ -1721,6 +1753,7 @@ impl Machine {
                 .last_rollback
                 .as_ref()
                 .map(|why| format!("rolled back: {}", crate::render::rollback_text(why))),
+            pinned_version: self.pinned,
             generations: self
                 .generations
                 .iter()

@@ -194,6 +194,9 @@ pub fn text(message: &Message) -> String {
             },
             signaled.len(),
         ),
+        Message::Pinned { version } => format!(
+            "workers started from now on run version {version}'s build (the last good one), whatever is at the program's path, until an upgrade succeeds"
+        ),
         Message::UpgradeAborted { quitting } => format!(
             "Upgrade aborted: the master is {}",
             if *quitting { "quitting" } else { "stopping" }

@@ -118,8 +118,25 @@ impl WorkerCommand {
     ///
     /// # Errors
     /// The OS error when the program cannot be started (not found, not executable, ...).
-    pub fn spawn(&self, index: usize, block_stop_signals: bool) -> std::io::Result<Started> {
-        let mut command = Command::new(&self.program);
+    pub fn spawn(
+        &self,
+        index: usize,
+        block_stop_signals: bool,
+        from: &crate::builds::StartFrom,
+    ) -> std::io::Result<Started> {
+        let held = match from {
+            crate::builds::StartFrom::Path => None,
+            crate::builds::StartFrom::Held(fd) => Some(*fd),
+        };
+        let mut command = match held {
+            // The worker's argv[0] stays the program's name; the kernel runs the held file.
+            Some(fd) => {
+                let mut command = Command::new(crate::builds::held_path(fd));
+                command.arg0(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        };
         command.args(&self.args);
         // Einhorn variables inherited from an outer master would only confuse the worker.
         for (key, _) in std::env::vars_os() {
@@ -159,6 +176,10 @@ impl WorkerCommand {
         unsafe {
             command.pre_exec(move || {
                 if let Some(fd) = worker_end {
+                    crate::reexec::set_cloexec(fd, false)?;
+                }
+                // A script's interpreter opens the held file after the exec: it must stay.
+                if let Some(fd) = held {
                     crate::reexec::set_cloexec(fd, false)?;
                 }
                 if let Some(level) = nice {
@@ -432,6 +453,6 @@ mod tests {
             command_socket_as_fd: false,
             nice: None,
         };
-        assert!(command.spawn(0, false).is_err());
+        assert!(command.spawn(0, false, &crate::builds::StartFrom::Path).is_err());
     }
 }

@@ -65,6 +65,11 @@ pub struct MasterState {
     /// Why the last canary upgrade was rolled back (`rolled back: ...`), if one was.
     #[serde(default)]
     pub last_rollback: Option<String>,
+    /// After a failed or rolled-back upgrade: the last good version, whose build every
+    /// worker started since runs (whatever is at the program's path) until an upgrade
+    /// succeeds.
+    #[serde(default)]
+    pub pinned_version: Option<u64>,
     /// Responses by status class (`1xx` ... `5xx`) of each version, as its workers reported
     /// them (`worker:stats`), workers that exited included.
     #[serde(default)]

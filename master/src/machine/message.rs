@@ -354,6 +354,11 @@ pub enum Message {
         /// UnACKed new workers, sent SIGUSR2.
         signaled: Vec<Pid>,
     },
+    /// After a failed upgrade: workers started from now on run this version's build.
+    Pinned {
+        /// The last good version.
+        version: u64,
+    },
     /// The master stops or quits during an upgrade.
     UpgradeAborted {
         /// SIGQUIT rather than a graceful stop.

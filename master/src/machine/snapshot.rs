@@ -60,6 +60,9 @@ pub struct MachineSnapshot {
     /// Why the last canary upgrade was rolled back.
     #[serde(default)]
     pub last_rollback: Option<Rollback>,
+    /// The last good version, whose build workers run after a failed upgrade.
+    #[serde(default)]
+    pub pinned: Option<u64>,
 }
 
 /// One worker.
@@ -125,6 +128,9 @@ pub struct UpgradeSnapshot {
     /// New workers that exited before their ACK since the last new ACK.
     #[serde(default)]
     pub failed_starts: u32,
+    /// The version serving before it (its base when absent).
+    #[serde(default)]
+    pub good: Option<u64>,
 }
 
 /// What a re-exec is for.
@@ -256,6 +262,7 @@ impl Machine {
                     soaking: c.soaking.map(|(at, old)| (ago(now, at), old)),
                 }),
                 failed_starts: up.failed_starts,
+                good: Some(up.good),
             }),
             reexec: self.reexec.as_ref().map(|r| ReexecSnapshot {
                 upgrade: r.upgrade.map(|o| o.fleet),
@@ -268,6 +275,7 @@ impl Machine {
             }),
             generations: self.generations.iter().map(|(&v, &c)| (v, c)).collect(),
             last_rollback: self.last_rollback.clone(),
+            pinned: self.pinned,
         }
     }
 
@@ -341,6 +349,7 @@ impl Machine {
                 progress_at: at(now, "upgrade progress", up.progress_ago)?,
                 subscribers: subscribers(&up.subscribers),
                 failed_starts: up.failed_starts,
+                good: up.good.unwrap_or(up.base),
             }),
             None => None,
         };
@@ -385,6 +394,7 @@ impl Machine {
         };
         machine.generations = snapshot.generations.iter().copied().collect();
         machine.last_rollback = snapshot.last_rollback.clone();
+        machine.pinned = snapshot.pinned;
         machine.started = true;
         machine.phase = Phase::Running;
         Ok(machine)

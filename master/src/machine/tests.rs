@@ -678,12 +678,12 @@ fn an_upgrade_whose_workers_never_ack_fails_and_leaves_old_workers_serving() {
         sim.advance(secs(120.0)).is_empty(),
         "no respawn, no retirement"
     );
-    // A worker that dies now is replaced by one of the newest version (the code at the path
-    // now), and the next upgrade replaces both generations.
+    // A worker that dies now is replaced by one of the last good version (its build, not the
+    // failed one at the path now), and the next upgrade replaces them all.
     let respawned = sim.exit(old[0]);
-    assert_eq!(spawns(&respawned), 1);
-    assert_eq!(sim.pids(1).len(), 1);
-    let fresh = sim.pids(1)[0];
+    assert_eq!(spawned_versions(&respawned), [0]);
+    assert!(sim.pids(1).is_empty());
+    let fresh = *sim.pids(0).iter().find(|p| !old.contains(p)).unwrap();
     sim.ack(fresh);
     sim.command(
         3,
@@ -1721,6 +1721,67 @@ fn with_no_minimum_a_canary_passes_on_its_exits_alone_and_a_higher_one_is_needed
             "{needed} needed, {responses} answered: {said:?}"
         );
     }
+}
+
+/// The versions of the spawns among `actions`.
+fn spawned_versions(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { version, .. } => Some(*version),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn after_a_rollback_every_worker_started_runs_the_last_good_build_until_an_upgrade_succeeds() {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: canary(1, 30.0),
+        },
+    );
+    let canary_pid = sim.pids(1)[0];
+    sim.ack(canary_pid);
+    sim.advance(secs(1.0));
+    sim.exit(canary_pid);
+    assert_eq!(sim.m.pinned(), Some(0));
+    let state = sim.command(2, Command::State);
+    let state: crate::state::MasterState =
+        serde_norway::from_str(&replies(&state, 2)[0].message).unwrap();
+    assert_eq!(state.pinned_version, Some(0));
+    // An old worker crashes (long after its ACK): its replacement runs version 0's build.
+    sim.advance(DEFAULT_MIN_UPTIME);
+    let mut actions = sim.exit(old[0]);
+    // (after the backoff the canary's crash began)
+    actions.extend(sim.advance(secs(60.0)));
+    assert_eq!(spawned_versions(&actions), [0]);
+    let mut actions = sim.command(3, Command::Inc);
+    actions.extend(sim.advance(secs(60.0)));
+    assert_eq!(spawned_versions(&actions), [0]);
+    // A successful upgrade unpins: its workers, and those after it, are the new version.
+    let actions = sim.command(
+        4,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
+    assert_eq!(spawned_versions(&actions), [2]);
+    for _ in 0..5 {
+        let unacked = sim.m.workers().find(|w| w.version == 2 && !w.acked);
+        match unacked.and_then(|w| w.pid) {
+            Some(pid) => {
+                sim.ack(pid);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(sim.m.pinned(), None);
+    assert!(!sim.m.is_upgrading());
 }
 
 // ----- random sequences -----// ----- random sequences -----
