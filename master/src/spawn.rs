@@ -453,6 +453,10 @@ mod tests {
             command_socket_as_fd: false,
             nice: None,
         };
-        assert!(command.spawn(0, false, &crate::builds::StartFrom::Path).is_err());
+        assert!(
+            command
+                .spawn(0, false, &crate::builds::StartFrom::Path)
+                .is_err()
+        );
     }
 }
