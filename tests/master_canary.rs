@@ -167,6 +167,41 @@ fn a_canary_that_crashes_after_its_ack_is_rolled_back_and_the_old_workers_serve_
     assert_eq!(since.failed(), 0, "{since}\n{}", master.output());
 }
 
+#[test]
+fn a_plain_upgrade_to_a_build_that_crashes_after_its_ack_is_rolled_back_with_no_gap() {
+    let (master, program, _scripts) = start(&[]);
+    let old = master.state().serving_pids();
+    // Persistent connections that never reconnect (a balancer's pool), and a new-connection
+    // probe every 50 ms.
+    let load = load::start(
+        LoadConfig::new(master.addr(0))
+            .connections(8)
+            .duration(Duration::from_secs(120)),
+    );
+    let probe =
+        graceful_listener_suite::probe::Probe::start(master.addr(0), Duration::from_millis(50));
+    let before = load.snapshot();
+    wait_for_requests(&load, &before, 200);
+
+    deploy(&program, "--exit-after-ack 300");
+    let (status, out) = ctl(&master.socket, &["upgrade"]);
+    assert_ne!(status, 0, "{out}");
+    assert!(
+        out.contains("rolled back: new workers exited after their ACK"),
+        "{out}\n{}",
+        master.output()
+    );
+    old_workers_serve_on(&master, &old);
+    let after = load.snapshot();
+    wait_for_requests(&load, &after, 200);
+    let probed = probe.stop();
+    let report = load.stop();
+    eprintln!("a build crashing 300 ms after its ACK: {report}; probe: {probed}");
+    assert!(probed.failures.is_empty(), "{probed}\n{}", master.output());
+    assert_eq!(report.failed(), 0, "{report}\n{}", master.output());
+    assert_eq!(master.state().pinned_version, Some(0));
+}
+
 /// The command line of process `pid`, its arguments joined by spaces.
 fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))

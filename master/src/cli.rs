@@ -148,6 +148,17 @@ pub struct MasterArgs {
     ))]
     pub min_uptime: Duration,
 
+    /// During an upgrade, a new worker replaces an old one only once it has stayed up this
+    /// long after its ACK; one that exits sooner (within --min-uptime) rolls the upgrade
+    /// back while the old workers still serve (0: at its ACK, as Einhorn).
+    #[cfg_attr(feature = "cli", arg(
+        long = "prove",
+        value_name = "SECONDS",
+        default_value = "1",
+        value_parser = parse_seconds
+    ))]
+    pub prove: Duration,
+
     /// Serve at most N command-socket connections at once; beyond that, new connections may
     /// only deliver a worker:ack or worker:ping, and are otherwise refused with the reason.
     #[cfg_attr(feature = "cli", arg(long = "max-connections", value_name = "N", default_value_t = 256,
@@ -287,6 +298,7 @@ impl MasterArgs {
             verbose: 0,
             upgrade_timeout: Duration::from_secs(60),
             min_uptime: crate::machine::DEFAULT_MIN_UPTIME,
+            prove: crate::machine::DEFAULT_PROVE,
             max_connections: 256,
             idle_timeout: Duration::from_secs(60),
             stderr_tail: 0,
@@ -807,6 +819,7 @@ mod tests {
             "--signal-timeout",
             "--upgrade-timeout",
             "--min-uptime",
+            "--prove",
             "--idle-timeout",
             "--soak",
         ];

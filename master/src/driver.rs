@@ -240,6 +240,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         max_upgrade_additional: args.max_upgrade_additional,
         canary: args.canary(),
         canary_min_responses: args.canary_min_responses,
+        prove: args.prove,
     };
     let mut machine = match &handover {
         Some(h) => Machine::resume(config, &h.machine, Instant::now())

@@ -130,6 +130,10 @@ pub struct MachineConfig {
     pub max_upgrade_additional: Option<usize>,
     /// The canary of every upgrade that does not name its own (`--canary N --soak SECS`).
     pub canary: Option<CanaryPlan>,
+    /// During an upgrade, a new worker counts in place of an old one (which is then retired)
+    /// only once it has stayed up this long after its ACK (`--prove`); one that exits sooner
+    /// rolls the upgrade back. Zero: at its ACK.
+    pub prove: Duration,
     /// Responses the canaries must have answered by the soak's end for a verdict
     /// (`--canary-min-responses`): fewer roll the upgrade back ("too few to judge"); 0 lets
     /// a canary pass on its exits alone.
@@ -158,6 +162,7 @@ impl MachineConfig {
             max_upgrade_additional: None,
             canary: None,
             canary_min_responses: CANARY_MIN_RESPONSES,
+            prove: Duration::ZERO,
         }
     }
 }
@@ -312,6 +317,8 @@ struct Worker {
     last_ping: Option<Instant>,
     /// Its responses so far by status class, as it last reported them (`worker:stats`).
     responses: [u64; 5],
+    /// Up for [`MachineConfig::prove`] since its ACK: it counts in an old worker's place.
+    proven: bool,
 }
 
 impl Worker {
@@ -382,6 +389,10 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
 /// is compared, and by the soak's end for a verdict at all
 /// ([`MachineConfig::canary_min_responses`]).
 pub const CANARY_MIN_RESPONSES: u64 = 20;
+/// How long a new worker must stay up after its ACK before it replaces an old one during an
+/// upgrade, by default (`--prove`).
+pub const DEFAULT_PROVE: Duration = Duration::from_secs(1);
+
 /// An upgrade fails once this many of its new workers in a row exit before their ACK (a
 /// warm-up that fails, a build that crashes at start): the old workers serve on, and the
 /// operator hears of it in seconds rather than at the upgrade timeout.
@@ -509,6 +520,15 @@ impl Machine {
         }
         if let Some(up) = &self.upgrade {
             deadlines.push(up.progress_at + self.config.upgrade_timeout);
+            // New workers that will have proved themselves.
+            let prove = self.config.prove;
+            deadlines.extend(
+                self.workers
+                    .iter()
+                    .filter(|w| !w.proven && w.retired.is_none())
+                    .filter_map(|w| w.acked_at)
+                    .map(|at| at + prove),
+            );
         }
         deadlines.extend(self.backoff_ends_at());
         deadlines.extend(self.soak_ends_at());
@@ -708,6 +728,12 @@ impl Machine {
         let canary_died = worker.retired.is_none()
             && worker.version == self.version
             && self.upgrade.as_ref().is_some_and(|up| up.canary.is_some());
+        // A new worker of a plain upgrade dying soon after its ACK: the build is bad.
+        let new_died_after_ack = worker.retired.is_none()
+            && worker.version == self.version
+            && self.upgrade.is_some()
+            && !canary_died
+            && matches!(note, ExitNote::SoonAfterAck { .. });
         let level = if worker.retired.is_none() && self.phase == Phase::Running {
             Level::Warn
         } else {
@@ -724,6 +750,12 @@ impl Machine {
         if canary_died {
             let status = status.to_string();
             self.roll_back(now, Rollback::Exited { pid, status });
+        } else if new_died_after_ack {
+            let after = worker
+                .acked_at
+                .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+            let status = status.to_string();
+            self.roll_back(now, Rollback::ExitedAfterAck { pid, status, after });
         } else if self
             .upgrade
             .as_ref()
@@ -1456,7 +1488,15 @@ impl Machine {
             let pids = self.retire(now, &superseded, Signal::SIGUSR2);
             self.progress(usr2_sent(pids));
         }
-        let acked = self.acked_count();
+        // A new worker counts in an old one's place once it has stayed up `prove` after its
+        // ACK: a build that crashes right after its ACK is caught while the old workers serve.
+        let prove = self.config.prove;
+        for w in &mut self.workers {
+            if !w.proven && w.acked_at.is_some_and(|at| now >= at + prove) {
+                w.proven = true;
+            }
+        }
+        let acked = self.proven_count();
         let mut finished = None;
         let canary = self.upgrade.as_ref().is_some_and(|up| up.canary.is_some());
         if self.upgrade.is_some() && !canary && acked >= self.target {
@@ -1607,6 +1647,7 @@ impl Machine {
             killed: false,
             last_ping: None,
             responses: [0; 5],
+            proven: false,
         });
         self.last_spawn = Some(now);
         self.actions.push(Action::Spawn { id, index, version });
@@ -1617,6 +1658,14 @@ impl Machine {
     /// Whether a worker belongs to the pool (its version is at least the base version).
     fn is_current(&self, worker: &Worker) -> bool {
         worker.version >= self.base
+    }
+
+    /// Current workers that proved themselves after their ACK and are not retired.
+    fn proven_count(&self) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| self.is_current(w) && w.retired.is_none() && w.proven)
+            .count()
     }
 
     /// Current workers that ACKed and are not retired.

@@ -266,6 +266,10 @@ pub fn rollback_text(why: &Rollback) -> String {
         Rollback::Exited { pid, status } => {
             format!("new worker {pid} exited ({status}) during the canary")
         }
+        Rollback::ExitedAfterAck { pid, status, after } => format!(
+            "new workers exited after their ACK: {pid} ({status}) {:.1}s after it; the old workers serve on",
+            after.as_secs_f64()
+        ),
         Rollback::TooFewResponses { new, old, needed } => format!(
             "too few responses reached the canary to judge: {new} of {} during the soak (old workers {old}), at least {needed} needed: are clients keeping their connections to the old workers? (soak longer, or --canary-min-responses 0 to pass on exits alone)",
             new + old

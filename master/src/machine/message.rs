@@ -121,6 +121,16 @@ pub enum Rollback {
         /// The old workers' responses and 5xx since the soak began.
         old: (u64, u64),
     },
+    /// A new worker of a plain upgrade exited soon after its ACK (within `--min-uptime`),
+    /// before it had proved itself.
+    ExitedAfterAck {
+        /// Its pid.
+        pid: Pid,
+        /// How it ended.
+        status: String,
+        /// How long after its ACK.
+        after: Duration,
+    },
     /// The soak ended with fewer responses from the new workers than a verdict needs: no
     /// evidence is no pass (clients that keep their connections may never reach them).
     TooFewResponses {

@@ -89,6 +89,9 @@ pub struct WorkerSnapshot {
     /// Its responses by status class, as it last reported them.
     #[serde(default)]
     pub responses: [u64; 5],
+    /// Whether it has proved itself after its ACK (absent: as ACKed, as before `--prove`).
+    #[serde(default)]
+    pub proven: Option<bool>,
 }
 
 /// A canary upgrade's plan and progress.
@@ -248,6 +251,7 @@ impl Machine {
                         killed: w.killed,
                         last_ping_ago: w.last_ping.map(|t| ago(now, t)),
                         responses: w.responses,
+                        proven: Some(w.proven),
                     })
                 })
                 .collect(),
@@ -322,6 +326,7 @@ impl Machine {
                 killed: w.killed,
                 last_ping: w.last_ping_ago.map(|a| at(now, "ping", a)).transpose()?,
                 responses: w.responses,
+                proven: w.proven.unwrap_or(w.acked_ago.is_some()),
             });
         }
         let target = if config.workers == snapshot.configured_workers {

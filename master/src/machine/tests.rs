@@ -801,15 +801,29 @@ fn a_new_ack_between_failed_starts_starts_the_count_again() {
         },
     );
     // Two fail, one ACKs, two fail again: still upgrading (never three in a row).
-    for round in 0..2 {
-        for _ in 0..2 {
-            let pid = sim.pids(1).into_iter().find(|p| !old.contains(p)).unwrap();
-            sim.exit(pid);
+    // The new worker starting now, once the respawn backoff has passed.
+    let unacked = |sim: &mut Sim| {
+        for _ in 0..5 {
+            let starting = sim
+                .m
+                .workers()
+                .find(|w| w.version == 1 && !w.acked && w.retired.is_none())
+                .and_then(|w| w.pid);
+            if let Some(pid) = starting {
+                return pid;
+            }
             let wait = sim.m.next_deadline().unwrap() - sim.now;
             sim.advance(wait);
         }
+        panic!("no new worker starting");
+    };
+    for round in 0..2 {
+        for _ in 0..2 {
+            let pid = unacked(&mut sim);
+            sim.exit(pid);
+        }
         if round == 0 {
-            let pid = sim.pids(1).into_iter().find(|p| !old.contains(p)).unwrap();
+            let pid = unacked(&mut sim);
             sim.ack(pid);
         }
     }
@@ -1781,6 +1795,90 @@ fn after_a_rollback_every_worker_started_runs_the_last_good_build_until_an_upgra
         }
     }
     assert_eq!(sim.m.pinned(), None);
+    assert!(!sim.m.is_upgrading());
+}
+
+/// A started pool of `workers` (manual ACK) whose upgrades prove new workers for 1 s.
+fn proving(workers: usize) -> (Sim, Vec<Pid>) {
+    let mut sim = Sim::new(MachineConfig {
+        ack_mode: AckMode::Manual,
+        prove: secs(1.0),
+        ..MachineConfig::new(workers)
+    });
+    let old = sim.start();
+    for &pid in &old {
+        sim.ack(pid);
+    }
+    (sim, old)
+}
+
+#[test]
+fn an_old_worker_is_retired_only_once_a_new_one_has_proved_itself() {
+    let (mut sim, old) = proving(2);
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
+    let first = sim.pids(1)[0];
+    sim.ack(first);
+    assert!(sim.retired().is_empty(), "not at its ACK");
+    sim.advance(secs(0.9));
+    assert!(sim.retired().is_empty());
+    assert_eq!(sim.m.next_deadline(), Some(sim.now + secs(0.1)));
+    sim.advance(secs(0.1));
+    assert_eq!(
+        sim.retired().len(),
+        1,
+        "one old worker, once the first new one proved"
+    );
+    let second = sim.pids(1).into_iter().find(|&p| p != first).unwrap();
+    sim.ack(second);
+    sim.advance(secs(1.0));
+    let mut retired = sim.retired();
+    retired.sort_unstable();
+    assert_eq!(retired, old);
+    assert!(!sim.m.is_upgrading());
+    assert!(
+        replies(&sim.actions, 1)
+            .iter()
+            .any(|r| r.message == "Upgrade done")
+    );
+}
+
+#[test]
+fn a_new_worker_that_exits_right_after_its_ack_rolls_a_plain_upgrade_back() {
+    let (mut sim, old) = proving(2);
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: None,
+        },
+    );
+    let new = sim.pids(1)[0];
+    sim.ack(new);
+    sim.advance(secs(0.3));
+    let actions = sim.exit(new);
+    let said = replies(&actions, 1);
+    let said = said.last().unwrap();
+    assert!(said.error, "{said:?}");
+    assert!(
+        said.message.starts_with(&format!(
+            "rolled back: new workers exited after their ACK: {new} (exit status 0) 0.3s after it"
+        )),
+        "{}",
+        said.message
+    );
+    let retired = sim.retired();
+    assert!(
+        old.iter().all(|p| !retired.contains(p)),
+        "the old workers were never signaled: {retired:?}"
+    );
+    assert_eq!(sim.serving(), old.iter().copied().collect());
+    assert_eq!(sim.m.pinned(), Some(0));
     assert!(!sim.m.is_upgrading());
 }
 
