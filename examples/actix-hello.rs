@@ -15,6 +15,7 @@ use actix_web::{App, HttpRequest, HttpResponse, web};
 use einhorn_actix::StopSignal;
 
 async fn hello(req: HttpRequest) -> HttpResponse {
+    common::act_slow().await;
     if common::should_fail() {
         return HttpResponse::InternalServerError().body("failing on purpose\n");
     }

@@ -19,6 +19,7 @@ use axum::routing::get;
 use einhorn_axum::StopSignal;
 
 async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> (StatusCode, String) {
+    common::act_slow().await;
     if common::should_fail() {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -20,6 +20,9 @@ use hyper::{Request, Response, StatusCode};
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let pid = std::process::id();
     let path = req.uri().path();
+    if path == "/" {
+        common::act_slow().await;
+    }
     let (status, body) = if path == "/" && common::should_fail() {
         (
             StatusCode::INTERNAL_SERVER_ERROR,

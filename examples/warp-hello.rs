@@ -15,7 +15,8 @@ use warp::Filter;
 async fn main() -> std::process::ExitCode {
     let args = common::HttpArgs::parse();
     let _span = common::init_tracing();
-    let hello = warp::path::end().map(|| {
+    let hello = warp::path::end().then(|| async {
+        common::act_slow().await;
         if common::should_fail() {
             let reply = warp::reply::with_status(
                 "failing on purpose\n".to_owned(),

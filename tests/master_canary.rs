@@ -202,6 +202,33 @@ fn a_plain_upgrade_to_a_build_that_crashes_after_its_ack_is_rolled_back_with_no_
     assert_eq!(master.state().pinned_version, Some(0));
 }
 
+#[test]
+fn a_canary_that_hangs_or_answers_late_is_rolled_back() {
+    let (master, program, _scripts) = start(&[]);
+    let old = master.state().serving_pids();
+    let load = load_on(&master);
+    for flags in [
+        "--stall-after-ack --drain-timeout 1",
+        "--delay-ms 5000 --drain-timeout 1",
+    ] {
+        deploy(&program, flags);
+        let (status, out) = ctl(&master.socket, &["upgrade", "--canary", "1", "--soak", "3"]);
+        assert_ne!(status, 0, "{flags}: {out}");
+        assert!(
+            out.contains("rolled back: too few responses reached the canary to judge"),
+            "{flags}: {out}"
+        );
+        old_workers_serve_on(&master, &old);
+    }
+    // The good build is back at the path: the next upgrade goes through.
+    deploy(&program, "");
+    let (status, out) = ctl(&master.socket, &["upgrade", "--canary", "1", "--soak", "2"]);
+    assert_eq!(status, 0, "{out}\n{}", master.output());
+    let report = load.stop();
+    eprintln!("hanging and slow canaries rolled back: {report}");
+    assert!(report.ok > 100, "{report}");
+}
+
 /// The command line of process `pid`, its arguments joined by spaces.
 fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))

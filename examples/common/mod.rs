@@ -9,8 +9,9 @@
 //!
 //! To act a bad build, for the tests of upgrades that must fail or roll back, every HTTP
 //! example also takes `--warm-up-ms MS` (its warm-up takes that long), `--warm-up-fail` (the
-//! warm-up returns an error; `--warm-up-timeout SECS` bounds it), `--exit-after-ack MS` (it exits 1 that long after its ACK) and
-//! `--fail-percent P` (`GET /` answers 500 to P% of requests, spread evenly).
+//! warm-up returns an error; `--warm-up-timeout SECS` bounds it), `--exit-after-ack MS` (it exits 1 that long after its ACK),
+//! `--fail-percent P` (`GET /` answers 500 to P% of requests, spread evenly), `--delay-ms MS`
+//! (`GET /` answers that late) and `--stall-after-ack` (`GET /` is never answered).
 
 use std::time::Duration;
 
@@ -66,12 +67,33 @@ pub(crate) struct BadBuild {
     /// `GET /` answers 500 to this percentage of requests, spread evenly.
     #[arg(long, value_name = "P", value_parser = clap::value_parser!(u8).range(0..=100), default_value_t = 0)]
     pub(crate) fail_percent: u8,
+    /// `GET /` answers this many milliseconds late (a build that got slow).
+    #[arg(long, value_name = "MS")]
+    pub(crate) delay_ms: Option<u64>,
+    /// `GET /` is never answered (a build that ACKs, accepts, and hangs).
+    #[arg(long)]
+    pub(crate) stall_after_ack: bool,
 }
 
 /// The share of `GET /` answered 500 (`--fail-percent`).
 static FAIL_PERCENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// `GET /` requests so far, for spreading the failures evenly.
 static ROOT_REQUESTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How late `GET /` is answered, in milliseconds (`--delay-ms`); `u64::MAX`: never
+/// (`--stall-after-ack`).
+static DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Waits before answering `GET /` as the bad build says: `--delay-ms`, or forever with
+/// `--stall-after-ack`.
+#[allow(dead_code)] // the examples that do not speak HTTP are never slow on purpose
+pub(crate) async fn act_slow() {
+    match DELAY_MS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {}
+        u64::MAX => std::future::pending().await,
+        ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+    }
+}
 
 /// Sets the share of `GET /` answered 500 (`--fail-percent`).
 pub(crate) fn set_fail_percent(percent: u8) {
@@ -144,6 +166,11 @@ impl HttpArgs {
         let mut args: HttpArgs = clap::Parser::parse();
         args.worker = args.worker.validated();
         set_fail_percent(args.bad_build.fail_percent);
+        let delay = match (args.bad_build.stall_after_ack, args.bad_build.delay_ms) {
+            (true, _) => u64::MAX,
+            (false, ms) => ms.unwrap_or(0),
+        };
+        DELAY_MS.store(delay, std::sync::atomic::Ordering::Relaxed);
         args
     }
 
