@@ -317,9 +317,20 @@ fn a_canary_that_answers_500s_is_rolled_back_and_a_healthy_one_goes_on_with_metr
     );
     assert_eq!(failures_but_500s(&during), 0, "{during}");
 
-    // After the rollback, nothing fails any more.
+    // After the rollback, nothing fails any more, and the workers that serve on are the
+    // current generation again.
     let after_rollback = load.snapshot();
     wait_for_requests(&load, &after_rollback, 200);
+    let text = scrape(&metrics);
+    assert_eq!(
+        metric(
+            &text,
+            "einhorn_master_workers{generation=\"current\",state=\"serving\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "einhorn_master_version"), 0.0, "{text}");
 
     // A healthy build passes its soak and the upgrade completes.
     deploy(&program, "");
@@ -373,6 +384,37 @@ fn a_canary_that_answers_500s_is_rolled_back_and_a_healthy_one_goes_on_with_metr
         "{text}"
     );
     assert!(value("einhorn_master_last_upgrade_duration_seconds") > 0.0);
+
+    // One more upgrade (its own re-exec), and a worker killed outright: the histogram keeps
+    // every upgrade across the re-execs, and the kill is the one respawn.
+    let (status, out) = ctl(&master.socket, &["upgrade"]);
+    assert_eq!(status, 0, "{out}");
+    let victim = master.wait_serving(2)[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    master.wait_exited(victim);
+    master.wait_serving(2);
+    let text = scrape(&metrics);
+    let value = |line: &str| metric(&text, line);
+    assert_eq!(
+        value("einhorn_master_upgrades_started_total"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("einhorn_master_upgrade_duration_seconds_count"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(value("einhorn_master_respawns_total"), 1.0, "{text}");
+    assert_eq!(
+        value("einhorn_master_workers{generation=\"current\",state=\"serving\"}"),
+        2.0,
+        "{text}"
+    );
 }
 
 /// Waits (bounded) until the load has answered `n` more requests since `since`.

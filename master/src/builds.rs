@@ -101,9 +101,7 @@ fn open_path(path: &Path) -> std::io::Result<OwnedFd> {
 
 /// The file's device and inode.
 fn identity(fd: &OwnedFd) -> Option<(u64, u64)> {
-    nix::sys::stat::fstat(fd)
-        .ok()
-        .map(|s| (s.st_dev, s.st_ino))
+    nix::sys::stat::fstat(fd).ok().map(|s| (s.st_dev, s.st_ino))
 }
 
 /// `/proc/self/fd/N`: the held build, as a path a worker can be exec'd from.

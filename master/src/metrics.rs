@@ -64,7 +64,14 @@ pub struct Tally {
     pub upgrades_rolled_back: u64,
     /// Workers replaced after exiting on their own.
     pub respawns: u64,
+    /// Every upgrade's duration in seconds, oldest first (the last [`KEPT_DURATIONS`]): the
+    /// histogram is recorded again from them after a re-exec.
+    #[serde(default)]
+    pub upgrade_durations: Vec<f64>,
 }
+
+/// Upgrade durations a [`Tally`] keeps for the histogram across re-execs.
+pub const KEPT_DURATIONS: usize = 1024;
 
 /// Makes a Prometheus recorder the process's and serves it at `GET /metrics` on `listener`
 /// (bound by [`metrics_http::bind`](crate::metrics_http::bind), or handed over across a
@@ -126,8 +133,15 @@ pub struct MasterMetrics {
 }
 
 impl MasterMetrics {
-    /// Metrics that go on from `tally` (a handed-over one, or zeros).
+    /// Metrics that go on from `tally` (a handed-over one, or zeros): the upgrade-duration
+    /// histogram and the last duration are recorded again from it.
     pub fn new(tally: Tally) -> MasterMetrics {
+        for &took in &tally.upgrade_durations {
+            metrics::histogram!(UPGRADE_DURATION).record(took);
+        }
+        if let Some(&last) = tally.upgrade_durations.last() {
+            metrics::gauge!(LAST_UPGRADE_DURATION).set(last);
+        }
         MasterMetrics {
             tally,
             upgrade_began: None,
@@ -141,6 +155,10 @@ impl MasterMetrics {
 
     /// Reads the machine after an event: its log messages and its workers.
     pub fn after(&mut self, machine: &Machine, logs: &[Log]) {
+        // A canary whose exit rolled its upgrade back is not replaced: no respawn.
+        let rolled_back = logs
+            .iter()
+            .any(|log| matches!(log.message, Message::RolledBack { .. }));
         for log in logs {
             match &log.message {
                 Message::UpgradeStarting { .. } | Message::UpgradeRestarting { .. } => {
@@ -161,7 +179,9 @@ impl MasterMetrics {
                 }
                 Message::UpgradeAborted { .. } => self.upgrade_ended(),
                 Message::Exited { note, .. }
-                    if !matches!(note, ExitNote::Retired) && !machine.is_stopping() =>
+                    if !matches!(note, ExitNote::Retired)
+                        && !machine.is_stopping()
+                        && !rolled_back =>
                 {
                     self.tally.respawns += 1;
                 }
@@ -176,6 +196,11 @@ impl MasterMetrics {
             let took = began.elapsed().as_secs_f64();
             metrics::histogram!(UPGRADE_DURATION).record(took);
             metrics::gauge!(LAST_UPGRADE_DURATION).set(took);
+            let kept = &mut self.tally.upgrade_durations;
+            if kept.len() == KEPT_DURATIONS {
+                kept.remove(0);
+            }
+            kept.push(took);
         }
     }
 
@@ -187,12 +212,19 @@ impl MasterMetrics {
         metrics::counter!(UPGRADES_FAILED).absolute(tally.upgrades_failed);
         metrics::counter!(UPGRADES_ROLLED_BACK).absolute(tally.upgrades_rolled_back);
         metrics::counter!(RESPAWNS).absolute(tally.respawns);
-        let version = machine.version();
+        // What a new worker gets: during an upgrade its version, after a failed one the
+        // pinned last good version.
+        let version = match machine.pinned() {
+            Some(good) if !machine.is_upgrading() => good,
+            _ => machine.version(),
+        };
         metrics::gauge!(VERSION).set(version as f64);
-        // [current, old] x [starting, serving, stopping]
+        // [current, old] x [starting, serving, stopping]: current is the base version and
+        // newer (after a rollback, the workers that serve on).
+        let base = machine.base_version();
         let mut workers = [[0u32; 3]; 2];
         for worker in machine.workers() {
-            let generation = usize::from(worker.version < version);
+            let generation = usize::from(worker.version < base);
             let state = match (worker.retired, worker.acked) {
                 (Some(_), _) => 2,
                 (None, false) => 0,
