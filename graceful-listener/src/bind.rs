@@ -253,12 +253,11 @@ const MANAGERS: [&str; 4] = ["einhorn", "systemd", "starter", "fd"];
 fn near_miss(spec: &str) -> Option<String> {
     if let Some((scheme, rest)) = spec.split_once("://") {
         let address = rest.split('/').next().unwrap_or_default();
-        let valid = (!address.is_empty() && address.parse::<Bind>().is_ok())
-            .then(|| format!(": use {address}"))
-            .unwrap_or_default();
-        return Some(format!(
-            "a URL scheme ({scheme}://) is not part of a bind address{valid}"
-        ));
+        let mut reason = format!("a URL scheme ({scheme}://) is not part of a bind address");
+        if !address.is_empty() && address.parse::<Bind>().is_ok() {
+            reason.push_str(&format!(": use {address}"));
+        }
+        return Some(reason);
     }
     let lower = spec.to_ascii_lowercase();
     MANAGERS.iter().find_map(|manager| {
