@@ -1,7 +1,8 @@
 //! Support shared by the workspace's examples, integration tests, benchmarks and demo.
 //!
 //! Nothing here is published: it is the test bench of the `graceful-listener` crates.
-//! - [`harness`] starts real processes and guarantees they are reaped;
+//! - [`harness`] starts real processes and guarantees they are reaped (from the demo's
+//!   package, as [`master`], [`load`] and [`upgrades`] are);
 //! - [`fake_einhorn`] plays the part of an Einhorn master for a single worker (inherited
 //!   fds, a real command socket), so the core can be tested without any master binary;
 //! - [`master`] runs the real `einhorn-master`; [`probe`] times a fresh connection every so
@@ -14,38 +15,12 @@
 pub mod echo;
 pub mod fake_einhorn;
 pub mod h2load;
-pub mod harness;
-pub mod load;
 pub mod load_h2;
-pub mod master;
 pub mod probe;
 pub mod tls;
-pub mod upgrades;
 
-/// Prints a run's results as the demo and the benchmark do: as JSON on stdout with `json`,
-/// else as `text`; and as JSON to the file `json_out` too, when given (tests read it there:
-/// a captured stdout interleaves with stderr).
-///
-/// # Errors
-/// When the file cannot be written, naming it.
-pub fn print_results(
-    results: &impl serde::Serialize,
-    text: impl FnOnce() -> String,
-    json: bool,
-    json_out: Option<&std::path::Path>,
-) -> Result<(), String> {
-    let encoded = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
-    if let Some(path) = json_out {
-        std::fs::write(path, &encoded)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    }
-    if json {
-        println!("{encoded}");
-    } else {
-        print!("{}", text());
-    }
-    Ok(())
-}
+// The demo's pieces, used here as they are there: what the demo shows is what the tests assert.
+pub use graceful_listener_demo::{harness, load, master, print_results, upgrades};
 
 /// The READMEs and the book's chapters (`book/src/*.md`), compiled as doctests: every
 /// ` ```rust ` snippet in them is built (and run, unless marked `no_run`) by

@@ -316,6 +316,7 @@ fn run(args: &Args, wrk: bool, callgrind: bool) -> Result<Summary, String> {
         if on(Section::Upgrades) && framework != "hyper" {
             eprintln!("bench: {framework}: upgrades under HTTP/1.1 load");
             let config = UpgradeConfig {
+                programs: graceful_listener_suite::upgrades::Programs::workspace(),
                 workers: args.workers,
                 upgrades: args.upgrades,
                 connections: args.connections,

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use graceful_listener_suite::harness::{is_alive, wait_until};
 use graceful_listener_suite::upgrades::{
-    self, Contender, ContenderResult, UpgradeConfig, serving_pids, start_master, stop_master,
+    self, Contender, ContenderResult, Programs, UpgradeConfig, serving_pids, start_master,
+    stop_master,
 };
 use graceful_listener_suite::{h2load, load_h2};
 use serde::Serialize;
@@ -62,7 +63,7 @@ pub(crate) struct Http2Upgrades {
 
 /// Upgrades of 2 workers with HTTP/2 load from both clients; `upgrades` rounds.
 fn http2_run(contender: &Contender, upgrades: usize) -> Result<Http2Result, String> {
-    let master = start_master(contender, 2, 1);
+    let master = start_master(&Programs::workspace(), contender, 2, 1);
     let addr = master.addr(0);
     let pooled = load_h2::start(addr, 64, Duration::from_secs(10));
     let logs = tempfile::tempdir().map_err(|e| e.to_string())?;

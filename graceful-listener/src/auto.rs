@@ -253,6 +253,10 @@ mod tests {
                 "GRACEFUL_LISTENER_BIND=\"einhorn@x\" is not a bind spec: \"x\" is not a listener index",
             ),
             (
+                &[("GRACEFUL_LISTENER_BIND", "einhorn:0")],
+                "GRACEFUL_LISTENER_BIND=\"einhorn:0\" is not a bind spec: did you mean einhorn@0?",
+            ),
+            (
                 &[("GRACEFUL_LISTENER_BIND", "127.0.0.1:99999")],
                 "GRACEFUL_LISTENER_BIND=\"127.0.0.1:99999\" is not a bind spec: port 99999 is above 65535",
             ),

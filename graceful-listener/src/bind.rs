@@ -213,6 +213,9 @@ impl FromStr for Bind {
                 mode,
             });
         }
+        if let Some(reason) = near_miss(spec) {
+            return Err(error(reason));
+        }
         if let Ok(addr) = spec.parse::<SocketAddr>() {
             return Ok(Bind::Addr(addr));
         }
@@ -238,6 +241,33 @@ impl FromStr for Bind {
         }
         Ok(Bind::Host(host.to_owned(), port))
     }
+}
+
+/// The socket managers' prefixes, each written `NAME@N`.
+const MANAGERS: [&str; 4] = ["einhorn", "systemd", "starter", "fd"];
+
+/// What is wrong with a spec that is close to a valid one, and the valid one: a URL
+/// (`http://127.0.0.1:8080/`: the address without its scheme and path), or a manager's
+/// socket written with another separator (`einhorn:0`, `einhorn0`, `Einhorn@0`: `einhorn@0`).
+/// Without this, `einhorn:0` would be a host named `einhorn`, and fail at its DNS lookup.
+fn near_miss(spec: &str) -> Option<String> {
+    if let Some((scheme, rest)) = spec.split_once("://") {
+        let address = rest.split('/').next().unwrap_or_default();
+        let mut reason = format!("a URL scheme ({scheme}://) is not part of a bind address");
+        if !address.is_empty() && address.parse::<Bind>().is_ok() {
+            reason.push_str(&format!(": use {address}"));
+        }
+        return Some(reason);
+    }
+    let lower = spec.to_ascii_lowercase();
+    MANAGERS.iter().find_map(|manager| {
+        let rest = lower.strip_prefix(manager)?;
+        let index = rest.trim_start_matches([':', '@', '#', '/', '-', '_', ' ', '=']);
+        let near = !index.is_empty()
+            && index.bytes().all(|b| b.is_ascii_digit())
+            && !spec.starts_with(&format!("{manager}@"));
+        near.then(|| format!("did you mean {manager}@{index}?"))
+    })
 }
 
 impl fmt::Display for Bind {
@@ -435,8 +465,49 @@ mod tests {
     }
 
     #[test]
+    fn names_that_only_start_like_a_manager_s_are_host_names() {
+        for spec in ["einhorn-1:8080", "fdb:80", "systemd.local:80"] {
+            assert!(matches!(parse(spec), Ok(Bind::Host(..))), "{spec}");
+        }
+    }
+
+    #[test]
     fn bad_specs_say_what_is_wrong() {
         let cases: &[(&str, &str)] = &[
+            // Near misses: the spec meant.
+            (
+                "einhorn:0",
+                "invalid bind spec \"einhorn:0\": did you mean einhorn@0?",
+            ),
+            (
+                "einhorn1",
+                "invalid bind spec \"einhorn1\": did you mean einhorn@1?",
+            ),
+            (
+                "Einhorn@2",
+                "invalid bind spec \"Einhorn@2\": did you mean einhorn@2?",
+            ),
+            (
+                "systemd:0",
+                "invalid bind spec \"systemd:0\": did you mean systemd@0?",
+            ),
+            (
+                "starter#3",
+                "invalid bind spec \"starter#3\": did you mean starter@3?",
+            ),
+            ("fd:3", "invalid bind spec \"fd:3\": did you mean fd@3?"),
+            (
+                "http://127.0.0.1:8080",
+                "invalid bind spec \"http://127.0.0.1:8080\": a URL scheme (http://) is not part of a bind address: use 127.0.0.1:8080",
+            ),
+            (
+                "https://[::1]:8443/app",
+                "invalid bind spec \"https://[::1]:8443/app\": a URL scheme (https://) is not part of a bind address: use [::1]:8443",
+            ),
+            (
+                "http://example.com",
+                "invalid bind spec \"http://example.com\": a URL scheme (http://) is not part of a bind address",
+            ),
             (
                 "einhorn@",
                 "invalid bind spec \"einhorn@\": \"\" is not a listener index",

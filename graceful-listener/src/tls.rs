@@ -65,17 +65,18 @@ pub enum TlsError {
 /// # Example
 /// ```no_run
 /// let config = graceful_listener::tls::server_config(
-///     "/etc/app/cert.pem".as_ref(),
-///     "/etc/app/key.pem".as_ref(),
+///     "/etc/app/cert.pem",
+///     "/etc/app/key.pem",
 ///     &[b"h2", b"http/1.1"],
 /// )?;
 /// # Ok::<(), graceful_listener::tls::TlsError>(())
 /// ```
 pub fn server_config(
-    cert: &Path,
-    key: &Path,
+    cert: impl AsRef<Path>,
+    key: impl AsRef<Path>,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (cert, key) = (cert.as_ref(), key.as_ref());
     // Both files are read before either is parsed: a key path at fault is named even when
     // the certificate is wrong too.
     let (cert_pem, key_pem) = (read_regular_file(cert)?, read_regular_file(key)?);

@@ -383,6 +383,11 @@ mod tests {
             })
         );
         assert!(matches!(parse("[::1]"), Err(BindSpecError::Invalid { .. })));
+        assert_eq!(
+            parse("http://127.0.0.1:8080").unwrap_err().to_string(),
+            "invalid bind address \"http://127.0.0.1:8080\": a URL scheme (http://) is not part \
+             of a bind address: use 127.0.0.1:8080"
+        );
     }
 
     #[test]

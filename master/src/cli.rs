@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[cfg(feature = "cli")]
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::bind::BindSpec;
 use crate::machine::AckMode;
@@ -495,7 +495,19 @@ where
         rest.remove(0);
         return CtlArgs::try_parse_from(rest).map(Invocation::Ctl);
     }
-    MasterArgs::try_parse_from(args).map(|a| Invocation::Master(Box::new(a)))
+    let master = MasterArgs::try_parse_from(args)?;
+    // A canary is at most the whole generation: more would never all start.
+    if let Some(canary) = master.canary.filter(|&c| c as usize > master.number) {
+        return Err(MasterArgs::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "--canary {canary} is more workers than -n {}: a canary is at most the whole \
+                 generation; use --canary {} or raise -n",
+                master.number, master.number
+            ),
+        ));
+    }
+    Ok(Invocation::Master(Box::new(master)))
 }
 
 /// `--nice MASTER[:WORKER]`.
@@ -614,6 +626,25 @@ mod tests {
             Invocation::Master(m) => Ok(*m),
             Invocation::Ctl(c) => panic!("parsed as ctl: {c:?}"),
         }
+    }
+
+    #[test]
+    fn a_canary_larger_than_the_generation_is_refused_at_start() {
+        let error = master(&["-n", "1", "--canary", "5", "true"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(
+            error.to_string().contains(
+                "--canary 5 is more workers than -n 1: a canary is at most the whole generation; \
+                 use --canary 1 or raise -n"
+            ),
+            "{error}"
+        );
+        assert_eq!(
+            master(&["-n", "2", "--canary", "2", "true"])
+                .unwrap()
+                .canary,
+            Some(2)
+        );
     }
 
     #[test]

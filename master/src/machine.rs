@@ -1093,6 +1093,7 @@ impl Machine {
 
     fn start_upgrade(&mut self, now: Instant, order: UpgradeOrder, requesters: Vec<Subscriber>) {
         let acked = self.acked_count();
+        let asked = order.canary.as_ref().map(|plan| plan.workers);
         // A canary is at most the whole generation; it makes the upgrade smooth.
         let canary = order.canary.map(|plan| Canary {
             plan: CanaryPlan {
@@ -1133,6 +1134,10 @@ impl Machine {
         self.base = self.version;
         self.failures = 0;
         if let Some(c) = canary {
+            if let Some(asked) = asked.filter(|&asked| asked > c.plan.workers) {
+                let workers = c.plan.workers;
+                self.progress_level(Level::Warn, Message::CanaryClamped { asked, workers });
+            }
             self.progress(Message::CanaryStarting {
                 workers: c.plan.workers,
                 soak: c.plan.soak,

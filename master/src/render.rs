@@ -155,6 +155,11 @@ pub fn text(message: &Message) -> String {
         Message::TooManyCurrent { count } => {
             format!("Have too many workers at the current version, so killing off {count} of them.")
         }
+        Message::CanaryClamped { asked, workers } => format!(
+            "Canary: --canary {asked} is more than the {workers} workers of the generation: \
+             the canary is all {workers} (ask for --canary {workers} or fewer, or raise the \
+             count first with set_workers)"
+        ),
         Message::CanaryStarting { workers, soak } => format!(
             "Canary: {workers} new workers first, serving beside every old one; then a soak of {}s",
             soak.as_secs_f64()

@@ -268,6 +268,47 @@ fn ctl_prints_replies_and_exits_by_outcome() {
 }
 
 #[test]
+fn an_upgrade_asking_for_a_canary_larger_than_the_generation_warns() {
+    let master = sleepers("1");
+    master.wait_serving(1);
+    let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+        .args(["ctl", "-d", path_str(&master.socket), "--timeout", "20"])
+        .args(["upgrade", "--canary", "5", "--soak", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "Canary: --canary 5 is more than the 1 workers of the generation: the canary is all 1"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn ctl_without_a_socket_at_the_default_path_says_how_to_name_one() {
+    // An empty runtime directory of this user's: no master's default socket in it.
+    let runtime = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_einhorn-master"))
+        .args(["ctl", "state"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let socket = runtime.path().join("einhorn.sock");
+    assert!(
+        stderr.contains(&format!(
+            "no master listens at the default socket ({}): name the master's socket with -d PATH \
+             (the master's own -d) or -c NAME (its -c)",
+            socket.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn state_reports_the_bound_addresses() {
     let master = Master::start(
         &[

@@ -48,13 +48,13 @@ pub use graceful_listener::{
 ///
 /// # Example
 /// ```no_run
-/// let tls = einhorn_actix::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+/// let tls = einhorn_actix::tls_config("cert.pem", "key.pem")?;
 /// # Ok::<(), graceful_listener::tls::TlsError>(())
 /// ```
 #[cfg(feature = "tls")]
 pub fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
+    cert: impl AsRef<std::path::Path>,
+    key: impl AsRef<std::path::Path>,
 ) -> Result<std::sync::Arc<rustls::ServerConfig>, graceful_listener::tls::TlsError> {
     graceful_listener::tls::server_config(cert, key, &[b"h2", b"http/1.1"])
 }

@@ -280,7 +280,7 @@ where
     /// # Example
     /// ```no_run
     /// # use actix_web::App;
-    /// let tls = einhorn_actix::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+    /// let tls = einhorn_actix::tls_config("cert.pem", "key.pem")?;
     /// let worker = einhorn_actix::start(|| App::new(), 0).tls(tls);
     /// # Ok::<(), graceful_listener::tls::TlsError>(())
     /// ```

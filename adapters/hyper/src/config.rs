@@ -244,7 +244,7 @@ impl HttpConfig {
     ///
     /// # Example
     /// ```no_run
-    /// let tls = einhorn_hyper::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+    /// let tls = einhorn_hyper::tls_config("cert.pem", "key.pem")?;
     /// let config = einhorn_hyper::HttpConfig::default().tls(tls);
     /// # Ok::<(), graceful_listener::tls::TlsError>(())
     /// ```

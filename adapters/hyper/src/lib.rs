@@ -67,15 +67,15 @@ pub use server::HttpServer;
 /// # use hyper::{Response, body::Bytes, service::service_fn};
 /// # async fn example() -> Result<(), einhorn_hyper::RunError> {
 /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
-/// let tls = einhorn_hyper::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+/// let tls = einhorn_hyper::tls_config("cert.pem", "key.pem")?;
 /// einhorn_hyper::run(service, 0).tls(tls).await?;
 /// # Ok(())
 /// # }
 /// ```
 #[cfg(feature = "tls")]
 pub fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
+    cert: impl AsRef<std::path::Path>,
+    key: impl AsRef<std::path::Path>,
 ) -> Result<std::sync::Arc<rustls::ServerConfig>, graceful_listener::tls::TlsError> {
     graceful_listener::tls::server_config(cert, key, &[b"h2", b"http/1.1"])
 }

@@ -219,7 +219,7 @@ impl<M> HttpRun<M> {
     /// # use http_body_util::Empty;
     /// # use hyper::{Response, body::Bytes, service::service_fn};
     /// # let service = service_fn(|_req| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
-    /// let tls = einhorn_hyper::tls_config("cert.pem".as_ref(), "key.pem".as_ref())?;
+    /// let tls = einhorn_hyper::tls_config("cert.pem", "key.pem")?;
     /// let worker = einhorn_hyper::run(service, 0).tls(tls);
     /// # Ok::<(), graceful_listener::tls::TlsError>(())
     /// ```

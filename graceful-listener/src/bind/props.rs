@@ -63,6 +63,9 @@ fn host_name() -> impl Strategy<Value = String> {
         .prop_filter("an IP literal is an address", |host| {
             host.parse::<IpAddr>().is_err()
         })
+        .prop_filter("a manager's name and a number is a near miss", |host| {
+            super::near_miss(&format!("{host}:0")).is_none()
+        })
 }
 
 /// A socket address as `IP:PORT` or `[V6%SCOPE]:PORT` writes it (no flow info: the text has

@@ -322,6 +322,13 @@ pub enum Message {
     },
     /// A stop signal was sent to workers.
     Sent(Sent),
+    /// `--canary N` asked for more workers than the generation has: the canary is all of it.
+    CanaryClamped {
+        /// The workers asked for.
+        asked: usize,
+        /// The workers the canary has: the whole generation.
+        workers: usize,
+    },
     /// A canary upgrade starts its new workers beside every old one.
     CanaryStarting {
         /// How many.

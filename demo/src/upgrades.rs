@@ -9,12 +9,13 @@
 
 use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::harness::{example, is_alive, wait_until_every};
+use crate::harness::{binary, is_alive, profile_dir, wait_until_every};
 use crate::load::{self, FailureKind, LoadConfig, LoadReport};
 use crate::master::Master;
 
@@ -74,9 +75,47 @@ pub fn contenders(framework: &str) -> Option<[Contender; 2]> {
     Some(pair)
 }
 
+/// The programs of a run: the master, and the folder holding the workers.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// The `einhorn-master` program.
+    pub master: PathBuf,
+    /// The folder holding each contender's worker program (named as its
+    /// [`Contender::example`]).
+    pub workers: PathBuf,
+}
+
+impl Programs {
+    /// The workspace's own: `target/<profile>/einhorn-master` and the examples beside it.
+    ///
+    /// # Panics
+    /// When the master has not been built (see [`binary`]).
+    pub fn workspace() -> Programs {
+        Programs {
+            master: binary("einhorn-master"),
+            workers: profile_dir().join("examples"),
+        }
+    }
+
+    /// The worker program of `contender`, checked to exist.
+    ///
+    /// # Errors
+    /// When it is not there, naming the path.
+    pub fn worker(&self, contender: &Contender) -> Result<PathBuf, String> {
+        let path = self.workers.join(contender.example);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{} is not built", path.display()))
+        }
+    }
+}
+
 /// How to run the upgrades.
 #[derive(Debug, Clone)]
 pub struct UpgradeConfig {
+    /// Where the master and the workers are.
+    pub programs: Programs,
     /// Workers under the master.
     pub workers: usize,
     /// Smooth upgrades to perform.
@@ -223,11 +262,17 @@ pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
 ///
 /// # Panics
 /// When the master or its workers do not start.
-pub fn start_master(contender: &Contender, workers: usize, max_unacked: usize) -> Master {
+pub fn start_master(
+    programs: &Programs,
+    contender: &Contender,
+    workers: usize,
+    max_unacked: usize,
+) -> Master {
     let n = workers.to_string();
     let max_unacked = max_unacked.max(1).to_string();
+    let program = programs.worker(contender).unwrap_or_else(|e| panic!("{e}"));
     let worker = [
-        example(contender.example).into_os_string(),
+        program.into_os_string(),
         "--drain-timeout".into(),
         "10".into(),
     ];
@@ -242,7 +287,7 @@ pub fn start_master(contender: &Contender, workers: usize, max_unacked: usize) -
         "--max-unacked",
         &max_unacked,
     ];
-    let master = Master::start_with(&flags, &worker, |cmd| {
+    let master = Master::start_program(&programs.master, &flags, &worker, |cmd| {
         cmd.env("RUST_LOG", "warn");
     });
     master.wait_serving(workers);
@@ -304,7 +349,12 @@ fn sample(load: &load::Load, done: &AtomicBool) -> Vec<Sample> {
 /// # Errors
 /// When the master does not stop cleanly.
 pub fn run(contender: &Contender, config: &UpgradeConfig) -> Result<ContenderResult, String> {
-    let master = start_master(contender, config.workers, config.max_unacked);
+    let master = start_master(
+        &config.programs,
+        contender,
+        config.workers,
+        config.max_unacked,
+    );
     let started = Instant::now();
     let load = load::start(
         LoadConfig::new(master.addr(0))

@@ -4,7 +4,7 @@
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -51,9 +51,23 @@ impl Master {
         command: &[impl AsRef<OsStr>],
         adjust: impl FnOnce(&mut Command),
     ) -> Master {
+        Master::start_program(&binary("einhorn-master"), flags, command, adjust)
+    }
+
+    /// As [`Master::start_with`], with the master's program at `program` (the demo's own
+    /// build of it) rather than the workspace's `einhorn-master`.
+    ///
+    /// # Panics
+    /// As [`Master::start`].
+    pub fn start_program(
+        program: &Path,
+        flags: &[&str],
+        command: &[impl AsRef<OsStr>],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Master {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("master.sock");
-        let mut cmd = Command::new(binary("einhorn-master"));
+        let mut cmd = Command::new(program);
         cmd.arg("-d")
             .arg(&socket)
             .arg("--addr-file")

@@ -10,7 +10,7 @@
 //! # Example
 //! ```no_run
 //! use std::time::Duration;
-//! use graceful_listener_suite::load::{LoadConfig, start};
+//! use graceful_listener_demo::load::{LoadConfig, start};
 //!
 //! let load = start(LoadConfig::new("127.0.0.1:8000".parse().unwrap()).connections(32).duration(Duration::from_secs(10)));
 //! // ... upgrade the server meanwhile ...

@@ -1,23 +1,27 @@
 //! The demo: zero-downtime upgrades, seen from a client, beside today's way.
 //!
-//! `cargo run --release --example demo` starts `einhorn-master` with N `axum-hello` workers
-//! on a loopback port, hammers it with keep-alive HTTP/1.1 load, performs K smooth upgrades
-//! through the master's command socket, and prints what the clients saw. Then it does the
-//! same with `axum-baseline` (the Einhorn fd taken by hand, a manual ACK, and
-//! `axum::serve(..).with_graceful_shutdown(SIGUSR2)`): same master, same load, same upgrades.
-//! With `--framework actix`, the same with `actix-hello` beside `actix-baseline` (actix's own
-//! graceful stop on SIGUSR2); with `--framework warp`, `warp-hello` beside `warp-baseline`
-//! (warp's own `graceful`). The run itself is [`graceful_listener_suite::upgrades`].
+//! `cargo run --release -p graceful-listener-demo` starts `einhorn-master` with N
+//! `axum-hello` workers on a loopback port, hammers it with keep-alive HTTP/1.1 load,
+//! performs K smooth upgrades through the master's command socket, and prints what the
+//! clients saw. Then it does the same with `axum-baseline` (the Einhorn fd taken by hand, a
+//! manual ACK, and `axum::serve(..).with_graceful_shutdown(SIGUSR2)`): same master, same load,
+//! same upgrades. With `--framework actix`, the same with `actix-hello` beside
+//! `actix-baseline` (actix's own graceful stop on SIGUSR2); with `--framework warp`,
+//! `warp-hello` beside `warp-baseline` (warp's own `graceful`). The run itself is
+//! [`graceful_listener_demo::upgrades`].
 //!
-//! The workers and the master are the workspace's own binaries; when run through `cargo run`,
-//! the demo builds them first (same profile) unless `--no-build` is given.
+//! The master and the axum workers are bins of this package, beside this one: the command
+//! that built the demo built them, and the demo builds nothing. The actix-web and warp workers
+//! are the workspace's examples (`cargo build --release --example actix-hello --example
+//! actix-baseline`), kept out of this package so that the first command builds no framework it
+//! does not run.
 
-use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use graceful_listener_suite::upgrades::{
-    self, Contender, ContenderResult, Counts, Latency, UpgradeConfig,
+use graceful_listener_demo::upgrades::{
+    self, Contender, ContenderResult, Counts, Latency, Programs, UpgradeConfig,
 };
 use serde::Serialize;
 
@@ -51,9 +55,6 @@ struct Args {
     /// interleave when both are captured).
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
-    /// Do not build the master and workers first: use the binaries next to this one.
-    #[arg(long)]
-    no_build: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,6 +90,47 @@ impl Framework {
         };
         upgrades::contenders(key).expect("every framework of the demo has a baseline")
     }
+
+    /// The master and the workers of `contenders`, checked to be built: the master and the
+    /// axum workers beside this program, the other frameworks' workers among the workspace's
+    /// examples (with the command that builds them when they are not).
+    fn programs(self, contenders: &[Contender]) -> Result<Programs, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let here = exe.parent().map_or_else(PathBuf::new, PathBuf::from);
+        let programs = Programs {
+            master: here.join("demo-master"),
+            workers: match self {
+                Framework::Axum => here.clone(),
+                Framework::Warp | Framework::Actix => here.join("examples"),
+            },
+        };
+        if !programs.master.is_file() {
+            return Err(format!(
+                "{} is not built: run the demo with `cargo run --release -p graceful-listener-demo`",
+                programs.master.display()
+            ));
+        }
+        for contender in contenders {
+            programs.worker(contender).map_err(|e| match self {
+                Framework::Axum => format!(
+                    "{e}: run the demo with `cargo run --release -p graceful-listener-demo`"
+                ),
+                Framework::Warp | Framework::Actix => {
+                    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+                    let examples: Vec<String> = contenders
+                        .iter()
+                        .map(|c| format!("--example {}", c.example))
+                        .collect();
+                    format!(
+                        "{e}: the {} workers are the workspace's examples; build them first with `cargo build{profile} {}`",
+                        self.name(),
+                        examples.join(" ")
+                    )
+                }
+            })?;
+        }
+        Ok(programs)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -112,12 +154,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let [ours, baseline] = args.framework.contenders();
-    if !args.no_build
-        && let Err(e) = build_binaries(&[ours, baseline])
-    {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
+    let programs = match args.framework.programs(&[ours, baseline]) {
+        Ok(programs) => programs,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let contenders: Vec<Contender> = match args.only {
         Only::Both => vec![ours, baseline],
         Only::Ours => vec![ours],
@@ -132,6 +175,7 @@ fn main() -> ExitCode {
     );
     let mut results = Vec::new();
     let config = UpgradeConfig {
+        programs,
         workers: args.workers,
         upgrades: args.upgrades,
         connections: args.connections,
@@ -155,7 +199,7 @@ fn main() -> ExitCode {
         connections: args.connections,
         results,
     };
-    let printed = graceful_listener_suite::print_results(
+    let printed = graceful_listener_demo::print_results(
         &summary,
         || render(&summary),
         args.json,
@@ -166,34 +210,6 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
-}
-
-/// Builds the master and the contenders' workers with the profile this demo was built with,
-/// through the cargo that runs us (`cargo run` sets `CARGO`).
-fn build_binaries(contenders: &[Contender]) -> Result<(), String> {
-    let Some(cargo) = std::env::var_os("CARGO") else {
-        // Not run by cargo: the binaries must be there already; `example`/`binary` say so if not.
-        return Ok(());
-    };
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let examples: Vec<&str> = contenders.iter().map(|c| c.example).collect();
-    eprintln!("demo: building einhorn-master, {}", examples.join(" and "));
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--quiet")
-        .arg("--manifest-path")
-        .arg(manifest);
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    cmd.args(["-p", "graceful-listener-suite", "-p", "einhorn-master"])
-        .args(examples.iter().flat_map(|e| ["--example", e]))
-        .args(["--bin", "einhorn-master"]);
-    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the demo's binaries failed ({status})"));
-    }
-    Ok(())
 }
 
 /// The side-by-side summary.

@@ -1,11 +1,14 @@
 //! The demo, in a short configuration: ours loses no request across upgrades, and every
 //! upgrade replaces every worker. (The baseline's failures are reported, not asserted: they
 //! depend on timing.)
+//!
+//! The axum run uses this package's own master and workers; the actix-web one the
+//! workspace's examples, which `cargo test --workspace` builds.
 
 use std::process::Command;
 use std::time::Duration;
 
-use graceful_listener_suite::harness::{Proc, example};
+use graceful_listener_demo::harness::Proc;
 
 #[test]
 fn axum_ours_loses_no_request_and_every_upgrade_replaces_every_pid() {
@@ -20,20 +23,12 @@ fn actix_ours_loses_no_request_and_every_upgrade_replaces_every_pid() {
 fn ours_loses_no_request_and_every_upgrade_replaces_every_pid(framework: &str) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let results = dir.path().join("demo.json");
-    let mut cmd = Command::new(example("demo"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo"));
     cmd.args(["--framework", framework])
         .arg("--json-out")
         .arg(&results);
-    cmd.args([
-        "--no-build",
-        "--workers",
-        "3",
-        "--upgrades",
-        "3",
-        "--connections",
-        "16",
-    ])
-    .args(["--interval", "0.7"]);
+    cmd.args(["--workers", "3", "--upgrades", "3", "--connections", "16"])
+        .args(["--interval", "0.7"]);
     let mut demo = Proc::spawn(cmd).expect("start the demo");
     let status = demo
         .wait_timeout(Duration::from_secs(240))
