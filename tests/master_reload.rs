@@ -414,6 +414,23 @@ fn a_deploy_broken_around_the_master_never_ends_it() {
         pid.to_string(),
         "the pid file names the master again"
     );
+    // A fault the check does not look at (the address file's path is a directory now): the
+    // new master lives with it, and `state` says so.
+    let addrs = master.dir.path().join("addrs");
+    std::fs::remove_file(&addrs).unwrap();
+    std::fs::create_dir(&addrs).unwrap();
+    let (code, out) = ctl(&master.socket, "reload");
+    assert_eq!(code, 0, "{out}");
+    let state = master.state();
+    assert_eq!(state.master_pid, pid);
+    assert!(
+        state
+            .faults
+            .iter()
+            .any(|f| f.contains("cannot write address file")),
+        "{state:?}"
+    );
+    std::fs::remove_dir(&addrs).unwrap();
     // Another master cannot start on the socket the reloaded one serves.
     let second = Command::new(binary("einhorn-master"))
         .arg("-d")

@@ -122,10 +122,16 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     // Before anything is created: a typo in the command fails here, not in a respawn loop.
     // After an exec, workers and sockets are ours to keep: a program gone meanwhile (its
     // check passed a moment ago) is logged, and its respawns back off until it is back.
+    // Faults this master lives with after an exec: logged, and kept for `state`.
+    let mut faults: Vec<String> = Vec::new();
+    let mut fault = |text: String| {
+        tracing::error!("{text}");
+        faults.push(text);
+    };
     match (check_program(program), &handover) {
         (Ok(_), _) => {}
         (Err(e), None) => return Err(e.into()),
-        (Err(e), Some(_)) => tracing::error!("{e}: workers cannot be started until it is fixed"),
+        (Err(e), Some(_)) => fault(format!("{e}: workers cannot be started until it is fixed")),
     }
     if let Err(e) = crate::spawn::cloexec_inherited_fds() {
         tracing::warn!("cannot mark inherited fds close-on-exec; workers may inherit them: {e}");
@@ -151,7 +157,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         // The pid is unchanged across the exec: the file is this master's, whatever was
         // written into it meanwhile; a failure to write it ends nothing.
         (Some(path), Some(_)) => Pidfile::overwrite(path, master_pid)
-            .inspect_err(|e| tracing::error!("{e}"))
+            .inspect_err(|e| fault(e.to_string()))
             .ok(),
         (None, _) => None,
     };
@@ -173,7 +179,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         )?,
     };
     let socket_path = command_socket.path().to_path_buf();
-    let (bound, retired) = bind_listeners(args, handover.as_ref())?;
+    let (bound, retired) = bind_listeners(args, handover.as_ref(), &mut fault)?;
     let listeners = listener_infos(&bound);
     for l in &listeners {
         tracing::info!("listening on {} (einhorn@{}, fd {})", l.addr, l.index, l.fd);
@@ -195,7 +201,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
                     if handover.is_none() {
                         return Err(error);
                     }
-                    tracing::error!("{error}");
+                    fault(error.to_string());
                     None
                 }
             }
@@ -249,6 +255,9 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
     };
     if handover.is_none() {
         machine.set_verbosity(args.verbosity());
+    }
+    for text in faults {
+        machine.note_fault(text);
     }
     crate::log_level::apply(machine.verbosity());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -384,6 +393,7 @@ type RetiredListeners = Vec<(Bound, u64)>;
 fn bind_listeners(
     args: &MasterArgs,
     handover: Option<&Handover>,
+    fault: &mut impl FnMut(String),
 ) -> Result<(Vec<Bound>, RetiredListeners), MasterError> {
     let Some(h) = handover else {
         let bound = args
@@ -405,14 +415,14 @@ fn bind_listeners(
             None => match spec.bind(args.backlog) {
                 Ok(bound) => plan.push(Ok(bound)),
                 Err(e) => {
-                    tracing::error!(
+                    fault(format!(
                         "{e}: keeping the listeners this master had before its exec ({})",
                         h.listeners
                             .iter()
                             .map(|l| l.spec.as_str())
                             .collect::<Vec<_>>()
                             .join(", ")
-                    );
+                    ));
                     let kept = h
                         .listeners
                         .iter()
@@ -827,7 +837,9 @@ impl<'a> Driver<'a> {
             }
             Err(e) if handover.is_none() => Err(MasterError::Metrics(e)),
             Err(e) => {
-                tracing::error!("{e}: no metrics are served until the next reload");
+                let text = format!("{e}: no metrics are served until the next reload");
+                tracing::error!("{text}");
+                self.machine.note_fault(text);
                 Ok(())
             }
         }

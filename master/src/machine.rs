@@ -389,6 +389,9 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
 /// is compared, and by the soak's end for a verdict at all
 /// ([`MachineConfig::canary_min_responses`]).
 pub const CANARY_MIN_RESPONSES: u64 = 20;
+/// The faults `state` lists, at most (the newest).
+pub const MAX_FAULTS: usize = 16;
+
 /// How long a new worker must stay up after its ACK before it replaces an old one during an
 /// upgrade, by default (`--prove`).
 pub const DEFAULT_PROVE: Duration = Duration::from_secs(1);
@@ -444,6 +447,9 @@ pub struct Machine {
     /// After an upgrade failed or was rolled back: the last good version, whose build every
     /// later worker runs until an upgrade succeeds.
     pinned: Option<u64>,
+    /// Faults the master lives with (after an exec: a program gone, a file it cannot write,
+    /// a listener it could not bind), the last [`MAX_FAULTS`], for `state`.
+    faults: Vec<String>,
     phase: Phase,
     started: bool,
     actions: Vec<Action>,
@@ -471,6 +477,7 @@ impl Machine {
             generations: Default::default(),
             last_rollback: None,
             pinned: None,
+            faults: Vec::new(),
             phase: Phase::Running,
             started: false,
             actions: Vec::new(),
@@ -1749,6 +1756,14 @@ impl Machine {
     }
 
     /// Sends an upgrade's final reply to each of its subscribers.
+    /// Records a fault the master lives with (the driver logs it): `state` lists it.
+    pub fn note_fault(&mut self, text: String) {
+        if self.faults.len() == MAX_FAULTS {
+            self.faults.remove(0);
+        }
+        self.faults.push(text);
+    }
+
     /// After a failed upgrade, the last good version, whose build workers started outside
     /// an upgrade run until an upgrade succeeds.
     pub fn pinned(&self) -> Option<u64> {
@@ -1808,6 +1823,7 @@ impl Machine {
                 .as_ref()
                 .map(|why| format!("rolled back: {}", crate::render::rollback_text(why))),
             pinned_version: self.pinned,
+            faults: self.faults.clone(),
             generations: self
                 .generations
                 .iter()

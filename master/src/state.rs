@@ -70,6 +70,11 @@ pub struct MasterState {
     /// succeeds.
     #[serde(default)]
     pub pinned_version: Option<u64>,
+    /// Faults the master lives with since it last started or reloaded (a worker program gone
+    /// since its check, a pid or address file it cannot write, a listener it could not bind):
+    /// each also logged when it happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
     /// Responses by status class (`1xx` ... `5xx`) of each version, as its workers reported
     /// them (`worker:stats`), workers that exited included.
     #[serde(default)]
