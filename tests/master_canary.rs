@@ -229,6 +229,65 @@ fn a_canary_that_hangs_or_answers_late_is_rolled_back() {
     assert!(report.ok > 100, "{report}");
 }
 
+#[test]
+fn a_canary_gets_its_share_of_clients_that_keep_their_connections() {
+    for connections in [8, 64] {
+        let (master, program, _scripts) = start(&[]);
+        let old = master.state().serving_pids();
+        // A balancer's pool: persistent connections, never reconnecting on their own.
+        let load = load::start(
+            LoadConfig::new(master.addr(0))
+                .connections(connections)
+                .duration(Duration::from_secs(120)),
+        );
+        let before = load.snapshot();
+        wait_for_requests(&load, &before, 200);
+
+        // A build answering 500 to a fifth of its requests: judged on its 5xx, not rolled
+        // back for want of traffic.
+        deploy(&program, "--fail-percent 20");
+        let (status, out) = ctl(&master.socket, &["upgrade", "--canary", "1", "--soak", "4"]);
+        assert_ne!(status, 0, "{connections} connections: {out}");
+        assert!(
+            out.contains("rolled back: new workers answered"),
+            "{connections} connections: {out}\n{}",
+            master.output()
+        );
+        old_workers_serve_on(&master, &old);
+        let after_rollback = load.snapshot();
+        wait_for_requests(&load, &after_rollback, 200);
+
+        // A good build passes on what it served, and the upgrade completes.
+        deploy(&program, "");
+        let (status, out) = ctl(&master.socket, &["upgrade", "--canary", "1", "--soak", "3"]);
+        assert_eq!(
+            status,
+            0,
+            "{connections} connections: {out}\n{}",
+            master.output()
+        );
+        assert!(
+            out.contains("Canary passed: ") && !out.contains("exits alone"),
+            "{out}"
+        );
+        master.wait_state("2 new workers serving alone", |s| {
+            s.upgrading.is_none()
+                && s.serving_pids().len() == 2
+                && s.workers.iter().all(|w| !old.contains(&w.pid.unwrap_or(0)))
+        });
+        let done = load.snapshot();
+        wait_for_requests(&load, &done, 200);
+        let report = load.stop();
+        let since = report.since(&after_rollback);
+        eprintln!("{connections} persistent connections: {report}\nsince the rollback: {since}");
+        // Only the bad canary's own 500s failed: no socket error, and nothing after the
+        // rollback.
+        assert_eq!(failures_but_500s(&report), 0, "{report}");
+        assert_eq!(since.failed(), 0, "{since}\n{}", master.output());
+        assert!(report.server_closes > 0, "connections were moved: {report}");
+    }
+}
+
 /// The command line of process `pid`, its arguments joined by spaces.
 fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))

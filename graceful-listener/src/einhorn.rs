@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockRef, Type};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::bind::{Bind, BindError};
 use crate::env::{CommandSocket, EnvError, Environment};
@@ -76,6 +76,16 @@ pub fn ack_line(pid: u32) -> String {
 /// sees it.
 pub const WORKER_STATS: &str = "worker:stats";
 
+/// The extension by which a master answers each [`WORKER_STATS`] with one line: `shed
+/// PERMILLE` asks the worker to end that share of its keep-alive connections at their next
+/// response (see [`crate::shed`]: a canary gets its share of clients that keep their
+/// connections), anything else asks nothing. A worker reads the answer only from a master
+/// that names this in [`EINHORN_MASTER_EXTENSIONS`](crate::env::MASTER_EXTENSIONS).
+pub const WORKER_SHED: &str = "worker:shed";
+
+/// How long a worker waits for the answer to its [`WORKER_STATS`] ([`WORKER_SHED`]).
+const SHED_ANSWER_WITHIN: Duration = Duration::from_millis(300);
+
 /// How often a worker reports its responses with [`WORKER_STATS`], while they change.
 pub const STATS_EVERY: Duration = Duration::from_millis(500);
 
@@ -117,31 +127,70 @@ pub fn parse_stats_args(args: &[String]) -> Option<[u64; 5]> {
 /// Reports this worker's responses to the master every [`STATS_EVERY`] while they change,
 /// for as long as the returned task runs. Best effort: a report that cannot be delivered is
 /// skipped (the next one carries the totals).
-pub(crate) fn report_stats(env: &Environment) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn report_stats(
+    env: &Environment,
+    handle: crate::ListenerHandle,
+) -> Option<tokio::task::JoinHandle<()>> {
     if !env.einhorn_master_understands(WORKER_STATS) {
         return None;
     }
     let path = env.einhorn_command_socket_path().ok()?;
+    let shed = env
+        .einhorn_master_understands(WORKER_SHED)
+        .then_some(handle);
     Some(tokio::spawn(async move {
         let mut sent = None;
         let mut every = tokio::time::interval(STATS_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            send_stats(&path, &mut sent).await;
+            send_stats(&path, &mut sent, shed.as_ref()).await;
         }
     }))
 }
 
-/// Sends the counts if they changed since `sent`.
-pub(crate) async fn send_stats(path: &std::path::Path, sent: &mut Option<[u64; 5]>) {
+/// Sends the counts if they changed since `sent`; with `shed` (a master that answers, see
+/// [`WORKER_SHED`]), ends the share of that handle's connections the answer asks for.
+pub(crate) async fn send_stats(
+    path: &std::path::Path,
+    sent: &mut Option<[u64; 5]>,
+    shed: Option<&crate::ListenerHandle>,
+) {
     let counts = crate::telemetry::response_counts();
     if *sent == Some(counts) {
         return;
     }
     let line = stats_line(std::process::id(), counts);
-    match tokio::time::timeout(Duration::from_secs(1), send_line(path, line.as_bytes())).await {
-        Ok(Ok(())) => *sent = Some(counts),
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(path).await?;
+        stream.write_all(line.as_bytes()).await?;
+        let Some(handle) = shed else {
+            return stream.shutdown().await.map(|()| None);
+        };
+        let mut answer = Vec::new();
+        let mut reader = tokio::io::BufReader::new(stream).take(4096);
+        // An answer that does not come in time asks nothing: the counts were delivered.
+        let read = tokio::time::timeout(SHED_ANSWER_WITHIN, reader.read_until(b'\n', &mut answer));
+        let asked = match read.await {
+            Ok(Ok(_)) => crate::shed::parse_reply(&String::from_utf8_lossy(&answer)),
+            _ => None,
+        };
+        Ok::<_, std::io::Error>(asked.map(|permille| (permille, handle.live())))
+    };
+    match tokio::time::timeout(Duration::from_secs(1), exchange).await {
+        Ok(Ok(asked)) => {
+            *sent = Some(counts);
+            if let Some((permille, live)) = asked {
+                let connections = crate::shed::share_of(permille, live);
+                tracing::debug!(
+                    permille,
+                    live,
+                    connections,
+                    "the master asks to move connections"
+                );
+                crate::shed::end_connections(connections);
+            }
+        }
         Ok(Err(e)) => tracing::debug!(error = %e, "worker:stats not delivered"),
         Err(_) => tracing::debug!("worker:stats not delivered within 1s"),
     }

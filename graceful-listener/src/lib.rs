@@ -60,6 +60,7 @@ mod options;
 mod report;
 mod run;
 mod server;
+pub mod shed;
 mod shutdown;
 mod signals;
 mod socket;

@@ -306,7 +306,7 @@ impl Worker {
                 }
                 acked = ack_with(&self.env, ACK_RETRY_FOR) => acked?,
             }
-            self.stats = report_stats(&self.env);
+            self.stats = report_stats(&self.env, self.handle.clone());
         }
         self.notifier.ready("serving");
         crate::telemetry::ready(self.started.elapsed());
@@ -490,7 +490,7 @@ impl Worker {
             // The last responses reach the master too: a canary's verdict counts them.
             stats.abort();
             if let Ok(path) = self.env.einhorn_command_socket_path() {
-                send_stats(&path, &mut None).await;
+                send_stats(&path, &mut None, None).await;
             }
         }
         report

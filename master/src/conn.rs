@@ -591,6 +591,10 @@ async fn serve(
         match take_line(conn, line, &reader, &shared, &to_driver).await {
             Taken::Owed => owed += 1,
             Taken::WorkerMessage => reading = false,
+            Taken::WorkerAnswered => {
+                reading = false;
+                owed += 1;
+            }
             Taken::Drop => return conn,
         }
     }
@@ -608,6 +612,10 @@ async fn serve(
                         match take_line(conn, line, &reader, &shared, &to_driver).await {
                             Taken::Owed => owed += 1,
                             Taken::WorkerMessage => reading = false,
+                            Taken::WorkerAnswered => {
+                                reading = false;
+                                owed += 1;
+                            }
                             Taken::Drop => return conn,
                         }
                         // One line per turn: a client with many lines buffered does not keep
@@ -671,6 +679,9 @@ enum Taken {
     Owed,
     /// A worker message, handed over: the driver closes the connection.
     WorkerMessage,
+    /// A worker message that gets one answer (`worker:stats`, read by workers that speak
+    /// `worker:shed`): the driver writes it, then closes.
+    WorkerAnswered,
     /// The driver is gone, or the client is: close.
     Drop,
 }
@@ -707,6 +718,7 @@ async fn take_line(
         }
         Ok((id, command)) => {
             let worker = command.is_worker_message();
+            let answered = matches!(command, Command::WorkerStats { .. });
             if !worker && peer_gone(reader.get_ref().as_ref().as_fd()) {
                 tracing::warn!(
                     "command socket: not carrying out {:?}: its client has closed the connection",
@@ -720,10 +732,10 @@ async fn take_line(
                 command,
                 line,
             });
-            if worker {
-                Taken::WorkerMessage
-            } else {
-                Taken::Owed
+            match (worker, answered) {
+                (true, true) => Taken::WorkerAnswered,
+                (true, false) => Taken::WorkerMessage,
+                (false, _) => Taken::Owed,
             }
         }
     }

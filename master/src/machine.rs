@@ -823,8 +823,11 @@ impl Machine {
                 self.upgrade_requested(now, UpgradeOrder { fleet, canary }, Some((conn, id)));
             }
             Command::WorkerStats { pid, responses } => {
-                self.actions.push(Action::Close { conn });
                 self.worker_stats(now, pid, responses);
+                // A worker that understands `worker:shed` reads this answer; others ignore it.
+                let shed = self.shed_for(pid);
+                self.actions.push(reply(Message::StatsAnswer { shed }));
+                self.actions.push(Action::Close { conn });
             }
             Command::Reload => self.reload_requested((conn, id)),
             Command::Quieter | Command::Louder => {
@@ -1169,6 +1172,38 @@ impl Machine {
             worker.responses[class] = worker.responses[class].max(*count);
         }
         self.judge_canary(now, false);
+    }
+
+    /// During a soak, the share (thousandths) of its keep-alive connections old worker
+    /// `pid` should end, so that their clients reconnect and some reach the canaries: the
+    /// canaries' share of the serving workers, until they have answered enough for a verdict
+    /// and at least half their share of the responses. `None` for anyone else, or once that
+    /// holds.
+    fn shed_for(&self, pid: i64) -> Option<u64> {
+        let up = self.upgrade.as_ref()?;
+        up.canary.as_ref()?.soaking?;
+        let worker = self
+            .workers
+            .iter()
+            .find(|w| w.pid.map(i64::from) == Some(pid))?;
+        if worker.version >= self.version || worker.retired.is_some() {
+            return None;
+        }
+        let serving = |new: bool| {
+            self.workers
+                .iter()
+                .filter(|w| (w.version == self.version) == new && w.acked() && w.retired.is_none())
+                .count() as u64
+        };
+        let (canaries, old) = (serving(true), serving(false));
+        if canaries == 0 || old == 0 {
+            return None;
+        }
+        let share = canaries * 1000 / (canaries + old);
+        let ((new_responses, _), (old_responses, _)) = self.soak_counts()?;
+        let enough = new_responses >= self.config.canary_min_responses.max(1);
+        let served_share = new_responses * 1000 * 2 >= share * (new_responses + old_responses);
+        (!(enough && served_share)).then_some(share)
     }
 
     /// Responses and 5xx among them: the canaries' (the newest version's) and the other

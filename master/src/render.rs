@@ -199,6 +199,10 @@ pub fn text(message: &Message) -> String {
             },
             signaled.len(),
         ),
+        Message::StatsAnswer { shed } => match shed {
+            Some(permille) => format!("shed {permille}"),
+            None => "ok".to_string(),
+        },
         Message::Pinned { version } => format!(
             "workers started from now on run version {version}'s build (the last good one), whatever is at the program's path, until an upgrade succeeds"
         ),

@@ -78,7 +78,10 @@ impl WorkerCommand {
     /// assert!(env.contains(&("EINHORN_FD_1".to_string(), "7".to_string())));
     /// assert!(env.contains(&("EINHORN_FDS".to_string(), "3 7".to_string())));
     /// assert!(env.contains(&("EINHORN_CHILD_INDEX".to_string(), "2".to_string())));
-    /// assert!(env.contains(&("EINHORN_MASTER_EXTENSIONS".to_string(), "worker:stats".to_string())));
+    /// assert!(env.contains(&(
+    ///     "EINHORN_MASTER_EXTENSIONS".to_string(),
+    ///     "worker:stats worker:shed".to_string()
+    /// )));
     /// ```
     pub fn env(&self, index: usize) -> Vec<(String, String)> {
         let mut env = vec![
@@ -105,7 +108,11 @@ impl WorkerCommand {
         // its responses only when told so (Stripe's Einhorn sets nothing).
         env.push((
             einhorn_env::MASTER_EXTENSIONS.to_string(),
-            graceful_listener::einhorn::WORKER_STATS.to_string(),
+            format!(
+                "{} {}",
+                graceful_listener::einhorn::WORKER_STATS,
+                graceful_listener::einhorn::WORKER_SHED
+            ),
         ));
         env
     }
@@ -405,7 +412,10 @@ mod tests {
                 ("EINHORN_CHILD_INDEX".into(), "0".into()),
                 ("EINHORN_FDS".into(), "5".into()),
                 // Ours alone: the worker messages beyond Einhorn's that this master reads.
-                ("EINHORN_MASTER_EXTENSIONS".into(), "worker:stats".into()),
+                (
+                    "EINHORN_MASTER_EXTENSIONS".into(),
+                    "worker:stats worker:shed".into(),
+                ),
             ]
         );
         let none = WorkerCommand {

@@ -112,8 +112,13 @@ where
         graceful_listener::telemetry::record_response(response.status().as_u16());
         // Decided when the response is ready, just before actix writes its head: a stop
         // before this point makes this response the connection's last, and the client knows.
-        if this.signal.as_ref().is_some_and(|s| s.is_stopping())
-            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        // Or the master moves some of this worker's keep-alive clients to a canary
+        // (`graceful_listener::shed`).
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS
+            && this
+                .signal
+                .as_ref()
+                .is_some_and(|s| s.is_stopping() || graceful_listener::shed::take())
         {
             response
                 .head_mut()

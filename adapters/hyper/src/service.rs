@@ -79,10 +79,12 @@ where
         let guard = this.guard.take();
         // Decided when the head is ready, just before hyper writes it: a stop before this
         // point makes this response the connection's last.
+        // Or the master moves some of this worker's keep-alive clients to a canary
+        // (`graceful_listener::shed`).
         if *this.may_close
             && let Some(guard) = &guard
-            && guard.0.signal.is_stopping()
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            && (guard.0.signal.is_stopping() || graceful_listener::shed::take())
         {
             response
                 .headers_mut()

@@ -371,6 +371,12 @@ pub enum Message {
         /// UnACKed new workers, sent SIGUSR2.
         signaled: Vec<Pid>,
     },
+    /// The answer to a `worker:stats`: the share (thousandths) of its keep-alive connections
+    /// the worker should end, if any (`worker:shed`).
+    StatsAnswer {
+        /// The share, in thousandths.
+        shed: Option<u64>,
+    },
     /// After a failed upgrade: workers started from now on run this version's build.
     Pinned {
         /// The last good version.

@@ -1,0 +1,71 @@
+//! Moving keep-alive clients to a canary. Clients that keep their connections (a load
+//! balancer's pool) never reach a new worker on their own: while a canary soaks, its master
+//! asks each old worker to end a share of its keep-alive connections at their next response
+//! (`Connection: close`, a clean end the client expects), so that those clients reconnect and
+//! the shared socket deals them across every worker, the canary included.
+//!
+//! The engines ask [`take`] once per HTTP/1 response: one relaxed load while nothing is to be
+//! shed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Connections still to end at their next response.
+static BUDGET: AtomicU64 = AtomicU64::new(0);
+
+/// Ends `connections` more keep-alive connections, each at its next response.
+///
+/// # Example
+/// ```
+/// use graceful_listener::shed;
+///
+/// shed::end_connections(1);
+/// assert!(shed::take(), "this response closes its connection");
+/// assert!(!shed::take(), "one connection asked for, one given");
+/// ```
+pub fn end_connections(connections: u64) {
+    BUDGET.fetch_add(connections, Ordering::Relaxed);
+}
+
+/// Whether the response about to be written should be its connection's last (answered with
+/// `Connection: close`); takes one from the connections asked for by [`end_connections`].
+#[inline]
+pub fn take() -> bool {
+    let mut left = BUDGET.load(Ordering::Relaxed);
+    // Bounded: each round loses only to another response taking one at the same instant.
+    while left > 0 {
+        match BUDGET.compare_exchange_weak(left, left - 1, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => left = now,
+        }
+    }
+    false
+}
+
+/// How many of `live` connections a share of `permille` (thousandths) is: rounded up, so
+/// that any share of one connection moves it.
+///
+/// # Example
+/// ```
+/// assert_eq!(graceful_listener::shed::share_of(333, 4), 2);
+/// assert_eq!(graceful_listener::shed::share_of(0, 4), 0);
+/// assert_eq!(graceful_listener::shed::share_of(1000, 4), 4);
+/// ```
+pub fn share_of(permille: u64, live: usize) -> u64 {
+    (permille.min(1000) * live as u64).div_ceil(1000)
+}
+
+/// Reads a master's reply to `worker:stats`: `shed PERMILLE` asks this worker to end that
+/// share (in thousandths) of its keep-alive connections; anything else asks nothing.
+///
+/// # Example
+/// ```
+/// use graceful_listener::shed::parse_reply;
+///
+/// assert_eq!(parse_reply("{\"message\":\"shed 333\",\"request_id\":null}"), Some(333));
+/// assert_eq!(parse_reply("{\"message\":\"ok\"}"), None);
+/// ```
+pub fn parse_reply(line: &str) -> Option<u64> {
+    let rest = &line[line.find("shed ")? + "shed ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
