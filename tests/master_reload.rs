@@ -102,6 +102,26 @@ fn ctl(socket: &Path, command: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// `reload` and `upgrade` are both refused, saying `expected`, and nothing changes: the
+/// same master (`pid`), version 0, the same `workers`.
+fn refused_twice(master: &Master, pid: i32, workers: &[i32], what: &str, expected: &str) {
+    for command in ["reload", "upgrade"] {
+        let (code, out) = ctl(&master.socket, command);
+        assert_ne!(code, 0, "{what}: ctl {command} fails: {out}");
+        assert!(
+            out.contains("the new master cannot take over") && out.contains(expected),
+            "{what}: ctl {command} says why: {out}\n{}",
+            master.output()
+        );
+        let state = master.state();
+        assert_eq!(state.master_pid, pid, "{what}");
+        assert_eq!(state.version, 0, "{what}: no upgrade happened");
+        let mut serving = state.serving_pids();
+        serving.sort_unstable();
+        assert_eq!(serving, workers, "{what}: the same workers serve");
+    }
+}
+
 #[test]
 fn ten_reload_and_upgrade_cycles_keep_the_pid_the_sockets_and_every_request() {
     let (master, program) = start_master(&["-n", "2"], &[example("hyper-hello").as_os_str()]);
@@ -211,21 +231,7 @@ fn a_broken_new_master_is_refused_and_everything_keeps_serving() {
     ];
     for (what, break_it, expected) in &cases {
         break_it();
-        for command in ["reload", "upgrade"] {
-            let (code, out) = ctl(&master.socket, command);
-            assert_ne!(code, 0, "{what}: ctl {command} fails: {out}");
-            assert!(
-                out.contains("the new master cannot take over") && out.contains(expected),
-                "{what}: ctl {command} says why: {out}\n{}",
-                master.output()
-            );
-            let state = master.state();
-            assert_eq!(state.master_pid, pid);
-            assert_eq!(state.version, 0, "{what}: no upgrade happened");
-            let mut serving = state.serving_pids();
-            serving.sort_unstable();
-            assert_eq!(serving, workers, "{what}: the same workers serve");
-        }
+        refused_twice(&master, pid, &workers, what, expected);
     }
     // The next good release reloads.
     let inode = deploy(&program);
@@ -380,21 +386,7 @@ fn a_deploy_broken_around_the_master_never_ends_it() {
     ];
     for (what, break_it, expected, mend) in &cases {
         break_it();
-        for command in ["reload", "upgrade"] {
-            let (code, out) = ctl(&master.socket, command);
-            assert_ne!(code, 0, "{what}: ctl {command} fails: {out}");
-            assert!(
-                out.contains("the new master cannot take over") && out.contains(expected),
-                "{what}: ctl {command} says why: {out}\n{}",
-                master.output()
-            );
-            let state = master.state();
-            assert_eq!(state.master_pid, pid, "{what}");
-            assert_eq!(state.version, 0, "{what}: no upgrade happened");
-            let mut serving = state.serving_pids();
-            serving.sort_unstable();
-            assert_eq!(serving, workers, "{what}: the same workers serve");
-        }
+        refused_twice(&master, pid, &workers, what, expected);
         mend();
     }
     // The master's own files, tampered with: it takes them back and reloads.

@@ -90,13 +90,7 @@ impl Pidfile {
                 pid: old,
             });
         }
-        let file = WrittenFile::create(path, &format!("{pid}\n")).map_err(|source| {
-            PidfileError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        Ok(Pidfile { _file: file })
+        Pidfile::overwrite(path, pid)
     }
 
     /// Writes `pid` to `path` (atomically) whatever the file names: for a master that took

@@ -1537,6 +1537,22 @@ fn canary(workers: usize, soak: f64) -> Option<CanaryPlan> {
     })
 }
 
+/// Two old workers serving, and a canary upgrade (asked on connection 1) whose one canary
+/// has ACKed: its soak of `soak` seconds begins.
+fn canary_acked(soak: f64) -> (Sim, Vec<Pid>, Pid) {
+    let (mut sim, old) = Sim::started(2);
+    sim.command(
+        1,
+        Command::Upgrade {
+            fleet: false,
+            canary: canary(1, soak),
+        },
+    );
+    let canary_pid = sim.pids(1)[0];
+    sim.ack(canary_pid);
+    (sim, old, canary_pid)
+}
+
 fn stats(sim: &mut Sim, pid: Pid, responses: [u64; 5]) -> Vec<Action> {
     sim.feed(Event::Request {
         conn: ConnId(pid as u64 + 20_000),
@@ -1595,16 +1611,7 @@ fn a_canary_serves_beside_every_old_worker_then_the_upgrade_goes_on_after_the_so
 
 #[test]
 fn a_canary_that_exits_is_rolled_back_and_the_old_workers_serve_on() {
-    let (mut sim, old) = Sim::started(2);
-    sim.command(
-        1,
-        Command::Upgrade {
-            fleet: false,
-            canary: canary(1, 30.0),
-        },
-    );
-    let canary_pid = sim.pids(1)[0];
-    sim.ack(canary_pid);
+    let (mut sim, old, canary_pid) = canary_acked(30.0);
     sim.advance(secs(2.0));
     let actions = sim.exit(canary_pid);
     let last = replies(&actions, 1);
@@ -1628,16 +1635,7 @@ fn a_canary_that_exits_is_rolled_back_and_the_old_workers_serve_on() {
 
 #[test]
 fn a_canary_answering_too_many_5xx_is_rolled_back_within_the_soak() {
-    let (mut sim, old) = Sim::started(2);
-    sim.command(
-        1,
-        Command::Upgrade {
-            fleet: false,
-            canary: canary(1, 30.0),
-        },
-    );
-    let canary_pid = sim.pids(1)[0];
-    sim.ack(canary_pid);
+    let (mut sim, old, canary_pid) = canary_acked(30.0);
     stats(&mut sim, old[0], [0, 200, 0, 0, 0]);
     // 3 of 10: too few responses to judge.
     stats(&mut sim, canary_pid, [0, 7, 0, 0, 3]);
@@ -1669,16 +1667,7 @@ fn a_canary_answering_too_many_5xx_is_rolled_back_within_the_soak() {
 
 #[test]
 fn a_canary_no_client_reached_is_rolled_back_at_the_soak_end() {
-    let (mut sim, old) = Sim::started(2);
-    sim.command(
-        1,
-        Command::Upgrade {
-            fleet: false,
-            canary: canary(1, 5.0),
-        },
-    );
-    let canary_pid = sim.pids(1)[0];
-    sim.ack(canary_pid);
+    let (mut sim, old, canary_pid) = canary_acked(5.0);
     // The old workers keep every client (a balancer's pool); the canary sees 3 requests.
     stats(&mut sim, old[0], [0, 300, 0, 0, 0]);
     stats(&mut sim, canary_pid, [0, 3, 0, 0, 0]);
@@ -1750,16 +1739,7 @@ fn spawned_versions(actions: &[Action]) -> Vec<u64> {
 
 #[test]
 fn after_a_rollback_every_worker_started_runs_the_last_good_build_until_an_upgrade_succeeds() {
-    let (mut sim, old) = Sim::started(2);
-    sim.command(
-        1,
-        Command::Upgrade {
-            fleet: false,
-            canary: canary(1, 30.0),
-        },
-    );
-    let canary_pid = sim.pids(1)[0];
-    sim.ack(canary_pid);
+    let (mut sim, old, canary_pid) = canary_acked(30.0);
     sim.advance(secs(1.0));
     sim.exit(canary_pid);
     assert_eq!(sim.m.pinned(), Some(0));
