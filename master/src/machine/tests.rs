@@ -40,7 +40,15 @@ impl Sim {
 
     /// Starts and ACKs every worker; returns their pids.
     fn started(workers: usize) -> (Sim, Vec<Pid>) {
-        let mut sim = Sim::manual(workers);
+        Sim::started_with(MachineConfig {
+            ack_mode: AckMode::Manual,
+            ..MachineConfig::new(workers)
+        })
+    }
+
+    /// A machine of `config` whose first workers have all ACKed.
+    fn started_with(config: MachineConfig) -> (Sim, Vec<Pid>) {
+        let mut sim = Sim::new(config);
         let pids = sim.start();
         for &pid in &pids {
             sim.ack(pid);
@@ -784,15 +792,11 @@ fn new_workers_crashing_before_ack_are_respawned_with_backoff_then_fail_the_upgr
 
 #[test]
 fn a_new_ack_between_failed_starts_starts_the_count_again() {
-    let mut sim = Sim::new(MachineConfig {
+    let (mut sim, _) = Sim::started_with(MachineConfig {
         ack_mode: AckMode::Manual,
         upgrade_timeout: secs(3600.0),
         ..MachineConfig::new(3)
     });
-    let old = sim.start();
-    for &pid in &old {
-        sim.ack(pid);
-    }
     sim.command(
         1,
         Command::Upgrade {
@@ -1056,15 +1060,11 @@ fn usr2_and_int_stop_gracefully_and_exit_when_workers_are_gone() {
 
 #[test]
 fn a_second_stop_reaches_draining_workers_and_keeps_the_first_kill_deadline() {
-    let mut sim = Sim::new(MachineConfig {
+    let (mut sim, old) = Sim::started_with(MachineConfig {
         ack_mode: AckMode::Manual,
         signal_timeout: Some(secs(5.0)),
         ..MachineConfig::new(2)
     });
-    let old = sim.start();
-    for &pid in &old {
-        sim.ack(pid);
-    }
     sim.command(
         1,
         Command::Upgrade {
@@ -1690,15 +1690,11 @@ fn a_canary_no_client_reached_is_rolled_back_at_the_soak_end() {
 #[test]
 fn with_no_minimum_a_canary_passes_on_its_exits_alone_and_a_higher_one_is_needed_to_compare() {
     for (needed, responses, passes) in [(0, 0, true), (100, 50, false), (100, 100, true)] {
-        let mut sim = Sim::new(MachineConfig {
+        let (mut sim, _) = Sim::started_with(MachineConfig {
             ack_mode: AckMode::Manual,
             canary_min_responses: needed,
             ..MachineConfig::new(2)
         });
-        let old = sim.start();
-        for &pid in &old {
-            sim.ack(pid);
-        }
         sim.command(
             1,
             Command::Upgrade {
@@ -1780,15 +1776,11 @@ fn after_a_rollback_every_worker_started_runs_the_last_good_build_until_an_upgra
 
 /// A started pool of `workers` (manual ACK) whose upgrades prove new workers for 1 s.
 fn proving(workers: usize) -> (Sim, Vec<Pid>) {
-    let mut sim = Sim::new(MachineConfig {
+    let (mut sim, old) = Sim::started_with(MachineConfig {
         ack_mode: AckMode::Manual,
         prove: secs(1.0),
         ..MachineConfig::new(workers)
     });
-    let old = sim.start();
-    for &pid in &old {
-        sim.ack(pid);
-    }
     (sim, old)
 }
 
