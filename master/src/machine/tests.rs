@@ -1776,12 +1776,11 @@ fn after_a_rollback_every_worker_started_runs_the_last_good_build_until_an_upgra
 
 /// A started pool of `workers` (manual ACK) whose upgrades prove new workers for 1 s.
 fn proving(workers: usize) -> (Sim, Vec<Pid>) {
-    let (mut sim, old) = Sim::started_with(MachineConfig {
+    Sim::started_with(MachineConfig {
         ack_mode: AckMode::Manual,
         prove: secs(1.0),
         ..MachineConfig::new(workers)
-    });
-    (sim, old)
+    })
 }
 
 #[test]
