@@ -288,6 +288,31 @@ fn a_canary_gets_its_share_of_clients_that_keep_their_connections() {
     }
 }
 
+#[test]
+fn a_canary_far_slower_than_the_old_workers_is_rolled_back_under_persistent_clients() {
+    let (master, program, _scripts) = start(&[]);
+    let old = master.state().serving_pids();
+    let load = load::start(
+        LoadConfig::new(master.addr(0))
+            .connections(32)
+            .duration(Duration::from_secs(120)),
+    );
+    let before = load.snapshot();
+    wait_for_requests(&load, &before, 200);
+    deploy(&program, "--delay-ms 300");
+    let (status, out) = ctl(&master.socket, &["upgrade", "--canary", "1", "--soak", "5"]);
+    assert_ne!(status, 0, "{out}");
+    assert!(
+        out.contains("rolled back: new workers answered slowly"),
+        "{out}\n{}",
+        master.output()
+    );
+    old_workers_serve_on(&master, &old);
+    let report = load.stop();
+    eprintln!("a canary answering in 300 ms: {report}");
+    assert_eq!(report.failed(), 0, "{report}");
+}
+
 /// The command line of process `pid`, its arguments joined by spaces.
 fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))

@@ -90,35 +90,65 @@ const SHED_ANSWER_WITHIN: Duration = Duration::from_millis(300);
 pub const STATS_EVERY: Duration = Duration::from_millis(500);
 
 /// The exact `worker:stats` line: the worker's responses so far (cumulative) by class, 1xx
-/// to 5xx, as the request's `args`.
+/// to 5xx, then its response times so far by bucket (see
+/// [`telemetry::LATENCY_BUCKETS`](crate::telemetry::LATENCY_BUCKETS)), as the request's
+/// `args`.
 ///
 /// # Example
 /// ```
-/// use graceful_listener::einhorn::{parse_stats_args, stats_line};
+/// use graceful_listener::einhorn::{parse_stats_args, parse_stats_latency, stats_line};
+/// use graceful_listener::telemetry::LATENCY_BUCKETS;
 ///
-/// let line = stats_line(42, [0, 17, 0, 2, 1]);
-/// assert_eq!(
-///     line,
-///     "{\"command\":\"worker:stats\",\"pid\":42,\"args\":[\"0\",\"17\",\"0\",\"2\",\"1\"]}\n"
-/// );
-/// let args = ["0", "17", "0", "2", "1"].map(String::from);
+/// let mut latency = [0; LATENCY_BUCKETS];
+/// latency[1] = 20;
+/// let line = stats_line(42, [0, 17, 0, 2, 1], &latency);
+/// assert!(line.starts_with(
+///     "{\"command\":\"worker:stats\",\"pid\":42,\"args\":[\"0\",\"17\",\"0\",\"2\",\"1\",\"0\",\"20\",\"0\","
+/// ));
+/// let args: Vec<String> = ["0", "17", "0", "2", "1"].map(String::from).to_vec();
+/// // A worker of an earlier version reports no times.
 /// assert_eq!(parse_stats_args(&args), Some([0, 17, 0, 2, 1]));
+/// assert_eq!(parse_stats_latency(&args), None);
 /// ```
-pub fn stats_line(pid: u32, responses: [u64; 5]) -> String {
-    let [a, b, c, d, e] = responses;
+pub fn stats_line(
+    pid: u32,
+    responses: [u64; 5],
+    latency: &[u64; crate::telemetry::LATENCY_BUCKETS],
+) -> String {
+    let args: Vec<String> = responses
+        .iter()
+        .chain(latency.iter())
+        .map(|count| format!("\"{count}\""))
+        .collect();
     format!(
-        "{{\"command\":\"{WORKER_STATS}\",\"pid\":{pid},\"args\":[\"{a}\",\"{b}\",\"{c}\",\"{d}\",\"{e}\"]}}\n"
+        "{{\"command\":\"{WORKER_STATS}\",\"pid\":{pid},\"args\":[{}]}}\n",
+        args.join(",")
     )
 }
 
-/// Reads the `args` of a `worker:stats` line: five counts, 1xx to 5xx. `None` for anything
-/// else.
+/// Reads the `args` of a `worker:stats` line: five counts, 1xx to 5xx (and, from workers
+/// that report them, the response times after them: [`parse_stats_latency`]). `None` for
+/// anything else.
 pub fn parse_stats_args(args: &[String]) -> Option<[u64; 5]> {
-    let [a, b, c, d, e] = args else {
+    if args.len() != 5 && args.len() != 5 + crate::telemetry::LATENCY_BUCKETS {
         return None;
-    };
+    }
     let mut counts = [0; 5];
-    for (count, arg) in counts.iter_mut().zip([a, b, c, d, e]) {
+    for (count, arg) in counts.iter_mut().zip(args) {
+        *count = arg.parse().ok()?;
+    }
+    Some(counts)
+}
+
+/// The response times of a `worker:stats` line, by bucket; `None` from a worker that reports
+/// none (an earlier version).
+pub fn parse_stats_latency(args: &[String]) -> Option<[u64; crate::telemetry::LATENCY_BUCKETS]> {
+    let times = args.get(5..)?;
+    if times.len() != crate::telemetry::LATENCY_BUCKETS {
+        return None;
+    }
+    let mut counts = [0; crate::telemetry::LATENCY_BUCKETS];
+    for (count, arg) in counts.iter_mut().zip(times) {
         *count = arg.parse().ok()?;
     }
     Some(counts)
@@ -160,7 +190,11 @@ pub(crate) async fn send_stats(
     if *sent == Some(counts) {
         return;
     }
-    let line = stats_line(std::process::id(), counts);
+    let line = stats_line(
+        std::process::id(),
+        counts,
+        &crate::telemetry::latency_counts(),
+    );
     let exchange = async {
         let mut stream = tokio::net::UnixStream::connect(path).await?;
         stream.write_all(line.as_bytes()).await?;

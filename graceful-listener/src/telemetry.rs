@@ -138,6 +138,81 @@ pub fn response_counts() -> [u64; 5] {
     std::array::from_fn(|class| RESPONSE_COUNTS[class].load(Ordering::Relaxed))
 }
 
+/// Response times, for `worker:stats`, are counted in this many buckets: bucket `i` holds the
+/// responses whose head was ready within [`latency_bound_ms`]`(i)` of the request (under 1 ms,
+/// 2 ms, 4 ms, ... 8 s; the last, 16 s and more).
+pub const LATENCY_BUCKETS: usize = 15;
+
+/// This process's response times by bucket, for `worker:stats`.
+static LATENCY_COUNTS: [AtomicU64; LATENCY_BUCKETS] =
+    [const { AtomicU64::new(0) }; LATENCY_BUCKETS];
+
+/// The bucket of a response time: the smallest power of two milliseconds above it.
+fn latency_bucket(took: Duration) -> usize {
+    let ms = took.as_millis();
+    let bits = (u128::BITS - ms.leading_zeros()) as usize;
+    bits.min(LATENCY_BUCKETS - 1)
+}
+
+/// The upper bound, in milliseconds, of latency bucket `bucket` (the last one has none: its
+/// bound is given as twice the one before).
+pub fn latency_bound_ms(bucket: usize) -> u64 {
+    1u64 << bucket.min(63)
+}
+
+/// Counts one response's time, from its request to its head being ready: the HTTP adapters
+/// call it for every response, beside [`record_response`].
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use graceful_listener::telemetry::{latency_counts, record_latency};
+///
+/// let before = latency_counts();
+/// record_latency(Duration::from_millis(200)); // under 256 ms: bucket 8
+/// assert_eq!(latency_counts()[8], before[8] + 1);
+/// ```
+#[inline]
+pub fn record_latency(took: Duration) {
+    LATENCY_COUNTS[latency_bucket(took)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// This process's response times so far, by bucket (see [`LATENCY_BUCKETS`]).
+pub fn latency_counts() -> [u64; LATENCY_BUCKETS] {
+    std::array::from_fn(|bucket| LATENCY_COUNTS[bucket].load(Ordering::Relaxed))
+}
+
+/// The 99th percentile of the response times counted in `buckets`, as its bucket's bound in
+/// milliseconds; `None` without any.
+///
+/// # Example
+/// ```
+/// use graceful_listener::telemetry::{LATENCY_BUCKETS, p99_ms};
+///
+/// let mut buckets = [0u64; LATENCY_BUCKETS];
+/// buckets[1] = 990; // under 2 ms
+/// buckets[8] = 10; // under 256 ms
+/// assert_eq!(p99_ms(&buckets), Some(2));
+/// buckets[8] = 20;
+/// assert_eq!(p99_ms(&buckets), Some(256));
+/// ```
+pub fn p99_ms(buckets: &[u64; LATENCY_BUCKETS]) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    // The smallest bucket at or below which 99% of the responses are.
+    let wanted = total - total / 100;
+    let mut seen = 0;
+    for (bucket, count) in buckets.iter().enumerate() {
+        seen += count;
+        if seen >= wanted {
+            return Some(latency_bound_ms(bucket));
+        }
+    }
+    Some(latency_bound_ms(LATENCY_BUCKETS - 1))
+}
+
 pub(crate) fn connection_opened(live: usize) {
     let handles = handles();
     handles.accepted.increment(1);

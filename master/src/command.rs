@@ -4,7 +4,7 @@ use nix::sys::signal::Signal;
 
 use crate::wire::{Request, RequestError, RequestId, parse_request};
 
-use graceful_listener::einhorn::{WORKER_STATS, parse_stats_args};
+use graceful_listener::einhorn::{WORKER_STATS, parse_stats_args, parse_stats_latency};
 
 /// A checked command from the command socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +62,9 @@ pub enum Command {
         pid: i64,
         /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
         responses: [u64; 5],
+        /// Response times by bucket (`graceful_listener::telemetry::LATENCY_BUCKETS`), from
+        /// workers that report them (boxed: every other command is small).
+        latency: Option<Box<[u64; graceful_listener::telemetry::LATENCY_BUCKETS]>>,
     },
 }
 
@@ -245,7 +248,11 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
         "worker:ack" => Command::WorkerAck { pid: request.pid },
         "worker:ping" => Command::WorkerPing { pid: request.pid },
         WORKER_STATS => match (request.pid, parse_stats_args(args)) {
-            (Some(pid), Some(responses)) => Command::WorkerStats { pid, responses },
+            (Some(pid), Some(responses)) => Command::WorkerStats {
+                pid,
+                responses,
+                latency: parse_stats_latency(args).map(Box::new),
+            },
             _ => return Err(CommandError::InvalidStats(args.to_vec())),
         },
         "reload" => Command::Reload,
@@ -416,12 +423,24 @@ mod tests {
 
     #[test]
     fn worker_stats_is_read_from_the_line_the_worker_library_writes() {
-        let line = graceful_listener::einhorn::stats_line(77, [1, 20, 3, 4, 5]);
+        let mut latency = [0; graceful_listener::telemetry::LATENCY_BUCKETS];
+        latency[3] = 24;
+        let line = graceful_listener::einhorn::stats_line(77, [1, 20, 3, 4, 5], &latency);
         assert_eq!(
             cmd(line.trim_end()),
             Ok(Command::WorkerStats {
                 pid: 77,
-                responses: [1, 20, 3, 4, 5]
+                responses: [1, 20, 3, 4, 5],
+                latency: Some(Box::new(latency)),
+            })
+        );
+        // A worker of an earlier version: its responses, no times.
+        assert_eq!(
+            cmd(r#"{"command":"worker:stats","pid":7,"args":["1","2","3","4","5"]}"#),
+            Ok(Command::WorkerStats {
+                pid: 7,
+                responses: [1, 2, 3, 4, 5],
+                latency: None,
             })
         );
         for bad in [
@@ -525,6 +544,7 @@ mod tests {
             Command::WorkerStats {
                 pid: 1,
                 responses: [0; 5],
+                latency: None,
             },
         ];
         for command in commands {

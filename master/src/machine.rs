@@ -51,6 +51,7 @@ mod snapshot;
 
 use std::time::{Duration, Instant};
 
+use graceful_listener::telemetry::LATENCY_BUCKETS;
 use nix::sys::signal::Signal;
 
 pub use self::message::{
@@ -319,6 +320,8 @@ struct Worker {
     responses: [u64; 5],
     /// Up for [`MachineConfig::prove`] since its ACK: it counts in an old worker's place.
     proven: bool,
+    /// Its response times so far by bucket, as it last reported them.
+    latency: [u64; LATENCY_BUCKETS],
 }
 
 impl Worker {
@@ -346,6 +349,8 @@ struct Canary {
     plan: CanaryPlan,
     /// Since when every canary has ACKed, with the old generation's counts then.
     soaking: Option<(Instant, [u64; 5])>,
+    /// The old generation's response times when the soak began.
+    old_latency_then: [u64; LATENCY_BUCKETS],
 }
 
 /// What an upgrade request asks for.
@@ -391,6 +396,12 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
 pub const CANARY_MIN_RESPONSES: u64 = 20;
 /// The faults `state` lists, at most (the newest).
 pub const MAX_FAULTS: usize = 16;
+
+/// A canary generation is rolled back when the 99th percentile of its response times is at
+/// least this many times the old generation's over the soak...
+pub const CANARY_SLOW_FACTOR: u64 = 4;
+/// ... and at least this many milliseconds above it (both measured to a power of two).
+pub const CANARY_SLOW_MARGIN_MS: u64 = 100;
 
 /// How long a new worker must stay up after its ACK before it replaces an old one during an
 /// upgrade, by default (`--prove`).
@@ -442,6 +453,8 @@ pub struct Machine {
     /// Responses by status class of every version that had workers, as they reported them
     /// (`worker:stats`): cumulative, workers that exited included.
     generations: std::collections::BTreeMap<u64, [u64; 5]>,
+    /// Response times by bucket of every version, as its workers reported them.
+    generation_latency: std::collections::BTreeMap<u64, [u64; LATENCY_BUCKETS]>,
     /// Why the last canary upgrade was rolled back.
     last_rollback: Option<Rollback>,
     /// After an upgrade failed or was rolled back: the last good version, whose build every
@@ -475,6 +488,7 @@ impl Machine {
             verbosity: 0,
             warned_ack_mode: false,
             generations: Default::default(),
+            generation_latency: Default::default(),
             last_rollback: None,
             pinned: None,
             faults: Vec::new(),
@@ -822,8 +836,12 @@ impl Machine {
                 let canary = canary.or(self.config.canary);
                 self.upgrade_requested(now, UpgradeOrder { fleet, canary }, Some((conn, id)));
             }
-            Command::WorkerStats { pid, responses } => {
-                self.worker_stats(now, pid, responses);
+            Command::WorkerStats {
+                pid,
+                responses,
+                latency,
+            } => {
+                self.worker_stats(now, pid, responses, latency.map(|l| *l));
                 // A worker that understands `worker:shed` reads this answer; others ignore it.
                 let shed = self.shed_for(pid);
                 self.actions.push(reply(Message::StatsAnswer { shed }));
@@ -1111,6 +1129,7 @@ impl Machine {
                 ..plan
             },
             soaking: None,
+            old_latency_then: [0; LATENCY_BUCKETS],
         });
         let fleet = order.fleet && canary.is_none();
         match &mut self.upgrade {
@@ -1159,17 +1178,30 @@ impl Machine {
 
     /// A worker's response counts (`worker:stats`); during a soak, the canaries' are
     /// compared with the old workers'.
-    fn worker_stats(&mut self, now: Instant, pid: i64, responses: [u64; 5]) {
+    fn worker_stats(
+        &mut self,
+        now: Instant,
+        pid: i64,
+        responses: [u64; 5],
+        latency: Option<[u64; LATENCY_BUCKETS]>,
+    ) {
         let Some(i) = self.find(Some(pid)) else {
             self.log(Level::Debug, Message::StatsFromUnknown { pid });
             return;
         };
         let worker = &mut self.workers[i];
+        // Cumulative: only growth counts (a count going down is a confused sender).
+        let grow = |totals: &mut [u64], last: &mut [u64], now: &[u64]| {
+            for ((total, last), count) in totals.iter_mut().zip(last.iter_mut()).zip(now) {
+                *total += count.saturating_sub(*last);
+                *last = (*last).max(*count);
+            }
+        };
         let totals = self.generations.entry(worker.version).or_default();
-        for (class, count) in responses.iter().enumerate() {
-            // Cumulative: only growth counts (a count going down is a confused sender).
-            totals[class] += count.saturating_sub(worker.responses[class]);
-            worker.responses[class] = worker.responses[class].max(*count);
+        grow(totals, &mut worker.responses, &responses);
+        if let Some(latency) = latency {
+            let totals = self.generation_latency.entry(worker.version).or_default();
+            grow(totals, &mut worker.latency, &latency);
         }
         self.judge_canary(now, false);
     }
@@ -1228,6 +1260,36 @@ impl Machine {
         Some(((sum(&new), new[4]), (sum(&old_since), old_since[4])))
     }
 
+    /// The response times of every version but the newest (the canaries'), now.
+    fn old_latency(&self) -> [u64; LATENCY_BUCKETS] {
+        let mut old = [0u64; LATENCY_BUCKETS];
+        for times in self
+            .generation_latency
+            .range(..self.version)
+            .map(|(_, t)| t)
+        {
+            for (sum, count) in old.iter_mut().zip(times) {
+                *sum += count;
+            }
+        }
+        old
+    }
+
+    /// The 99th percentiles, in milliseconds, of the canaries' response times and of the old
+    /// workers' since the soak began; `None` until both have some.
+    fn soak_p99s(&self) -> Option<(u64, u64)> {
+        let canary = self.upgrade.as_ref()?.canary.as_ref()?;
+        canary.soaking?;
+        let new = self.generation_latency.get(&self.version)?;
+        let now = self.old_latency();
+        let old: [u64; LATENCY_BUCKETS] =
+            std::array::from_fn(|b| now[b].saturating_sub(canary.old_latency_then[b]));
+        Some((
+            graceful_listener::telemetry::p99_ms(new)?,
+            graceful_listener::telemetry::p99_ms(&old)?,
+        ))
+    }
+
     /// The counts of every version but the newest (the canaries'), now.
     fn old_counts(&self) -> [u64; 5] {
         let mut old = [0u64; 5];
@@ -1265,6 +1327,20 @@ impl Machine {
             self.roll_back(now, Rollback::ServerErrors { new, old });
             return;
         }
+        if new.0 >= compare_from
+            && let Some((new_p99, old_p99)) = self.soak_p99s()
+            && new_p99 >= old_p99.saturating_mul(CANARY_SLOW_FACTOR)
+            && new_p99 >= old_p99 + CANARY_SLOW_MARGIN_MS
+        {
+            self.roll_back(
+                now,
+                Rollback::Slow {
+                    new_p99_ms: new_p99,
+                    old_p99_ms: old_p99,
+                },
+            );
+            return;
+        }
         if end && new.0 < needed {
             self.roll_back(
                 now,
@@ -1300,8 +1376,10 @@ impl Machine {
             None if acked >= canary.plan.workers => {
                 let (workers, soak) = (canary.plan.workers, canary.plan.soak);
                 let old = self.old_counts();
+                let old_latency = self.old_latency();
                 if let Some(c) = self.upgrade.as_mut().and_then(|up| up.canary.as_mut()) {
                     c.soaking = Some((now, old));
+                    c.old_latency_then = old_latency;
                 }
                 self.progress(Message::CanarySoaking { workers, soak });
                 if soak.is_zero() {
@@ -1695,6 +1773,7 @@ impl Machine {
             last_ping: None,
             responses: [0; 5],
             proven: false,
+            latency: [0; LATENCY_BUCKETS],
         });
         self.last_spawn = Some(now);
         self.actions.push(Action::Spawn { id, index, version });

@@ -275,6 +275,12 @@ pub fn rollback_text(why: &Rollback) -> String {
         Rollback::Exited { pid, status } => {
             format!("new worker {pid} exited ({status}) during the canary")
         }
+        Rollback::Slow {
+            new_p99_ms,
+            old_p99_ms,
+        } => format!(
+            "new workers answered slowly: 99% of their responses within {new_p99_ms} ms, the old workers' within {old_p99_ms} ms during the soak"
+        ),
         Rollback::ExitedAfterAck { pid, status, after } => format!(
             "new workers exited after their ACK: {pid} ({status}) {:.1}s after it; the old workers serve on",
             after.as_secs_f64()

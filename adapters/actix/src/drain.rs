@@ -84,6 +84,7 @@ where
         DrainFuture {
             inner: self.inner.call(req),
             signal: http1.then(|| self.signal.clone()),
+            started: std::time::Instant::now(),
             _body: PhantomData,
         }
     }
@@ -95,6 +96,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         signal: Option<Rc<ShutdownSignal>>,
+        // For the response time a master's canary verdict reads (`worker:stats`).
+        started: std::time::Instant,
         _body: PhantomData<fn() -> B>,
     }
 }
@@ -110,6 +113,7 @@ where
         let this = self.project();
         let mut response: Response<B> = ready!(this.inner.poll(cx))?.into();
         graceful_listener::telemetry::record_response(response.status().as_u16());
+        graceful_listener::telemetry::record_latency(this.started.elapsed());
         // Decided when the response is ready, just before actix writes its head: a stop
         // before this point makes this response the connection's last, and the client knows.
         // Or the master moves some of this worker's keep-alive clients to a canary

@@ -41,6 +41,7 @@ where
             inner: self.inner.call(req),
             guard: Some(guard),
             may_close,
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -62,6 +63,8 @@ pin_project_lite::pin_project! {
         inner: F,
         guard: Option<RequestGuard>,
         may_close: bool,
+        // For the response time a master's canary verdict reads (`worker:stats`).
+        started: std::time::Instant,
     }
 }
 
@@ -76,6 +79,7 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         graceful_listener::telemetry::record_response(response.status().as_u16());
+        graceful_listener::telemetry::record_latency(this.started.elapsed());
         let guard = this.guard.take();
         // Decided when the head is ready, just before hyper writes it: a stop before this
         // point makes this response the connection's last.

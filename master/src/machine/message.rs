@@ -121,6 +121,14 @@ pub enum Rollback {
         /// The old workers' responses and 5xx since the soak began.
         old: (u64, u64),
     },
+    /// The new workers answered far slower than the old ones (99th percentiles over the
+    /// soak).
+    Slow {
+        /// The new workers' 99th percentile, in milliseconds (a power of two).
+        new_p99_ms: u64,
+        /// The old workers'.
+        old_p99_ms: u64,
+    },
     /// A new worker of a plain upgrade exited soon after its ACK (within `--min-uptime`),
     /// before it had proved itself.
     ExitedAfterAck {

@@ -327,6 +327,7 @@ impl Machine {
                 last_ping: w.last_ping_ago.map(|a| at(now, "ping", a)).transpose()?,
                 responses: w.responses,
                 proven: w.proven.unwrap_or(w.acked_ago.is_some()),
+                latency: [0; graceful_listener::telemetry::LATENCY_BUCKETS],
             });
         }
         let target = if config.workers == snapshot.configured_workers {
@@ -347,6 +348,9 @@ impl Machine {
                             Some((ago, old)) => Some((at(now, "soak", ago)?, old)),
                             None => None,
                         },
+                        // Not handed over: after a reload mid-soak the old workers' times
+                        // count from their start, which can only hide a slow canary.
+                        old_latency_then: [0; graceful_listener::telemetry::LATENCY_BUCKETS],
                     }),
                     None => None,
                 },

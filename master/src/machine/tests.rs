@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use super::*;
 use crate::render;
 use crate::wire::Reply;
+use graceful_listener::telemetry::LATENCY_BUCKETS;
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -1554,12 +1555,23 @@ fn canary_acked(soak: f64) -> (Sim, Vec<Pid>, Pid) {
 }
 
 fn stats(sim: &mut Sim, pid: Pid, responses: [u64; 5]) -> Vec<Action> {
+    timed_stats(sim, pid, responses, None)
+}
+
+/// A `worker:stats` with response times by bucket.
+fn timed_stats(
+    sim: &mut Sim,
+    pid: Pid,
+    responses: [u64; 5],
+    latency: Option<[u64; LATENCY_BUCKETS]>,
+) -> Vec<Action> {
     sim.feed(Event::Request {
         conn: ConnId(pid as u64 + 20_000),
         id: None,
         command: Command::WorkerStats {
             pid: pid.into(),
             responses,
+            latency: latency.map(Box::new),
         },
     })
 }
@@ -1663,6 +1675,40 @@ fn a_canary_answering_too_many_5xx_is_rolled_back_within_the_soak() {
         "{state:?}"
     );
     assert_eq!(state.serving_pids().len(), 2);
+}
+
+#[test]
+fn a_canary_far_slower_than_the_old_workers_is_rolled_back_within_the_soak() {
+    let (mut sim, old, canary_pid) = canary_acked(30.0);
+    let times = |fast: u64, slow_bucket: usize, slow: u64| {
+        let mut buckets = [0u64; LATENCY_BUCKETS];
+        buckets[1] = fast;
+        buckets[slow_bucket] += slow;
+        Some(buckets)
+    };
+    // The old workers: 99% within 2 ms.
+    timed_stats(&mut sim, old[0], [0, 500, 0, 0, 0], times(500, 1, 0));
+    // A canary a little slower (within 4x): fine.
+    timed_stats(&mut sim, canary_pid, [0, 30, 0, 0, 0], times(0, 3, 30));
+    assert!(sim.m.is_upgrading());
+    // Then 300 ms per response: rolled back.
+    let actions = timed_stats(
+        &mut sim,
+        canary_pid,
+        [0, 60, 0, 0, 0],
+        times(0, 3, 30).map(|mut b| {
+            b[9] = 30;
+            b
+        }),
+    );
+    assert_eq!(signals(&actions), vec![(canary_pid, Signal::SIGUSR2)]);
+    let last = replies(&actions, 1);
+    assert_eq!(
+        last.last().unwrap().message,
+        "rolled back: new workers answered slowly: 99% of their responses within 512 ms, the \
+         old workers' within 2 ms during the soak"
+    );
+    assert_eq!(sim.serving(), old.iter().copied().collect());
 }
 
 #[test]
