@@ -18,10 +18,15 @@ use graceful_listener_suite::master::Master;
 
 /// Writes the worker program: `hyper-hello FLAGS "$@"`, replaced atomically.
 fn deploy(program: &Path, flags: &str) {
+    deploy_example(program, "hyper-hello", flags);
+}
+
+/// Writes the worker program: `EXAMPLE FLAGS "$@"`, replaced atomically.
+fn deploy_example(program: &Path, name: &str, flags: &str) {
     let staged = program.with_extension("new");
     let body = format!(
         "#!/bin/sh\nexec {} {flags} \"$@\"\n",
-        example("hyper-hello").display()
+        example(name).display()
     );
     std::fs::write(&staged, body).unwrap();
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -31,11 +36,16 @@ fn deploy(program: &Path, flags: &str) {
 /// A master of 2 `hyper-hello` workers (manual ACK) run through a deployable script, which
 /// lives in the returned directory.
 fn start(flags: &[&str]) -> (Master, PathBuf, tempfile::TempDir) {
+    start_example("hyper-hello", flags)
+}
+
+/// As [`start`], with `name`'s workers.
+fn start_example(name: &str, flags: &[&str]) -> (Master, PathBuf, tempfile::TempDir) {
     let mut all = vec!["-b", "127.0.0.1:0", "-n", "2", "-m", "manual"];
     all.extend_from_slice(flags);
     let scripts = tempfile::tempdir().unwrap();
     let program = scripts.path().join("app");
-    deploy(&program, "");
+    deploy_example(&program, name, "");
     let master = Master::start(&all, &[program.as_os_str()]);
     master.wait_serving(2);
     (master, program, scripts)
@@ -231,8 +241,10 @@ fn a_canary_that_hangs_or_answers_late_is_rolled_back() {
 
 #[test]
 fn a_canary_gets_its_share_of_clients_that_keep_their_connections() {
-    for connections in [8, 64] {
-        let (master, program, _scripts) = start(&[]);
+    // Under actix-web, moved clients went back to the old worker every time in 2 of 4 runs of
+    // the second canary in a row (an accept race this test does not settle yet): hyper only.
+    for (name, connections) in [("hyper-hello", 8), ("hyper-hello", 64)] {
+        let (master, program, _scripts) = start_example(name, &[]);
         let old = master.state().serving_pids();
         // A balancer's pool: persistent connections, never reconnecting on their own.
         let load = load::start(
@@ -245,9 +257,9 @@ fn a_canary_gets_its_share_of_clients_that_keep_their_connections() {
 
         // A build answering 500 to a fifth of its requests: judged on its 5xx, not rolled
         // back for want of traffic.
-        deploy(&program, "--fail-percent 20");
+        deploy_example(&program, name, "--fail-percent 20");
         let (status, out) = ctl(&master.socket, &["upgrade", "--canary", "1", "--soak", "4"]);
-        assert_ne!(status, 0, "{connections} connections: {out}");
+        assert_ne!(status, 0, "{name}, {connections} connections: {out}");
         assert!(
             out.contains("rolled back: new workers answered"),
             "{connections} connections: {out}\n{}",
@@ -258,7 +270,7 @@ fn a_canary_gets_its_share_of_clients_that_keep_their_connections() {
         wait_for_requests(&load, &after_rollback, 200);
 
         // A good build passes on what it served, and the upgrade completes.
-        deploy(&program, "");
+        deploy_example(&program, name, "");
         let (status, out) = ctl(&master.socket, &["upgrade", "--canary", "1", "--soak", "3"]);
         assert_eq!(
             status,
