@@ -1,6 +1,6 @@
 //! The demo: zero-downtime upgrades, seen from a client, beside today's way.
 //!
-//! `cargo run --release -p graceful-listener-demo` starts `einhorn-master` with N
+//! `cargo build --release -p graceful-listener-demo && target/release/demo` starts `einhorn-master` with N
 //! `axum-hello` workers on a loopback port, hammers it with keep-alive HTTP/1.1 load,
 //! performs K smooth upgrades through the master's command socket, and prints what the
 //! clients saw. Then it does the same with `axum-baseline` (the Einhorn fd taken by hand, a
@@ -106,14 +106,14 @@ impl Framework {
         };
         if !programs.master.is_file() {
             return Err(format!(
-                "{} is not built: run the demo with `cargo run --release -p graceful-listener-demo`",
+                "{} is not built: build the demo's programs first, `cargo build --release -p graceful-listener-demo` (`cargo run` builds the demo's alone)",
                 programs.master.display()
             ));
         }
         for contender in contenders {
             programs.worker(contender).map_err(|e| match self {
                 Framework::Axum => format!(
-                    "{e}: run the demo with `cargo run --release -p graceful-listener-demo`"
+                    "{e}: build the demo's programs first, `cargo build --release -p graceful-listener-demo`"
                 ),
                 Framework::Warp | Framework::Actix => {
                     let profile = if cfg!(debug_assertions) { "" } else { " --release" };
