@@ -241,9 +241,7 @@ fn a_canary_that_hangs_or_answers_late_is_rolled_back() {
 
 #[test]
 fn a_canary_gets_its_share_of_clients_that_keep_their_connections() {
-    // Under actix-web, moved clients went back to the old worker every time in 2 of 4 runs of
-    // the second canary in a row (an accept race this test does not settle yet): hyper only.
-    for (name, connections) in [("hyper-hello", 8), ("hyper-hello", 64)] {
+    for (name, connections) in [("hyper-hello", 8), ("hyper-hello", 64), ("actix-hello", 8)] {
         let (master, program, _scripts) = start_example(name, &[]);
         let old = master.state().serving_pids();
         // A balancer's pool: persistent connections, never reconnecting on their own.

@@ -7,12 +7,26 @@
 //! The engines ask [`take`] once per HTTP/1 response: one relaxed load while nothing is to be
 //! shed.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Connections still to end at their next response.
 static BUDGET: AtomicU64 = AtomicU64::new(0);
 
-/// Ends `connections` more keep-alive connections, each at its next response.
+/// How long a worker stops accepting once asked to end connections: the clients it ends
+/// reconnect meanwhile, and the shared socket deals them to the workers that accept (the
+/// canary) instead of back to this one, whose accept would otherwise often win the race.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
+
+/// Until when this worker does not accept (see [`ACCEPT_PAUSE`]).
+static PAUSED_UNTIL: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Wakes the accept loops (and actix's pauser) when a pause begins.
+static PAUSE_BEGINS: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Ends `connections` more keep-alive connections, each at its next response, and stops
+/// accepting for [`ACCEPT_PAUSE`] (when `connections` is not 0).
 ///
 /// # Example
 /// ```
@@ -24,6 +38,36 @@ static BUDGET: AtomicU64 = AtomicU64::new(0);
 /// ```
 pub fn end_connections(connections: u64) {
     BUDGET.fetch_add(connections, Ordering::Relaxed);
+    if connections > 0 {
+        *PAUSED_UNTIL.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + ACCEPT_PAUSE);
+        PAUSE_BEGINS.notify_waiters();
+    }
+}
+
+/// How much longer this worker does not accept, if it is in a pause (see [`ACCEPT_PAUSE`]).
+pub fn accept_paused_for() -> Option<Duration> {
+    let until = (*PAUSED_UNTIL.lock().unwrap_or_else(|e| e.into_inner()))?;
+    let left = until.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then_some(left)
+}
+
+/// Waits until a pause in accepting begins (see [`ACCEPT_PAUSE`]); returns its length. For
+/// servers that accept on their own (actix-web's accept thread): pause, wait, resume.
+pub async fn accept_pause_begins() -> Duration {
+    loop {
+        let begins = PAUSE_BEGINS.notified();
+        if let Some(left) = accept_paused_for() {
+            return left;
+        }
+        begins.await;
+    }
+}
+
+/// Resolves when a pause in accepting begins: an accept loop waiting for a connection
+/// stops waiting, and looks at [`accept_paused_for`] again.
+pub(crate) fn pause_begins() -> tokio::sync::futures::Notified<'static> {
+    PAUSE_BEGINS.notified()
 }
 
 /// Whether the response about to be written should be its connection's last (answered with

@@ -374,6 +374,20 @@ where
             tokio::spawn(actix.stop(false));
             return Err(e.into());
         }
+        // Asked by the master to move some clients to a canary, this worker ends some
+        // keep-alive connections (`DrainApp`) and stops accepting meanwhile, so that they
+        // reconnect elsewhere: actix's accept thread is ours to pause only through its handle.
+        let pauser = tokio::spawn({
+            let actix = actix.clone();
+            async move {
+                loop {
+                    let left = graceful_listener::shed::accept_pause_begins().await;
+                    actix.pause().await;
+                    tokio::time::sleep(left).await;
+                    actix.resume().await;
+                }
+            }
+        });
         let stop = tokio::select! {
             stop = worker.stopped() => stop,
             ended = &mut serving => {
@@ -386,7 +400,9 @@ where
             }
         };
         // Stop accepting. (actix keeps its copy of the socket until it stops; a master holds
-        // the shared socket anyway, and other workers take the new connections.)
+        // the shared socket anyway, and other workers take the new connections.) The pauser
+        // first, so that it never resumes what the stop paused.
+        pauser.abort();
         actix.pause().await;
         if !stop.is_immediate() {
             settle_accepts(&handle, &signal).await;

@@ -173,10 +173,19 @@ impl GracefulListener {
     /// Cancel safe: if the future is dropped, no connection is lost (it stays queued).
     pub async fn accept(&mut self) -> Option<(Connection, Address)> {
         loop {
+            // Asked to move some clients to a canary: the ones ended reconnect while this
+            // worker does not accept (see `crate::shed`).
+            if let Some(left) = crate::shed::accept_paused_for() {
+                tokio::select! {
+                    () = self.signal.stopping() => {}
+                    () = tokio::time::sleep(left) => {}
+                }
+            }
             let listener = self.listener.as_ref()?;
             let signal = &self.signal;
             let accepted = {
                 let mut stopping = std::pin::pin!(signal.stopping());
+                let mut pause = std::pin::pin!(crate::shed::pause_begins());
                 std::future::poll_fn(|cx| {
                     // The phase is read on every poll, before the accept: the channel behind
                     // `stopping` wakes its waiters in groups, so a handler woken by the stop may
@@ -185,13 +194,20 @@ impl GracefulListener {
                     if signal.is_stopping() || stopping.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(None);
                     }
-                    poll_accept_raw(listener, cx).map(Some)
+                    if pause.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(None));
+                    }
+                    poll_accept_raw(listener, cx).map(|a| Some(Some(a)))
                 })
                 .await
             };
             let Some(accepted) = accepted else {
                 self.close();
                 return None;
+            };
+            // A pause began while waiting: look again.
+            let Some(accepted) = accepted else {
+                continue;
             };
             match accepted {
                 Ok((conn, peer)) => return Some((self.track(conn), peer)),
