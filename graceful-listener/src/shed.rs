@@ -4,10 +4,11 @@
 //! (`Connection: close`, a clean end the client expects), so that those clients reconnect and
 //! the shared socket deals them across every worker, the canary included.
 //!
-//! The engines ask [`take`] once per HTTP/1 response: one relaxed load while nothing is to be
-//! shed.
+//! The engines ask [`take`] once per HTTP/1 response, and the accept loops
+//! [`accept_paused_for`] once per connection: one relaxed load each while nothing was ever
+//! asked.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,22 @@ static BUDGET: AtomicU64 = AtomicU64::new(0);
 /// canary) instead of back to this one, whose accept would otherwise often win the race.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(200);
 
-/// Until when this worker does not accept (see [`ACCEPT_PAUSE`]).
-static PAUSED_UNTIL: Mutex<Option<Instant>> = Mutex::new(None);
+/// Until when this worker does not accept (see [`ACCEPT_PAUSE`]), in microseconds since
+/// [`epoch`]; 0: never paused. An atomic, not a lock: every accept reads it.
+static PAUSED_UNTIL_US: AtomicU64 = AtomicU64::new(0);
+
+/// The instant [`PAUSED_UNTIL_US`] counts from: the first pause's.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Microseconds from [`epoch`] to `at` (at least 1, so that 0 keeps meaning "never").
+fn micros_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// Wakes the accept loops (and actix's pauser) when a pause begins.
 static PAUSE_BEGINS: tokio::sync::Notify = tokio::sync::Notify::const_new();
@@ -39,17 +54,22 @@ static PAUSE_BEGINS: tokio::sync::Notify = tokio::sync::Notify::const_new();
 pub fn end_connections(connections: u64) {
     BUDGET.fetch_add(connections, Ordering::Relaxed);
     if connections > 0 {
-        *PAUSED_UNTIL.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + ACCEPT_PAUSE);
+        let until = micros_since_epoch(Instant::now() + ACCEPT_PAUSE);
+        PAUSED_UNTIL_US.store(until, Ordering::Relaxed);
         PAUSE_BEGINS.notify_waiters();
     }
 }
 
 /// How much longer this worker does not accept, if it is in a pause (see [`ACCEPT_PAUSE`]).
+#[inline]
 pub fn accept_paused_for() -> Option<Duration> {
-    let until = (*PAUSED_UNTIL.lock().unwrap_or_else(|e| e.into_inner()))?;
-    let left = until.saturating_duration_since(Instant::now());
-    (!left.is_zero()).then_some(left)
+    // Never asked: one relaxed load, no clock read.
+    let until = PAUSED_UNTIL_US.load(Ordering::Relaxed);
+    if until == 0 {
+        return None;
+    }
+    let now = micros_since_epoch(Instant::now());
+    (until > now).then(|| Duration::from_micros(until - now))
 }
 
 /// Waits until a pause in accepting begins (see [`ACCEPT_PAUSE`]); returns its length. For

@@ -119,15 +119,16 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         return Err(MasterError::NoWorkers);
     }
     let (program, rest) = args.command.split_first().expect("clap requires a command");
-    // Before anything is created: a typo in the command fails here, not in a respawn loop.
-    // After an exec, workers and sockets are ours to keep: a program gone meanwhile (its
-    // check passed a moment ago) is logged, and its respawns back off until it is back.
-    // Faults this master lives with after an exec: logged, and kept for `state`.
+    // Faults a master lives with after an exec (its workers and sockets are its to keep):
+    // logged, and kept for `state`.
     let mut faults: Vec<String> = Vec::new();
     let mut fault = |text: String| {
         tracing::error!("{text}");
         faults.push(text);
     };
+    // Before anything is created: a typo in the command fails here, not in a respawn loop.
+    // After an exec, a program gone meanwhile (its check passed a moment ago) is a fault:
+    // the held builds still start workers of the versions that ran.
     match (check_program(program), &handover) {
         (Ok(_), _) => {}
         (Err(e), None) => return Err(e.into()),
@@ -969,8 +970,8 @@ impl<'a> Driver<'a> {
         let caught = self.signals.caught();
         let state = match caught.first() {
             Some(signal) => Err(std::io::Error::other(format!(
-                "SIG{} came during the hand-over: this master acts on it instead",
-                format!("{signal:?}").to_uppercase()
+                "{} came during the hand-over: this master acts on it instead",
+                signal.signal().as_str()
             ))),
             None => crate::reexec::state_file(&handover.encode()),
         };

@@ -241,6 +241,39 @@ pub(crate) mod tests {
         (secret, dir.join("created-through-a-link"))
     }
 
+    /// Plants, at `link`, a symlink to each of `targets` in turn (given to another user where
+    /// it can be), has `refuse` try the master's file there, and holds that the refusal it
+    /// returns reads `"{what} {link} is a symlink to {target} owned by ..."` naming that
+    /// owner, that nothing was written through the link to the [`victims`] and that the link
+    /// is left in place; `after` checks what else must hold for each.
+    pub(crate) fn assert_symlinks_refused(
+        what: &str,
+        link: &Path,
+        targets: &[&Path],
+        (secret, dangling): (&Path, &Path),
+        mut refuse: impl FnMut() -> String,
+        mut after: impl FnMut(),
+    ) {
+        for &target in targets {
+            std::os::unix::fs::symlink(target, link).unwrap();
+            let planted = plant_as_other_user(link);
+            let text = refuse();
+            assert!(
+                text.starts_with(&format!(
+                    "{what} {} is a symlink to {} owned by ",
+                    link.display(),
+                    target.display()
+                )),
+                "{text}"
+            );
+            assert_names_other_owner(&text, planted);
+            assert_untouched(secret, dangling);
+            assert_eq!(std::fs::read_link(link).unwrap(), target, "left in place");
+            after();
+            std::fs::remove_file(link).unwrap();
+        }
+    }
+
     /// Holds that nothing was written, created or locked through a planted symlink to
     /// [`victims`].
     pub(crate) fn assert_untouched(secret: &Path, dangling: &Path) {

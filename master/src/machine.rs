@@ -183,6 +183,24 @@ pub enum MasterSignal {
     Quit,
 }
 
+impl MasterSignal {
+    /// The signal itself.
+    ///
+    /// ```
+    /// use einhorn_master::machine::MasterSignal;
+    /// assert_eq!(MasterSignal::Term.signal(), nix::sys::signal::Signal::SIGTERM);
+    /// ```
+    pub fn signal(self) -> Signal {
+        match self {
+            MasterSignal::Hup => Signal::SIGHUP,
+            MasterSignal::Usr2 => Signal::SIGUSR2,
+            MasterSignal::Int => Signal::SIGINT,
+            MasterSignal::Term => Signal::SIGTERM,
+            MasterSignal::Quit => Signal::SIGQUIT,
+        }
+    }
+}
+
 /// Something that happened, fed to [`Machine::handle`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
