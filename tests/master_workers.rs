@@ -6,7 +6,7 @@ mod master_support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
-use einhorn_master::wire::decode_reply;
+use einhorn_master::pure::wire::decode_reply;
 use master_support::{EchoClient, Master, WAIT, is_alive, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -9,8 +9,8 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use einhorn_master::client::{self, Client, ClientError};
-use einhorn_master::state::MasterState;
-use einhorn_master::wire::Reply;
+use einhorn_master::pure::state::MasterState;
+use einhorn_master::pure::wire::Reply;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

@@ -2,7 +2,7 @@
 //! started from is kept (an `O_PATH` descriptor), so that every later worker of that
 //! version runs the same build even if the file at the program's path was replaced or
 //! removed since. After a failed upgrade, the machine asks for workers of the last good
-//! version ([`Action::Spawn`](crate::machine::Action::Spawn)'s `version`): they run the build
+//! version ([`Action::Spawn`](crate::pure::machine::Action::Spawn)'s `version`): they run the build
 //! that served, not the bad one still on disk.
 //!
 //! A worker is started from the program's path whenever that path still names the held
@@ -77,7 +77,7 @@ impl Builds {
         for &(version, fd) in fds {
             // SAFETY: the caller's promise.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-            let _ = crate::reexec::set_cloexec(fd, true);
+            let _ = crate::exec::set_cloexec(fd, true);
             self.by_version.insert(version, owned);
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::bind::BindSpec;
-use crate::machine::AckMode;
+use crate::pure::machine::AckMode;
 use crate::runtime_dir::{RuntimeDir, RuntimeEnv, runtime_dir};
 use crate::socket::SocketError;
 
@@ -193,7 +193,7 @@ pub struct MasterArgs {
     /// Responses a canary must have answered by the soak's end for a verdict: fewer roll the
     /// upgrade back (clients that keep their connections may never reach it); 0 lets a
     /// canary pass on its exits alone.
-    #[cfg_attr(feature = "cli", arg(long = "canary-min-responses", value_name = "N", default_value_t = crate::machine::CANARY_MIN_RESPONSES))]
+    #[cfg_attr(feature = "cli", arg(long = "canary-min-responses", value_name = "N", default_value_t = crate::pure::machine::CANARY_MIN_RESPONSES))]
     pub canary_min_responses: u64,
 
     /// How long a canary serves beside the old workers once it has ACKed (with --canary).
@@ -297,13 +297,13 @@ impl MasterArgs {
             quiet: 0,
             verbose: 0,
             upgrade_timeout: Duration::from_secs(60),
-            min_uptime: crate::machine::DEFAULT_MIN_UPTIME,
-            prove: crate::machine::DEFAULT_PROVE,
+            min_uptime: crate::pure::machine::DEFAULT_MIN_UPTIME,
+            prove: crate::pure::machine::DEFAULT_PROVE,
             max_connections: 256,
             idle_timeout: Duration::from_secs(60),
             stderr_tail: 0,
             canary: None,
-            canary_min_responses: crate::machine::CANARY_MIN_RESPONSES,
+            canary_min_responses: crate::pure::machine::CANARY_MIN_RESPONSES,
             soak: Duration::from_secs(10),
             metrics: None,
             keep_orphans: false,
@@ -362,8 +362,8 @@ impl MasterArgs {
     }
 
     /// The canary plan of every upgrade (`--canary`, `--soak`).
-    pub fn canary(&self) -> Option<crate::command::CanaryPlan> {
-        self.canary.map(|workers| crate::command::CanaryPlan {
+    pub fn canary(&self) -> Option<crate::pure::command::CanaryPlan> {
+        self.canary.map(|workers| crate::pure::command::CanaryPlan {
             workers: workers as usize,
             soak: self.soak,
         })
@@ -371,10 +371,10 @@ impl MasterArgs {
 
     /// The log level from `-q` and `-v` (info by default).
     pub fn log_level(&self) -> tracing::level_filters::LevelFilter {
-        crate::log_level::level(self.verbosity())
+        crate::pure::verbosity::level(self.verbosity())
     }
 
-    /// `-v` minus `-q`: steps from `info` (see [`crate::log_level::level`]).
+    /// `-v` minus `-q`: steps from `info` (see [`crate::pure::verbosity::level`]).
     pub fn verbosity(&self) -> i8 {
         let offset = i16::from(self.verbose) - i16::from(self.quiet);
         offset.clamp(i16::from(i8::MIN), i16::from(i8::MAX)) as i8
@@ -555,7 +555,7 @@ pub fn parse_nice(text: &str) -> Result<Nice, NiceError> {
     }
 }
 
-pub use crate::seconds::{SecondsError, parse_seconds};
+pub use crate::pure::seconds::{SecondsError, parse_seconds};
 
 /// Why a number of workers is not one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -595,7 +595,7 @@ pub struct AckModeError(pub String);
 /// ```
 /// use std::time::Duration;
 /// use einhorn_master::cli::parse_ack_mode;
-/// use einhorn_master::machine::AckMode;
+/// use einhorn_master::pure::machine::AckMode;
 /// assert_eq!(parse_ack_mode("manual").unwrap(), AckMode::Manual);
 /// assert_eq!(parse_ack_mode("2").unwrap(), AckMode::Timer(Duration::from_secs(2)));
 /// ```
@@ -874,7 +874,10 @@ mod tests {
                 "--soak".to_string(),
                 bad.to_string(),
             ];
-            assert!(crate::command::parse_canary(&args).is_err(), "--soak {bad}");
+            assert!(
+                crate::pure::command::parse_canary(&args).is_err(),
+                "--soak {bad}"
+            );
         }
     }
 

@@ -22,8 +22,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::state::MasterState;
-use crate::wire::{Reply, ReplyError, RequestId, decode_reply, encode_request};
+use crate::pure::state::MasterState;
+use crate::pure::wire::{Reply, ReplyError, RequestId, decode_reply, encode_request};
 
 /// Longest reply line accepted (a `state` dump of many workers fits easily).
 pub const MAX_REPLY_LINE: usize = 1 << 20;

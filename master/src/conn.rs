@@ -35,10 +35,10 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::{Id as TaskId, JoinError, JoinSet};
 
-use crate::command::{Command, DecodeError, decode};
-use crate::machine::ConnId;
-use crate::render;
-use crate::wire::{Reply, RequestError, RequestId, encode_reply, prescan};
+use crate::pure::command::{Command, DecodeError, decode};
+use crate::pure::machine::ConnId;
+use crate::pure::render;
+use crate::pure::wire::{Reply, RequestError, RequestId, encode_reply, prescan};
 
 /// Longest request line accepted on the command socket.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::cli::CtlArgs;
 use crate::client::{Client, ClientError};
-use crate::wire::decode_reply;
+use crate::pure::wire::decode_reply;
 
 /// Exit status: the command succeeded.
 pub const EXIT_OK: i32 = 0;

@@ -19,7 +19,6 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::bind::{BindError, Bound};
 use crate::cli::MasterArgs;
-use crate::command::decode;
 pub use crate::conn::MAX_REQUEST_LINE;
 use crate::conn::{ConnLimits, Connections, Detached, Incoming, sleep_until};
 use crate::handover::{
@@ -27,18 +26,20 @@ use crate::handover::{
     ListenerHandover, MetricsListenerHandover, QueuedHandover, RetiredListener, StderrHandover,
 };
 use crate::held_signals::{HeldStops, ProgramCheck};
-use crate::machine::{
-    Action, ConnId, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
-};
 use crate::observer::Observer;
 use crate::pidfile::{Pidfile, PidfileError, WrittenFile};
+use crate::pure::command::decode;
+use crate::pure::machine::{
+    Action, ConnId, Event, Level, ListenerInfo, Log, Machine, MachineConfig, MasterSignal, Pid,
+};
 use crate::reexec::{PREFLIGHT_TIMEOUT, Preflight};
 
 /// How long connections and stderr pipes get to be handed back before an exec.
 const DETACH_WITHIN: Duration = Duration::from_millis(500);
-use crate::render;
+use crate::exec::{ProgramError, check_program};
+use crate::pure::render;
 use crate::socket::{CommandSocket, SocketError};
-use crate::spawn::{ProgramError, WorkerCommand, check_program};
+use crate::spawn::WorkerCommand;
 
 /// Why the master could not run. Whatever it had created by then (pid file, command socket,
 /// lock file, address file) is removed again.
@@ -477,7 +478,7 @@ fn adopt_retired(h: &Handover, unconfigured: Vec<(String, i32)>) -> RetiredListe
     }
     for (b, _) in &retired {
         // Workers started from now on do not get it.
-        let _ = crate::reexec::set_cloexec(b.fd(), true);
+        let _ = crate::exec::set_cloexec(b.fd(), true);
     }
     retired
 }
@@ -823,7 +824,7 @@ impl<'a> Driver<'a> {
                 // SAFETY: handed over to this process to be taken, once.
                 let listener = unsafe { std::net::TcpListener::from_raw_fd(m.fd) };
                 // Workers never get it.
-                crate::reexec::set_cloexec(m.fd, true)
+                crate::exec::set_cloexec(m.fd, true)
                     .map(|()| listener)
                     .map_err(|e| e.to_string())
             }
@@ -958,7 +959,7 @@ impl<'a> Driver<'a> {
                 },
                 Incoming::Reply { conn, reply } => QueuedHandover::Reply {
                     conn: conn.0,
-                    line: crate::wire::encode_reply(reply),
+                    line: crate::pure::wire::encode_reply(reply),
                 },
             })
             .collect();
@@ -981,7 +982,7 @@ impl<'a> Driver<'a> {
                 fds.push(state.as_raw_fd());
                 let ready = fds
                     .iter()
-                    .try_for_each(|&fd| crate::reexec::set_cloexec(fd, false));
+                    .try_for_each(|&fd| crate::exec::set_cloexec(fd, false));
                 let error = match ready {
                     Ok(()) => {
                         tracing::info!(
@@ -997,7 +998,7 @@ impl<'a> Driver<'a> {
                 for &fd in &handover.fds() {
                     // The listening sockets stay inheritable: workers get them.
                     let listening = self.resources.bound.iter().any(|b| b.fd() == fd);
-                    let _ = crate::reexec::set_cloexec(fd, !listening);
+                    let _ = crate::exec::set_cloexec(fd, !listening);
                 }
                 error
             }
@@ -1133,7 +1134,7 @@ impl<'a> Driver<'a> {
                     }),
                     Err(e) => self.conns.reply_line(
                         ConnId(conn),
-                        crate::wire::encode_reply(&render::decode_error(&e)),
+                        crate::pure::wire::encode_reply(&render::decode_error(&e)),
                     ),
                 },
                 QueuedHandover::Reply { conn, line } => self.conns.reply_line(ConnId(conn), line),

@@ -22,9 +22,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::machine::MachineSnapshot;
 use crate::notify::Readiness;
-use crate::state::Pid;
+use crate::pure::machine::MachineSnapshot;
+use crate::pure::state::Pid;
 
 /// The layout of [`Handover`] this master writes and the newest it reads.
 pub const FORMAT: u32 = 1;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::state::Pid;
+use crate::pure::state::Pid;
 
 /// How long after its start a worker may hold a stop signal (blocked, no handler) before the
 /// master takes it for a program that will never handle it.
@@ -141,7 +141,7 @@ impl ProgramCheck {
             BlockSignals::Never => return false,
             BlockSignals::Auto => {}
         }
-        let Ok(path) = crate::spawn::check_program(program) else {
+        let Ok(path) = crate::exec::check_program(program) else {
             return false;
         };
         let Ok(meta) = std::fs::metadata(&path) else {

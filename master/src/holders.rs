@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::state::Pid;
+use crate::pure::state::Pid;
 
 /// A process holding a listening socket.
 #[derive(Clone, Debug, PartialEq, Eq)]

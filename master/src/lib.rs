@@ -94,52 +94,58 @@
 //! top of `main` makes the first process the master and every copy it starts a worker, so one
 //! binary upgrades itself on SIGHUP with a stable pid and no other tool installed.
 //!
-//! # Modules
+//! # The two layers
 //! Einhorn's protocol facts (variable names, the ACK line, `HOST:PORT`) come from the
 //! workers' crate, `graceful-listener`, written once for both sides.
 //!
-//! Pure: [`wire`] (the line format), [`command`] (typed commands), [`machine`] (the worker-set
-//! and upgrade state machine: typed messages and snapshots, no text), [`state`] (the snapshots,
-//! as data), [`render`] (data into the wire's text and YAML), [`handover`] (the state a
-//! reload hands over), [`seconds`] (durations, bounded), [`bind`]'s parser, [`cli`],
-//! [`notify`]'s `Readiness`, [`stderr`]'s
-//! `Tail`, [`held_signals`]' parsers. I/O: [`driver`] (the event loop), [`conn`]
-//! (command-socket connections and their limits), [`observer`] (stderr tails of failed
-//! workers, systemd notifications), [`metrics_http`] (the bounded `/metrics` endpoint),
-//! [`reexec`] (the check and the exec), [`spawn`], [`builds`] (each version's build, held
-//! open), [`socket`], [`runtime_dir`], [`pidfile`],
-//! [`files`], [`holders`], [`client`], [`ctl`], [`log_level`], [`self_hosted`] (the master
-//! inside the application), [`metrics`] (the metrics' names and what the machine did, as
-//! metrics).
-//! Dependencies go one way: `wire`, `state` <- `command` <- `machine` <- `render` <- `driver`.
+//! [`pure`] decides: the command language, the wire format, the worker-set and upgrade
+//! [state machine](pure::machine) (time passed in, actions and messages returned as data),
+//! the rendering of replies and snapshots. It does no I/O and imports nothing from the rest
+//! of the crate.
+//!
+//! Everything else is the process shell, which carries the decisions out. Bottom-up, each
+//! module using only the pure layer and the modules before it:
+//! - [`files`] (the master's files, never through a planted symlink), [`exec`] (finding a
+//!   program, close-on-exec), [`notify`] (systemd's protocol), [`holders`] (who holds a
+//!   port), [`stderr`] (workers' stderr tails), [`log_level`];
+//! - [`socket`] (the command socket), [`runtime_dir`], [`pidfile`], [`bind`] (the `-b`
+//!   sockets), [`builds`] (each version's build, held open), [`spawn`] (starting a worker),
+//!   [`held_signals`], [`conn`] (command-socket connections and their limits), [`client`]
+//!   (a Rust client of the command socket);
+//! - [`reexec`] (the new program's check, and the exec), [`metrics_http`] (the bounded
+//!   `/metrics` endpoint), [`metrics`] (what the machine did, as metrics), [`observer`]
+//!   (stderr tails of failed workers, systemd notifications), [`handover`] (the state a
+//!   re-exec hands over);
+//! - [`cli`] (the command line), [`ctl`] (its client commands);
+//! - [`driver`] (the event loop: feeds the machine events, carries out its actions);
+//! - [`self_hosted`] (the master inside the application).
+//!
+//! `tests/house.rs` at the workspace root fails when the pure layer names the shell or does
+//! I/O, and when any crate of the workspace has an import circle.
 
 pub mod bind;
 pub mod builds;
 pub mod cli;
 pub mod client;
-pub mod command;
 pub mod conn;
 #[cfg(feature = "cli")]
 pub mod ctl;
 pub mod driver;
+pub mod exec;
 pub mod files;
 pub mod handover;
 pub mod held_signals;
 pub mod holders;
 pub mod log_level;
-pub mod machine;
 pub mod metrics;
 pub mod metrics_http;
 pub mod notify;
 pub mod observer;
 pub mod pidfile;
+pub mod pure;
 pub mod reexec;
-pub mod render;
 pub mod runtime_dir;
-pub mod seconds;
 pub mod self_hosted;
 pub mod socket;
 pub mod spawn;
-pub mod state;
 pub mod stderr;
-pub mod wire;

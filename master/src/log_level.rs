@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use tracing::level_filters::LevelFilter;
 
+use crate::pure::verbosity::level;
+
 /// Sets the level of the logger that the master's `tracing` events go to.
 pub type LevelControl = Box<dyn Fn(LevelFilter) + Send + Sync>;
 
@@ -40,30 +42,4 @@ pub fn apply(offset: i8) -> bool {
         }
         None => false,
     }
-}
-
-/// The level `offset` steps from `info`: `-1` warn, `-2` error, `-3` off, `1` debug, `2`
-/// trace (as `-q` and `-v` count).
-///
-/// ```
-/// use einhorn_master::log_level::level;
-/// use tracing::level_filters::LevelFilter;
-/// assert_eq!(level(0), LevelFilter::INFO);
-/// assert_eq!(level(-1), LevelFilter::WARN);
-/// assert_eq!(level(9), LevelFilter::TRACE);
-/// ```
-pub fn level(offset: i8) -> LevelFilter {
-    match offset {
-        i8::MIN..=-3 => LevelFilter::OFF,
-        -2 => LevelFilter::ERROR,
-        -1 => LevelFilter::WARN,
-        0 => LevelFilter::INFO,
-        1 => LevelFilter::DEBUG,
-        2..=i8::MAX => LevelFilter::TRACE,
-    }
-}
-
-/// The name of the level `offset` steps from `info` (`warn`, `off`, ...).
-pub fn level_name(offset: i8) -> String {
-    level(offset).to_string().to_lowercase()
 }

@@ -7,8 +7,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use einhorn_master::cli::{self, Invocation};
+use einhorn_master::exec::check_program;
 use einhorn_master::reexec::SelfExec;
-use einhorn_master::spawn::check_program;
 use einhorn_master::{ctl, driver};
 
 fn main() -> ExitCode {

@@ -27,8 +27,8 @@ use std::time::Instant;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::machine::{ExitNote, Log, Machine, Message};
 use crate::metrics_http::{Limits, MetricsError, MetricsServer};
+use crate::pure::machine::{ExitNote, Log, Machine, Message};
 
 /// Upgrades begun.
 pub const UPGRADES_STARTED: &str = "einhorn_master_upgrades_started_total";

@@ -13,10 +13,10 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::sync::watch;
 
-use crate::machine::{ExitNote, Log, Machine, Message};
 use crate::notify::{Notifier, Observed, Readiness};
-use crate::render;
-use crate::state::Pid;
+use crate::pure::machine::{ExitNote, Log, Machine, Message};
+use crate::pure::render;
+use crate::pure::state::Pid;
 use crate::stderr::{Forwarding, Tail, Tails, forward, indent};
 
 /// See the [module documentation](self).

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
-use crate::state::Pid;
+use crate::pure::state::Pid;
 use crate::stderr::Tail;
 
 /// The fd of the state handed over, for a self-hosted master.
@@ -195,20 +195,6 @@ pub fn read_state(fd: RawFd) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// Sets or clears `FD_CLOEXEC` on `fd`.
-///
-/// # Errors
-/// The OS error.
-pub fn set_cloexec(fd: RawFd, cloexec: bool) -> std::io::Result<()> {
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    // SAFETY: only the descriptor's flags change; the fd is borrowed for the calls.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let mut flags = FdFlag::from_bits_truncate(fcntl(borrowed, FcntlArg::F_GETFD)?);
-    flags.set(FdFlag::FD_CLOEXEC, cloexec);
-    fcntl(borrowed, FcntlArg::F_SETFD(flags))?;
-    Ok(())
-}
-
 /// Blocks ([`SigmaskHow::SIG_BLOCK`]) or unblocks the [`MASTER_SIGNALS`] in this thread.
 ///
 /// # Errors
@@ -297,7 +283,7 @@ impl Preflight {
         }
         // SAFETY: between fork and exec, only fcntl on an fd we own: async-signal-safe.
         unsafe {
-            command.pre_exec(move || set_cloexec(fd, false));
+            command.pre_exec(move || crate::exec::set_cloexec(fd, false));
         }
         let mut child = command.spawn()?;
         let output = Arc::new(Mutex::new(Tail::new(PREFLIGHT_LINES)));
@@ -398,7 +384,7 @@ impl Preflight {
 pub fn exec(exec: &SelfExec, state_fd: RawFd, drop_env: &[String]) -> std::io::Error {
     let (args, added) = exec.invocation(state_fd, false);
     let cstring = |s: &OsStr| CString::new(s.as_bytes()).map_err(std::io::Error::other);
-    let program = match crate::spawn::check_program(exec.program.as_os_str()) {
+    let program = match crate::exec::check_program(exec.program.as_os_str()) {
         Ok(found) => found,
         Err(e) => return std::io::Error::other(e.to_string()),
     };

@@ -65,10 +65,10 @@ use graceful_listener::env::Environment;
 use crate::bind::{BindSpec, BindSpecError};
 use crate::cli::MasterArgs;
 use crate::driver::{self, MasterError};
-use crate::machine::AckMode;
+use crate::exec::{ProgramError, check_program};
+use crate::pure::machine::AckMode;
 use crate::reexec::{STATE_FD_ENV, SelfExec, StateVia, UPGRADE_CHECK_ENV};
 use crate::socket::SocketError;
-use crate::spawn::{ProgramError, check_program};
 
 /// Stderr lines kept per worker by default.
 pub const DEFAULT_STDERR_TAIL: usize = 20;
@@ -84,7 +84,7 @@ pub struct SelfHosted {
     upgrade_timeout: Option<Duration>,
     signal_timeout: Option<Duration>,
     kill_children_on_exit: bool,
-    canary: Option<crate::command::CanaryPlan>,
+    canary: Option<crate::pure::command::CanaryPlan>,
     canary_min_responses: u64,
     metrics: Option<std::net::SocketAddr>,
     stderr_tail: usize,
@@ -180,7 +180,7 @@ impl SelfHosted {
             signal_timeout: None,
             kill_children_on_exit: true,
             canary: None,
-            canary_min_responses: crate::machine::CANARY_MIN_RESPONSES,
+            canary_min_responses: crate::pure::machine::CANARY_MIN_RESPONSES,
             metrics: None,
             stderr_tail: DEFAULT_STDERR_TAIL,
             program: None,
@@ -226,7 +226,7 @@ impl SelfHosted {
     }
 
     /// An upgrade during which no new worker ACKs for this long fails (the old workers keep
-    /// serving). At most [`MAX_DURATION`](crate::seconds::MAX_DURATION) (366 days): a longer
+    /// serving). At most [`MAX_DURATION`](crate::pure::seconds::MAX_DURATION) (366 days): a longer
     /// one is taken as that.
     ///
     /// ```
@@ -235,13 +235,13 @@ impl SelfHosted {
     /// # let _ = master;
     /// ```
     pub fn upgrade_timeout(mut self, timeout: Duration) -> SelfHosted {
-        self.upgrade_timeout = Some(crate::seconds::bounded(timeout));
+        self.upgrade_timeout = Some(crate::pure::seconds::bounded(timeout));
         self
     }
 
     /// SIGKILL a worker still alive this long after the master told it to stop (default:
     /// never; the worker's own drain timeout ends it). At most
-    /// [`MAX_DURATION`](crate::seconds::MAX_DURATION).
+    /// [`MAX_DURATION`](crate::pure::seconds::MAX_DURATION).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -249,7 +249,7 @@ impl SelfHosted {
     /// # let _ = master;
     /// ```
     pub fn signal_timeout(mut self, timeout: Duration) -> SelfHosted {
-        self.signal_timeout = Some(crate::seconds::bounded(timeout));
+        self.signal_timeout = Some(crate::pure::seconds::bounded(timeout));
         self
     }
 
@@ -272,7 +272,7 @@ impl SelfHosted {
     /// stopped and the old workers serve on (`rolled back: ...` in the log and in systemd's
     /// `STATUS=`); else the upgrade goes on. Workers on graceful-listener's HTTP adapters
     /// report their responses to the master by themselves. A `soak` longer than
-    /// [`MAX_DURATION`](crate::seconds::MAX_DURATION) is taken as that.
+    /// [`MAX_DURATION`](crate::pure::seconds::MAX_DURATION) is taken as that.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -280,15 +280,15 @@ impl SelfHosted {
     /// # let _ = master;
     /// ```
     pub fn canary(mut self, workers: usize, soak: Duration) -> SelfHosted {
-        self.canary = Some(crate::command::CanaryPlan {
+        self.canary = Some(crate::pure::command::CanaryPlan {
             workers,
-            soak: crate::seconds::bounded(soak),
+            soak: crate::pure::seconds::bounded(soak),
         });
         self
     }
 
     /// Responses a canary must have answered by the end of its soak for a verdict (default
-    /// [`CANARY_MIN_RESPONSES`](crate::machine::CANARY_MIN_RESPONSES)): fewer roll the upgrade
+    /// [`CANARY_MIN_RESPONSES`](crate::pure::machine::CANARY_MIN_RESPONSES)): fewer roll the upgrade
     /// back, since a canary no client reached proves nothing; 0 lets it pass on its exits
     /// alone (einhorn-master's `--canary-min-responses`).
     ///

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::state::Pid;
+use crate::pure::state::Pid;
 
 /// Longest line kept in a tail, in bytes: a worker writing megabytes without a newline must
 /// not grow the master. (Forwarding is not cut: only what is kept.)

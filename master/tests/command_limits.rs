@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use einhorn_master::client;
-use einhorn_master::wire::decode_reply;
+use einhorn_master::pure::wire::decode_reply;
 use nix::sys::signal::Signal;
 use support::{Master, WAIT, wait_until};
 
@@ -61,7 +61,7 @@ fn connect(socket: &Path) -> UnixStream {
 }
 
 /// Reads one reply line; `None` at end of stream.
-fn read_reply(reader: &mut BufReader<UnixStream>) -> Option<einhorn_master::wire::Reply> {
+fn read_reply(reader: &mut BufReader<UnixStream>) -> Option<einhorn_master::pure::wire::Reply> {
     let mut line = Vec::new();
     match reader.read_until(b'\n', &mut line) {
         Ok(0) => None,
@@ -78,7 +78,7 @@ fn closed(reader: &mut BufReader<UnixStream>) -> bool {
 
 /// The master's state, once a connection is served again (closed connections free their
 /// slots as soon as the master notices).
-fn state_when_served(master: &Master) -> einhorn_master::state::MasterState {
+fn state_when_served(master: &Master) -> einhorn_master::pure::state::MasterState {
     let mut state = None;
     let served = wait_until(WAIT, || {
         state = client::state(&master.socket, WAIT).ok();

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use einhorn_master::client::Client;
-use einhorn_master::wire::{decode_reply, unescape};
+use einhorn_master::pure::wire::{decode_reply, unescape};
 use support::{Master, WAIT, path_str};
 
 /// One raw connection: write bytes, read raw lines.

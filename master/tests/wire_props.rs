@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use einhorn_master::command::{
+use einhorn_master::pure::command::{
     COMMANDS, Command, CommandError, DecodeError, decode, parse_signal, signal_name,
 };
-use einhorn_master::wire::{
+use einhorn_master::pure::wire::{
     MAX_BRACKETS, Reply, Request, RequestError, RequestId, decode_reply, encode_reply,
     encode_request, escape, parse_request, prescan, unescape,
 };

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 
-use einhorn_master::wire::Reply;
+use einhorn_master::pure::wire::Reply;
 use graceful_listener_suite::harness::example;
 use graceful_listener_suite::master::Master as SuiteMaster;
 

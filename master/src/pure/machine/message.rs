@@ -1,13 +1,13 @@
 //! What the machine says, as data: the content of replies and of log lines. No text here:
-//! [`crate::render`] writes these as the wire's text and YAML.
+//! [`crate::pure::render`] writes these as the wire's text and YAML.
 
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use super::{AckMode, SpawnId};
-use crate::state::{ConfigState, MasterState, Pid};
-use crate::wire::RequestId;
+use crate::pure::state::{ConfigState, MasterState, Pid};
+use crate::pure::wire::RequestId;
 
 /// How much a log line matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,8 +31,8 @@ pub struct Log {
     pub message: Message,
 }
 
-/// A reply to a request, as data: [`crate::render::reply`] turns it into a wire
-/// [`Reply`](crate::wire::Reply).
+/// A reply to a request, as data: [`crate::pure::render::reply`] turns it into a wire
+/// [`Reply`](crate::pure::wire::Reply).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     /// The `id` of the request it answers.
@@ -102,6 +102,33 @@ pub enum ExitNote {
     Unexpected,
     /// It had been told to stop.
     Retired,
+}
+
+/// The `state` snapshot as the machine reports it: the data, with what still needs words left
+/// typed (the renderer fills [`MasterState::canary`] and [`MasterState::last_rollback`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateReport {
+    /// The snapshot; its `canary` and `last_rollback` are left empty.
+    pub state: MasterState,
+    /// Where a canary upgrade is, if one runs.
+    pub canary: Option<CanaryProgress>,
+    /// Why the last canary upgrade was rolled back, if one was.
+    pub last_rollback: Option<Rollback>,
+}
+
+/// Where a canary upgrade is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CanaryProgress {
+    /// Its canaries are starting: not all of them have ACKed.
+    Starting {
+        /// How many canaries it starts.
+        workers: usize,
+    },
+    /// Every canary has ACKed: the soak runs.
+    Soaking {
+        /// The time left in the soak.
+        left: Duration,
+    },
 }
 
 /// Why a canary upgrade was rolled back.
@@ -195,7 +222,7 @@ pub enum Message {
     /// `help`.
     Help,
     /// `state`.
-    State(Box<MasterState>),
+    State(Box<StateReport>),
     /// `config`.
     Config(Box<ConfigState>),
     /// `inc`, `dec`, `set_workers` changed the target.

@@ -15,9 +15,9 @@ use super::{
     Canary, CanaryPlan, ConnId, Machine, MachineConfig, Phase, Reexec, Rollback, SpawnId,
     Subscriber, Upgrade, UpgradeOrder, Worker,
 };
-use crate::command::{parse_signal, signal_name};
-use crate::state::Pid;
-use crate::wire::RequestId;
+use crate::pure::command::{parse_signal, signal_name};
+use crate::pure::state::Pid;
+use crate::pure::wire::RequestId;
 
 /// The machine at one moment, as data a new master process resumes from: times as ages,
 /// everything else as it was.

@@ -6,7 +6,7 @@
 //! `{message, request_id[, wait: true]}`.
 //!
 //! ```
-//! use einhorn_master::wire::{Reply, RequestId, encode_reply};
+//! use einhorn_master::pure::wire::{Reply, RequestId, encode_reply};
 //!
 //! let reply = Reply::last("Upgrade done", Some(RequestId::from(1)));
 //! assert_eq!(encode_reply(&reply), "---%0Amessage: Upgrade done%0Arequest_id: 1%0A\n");
@@ -18,7 +18,7 @@ use serde_norway::Value;
 /// Escapes a serialized message for the wire: `%` becomes `%25`, then a newline becomes `%0A`.
 ///
 /// ```
-/// assert_eq!(einhorn_master::wire::escape("50%\nok"), "50%25%0Aok");
+/// assert_eq!(einhorn_master::pure::wire::escape("50%\nok"), "50%25%0Aok");
 /// ```
 pub fn escape(text: &str) -> String {
     text.replace('%', "%25").replace('\n', "%0A")
@@ -29,7 +29,7 @@ pub fn escape(text: &str) -> String {
 /// Any other `%` sequence is left as it is.
 ///
 /// ```
-/// use einhorn_master::wire::{escape, unescape};
+/// use einhorn_master::pure::wire::{escape, unescape};
 /// assert_eq!(unescape("50%25%0Aok"), "50%\nok");
 /// assert_eq!(unescape(&escape("%0A")), "%0A");
 /// ```
@@ -139,7 +139,7 @@ impl RequestError {
     /// The message Einhorn replies with for this error.
     ///
     /// ```
-    /// use einhorn_master::wire::parse_request;
+    /// use einhorn_master::pure::wire::parse_request;
     /// let err = parse_request(b"just words").unwrap_err();
     /// assert!(err.reply_message().starts_with("Could not parse command"));
     /// ```
@@ -166,7 +166,7 @@ impl RequestError {
 /// [`RequestError::TooNested`], [`RequestError::Aliases`].
 ///
 /// ```
-/// use einhorn_master::wire::{RequestError, prescan};
+/// use einhorn_master::pure::wire::{RequestError, prescan};
 /// assert!(prescan(br#"{"command":"signal","args":["USR2"]}"#).is_ok());
 /// let deep = format!(r#"{{"command": {}{}}}"#, "[".repeat(5000), "]".repeat(5000));
 /// assert!(matches!(prescan(deep.as_bytes()), Err(RequestError::TooNested { .. })));
@@ -206,7 +206,7 @@ pub fn prescan(line: &[u8]) -> Result<(), RequestError> {
 ///
 /// # Example
 /// ```
-/// use einhorn_master::wire::parse_request;
+/// use einhorn_master::pure::wire::parse_request;
 /// let request = parse_request(br#"{"command":"worker:ack","pid":12345}"#).unwrap();
 /// assert_eq!(request.command, "worker:ack");
 /// assert_eq!(request.pid, Some(12345));
@@ -344,7 +344,7 @@ impl Reply {
 /// Encodes a reply as one wire line, trailing `\n` included.
 ///
 /// ```
-/// use einhorn_master::wire::{Reply, encode_reply};
+/// use einhorn_master::pure::wire::{Reply, encode_reply};
 /// assert_eq!(
 ///     encode_reply(&Reply::more("100% up", None)),
 ///     "---%0Amessage: 100%25 up%0Arequest_id: null%0Await: true%0A\n",
@@ -364,7 +364,7 @@ pub fn encode_reply(reply: &Reply) -> String {
 /// [`ReplyError`] when the line is not a YAML reply mapping.
 ///
 /// ```
-/// use einhorn_master::wire::decode_reply;
+/// use einhorn_master::pure::wire::decode_reply;
 /// let reply = decode_reply(b"---%0Amessage: Upgrade done%0Arequest_id: 1%0A\n").unwrap();
 /// assert_eq!(reply.message, "Upgrade done");
 /// assert!(!reply.wait);
@@ -399,7 +399,7 @@ pub struct ReplyError {
 /// those [`prescan`] counts (`[`, `{`, `&`, `*`) are written `\uXXXX`.
 ///
 /// ```
-/// use einhorn_master::wire::{RequestId, encode_request};
+/// use einhorn_master::pure::wire::{RequestId, encode_request};
 /// let line = encode_request("signal", &["USR2"], Some(&RequestId::from(3)));
 /// assert_eq!(line, "{\"command\":\"signal\",\"args\":[\"USR2\"],\"id\":3}\n");
 /// ```

@@ -2,7 +2,7 @@
 
 use nix::sys::signal::Signal;
 
-use crate::wire::{Request, RequestError, RequestId, parse_request};
+use crate::pure::wire::{Request, RequestError, RequestId, parse_request};
 
 use graceful_listener::einhorn::{WORKER_STATS, parse_stats_args, parse_stats_latency};
 
@@ -141,7 +141,7 @@ impl Command {
 }
 
 /// Commands and their one-line descriptions, as `help` lists them
-/// ([`render::help_text`](crate::render::help_text)).
+/// ([`render::help_text`](crate::pure::render::help_text)).
 pub const COMMANDS: &[(&str, &str)] = &[
     ("config", "Show the master's configuration"),
     ("dec", "Decrement the number of workers"),
@@ -192,8 +192,8 @@ pub const COMMANDS: &[(&str, &str)] = &[
 ///
 /// # Example
 /// ```
-/// use einhorn_master::command::{Command, parse_command};
-/// use einhorn_master::wire::parse_request;
+/// use einhorn_master::pure::command::{Command, parse_command};
+/// use einhorn_master::pure::wire::parse_request;
 ///
 /// let request = parse_request(br#"{"command":"signal","args":["usr2","SIGTERM"]}"#).unwrap();
 /// let command = parse_command(&request).unwrap();
@@ -270,7 +270,7 @@ pub fn parse_command(request: &Request) -> Result<Command, CommandError> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use einhorn_master::command::{CanaryPlan, parse_canary};
+/// use einhorn_master::pure::command::{CanaryPlan, parse_canary};
 ///
 /// let args = ["--canary", "2", "--soak", "30"].map(String::from);
 /// assert_eq!(
@@ -292,7 +292,7 @@ pub fn parse_canary(args: &[String]) -> Result<Option<CanaryPlan>, CommandError>
         match flag.as_str() {
             "--canary" => workers = Some(value.trim().parse::<usize>().map_err(|_| bad())?),
             "--soak" => {
-                soak = Some(crate::seconds::parse_seconds(value).map_err(|_| bad())?);
+                soak = Some(crate::pure::seconds::parse_seconds(value).map_err(|_| bad())?);
             }
             _ => return Err(bad()),
         }
@@ -325,11 +325,11 @@ pub enum DecodeError {
 /// Reads one request line (without its `\n`) into a command.
 ///
 /// # Errors
-/// A [`DecodeError`]; [`render::decode_error`](crate::render::decode_error) makes the error
+/// A [`DecodeError`]; [`render::decode_error`](crate::pure::render::decode_error) makes the error
 /// reply (`Could not parse command: ...`, `Unrecognized command: ...`, an argument error).
 ///
 /// ```
-/// use einhorn_master::command::{Command, DecodeError, decode};
+/// use einhorn_master::pure::command::{Command, DecodeError, decode};
 /// let (id, command) = decode(br#"{"command":"inc","id":3}"#).unwrap();
 /// assert_eq!(command, Command::Inc);
 /// assert_eq!(id.unwrap().as_i64(), Some(3));
@@ -353,7 +353,7 @@ pub fn decode(line: &[u8]) -> Result<(Option<RequestId>, Command), DecodeError> 
 /// [`CommandError::InvalidSignal`] naming the input.
 ///
 /// ```
-/// use einhorn_master::command::parse_signal;
+/// use einhorn_master::pure::command::parse_signal;
 /// use nix::sys::signal::Signal;
 /// assert_eq!(parse_signal("term").unwrap(), Signal::SIGTERM);
 /// assert!(parse_signal("SIGNOPE").is_err());
@@ -378,7 +378,7 @@ pub fn signal_name(signal: Signal) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::parse_request;
+    use crate::pure::wire::parse_request;
 
     fn cmd(json: &str) -> Result<Command, CommandError> {
         parse_command(&parse_request(json.as_bytes()).unwrap())
@@ -510,7 +510,7 @@ mod tests {
     fn unknown_commands_list_the_known_ones() {
         let err = cmd(r#"{"command":"frobnicate"}"#).unwrap_err();
         assert_eq!(err, CommandError::Unrecognized("frobnicate".into()));
-        let message = crate::render::command_error(&err);
+        let message = crate::pure::render::command_error(&err);
         assert!(message.starts_with("Unrecognized command: \"frobnicate\""));
         assert!(message.contains("upgrade_fleet"));
         assert_eq!(cmd(r#"{"command":"reload"}"#), Ok(Command::Reload));

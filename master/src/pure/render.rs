@@ -5,9 +5,9 @@
 //! or the log sees is written here.
 //!
 //! ```
-//! use einhorn_master::machine::{Message, Response};
-//! use einhorn_master::render;
-//! use einhorn_master::wire::{RequestId, encode_reply};
+//! use einhorn_master::pure::machine::{Message, Response};
+//! use einhorn_master::pure::render;
+//! use einhorn_master::pure::wire::{RequestId, encode_reply};
 //!
 //! let response = Response::last(Message::UpgradeDone, Some(RequestId::from(1)));
 //! assert_eq!(
@@ -19,10 +19,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::command::{COMMANDS, CommandError, DecodeError, signal_name};
-use crate::machine::{CountChange, ExitNote, Message, Response, Rollback, Sent, UpgradeFailure};
-use crate::state::{ConfigState, MasterState};
-use crate::wire::Reply;
+use crate::pure::command::{COMMANDS, CommandError, DecodeError, signal_name};
+use crate::pure::machine::{
+    CanaryProgress, CountChange, ExitNote, Message, Response, Rollback, Sent, StateReport,
+    UpgradeFailure,
+};
+use crate::pure::state::{ConfigState, MasterState};
+use crate::pure::wire::Reply;
 
 /// A [`Response`] as a wire [`Reply`].
 pub fn reply(response: &Response) -> Reply {
@@ -37,8 +40,8 @@ pub fn reply(response: &Response) -> Reply {
 /// The text of a [`Message`], as replies and the log show it.
 ///
 /// ```
-/// use einhorn_master::machine::{CountChange, Message};
-/// use einhorn_master::render::text;
+/// use einhorn_master::pure::machine::{CountChange, Message};
+/// use einhorn_master::pure::render::text;
 ///
 /// let message = Message::WorkersChanged { change: CountChange::Inc, from: 1, to: 2 };
 /// assert_eq!(text(&message), "Incrementing number of workers from 1 -> 2");
@@ -61,7 +64,7 @@ pub fn text(message: &Message) -> String {
             )
         }
         Message::Help => help_text(),
-        Message::State(state) => state_yaml(state),
+        Message::State(report) => state_yaml(&state_of(report)),
         Message::Config(config) => config_yaml(config),
         Message::WorkersChanged { change, from, to } => match change {
             CountChange::Inc => format!("Incrementing number of workers from {from} -> {to}"),
@@ -94,7 +97,7 @@ pub fn text(message: &Message) -> String {
         Message::Verbosity { offset } => format!(
             "Verbosity set to {} (log level {})",
             offset,
-            crate::log_level::level_name(*offset)
+            crate::pure::verbosity::level_name(*offset)
         ),
         Message::Reexecing => {
             "Reloading the master: checking the new program before it takes over".to_string()
@@ -168,7 +171,7 @@ pub fn text(message: &Message) -> String {
             "Canary: all {workers} new workers ACKed; soaking {}s beside the old ones",
             soak.as_secs_f64()
         ),
-        Message::CanaryPassed { new, old } if new.0 < crate::machine::CANARY_MIN_RESPONSES => {
+        Message::CanaryPassed { new, old } if new.0 < crate::pure::machine::CANARY_MIN_RESPONSES => {
             format!(
                 "Canary passed on its exits alone (--canary-min-responses 0): new workers {} 5xx \
                  of {} responses, old workers {} of {}; upgrading the rest",
@@ -254,8 +257,8 @@ pub fn text(message: &Message) -> String {
 /// Why a canary upgrade was rolled back, in words.
 ///
 /// ```
-/// use einhorn_master::machine::Rollback;
-/// use einhorn_master::render::rollback_text;
+/// use einhorn_master::pure::machine::Rollback;
+/// use einhorn_master::pure::render::rollback_text;
 ///
 /// let why = Rollback::ServerErrors { new: (100, 20), old: (400, 0) };
 /// assert_eq!(
@@ -327,6 +330,20 @@ pub fn state_yaml(state: &MasterState) -> String {
     serde_norway::to_string(state).unwrap_or_else(|e| format!("state unavailable: {e}"))
 }
 
+/// The `state` snapshot with the machine's typed parts put into words.
+fn state_of(report: &StateReport) -> MasterState {
+    let mut state = report.state.clone();
+    state.canary = report.canary.map(|progress| match progress {
+        CanaryProgress::Starting { workers } => format!("starting {workers}"),
+        CanaryProgress::Soaking { left } => format!("soaking ({:.1} s left)", left.as_secs_f64()),
+    });
+    state.last_rollback = report
+        .last_rollback
+        .as_ref()
+        .map(|why| format!("rolled back: {}", rollback_text(why)));
+    state
+}
+
 /// The `config` snapshot as YAML.
 pub fn config_yaml(config: &ConfigState) -> String {
     serde_norway::to_string(config).unwrap_or_else(|e| format!("config unavailable: {e}"))
@@ -336,8 +353,8 @@ pub fn config_yaml(config: &ConfigState) -> String {
 /// list too, as in Einhorn.
 ///
 /// ```
-/// use einhorn_master::command::CommandError;
-/// use einhorn_master::render::command_error;
+/// use einhorn_master::pure::command::CommandError;
+/// use einhorn_master::pure::render::command_error;
 ///
 /// let text = command_error(&CommandError::Unrecognized("frob".into()));
 /// assert!(text.starts_with("Unrecognized command: \"frob\"\n\n"));
@@ -355,8 +372,8 @@ pub fn command_error(error: &CommandError) -> String {
 /// The error reply to a line that is not a command the master can run.
 ///
 /// ```
-/// use einhorn_master::command::decode;
-/// use einhorn_master::render::decode_error;
+/// use einhorn_master::pure::command::decode;
+/// use einhorn_master::pure::render::decode_error;
 ///
 /// let reply = decode_error(&decode(b"garbage").unwrap_err());
 /// assert!(reply.error && reply.message.starts_with("Could not parse command"));
@@ -401,7 +418,7 @@ pub fn too_long(max: usize) -> Reply {
 /// when cut, how long the line was.
 ///
 /// ```
-/// use einhorn_master::render::log_prefix;
+/// use einhorn_master::pure::render::log_prefix;
 /// assert_eq!(log_prefix(b"short", 200), "\"short\"");
 /// assert_eq!(log_prefix(&[b'['; 1000], 3), "\"[[[\"... (1000 bytes)");
 /// ```
@@ -419,8 +436,8 @@ mod tests {
     use nix::sys::signal::Signal;
 
     use super::*;
-    use crate::machine::AckMode;
-    use crate::wire::{RequestId, encode_reply};
+    use crate::pure::machine::AckMode;
+    use crate::pure::wire::{RequestId, encode_reply};
 
     #[test]
     fn upgrade_lines_read_as_einhorns() {

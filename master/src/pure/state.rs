@@ -1,5 +1,5 @@
 //! Snapshots of the master, as data: the `state` and `config` replies (the state machine
-//! produces them, [`crate::render`] writes them as YAML, clients parse them), and the plain
+//! produces them, [`crate::pure::render`] writes them as YAML, clients parse them), and the plain
 //! types they are made of. This module depends on no other module of the crate.
 //!
 //! ```no_run

@@ -4,7 +4,7 @@
 //! range: `--soak 1e19` once ended a master mid-upgrade).
 //!
 //! Pure: below both the command line ([`cli`](crate::cli)) and the command language
-//! ([`command`](crate::command)), which use it.
+//! ([`command`](crate::pure::command)), which use it.
 
 use std::time::Duration;
 

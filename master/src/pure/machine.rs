@@ -6,7 +6,7 @@
 //! [`Machine::next_deadline`] is reached. Everything that depends on time (timer ACKs, spawn
 //! spacing and backoff, `-t` escalation, the upgrade timeout) is a deadline here, so tests step
 //! time by hand. Replies and log lines are typed [`Message`]s and snapshots
-//! ([`MasterState`]); [`crate::render`] turns them into text.
+//! ([`MasterState`]); [`crate::pure::render`] turns them into text.
 //!
 //! # Rules
 //! - Workers belong to a *version*; `upgrade` starts a new one. Workers of older versions are
@@ -34,7 +34,7 @@
 //! # Example
 //! ```
 //! use std::time::{Duration, Instant};
-//! use einhorn_master::machine::{Action, AckMode, Event, Machine, MachineConfig, SpawnId};
+//! use einhorn_master::pure::machine::{Action, AckMode, Event, Machine, MachineConfig, SpawnId};
 //!
 //! let mut machine = Machine::new(MachineConfig {
 //!     ack_mode: AckMode::Manual,
@@ -55,17 +55,18 @@ use graceful_listener::telemetry::LATENCY_BUCKETS;
 use nix::sys::signal::Signal;
 
 pub use self::message::{
-    CountChange, ExitNote, Level, Log, Message, Response, Rollback, Sent, UpgradeFailure,
+    CanaryProgress, CountChange, ExitNote, Level, Log, Message, Response, Rollback, Sent,
+    StateReport, UpgradeFailure,
 };
 pub use self::snapshot::{
     MachineSnapshot, ReexecSnapshot, SnapshotError, SubscriberSnapshot, UpgradeSnapshot,
     WorkerSnapshot,
 };
-pub use crate::command::CanaryPlan;
-use crate::command::{Command, signal_name};
-use crate::state::{ConfigState, MasterState, WorkerState};
-pub use crate::state::{ListenerInfo, Pid};
-use crate::wire::RequestId;
+pub use crate::pure::command::CanaryPlan;
+use crate::pure::command::{Command, signal_name};
+use crate::pure::state::{ConfigState, MasterState, WorkerState};
+pub use crate::pure::state::{ListenerInfo, Pid};
+use crate::pure::wire::RequestId;
 
 /// Names one command-socket connection, chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -187,7 +188,7 @@ impl MasterSignal {
     /// The signal itself.
     ///
     /// ```
-    /// use einhorn_master::machine::MasterSignal;
+    /// use einhorn_master::pure::machine::MasterSignal;
     /// assert_eq!(MasterSignal::Term.signal(), nix::sys::signal::Signal::SIGTERM);
     /// ```
     pub fn signal(self) -> Signal {
@@ -277,7 +278,7 @@ pub enum Action {
     Reply {
         /// The connection.
         conn: ConnId,
-        /// The reply, as data ([`crate::render::reply`] makes the wire line).
+        /// The reply, as data ([`crate::pure::render::reply`] makes the wire line).
         reply: Response,
     },
     /// Close a connection (after `worker:ack`, as Einhorn does).
@@ -843,8 +844,8 @@ impl Machine {
             }
             Command::Help => self.actions.push(reply(Message::Help)),
             Command::State => {
-                let state = self.state(now);
-                self.actions.push(reply(Message::State(Box::new(state))));
+                let report = self.state(now);
+                self.actions.push(reply(Message::State(Box::new(report))));
             }
             Command::Config => {
                 let config = self.config_state();
@@ -1921,8 +1922,20 @@ impl Machine {
     }
 
     /// The `state` snapshot.
-    fn state(&self, now: Instant) -> MasterState {
-        MasterState {
+    fn state(&self, now: Instant) -> StateReport {
+        let canary = self
+            .upgrade
+            .as_ref()
+            .and_then(|up| up.canary.as_ref())
+            .map(|c| match c.soaking {
+                None => CanaryProgress::Starting {
+                    workers: c.plan.workers,
+                },
+                Some((since, _)) => CanaryProgress::Soaking {
+                    left: (since + c.plan.soak).saturating_duration_since(now),
+                },
+            });
+        let state = MasterState {
             master_pid: self.config.master_pid,
             command_name: self.config.command_name.clone(),
             version: self.version,
@@ -1937,29 +1950,19 @@ impl Machine {
             consecutive_failures: self.failures,
             respawn_backoff_seconds: (self.failures > 0)
                 .then(|| self.spawn_interval().as_secs_f64()),
-            canary: self
-                .upgrade
-                .as_ref()
-                .and_then(|up| up.canary.as_ref())
-                .map(|c| match c.soaking {
-                    None => format!("starting {}", c.plan.workers),
-                    Some((since, _)) => format!(
-                        "soaking ({:.1} s left)",
-                        (since + c.plan.soak)
-                            .saturating_duration_since(now)
-                            .as_secs_f64()
-                    ),
-                }),
-            last_rollback: self
-                .last_rollback
-                .as_ref()
-                .map(|why| format!("rolled back: {}", crate::render::rollback_text(why))),
+            canary: None,
+            last_rollback: None,
             pinned_version: self.pinned,
             faults: self.faults.clone(),
             generations: self
                 .generations
                 .iter()
-                .map(|(&version, &responses)| crate::state::GenerationState { version, responses })
+                .map(
+                    |(&version, &responses)| crate::pure::state::GenerationState {
+                        version,
+                        responses,
+                    },
+                )
                 .collect(),
             listeners: self.config.listeners.clone(),
             workers: self
@@ -1977,6 +1980,11 @@ impl Machine {
                         .map(|at| now.saturating_duration_since(at).as_secs_f64()),
                 })
                 .collect(),
+        };
+        StateReport {
+            state,
+            canary,
+            last_rollback: self.last_rollback.clone(),
         }
     }
 

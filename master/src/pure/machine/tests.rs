@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use super::*;
-use crate::render;
-use crate::wire::Reply;
+use crate::pure::render;
+use crate::pure::wire::Reply;
 use graceful_listener::telemetry::LATENCY_BUCKETS;
 
 fn secs(s: f64) -> Duration {
@@ -669,7 +669,7 @@ fn an_upgrade_whose_workers_never_ack_fails_and_leaves_old_workers_serving() {
     assert_eq!(sim.pids(0), old);
     assert_eq!((sim.m.version(), sim.m.base_version()), (1, 0));
     let state = sim.command(2, Command::State);
-    let state: crate::state::MasterState =
+    let state: crate::pure::state::MasterState =
         serde_norway::from_str(&replies(&state, 2)[0].message).unwrap();
     assert_eq!((state.version, state.base_version), (1, 0));
     let mut serving = state.serving_pids();
@@ -950,7 +950,7 @@ fn state_shows_the_backoff_and_a_worker_that_stays_up_ends_it() {
     sim.exit(pids[0]);
     let state = |sim: &mut Sim| {
         let actions = sim.command(9, Command::State);
-        serde_norway::from_str::<crate::state::MasterState>(&replies(&actions, 9)[0].message)
+        serde_norway::from_str::<crate::pure::state::MasterState>(&replies(&actions, 9)[0].message)
             .unwrap()
     };
     let seen = state(&mut sim);
@@ -1259,7 +1259,7 @@ fn ehlo_help_state_and_config_answer() {
     assert!(replies(&help, 2)[0].message.contains("upgrade_fleet"));
     let state = sim.command(3, Command::State);
     let state = &replies(&state, 3)[0].message;
-    let parsed: crate::state::MasterState = serde_norway::from_str(state).unwrap();
+    let parsed: crate::pure::state::MasterState = serde_norway::from_str(state).unwrap();
     assert_eq!(parsed.master_pid, 4242);
     assert_eq!(parsed.listeners[0].addr, "127.0.0.1:8080");
     assert_eq!(parsed.listeners[0].fd, 3);
@@ -1665,7 +1665,7 @@ fn a_canary_answering_too_many_5xx_is_rolled_back_within_the_soak() {
         "{last:?}"
     );
     let state = sim.command(2, Command::State);
-    let state: crate::state::MasterState =
+    let state: crate::pure::state::MasterState =
         serde_norway::from_str(&replies(&state, 2)[0].message).unwrap();
     assert!(
         state
@@ -1786,7 +1786,7 @@ fn after_a_rollback_every_worker_started_runs_the_last_good_build_until_an_upgra
     sim.exit(canary_pid);
     assert_eq!(sim.m.pinned(), Some(0));
     let state = sim.command(2, Command::State);
-    let state: crate::state::MasterState =
+    let state: crate::pure::state::MasterState =
         serde_norway::from_str(&replies(&state, 2)[0].message).unwrap();
     assert_eq!(state.pinned_version, Some(0));
     // An old worker crashes (long after its ACK): its replacement runs version 0's build.
