@@ -31,6 +31,16 @@
 //!   worker still running, as Einhorn does; workers on graceful-listener take a second signal as
 //!   "stop now".
 //!
+//! # Files
+//! [`Machine`] and its types are here; its methods are grouped by what they are about, one
+//! file each: `workers.rs` (a spawn's outcome, exits, ACKs, retiring), `respawn.rs` (the
+//! first fill, pacing, backoff), `upgrade.rs`, `canary.rs` (the soak, the judgement, the
+//! rollback), `reload.rs` (the master's own re-exec), `commands.rs` (the command socket's
+//! requests), `stopping.rs` (signals, `-t`, the exit); `message.rs` holds what it says and
+//! `snapshot.rs` what a re-exec hands over. Each file's tests are beside it
+//! (`workers/tests.rs`, ...); `tests.rs` holds the simulated driver they share and the
+//! property test of the whole machine.
+//!
 //! # Example
 //! ```
 //! use std::time::{Duration, Instant};

@@ -1,6 +1,5 @@
 //! Tests of `canary.rs`, stepping virtual time with the simulated driver.
 
-
 use super::*;
 use crate::pure::machine::tests::*;
 use graceful_listener::telemetry::LATENCY_BUCKETS;

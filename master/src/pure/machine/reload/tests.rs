@@ -1,6 +1,5 @@
 //! Tests of `reload.rs`, stepping virtual time with the simulated driver.
 
-
 use super::*;
 use crate::pure::machine::tests::*;
 

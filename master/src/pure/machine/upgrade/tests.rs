@@ -1,6 +1,5 @@
 //! Tests of `upgrade.rs`, stepping virtual time with the simulated driver.
 
-
 use super::*;
 use crate::pure::machine::tests::*;
 
