@@ -54,8 +54,7 @@ async fn main() -> std::process::ExitCode {
         .bind(args.bind.clone())
         .drain_timeout(args.drain_timeout())
         .lame_duck(args.lame_duck())
-        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"))
-        .configure(|server| server.workers(2));
+        .on_stop(|| tracing::info!("on_stop: accepting stopped, draining"));
     worker = common::act_bad_build!(worker, args);
     if let Some(tls) = args.tls() {
         worker = worker.tls(tls);

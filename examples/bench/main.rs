@@ -21,6 +21,11 @@
 //!   picture (`--svg`).
 //! - `http2`: upgrades under HTTP/2 load from hyper-util's pooled client and from h2load
 //!   (when installed), ours beside axum's baseline.
+//! - `tail` (not by default; needs wrk): p50, p99 and p99.9 of 1, 2 and 4 workers under
+//!   `einhorn-master` against the framework's baseline (its own plain serve) in one process
+//!   with the same total threads (`--threads`, default: the cores), on hello-world and on a
+//!   mixed workload (one request in 50 sleeps 20 ms); medians of `--pairs` rounds, and the
+//!   median of each round's ratio to the plain serve.
 //! - `metrics` (not by default): instructions per request of our adapter with
 //!   metrics-exporter-prometheus' recorder installed, against none (needs valgrind).
 //!
@@ -31,6 +36,7 @@ mod engine;
 mod hostile;
 mod lifecycle;
 mod picture;
+mod tail;
 mod upgrade;
 
 use std::path::PathBuf;
@@ -49,6 +55,8 @@ enum Section {
     Lifecycle,
     Upgrades,
     Http2,
+    /// Tail latency of 1, 2 and 4 workers against one process with the same threads.
+    Tail,
     /// Instructions per request with a Prometheus recorder installed against none.
     Metrics,
 }
@@ -102,6 +110,9 @@ struct Args {
     /// Seconds of steady load before the first upgrade and after each one.
     #[arg(long, default_value_t = 2.0)]
     interval: f64,
+    /// Total runtime threads in the tail section (default: the machine's cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Runs of each worker in the lifecycle section.
     #[arg(long, default_value_t = 5)]
     lifecycle_runs: usize,
@@ -149,7 +160,15 @@ struct Summary {
     upgrades: Vec<upgrade::Http1Upgrades>,
     http2: Vec<upgrade::Http2Upgrades>,
     metrics: Vec<engine::RecorderCost>,
+    tail: Vec<TailResult>,
     svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct TailResult {
+    framework: String,
+    threads: usize,
+    rows: Vec<tail::TailRow>,
 }
 
 fn valgrind_installed() -> bool {
@@ -258,6 +277,7 @@ fn run(args: &Args, wrk: bool, callgrind: bool) -> Result<Summary, String> {
         upgrades: Vec::new(),
         http2: Vec::new(),
         metrics: Vec::new(),
+        tail: Vec::new(),
         svg: None,
     };
     let on = |section| args.sections.contains(&section);
@@ -334,6 +354,25 @@ fn run(args: &Args, wrk: bool, callgrind: bool) -> Result<Summary, String> {
                 summary.svg = Some(args.svg.clone());
             }
             summary.upgrades.push(result);
+        }
+        if on(Section::Tail) {
+            if !wrk {
+                return Err("the tail section needs wrk (and no --no-wrk or --short)".into());
+            }
+            let threads = args.threads.unwrap_or(summary.cpus);
+            let rows = tail::tail(
+                framework,
+                threads,
+                args.pairs,
+                args.connections,
+                Duration::from_secs_f64(args.duration),
+            )
+            .map_err(with)?;
+            summary.tail.push(TailResult {
+                framework: framework.to_owned(),
+                threads,
+                rows,
+            });
         }
         if on(Section::Http2) && framework == "axum" {
             eprintln!("bench: {framework}: upgrades under HTTP/2 load");
@@ -473,6 +512,28 @@ fn render(summary: &Summary) -> String {
             out.push_str(&format!(
                 "{key:<9}  {:>12} / {:<8}   {h2load}\n",
                 r.pooled_ok, r.pooled_failed
+            ));
+        }
+    }
+    for t in &summary.tail {
+        out.push_str(&format!(
+            "\ntail: {} with {} threads in all, {} keep-alive connections (medians; ratios to plain per round)\n",
+            t.framework, t.threads, summary.connections
+        ));
+        out.push_str(
+            "workload  contender    req/s    p50 ms  p99 ms  p99.9 ms  p99 ratio  p99.9 ratio\n",
+        );
+        for r in &t.rows {
+            out.push_str(&format!(
+                "{:<8}  {:<11}  {:>7.0}  {:>6.2}  {:>6.2}  {:>8.2}  {:>9.2}  {:>11.2}\n",
+                format!("{:?}", r.workload).to_lowercase(),
+                r.contender,
+                r.rps,
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.p99_ratio,
+                r.p999_ratio
             ));
         }
     }

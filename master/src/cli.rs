@@ -226,6 +226,21 @@ pub struct MasterArgs {
     #[cfg_attr(feature = "cli", arg(long = "nice", value_name = "MASTER[:WORKER]", value_parser = parse_nice))]
     pub nice: Option<Nice>,
 
+    /// Runtime threads for each worker, given as TOKIO_WORKER_THREADS (which einhorn-actix
+    /// also reads for actix-web's workers): `auto`, each worker's share of the cores
+    /// (ceil(cores / -n)); `off`, none set (each worker sizes itself to the whole machine);
+    /// or a number. A TOKIO_WORKER_THREADS in the master's environment wins, and so does an
+    /// application that sizes its runtime in code.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "worker-threads",
+            value_name = "auto|off|N",
+            default_value = "auto"
+        )
+    )]
+    pub worker_threads: crate::spawn::WorkerThreads,
+
     /// During a smooth upgrade, start up to N new workers before the first ACKs (the upgrade
     /// is still paced by ACKs: one more starts for each ACK).
     #[cfg_attr(feature = "cli", arg(long = "max-unacked", value_name = "N", default_value_t = 1,
@@ -310,6 +325,7 @@ impl MasterArgs {
             command_socket_as_fd: false,
             drop_env_var: Vec::new(),
             nice: None,
+            worker_threads: crate::spawn::WorkerThreads::Auto,
             max_unacked: 1,
             max_upgrade_additional: None,
             reexec_as: None,

@@ -226,6 +226,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         remove_env: vec![graceful_listener::env::NOTIFY_SOCKET.to_string()],
         command_socket_as_fd: args.command_socket_as_fd,
         nice: args.nice.and_then(|n| n.worker),
+        threads: args.worker_threads,
     };
     let config = MachineConfig {
         workers: args.number,
@@ -734,9 +735,10 @@ impl<'a> Driver<'a> {
         match action {
             Action::Spawn { id, index, version } => {
                 let block = self.check.blocks(&self.worker.program);
-                let started = self
-                    .start_from(version)
-                    .and_then(|from| self.worker.spawn(index, block, &from));
+                let started = self.start_from(version).and_then(|from| {
+                    self.worker
+                        .spawn(index, self.machine.target(), block, &from)
+                });
                 let event = match started {
                     Ok(started) => {
                         self.spawned_any = true;

@@ -40,6 +40,71 @@ pub struct WorkerCommand {
     pub command_socket_as_fd: bool,
     /// The workers' nice level (`--nice M:W`); `None`: as the master's.
     pub nice: Option<i32>,
+    /// How many runtime threads each worker gets (`--worker-threads`).
+    pub threads: WorkerThreads,
+}
+
+/// The variable tokio's runtime builder reads for its number of worker threads when the
+/// application did not set one (`#[tokio::main]` and `Builder::new_multi_thread()` do not),
+/// and einhorn-actix for actix-web's number of workers.
+pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+
+/// How many runtime threads each worker gets, as [`TOKIO_WORKER_THREADS`] in its environment
+/// (`--worker-threads auto|off|N`). A variable the master itself was given wins: it reaches
+/// the workers unchanged. An application that sizes its runtime in code wins over both.
+///
+/// ```
+/// use einhorn_master::spawn::WorkerThreads;
+/// assert_eq!("auto".parse::<WorkerThreads>().unwrap(), WorkerThreads::Auto);
+/// assert_eq!("3".parse::<WorkerThreads>().unwrap().for_workers(2, 8), Some(3));
+/// assert_eq!(WorkerThreads::Auto.for_workers(2, 2), Some(1));
+/// assert_eq!(WorkerThreads::Off.for_workers(2, 2), None);
+/// assert!("0".parse::<WorkerThreads>().unwrap_err().to_string().contains("\"0\""));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WorkerThreads {
+    /// Each worker gets its share of the cores: `ceil(cores / workers)`, at least one. N
+    /// workers together run about as many threads as the machine has cores, as one process
+    /// sized to the machine would.
+    #[default]
+    Auto,
+    /// Each worker gets this many.
+    Fixed(std::num::NonZeroUsize),
+    /// Nothing is set: each worker's runtime sizes itself to the whole machine (N workers
+    /// run N times as many threads as there are cores).
+    Off,
+}
+
+impl WorkerThreads {
+    /// The threads each of `workers` workers gets on a machine of `cores` cores; `None`:
+    /// none set.
+    pub fn for_workers(self, workers: usize, cores: usize) -> Option<usize> {
+        match self {
+            WorkerThreads::Auto => Some(cores.div_ceil(workers.max(1)).max(1)),
+            WorkerThreads::Fixed(n) => Some(n.get()),
+            WorkerThreads::Off => None,
+        }
+    }
+}
+
+/// A `--worker-threads` value that is not `auto`, `off` or a number of at least 1.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --worker-threads {0:?}: expected auto, off, or a number of threads of at least 1")]
+pub struct WorkerThreadsError(String);
+
+impl std::str::FromStr for WorkerThreads {
+    type Err = WorkerThreadsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(WorkerThreads::Auto),
+            "off" => Ok(WorkerThreads::Off),
+            n => n
+                .parse()
+                .map(WorkerThreads::Fixed)
+                .map_err(|_| WorkerThreadsError(text.to_owned())),
+        }
+    }
 }
 
 /// A worker just started.
@@ -71,6 +136,7 @@ impl WorkerCommand {
     ///     remove_env: vec![],
     ///     command_socket_as_fd: false,
     ///     nice: None,
+    ///     threads: einhorn_master::spawn::WorkerThreads::Auto,
     /// };
     /// let env = command.env(2);
     /// assert!(env.contains(&("EINHORN_FD_1".to_string(), "7".to_string())));
@@ -115,7 +181,8 @@ impl WorkerCommand {
         env
     }
 
-    /// Starts worker `index`; returns its pid (and its stderr pipe, when captured). With
+    /// Starts worker `index` of `workers` (its share of the cores, with
+    /// [`WorkerThreads::Auto`]); returns its pid (and its stderr pipe, when captured). With
     /// `block_stop_signals`, it starts with [`graceful_listener::STOP_SIGNALS`] blocked: one
     /// sent before its handlers exist waits for them instead of killing it (see
     /// [`crate::held_signals`]). The child is not waited for here: the driver reaps every
@@ -126,6 +193,7 @@ impl WorkerCommand {
     pub fn spawn(
         &self,
         index: usize,
+        workers: usize,
         block_stop_signals: bool,
         from: &crate::builds::StartFrom,
     ) -> std::io::Result<Started> {
@@ -153,6 +221,13 @@ impl WorkerCommand {
             command.env_remove(key);
         }
         command.envs(self.env(index));
+        // The operator's own TOKIO_WORKER_THREADS (inherited) wins over the share.
+        if std::env::var_os(TOKIO_WORKER_THREADS).is_none() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if let Some(threads) = self.threads.for_workers(workers, cores) {
+                command.env(TOKIO_WORKER_THREADS, threads.to_string());
+            }
+        }
         // -g: a connected pair; the worker's end is inherited (made so in the child only).
         let pair = if self.command_socket_as_fd {
             Some(std::os::unix::net::UnixStream::pair()?)
@@ -323,6 +398,7 @@ mod tests {
             remove_env: vec![],
             command_socket_as_fd: false,
             nice: None,
+            threads: WorkerThreads::Auto,
         };
         assert_eq!(
             command.env(0),
@@ -362,10 +438,11 @@ mod tests {
             remove_env: vec![],
             command_socket_as_fd: false,
             nice: None,
+            threads: WorkerThreads::Auto,
         };
         assert!(
             command
-                .spawn(0, false, &crate::builds::StartFrom::Path)
+                .spawn(0, 1, false, &crate::builds::StartFrom::Path)
                 .is_err()
         );
     }

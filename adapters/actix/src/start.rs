@@ -63,6 +63,20 @@ impl<S, B> AppServiceFactory<B> for S where
 {
 }
 
+/// actix-web's number of workers from `TOKIO_WORKER_THREADS`, the variable through which
+/// einhorn-master gives each worker its share of the cores (tokio's runtimes read it too);
+/// `None` when unset or not a number of at least 1 (actix then starts one per core).
+fn workers_from_env() -> Option<usize> {
+    let value = std::env::var("TOKIO_WORKER_THREADS").ok()?;
+    match value.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            tracing::warn!(%value, "TOKIO_WORKER_THREADS is not a number of at least 1: ignored");
+            None
+        }
+    }
+}
+
 /// Serves an actix-web app on Einhorn's listener number `fd_index` until a stop signal, then
 /// drains without a keep-alive client noticing.
 ///
@@ -75,7 +89,9 @@ impl<S, B> AppServiceFactory<B> for S where
 ///
 /// The life it runs:
 /// 1. installs the stop signals' handlers (actix's own are turned off);
-/// 2. takes the listener and hands it to actix (`HttpServer::listen`, or `listen_uds`);
+/// 2. takes the listener and hands it to actix (`HttpServer::listen`, or `listen_uds`),
+///    with as many actix workers as `TOKIO_WORKER_THREADS` says when it is set (einhorn-master
+///    sets it to each worker's share of the cores; [`Start::configure`] wins over it);
 /// 3. starts actix, and ACKs once every actix worker has built the app and actix accepts;
 /// 4. on SIGUSR2, SIGTERM or SIGINT: pauses accepting (and waits until actix's accept
 ///    thread has handed out its last connection), marks every response
@@ -337,6 +353,11 @@ where
             DrainApp::new(make().into_factory(), app_signal.clone())
         }));
         let mut server = HttpServer::new(app);
+        // The master's share of the cores for this worker (einhorn-master sets it per worker,
+        // or the operator does); a `workers` of the application's own, below, wins.
+        if let Some(workers) = workers_from_env() {
+            server = server.workers(workers);
+        }
         if let Some(configure) = self.configure {
             server = configure(server);
         }

@@ -30,7 +30,7 @@ pub struct SecondsError(pub String);
 ///
 /// ```
 /// use std::time::Duration;
-/// use einhorn_master::seconds::parse_seconds;
+/// use einhorn_master::pure::seconds::parse_seconds;
 /// assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
 /// assert!(parse_seconds("-1").is_err());
 /// assert!(parse_seconds("1e19").is_err());
@@ -49,7 +49,7 @@ pub fn parse_seconds(text: &str) -> Result<Duration, SecondsError> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use einhorn_master::seconds::{MAX_DURATION, bounded};
+/// use einhorn_master::pure::seconds::{MAX_DURATION, bounded};
 /// assert_eq!(bounded(Duration::MAX), MAX_DURATION);
 /// assert_eq!(bounded(Duration::from_secs(3)), Duration::from_secs(3));
 /// ```
