@@ -49,6 +49,7 @@
 
 mod address;
 mod auto;
+pub mod balance;
 mod bind;
 pub mod einhorn;
 pub mod env;

@@ -214,6 +214,18 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         "einhorn-master {master_pid}: command socket {}",
         socket_path.display()
     );
+    // Kept open for the master's life (a re-exec makes a new one: old workers keep theirs).
+    let load_table = if args.no_balance {
+        None
+    } else {
+        match crate::spawn::load_table() {
+            Ok(fd) => Some(std::os::fd::IntoRawFd::into_raw_fd(fd)),
+            Err(e) => {
+                tracing::warn!("cannot make the workers' load table ({e}): not balancing");
+                None
+            }
+        }
+    };
     let worker = WorkerCommand {
         program: program.clone(),
         args: rest.to_vec(),
@@ -227,6 +239,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         command_socket_as_fd: args.command_socket_as_fd,
         nice: args.nice.and_then(|n| n.worker),
         threads: args.worker_threads,
+        load_table,
     };
     let config = MachineConfig {
         workers: args.number,

@@ -42,6 +42,26 @@ pub struct WorkerCommand {
     pub nice: Option<i32>,
     /// How many runtime threads each worker gets (`--worker-threads`).
     pub threads: WorkerThreads,
+    /// The load table every worker inherits (`EINHORN_LOAD_FD`; see [`load_table`]), unless
+    /// `--no-balance`.
+    pub load_table: Option<RawFd>,
+}
+
+/// A new load table for the workers: [`graceful_listener::balance::TABLE_BYTES`] of zeroes in
+/// memory (a memfd, close-on-exec in the master; each worker inherits it), in which every
+/// worker publishes how many connections it holds, so that one holding clearly more lets
+/// its siblings accept (see [`graceful_listener::balance`]).
+///
+/// # Errors
+/// The OS error.
+pub fn load_table() -> std::io::Result<std::os::fd::OwnedFd> {
+    let fd = nix::sys::memfd::memfd_create(
+        c"einhorn-load-table",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?;
+    let file = std::fs::File::from(fd);
+    file.set_len(graceful_listener::balance::TABLE_BYTES as u64)?;
+    Ok(std::os::fd::OwnedFd::from(file))
 }
 
 /// The variable tokio's runtime builder reads for its number of worker threads when the
@@ -137,6 +157,7 @@ impl WorkerCommand {
     ///     command_socket_as_fd: false,
     ///     nice: None,
     ///     threads: einhorn_master::spawn::WorkerThreads::Auto,
+    ///     load_table: None,
     /// };
     /// let env = command.env(2);
     /// assert!(env.contains(&("EINHORN_FD_1".to_string(), "7".to_string())));
@@ -238,6 +259,10 @@ impl WorkerCommand {
         if let Some(fd) = worker_end {
             command.env(einhorn_env::SOCK_FD, fd.to_string());
         }
+        let load_table = self.load_table;
+        if let Some(fd) = load_table {
+            command.env(einhorn_env::LOAD_FD, fd.to_string());
+        }
         let nice = self.nice;
         if self.capture_stderr {
             command.stderr(std::process::Stdio::piped());
@@ -256,6 +281,9 @@ impl WorkerCommand {
         unsafe {
             command.pre_exec(move || {
                 if let Some(fd) = worker_end {
+                    crate::exec::set_cloexec(fd, false)?;
+                }
+                if let Some(fd) = load_table {
                     crate::exec::set_cloexec(fd, false)?;
                 }
                 // A script's interpreter opens the held file after the exec: it must stay.
@@ -399,6 +427,7 @@ mod tests {
             command_socket_as_fd: false,
             nice: None,
             threads: WorkerThreads::Auto,
+            load_table: None,
         };
         assert_eq!(
             command.env(0),
@@ -439,6 +468,7 @@ mod tests {
             command_socket_as_fd: false,
             nice: None,
             threads: WorkerThreads::Auto,
+            load_table: None,
         };
         assert!(
             command

@@ -24,6 +24,10 @@ pub const FDS: &str = "EINHORN_FDS";
 /// understands, space separated (`worker:stats`). Set by einhorn-master, never by Stripe's
 /// Einhorn: a worker sends such a message only when its master names it here.
 pub const MASTER_EXTENSIONS: &str = "EINHORN_MASTER_EXTENSIONS";
+/// `EINHORN_LOAD_FD`: a shared-memory table in which the workers of one master publish their
+/// load, so that one with clearly more connections than its siblings lets them accept
+/// (see [`balance`](crate::balance)). Set by einhorn-master, never by Stripe's Einhorn.
+pub const LOAD_FD: &str = "EINHORN_LOAD_FD";
 /// The prefix every Einhorn variable shares: a master clears inherited ones before it sets
 /// its own.
 pub const PREFIX: &str = "EINHORN_";

@@ -181,12 +181,53 @@ impl GracefulListener {
                     () = tokio::time::sleep(left) => {}
                 }
             }
+            // A sibling under the same master holds clearly fewer connections: let it take
+            // the next one (see `crate::balance`; bounded, and never the least loaded).
+            if crate::balance::enabled() {
+                let until = tokio::time::Instant::now() + crate::balance::MAX_WAIT;
+                while crate::balance::publish_and_should_wait(self.handle.live())
+                    && tokio::time::Instant::now() < until
+                {
+                    tokio::select! {
+                        () = self.signal.stopping() => break,
+                        () = tokio::time::sleep(crate::balance::RECHECK) => {}
+                    }
+                }
+            }
             let listener = self.listener.as_ref()?;
             let signal = &self.signal;
-            let accepted = {
+            let handle = &self.handle;
+            // A sibling holds back for this worker: take what is queued now, without waiting
+            // for a wake-up the kernel will not send (see `crate::balance`).
+            let direct = (crate::balance::help_wanted() && !signal.is_stopping())
+                .then(|| accept_now(listener))
+                .flatten();
+            let accepted = if let Some(direct) = direct {
+                Some(Some(direct))
+            } else {
                 let mut stopping = std::pin::pin!(signal.stopping());
                 let mut pause = std::pin::pin!(crate::shed::pause_begins());
+                // While waiting, the load table hears from this worker every REFRESH: an
+                // entry that goes quiet means a worker that does not accept.
+                let mut refresh = crate::balance::enabled()
+                    .then(|| Box::pin(tokio::time::sleep(crate::balance::REFRESH)));
                 std::future::poll_fn(|cx| {
+                    if let Some(refresh) = refresh.as_mut() {
+                        while refresh.as_mut().poll(cx).is_ready() {
+                            crate::balance::publish(handle.live());
+                            refresh
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + crate::balance::REFRESH);
+                            // A sibling holds back for us, with connections queued that the
+                            // kernel will not wake us for again: take one.
+                            if crate::balance::help_wanted()
+                                && !signal.is_stopping()
+                                && let Some(accepted) = accept_now(listener)
+                            {
+                                return Poll::Ready(Some(Some(accepted)));
+                            }
+                        }
+                    }
                     // The phase is read on every poll, before the accept: the channel behind
                     // `stopping` wakes its waiters in groups, so a handler woken by the stop may
                     // already have told its client to reconnect while this future still waits
@@ -232,6 +273,7 @@ impl GracefulListener {
 
     fn close(&mut self) {
         if self.listener.take().is_some() {
+            crate::balance::withdraw();
             tracing::debug!(addr = %self.local_addr, "listener closed");
         }
     }
@@ -254,6 +296,44 @@ fn poll_accept_raw(
             .poll_accept(cx)
             .map_ok(|(s, a)| (Accepted::Unix(s), Address::from_unix(&a))),
     }
+}
+
+/// One accept, tried now whatever the runtime last heard from the socket (it will not hear
+/// again until the next connection arrives); `None` when none is queued.
+fn accept_now(listener: &RawListener) -> Option<std::io::Result<(Accepted, Address)>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fd = match listener {
+        RawListener::Tcp(l) => l.as_raw_fd(),
+        RawListener::Unix(l) => l.as_raw_fd(),
+    };
+    let flags =
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK;
+    let accepted = match nix::sys::socket::accept4(fd, flags) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::EAGAIN) => return None,
+        Err(e) => return Some(Err(e.into())),
+    };
+    // SAFETY: accept4 returned a new socket that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(accepted) };
+    let stream = || -> std::io::Result<(Accepted, Address)> {
+        Ok(match listener {
+            RawListener::Tcp(_) => {
+                let std = std::net::TcpStream::from(owned);
+                let peer = std.peer_addr()?;
+                (
+                    Accepted::Tcp(tokio::net::TcpStream::from_std(std)?),
+                    Address::Tcp(peer),
+                )
+            }
+            RawListener::Unix(_) => {
+                let std = std::os::unix::net::UnixStream::from(owned);
+                let stream = tokio::net::UnixStream::from_std(std)?;
+                let peer = stream.peer_addr()?;
+                (Accepted::Unix(stream), Address::from_unix(&peer))
+            }
+        })
+    };
+    Some(stream())
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

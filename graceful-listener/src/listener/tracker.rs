@@ -83,6 +83,7 @@ impl Tracker {
         let key = registry.fds.insert(tracked);
         self.live.send_replace(registry.fds.len());
         crate::telemetry::connection_opened(registry.fds.len());
+        crate::balance::publish(registry.fds.len());
         ConnectionGuard {
             tracker: self.clone(),
             key,
@@ -175,6 +176,7 @@ impl Drop for ConnectionGuard {
         registry.fds.remove(self.key);
         self.tracker.live.send_replace(registry.fds.len());
         crate::telemetry::connection_closed(registry.fds.len());
+        crate::balance::publish(registry.fds.len());
     }
 }
 
