@@ -24,7 +24,7 @@
 //! - `tail` (not by default; needs wrk): p50, p99 and p99.9 of 1, 2 and 4 workers under
 //!   `einhorn-master` against the framework's baseline (its own plain serve) in one process
 //!   with the same total threads (`--threads`, default: the cores), on hello-world and on a
-//!   mixed workload (one request in 50 sleeps 20 ms); medians of `--pairs` rounds, and the
+//!   mixed workload (one request in 200 sleeps 20 ms); medians of `--pairs` rounds, and the
 //!   median of each round's ratio to the plain serve.
 //! - `metrics` (not by default): instructions per request of our adapter with
 //!   metrics-exporter-prometheus' recorder installed, against none (needs valgrind).
@@ -521,11 +521,11 @@ fn render(summary: &Summary) -> String {
             t.framework, t.threads, summary.connections
         ));
         out.push_str(
-            "workload  contender    req/s    p50 ms  p99 ms  p99.9 ms  p99 ratio  p99.9 ratio\n",
+            "workload  contender           req/s    p50 ms  p99 ms  p99.9 ms  p99 ratio  p99.9 ratio\n",
         );
         for r in &t.rows {
             out.push_str(&format!(
-                "{:<8}  {:<11}  {:>7.0}  {:>6.2}  {:>6.2}  {:>8.2}  {:>9.2}  {:>11.2}\n",
+                "{:<8}  {:<18}  {:>7.0}  {:>6.2}  {:>6.2}  {:>8.2}  {:>9.2}  {:>11.2}\n",
                 format!("{:?}", r.workload).to_lowercase(),
                 r.contender,
                 r.rps,

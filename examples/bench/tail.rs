@@ -1,6 +1,6 @@
 //! Tail latency: N workers under `einhorn-master` against the framework's own plain serve in
 //! one process with the same total threads, at p50, p99 and p99.9, on hello-world and on a
-//! mixed workload (most requests cheap, one in 50 sleeping 20 ms).
+//! mixed workload (most requests cheap, one in 200 sleeping 20 ms).
 //!
 //! Every contender runs under the master (the plain one as `-n 1`: one process, the
 //! framework's own serve, so that the socket and the ACK are the same for all), with
@@ -24,7 +24,7 @@ use crate::engine::median;
 pub(crate) enum Workload {
     /// `GET /` only.
     Hello,
-    /// `GET /`, and one request in 50 `GET /sleep/20`.
+    /// `GET /`, and one request in 200 `GET /sleep/20`.
     Mixed,
 }
 
@@ -32,7 +32,7 @@ impl Workload {
     fn slow_one_in(self) -> u32 {
         match self {
             Workload::Hello => 0,
-            Workload::Mixed => 50,
+            Workload::Mixed => 200,
         }
     }
 }
@@ -124,19 +124,13 @@ struct Contender {
     master: Master,
 }
 
-fn start(program: &str, processes: usize, threads: usize) -> Contender {
+fn start(program: &str, processes: usize, threads: usize, balance: bool) -> Contender {
     let (n, t) = (processes.to_string(), threads.to_string());
-    let flags = [
-        "-b",
-        "127.0.0.1:0",
-        "-m",
-        "manual",
-        "-q",
-        "-n",
-        &n,
-        "--worker-threads",
-        &t,
-    ];
+    let mut flags = vec!["-b", "127.0.0.1:0", "-m", "manual", "-q", "-n", &n];
+    flags.extend(["--worker-threads", &t]);
+    if !balance {
+        flags.push("--no-balance");
+    }
     let master = Master::start_with(&flags, &[example(program)], |cmd| {
         cmd.env_remove("TOKIO_WORKER_THREADS");
     });
@@ -146,14 +140,16 @@ fn start(program: &str, processes: usize, threads: usize) -> Contender {
     } else {
         "ours"
     };
+    let unbalanced = if balance { "" } else { " unbal." };
     Contender {
-        name: format!("{kind} {processes}x{threads}"),
+        name: format!("{kind} {processes}x{threads}{unbalanced}"),
         master,
     }
 }
 
 /// The section: for each workload, the plain serve with `threads` threads in one process and
-/// ours with 1, 2 and 4 workers sharing the same threads (at least one each).
+/// ours with 1, 2 and 4 workers sharing the same threads (at least one each), and 2 workers
+/// without the load table (`--no-balance`).
 pub(crate) fn tail(
     framework: &str,
     threads: usize,
@@ -168,11 +164,16 @@ pub(crate) fn tail(
     for workload in [Workload::Hello, Workload::Mixed] {
         let plain_program = format!("{framework}-baseline");
         let ours_program = format!("{framework}-hello");
-        let mut contenders = vec![start(&plain_program, 1, threads)];
+        let mut contenders = vec![start(&plain_program, 1, threads, true)];
         for processes in [1, 2, 4] {
             let each = threads.div_ceil(processes).max(1);
-            contenders.push(start(&ours_program, processes, each));
+            contenders.push(start(&ours_program, processes, each, true));
         }
+        // The same two workers without the load table: what balancing is worth; and two
+        // workers each sized to the whole machine (`--worker-threads off`).
+        let each = threads.div_ceil(2).max(1);
+        contenders.push(start(&ours_program, 2, each, false));
+        contenders.push(start(&ours_program, 2, threads, true));
         // samples[c][round]
         let mut samples: Vec<Vec<Sample>> = contenders.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {

@@ -162,12 +162,17 @@ fn map(fd: RawFd) -> nix::Result<NonNull<AtomicU64>> {
 /// Set once this worker stops accepting: it publishes nothing more.
 static WITHDRAWN: AtomicBool = AtomicBool::new(false);
 
+/// Set when an accept loop of ours takes part ([`enabled`]): a host that accepts on its own
+/// (actix-web's accept thread) never holds back nor refreshes an entry, so it publishes none.
+static TAKES_PART: AtomicBool = AtomicBool::new(false);
+
 /// Publishes this worker's `connections` (its accept loop does, and its connections as they
 /// open and close). A no-op without a table, and once withdrawn.
 #[inline]
 pub fn publish(connections: usize) {
-    if let Some(table) = table()
+    if TAKES_PART.load(Ordering::Relaxed)
         && !WITHDRAWN.load(Ordering::Relaxed)
+        && let Some(table) = table()
     {
         table.publish(connections as u64, now_us());
     }
@@ -211,9 +216,14 @@ pub fn help_wanted() -> bool {
     })
 }
 
-/// Whether this worker has a table to balance with.
+/// Whether this worker has a table to balance with; an accept loop that asks takes part
+/// from then on.
 pub fn enabled() -> bool {
-    table().is_some()
+    let enabled = table().is_some();
+    if enabled && !TAKES_PART.load(Ordering::Relaxed) {
+        TAKES_PART.store(true, Ordering::Relaxed);
+    }
+    enabled
 }
 
 #[cfg(test)]
