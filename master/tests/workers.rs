@@ -97,7 +97,10 @@ fn workers_get_einhorns_environment_their_fds_and_nothing_else() {
             assert!(target.starts_with("socket:"), "fd {fd} is {target}");
         }
         let (_, table) = open.iter().find(|(n, _)| *n == load_table).unwrap();
-        assert!(table.contains("memfd:einhorn-load-table"), "fd {load_table} is {table}");
+        assert!(
+            table.contains("memfd:einhorn-load-table"),
+            "fd {load_table} is {table}"
+        );
         // Default dispositions, nothing blocked.
         assert_eq!(
             status_field(pid, "SigIgn").as_deref(),

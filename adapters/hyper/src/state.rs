@@ -12,8 +12,6 @@ use std::task::Waker;
 
 use graceful_listener::ShutdownSignal;
 
-use crate::supervisor::Record;
-
 /// The start of the HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE_START: &[u8] = b"PRI *";
 
@@ -69,11 +67,6 @@ pub(crate) struct ConnState {
     command: AtomicU8,
     /// The connection task's waker, for the supervisor to deliver a command.
     waker: Mutex<Option<Waker>>,
-    /// What the supervisor remembers between its looks (`None` until the first). Only the
-    /// supervisor touches it; it is kept here rather than in a map of the supervisor's own
-    /// because a map's spare buckets cost about twice the record for every connection (the
-    /// benchmark's memory per idle connection).
-    record: Mutex<Option<Record>>,
 }
 
 /// A consistent-enough reading of a connection's counters, for the supervisor's rules.
@@ -129,13 +122,7 @@ impl ConnState {
             write_blocked: AtomicBool::new(false),
             command: AtomicU8::new(Command::Serve as u8),
             waker: Mutex::new(None),
-            record: Mutex::new(None),
         }
-    }
-
-    /// The supervisor's record of this connection, for it to read and update.
-    pub(crate) fn record(&self) -> std::sync::MutexGuard<'_, Option<Record>> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Called by the IO with every chunk read.

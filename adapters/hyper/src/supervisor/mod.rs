@@ -15,8 +15,8 @@ use std::time::Instant;
 use graceful_listener::ShutdownSignal;
 use slab::Slab;
 
-pub(crate) use rules::{Limits, Record};
-use rules::{Phase, judge};
+pub(crate) use rules::Limits;
+use rules::{Phase, Record, judge};
 
 use crate::state::{Command, ConnState};
 
@@ -32,8 +32,10 @@ pub(crate) struct Supervisor {
 
 #[derive(Debug)]
 struct Inner {
-    /// A slab rather than a map: a slot per connection and no spare buckets to pay for.
-    connections: Mutex<Slab<Arc<ConnState>>>,
+    /// A slab rather than a map: a slot per connection and no spare buckets to pay for. Each
+    /// slot keeps, beside the connection, what the rules remember of it between looks
+    /// (`None` until the first).
+    connections: Mutex<Slab<(Arc<ConnState>, Option<Record>)>>,
     limits: Limits,
 }
 
@@ -51,7 +53,7 @@ impl Drop for Supervised {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<ConnState>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<(Arc<ConnState>, Option<Record>)>> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -68,7 +70,7 @@ impl Supervisor {
 
     /// Supervises a connection until the returned guard is dropped.
     pub(crate) fn supervise(&self, state: Arc<ConnState>) -> Supervised {
-        let key = self.inner.lock().insert(state);
+        let key = self.inner.lock().insert((state, None));
         Supervised {
             inner: self.inner.clone(),
             key,
@@ -81,17 +83,21 @@ impl Supervisor {
         // Reused from look to look, empty between them; filled under the lock, judged outside
         // it, so that connections coming and going never wait for a look (which may peek at
         // sockets).
-        let mut connections: Vec<Arc<ConnState>> = Vec::new();
+        let mut connections: Vec<(usize, Arc<ConnState>, Option<Record>)> = Vec::new();
         loop {
             let now = Instant::now();
-            connections.extend(self.inner.lock().iter().map(|(_, state)| state.clone()));
+            connections.extend(
+                self.inner
+                    .lock()
+                    .iter()
+                    .map(|(key, (state, record))| (key, state.clone(), *record)),
+            );
             if matches!(phase, Phase::Draining { .. }) && connections.is_empty() {
                 return;
             }
             let mut next_look: Option<Instant> = None;
-            for state in &connections {
+            for (_, state, record) in &mut connections {
                 let seen = state.observe();
-                let mut record = state.record();
                 let record = record.get_or_insert_with(|| Record::new(seen, now));
                 let verdict = judge(record, seen, now, phase, &self.inner.limits, &mut || {
                     state.has_unread_bytes()
@@ -104,9 +110,20 @@ impl Supervisor {
                     next_look = Some(next_look.map_or(at, |n| n.min(at)));
                 }
             }
-            // Not held while asleep: a closed connection's state goes with it.
-            connections.clear();
-            // Look when a rule needs it, and at least every tick: new connections come, and
+            // The records back in their slots; a slot whose connection has gone meanwhile (and
+            // perhaps went to a new connection) is left alone.
+            {
+                let mut slots = self.inner.lock();
+                for (key, state, record) in connections.drain(..) {
+                    if let Some(slot) = slots.get_mut(key)
+                        && Arc::ptr_eq(&slot.0, &state)
+                    {
+                        slot.1 = record;
+                    }
+                }
+            }
+            // `connections` is empty again: not held while asleep, so that a closed
+            // connection's state goes with it. Look when a rule needs it, and at least every tick: new connections come, and
             // ended ones go.
             let wake_at = next_look.map_or(now + RUNNING_TICK, |at| at.min(now + RUNNING_TICK));
             tokio::select! {
