@@ -178,6 +178,14 @@ fn draining(
         // Its response says `Connection: close`; hyper closes after it.
         return running(record, seen, now, limits, unread).filter(|c| *c == Command::Abort);
     }
+    if pooled_idle(seen) {
+        // A keep-alive connection between two requests: its peer (a balancer's pool) may
+        // send on it at any instant and, whatever we do, may not see our close in time. So
+        // the drain closes it no sooner than serving would have (the idle timeout, which the
+        // peer's own idle timeout is set below): the peer closes it first, or sends one more
+        // request, answered with `Connection: close`. The drain timeout bounds the rest.
+        return running(record, seen, now, limits, unread);
+    }
     let grace_over = since + limits.idle_grace;
     if now < grace_over {
         return None;
@@ -198,6 +206,13 @@ fn draining(
         return None;
     }
     Some(Command::Close)
+}
+
+/// An HTTP/1 connection that has served a request and has nothing of the next one yet: a
+/// keep-alive connection its peer may reuse at any moment. (One that never served a request,
+/// a TLS handshake or a silent client, is not a peer's pooled connection: it gets the grace.)
+fn pooled_idle(seen: Observation) -> bool {
+    !seen.h2 && seen.finished > 0 && !seen.in_flight() && !seen.head_arriving()
 }
 
 /// An HTTP/2 connection once the worker stops: GOAWAY at once (HTTP/2 clients learn it per
@@ -277,6 +292,9 @@ fn next_look(
     }
     let soon = now + HEAD_ALLOWANCE / 5;
     match phase {
+        Phase::Draining { .. } if pooled_idle(seen) => limits
+            .header_read_timeout
+            .map(|timeout| (record.since + timeout).max(soon)),
         Phase::Draining { since } if now < since + limits.idle_grace => {
             Some(since + limits.idle_grace)
         }
@@ -325,34 +343,78 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_connection_is_closed_when_its_grace_is_over_not_before() {
+    fn a_pooled_idle_connection_is_left_to_its_peer_until_the_idle_timeout() {
+        // It served a request at t0 and has been idle since; the worker stops at 5 s.
         let t0 = Instant::now();
         let idle = obs(100, 100, 1, 1);
         let mut record = Record::new(idle, t0);
         let draining = Phase::Draining {
             since: t0 + Duration::from_secs(5),
         };
-        let at = |d: u64| t0 + Duration::from_millis(5000 + d);
-        assert_eq!(judge_at(&mut record, idle, at(0), draining), Command::Serve);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for ms in [5000, 6000, 6001, 20_000, 29_999] {
+            let verdict = judge(&mut record, idle, at(ms), draining, &limits(), &mut || false);
+            assert_eq!(verdict.command, Command::Serve, "{ms} ms: not past the grace");
+            let soon = at(ms) + HEAD_ALLOWANCE / 5;
+            assert_eq!(
+                verdict.next_look,
+                Some((t0 + HEAD_TIMEOUT).max(soon)),
+                "{ms} ms"
+            );
+        }
         assert_eq!(
-            judge_at(&mut record, idle, at(999), draining),
+            judge_at(&mut record, idle, t0 + HEAD_TIMEOUT, draining),
+            Command::Close,
+            "closed at the idle timeout, as while serving"
+        );
+        assert_eq!(
+            judge_at(&mut record, idle, at(30_100), draining),
+            Command::Serve,
+            "given once"
+        );
+
+        // No idle timeout: left to the peer, or to the drain timeout.
+        let unlimited = Limits {
+            header_read_timeout: None,
+            ..limits()
+        };
+        let mut record = Record::new(idle, t0);
+        let verdict = judge(&mut record, idle, at(3_600_000), draining, &unlimited, &mut || {
+            false
+        });
+        assert_eq!(
+            verdict,
+            Verdict {
+                command: Command::Serve,
+                next_look: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_connection_that_never_sent_a_request_is_closed_when_its_grace_is_over() {
+        let t0 = Instant::now();
+        let fresh = obs(0, 0, 0, 0);
+        let mut record = Record::new(fresh, t0);
+        let draining = Phase::Draining {
+            since: t0 + Duration::from_secs(5),
+        };
+        let at = |d: u64| t0 + Duration::from_millis(5000 + d);
+        assert_eq!(
+            judge_at(&mut record, fresh, at(999), draining),
             Command::Serve
         );
         assert_eq!(
-            judge_at(&mut record, idle, at(1000), draining),
+            judge_at(&mut record, fresh, at(1000), draining),
             Command::Close
-        );
-        assert_eq!(
-            judge_at(&mut record, idle, at(1100), draining),
-            Command::Serve,
-            "given once"
         );
     }
 
     #[test]
     fn a_request_in_the_socket_at_the_end_of_the_grace_is_let_in() {
         let t0 = Instant::now();
-        let idle = obs(100, 100, 1, 1);
+        // A connection on which nothing was read yet (its first request is in the socket).
+        let idle = obs(0, 0, 0, 0);
         let mut record = Record::new(idle, t0);
         let draining = Phase::Draining { since: t0 };
         let verdict = judge(
@@ -366,7 +428,7 @@ mod tests {
         assert_eq!(verdict.command, Command::Serve);
         assert!(verdict.next_look.is_some(), "looked at again soon");
         // hyper read it: a request is in flight now, and its response will say close.
-        let busy = obs(180, 100, 2, 1);
+        let busy = obs(80, 0, 1, 0);
         assert_eq!(
             judge_at(&mut record, busy, t0 + GRACE + GRACE / 10, draining),
             Command::Serve
