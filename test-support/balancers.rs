@@ -332,7 +332,10 @@ impl Nginx {
 
 /// Starts a balancer on a free port (`command(port)`), trying another port while the one
 /// chosen is taken; returns it once it accepts connections.
-fn start_listening(what: &str, mut command: impl FnMut(u16) -> (Command, SocketAddr)) -> (Proc, SocketAddr) {
+fn start_listening(
+    what: &str,
+    mut command: impl FnMut(u16) -> (Command, SocketAddr),
+) -> (Proc, SocketAddr) {
     for _ in 0..5 {
         let (cmd, addr) = command(unused_loopback_port());
         let mut proc = Proc::spawn(cmd).unwrap_or_else(|e| panic!("spawn {what}: {e}"));

@@ -138,7 +138,11 @@ fn upgrades_behind_balancers(example_name: &str) {
         stat.responses_2xx,
     );
 
-    assert_eq!(haproxy_report.failed(), 0, "behind haproxy: {haproxy_report}");
+    assert_eq!(
+        haproxy_report.failed(),
+        0,
+        "behind haproxy: {haproxy_report}"
+    );
     assert_eq!(nginx_report.failed(), 0, "behind nginx: {nginx_report}");
     let abnormal = haproxy.abnormal_log_lines();
     assert!(abnormal.is_empty(), "haproxy's log: {abnormal:#?}");

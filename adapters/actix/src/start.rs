@@ -414,10 +414,8 @@ where
         if !stop.is_immediate() {
             settle_accepts(&handle, &signal).await;
         }
-        let (report, ()) = tokio::join!(
-            worker.drain(stop),
-            stop_actix(actix, stop, handle, signal)
-        );
+        let (report, ()) =
+            tokio::join!(worker.drain(stop), stop_actix(actix, stop, handle, signal));
         Ok(report)
     }
 }
@@ -508,7 +506,12 @@ async fn settle_accepts(handle: &ListenerHandle, signal: &ShutdownSignal) {
 /// keep-alive timeout, as while serving. actix's graceful stop, which closes idle connections
 /// at once, comes only once every connection is gone or at the drain timeout (then not
 /// graceful). The worker's drain decides when it is over; actix's own stop is not waited for.
-async fn stop_actix(actix: ServerHandle, stop: Stop, handle: ListenerHandle, signal: ShutdownSignal) {
+async fn stop_actix(
+    actix: ServerHandle,
+    stop: Stop,
+    handle: ListenerHandle,
+    signal: ShutdownSignal,
+) {
     if !stop.is_immediate() {
         tokio::select! {
             () = handle.drained() => {}

@@ -240,8 +240,8 @@ impl CommandWatch {
 }
 
 /// Serves one TLS connection until it ends: the handshake first (a command from the
-/// supervisor ends it: an idle grace or a header timeout applies to a handshake as to a
-/// request head), then HTTP.
+/// supervisor ends it: once stopping, the idle grace applies to a handshake as to a request
+/// head; while serving, the header timeout), then HTTP.
 #[cfg(feature = "tls")]
 async fn serve_tls<S, B>(
     builder: &auto::Builder<TokioExecutor>,
@@ -260,6 +260,7 @@ async fn serve_tls<S, B>(
 {
     let mut handshake = acceptor.accept(conn);
     let mut watch = CommandWatch::default();
+    state.set_handshaking(true);
     let accepted = std::future::poll_fn(|cx| {
         if watch.poll(&state, cx) != Command::Serve {
             return Poll::Ready(None);
@@ -267,6 +268,7 @@ async fn serve_tls<S, B>(
         std::pin::Pin::new(&mut handshake).poll(cx).map(Some)
     })
     .await;
+    state.set_handshaking(false);
     match accepted {
         Some(Ok(stream)) => serve_stream(builder, stream, service, state, times).await,
         Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),

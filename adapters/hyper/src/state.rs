@@ -58,6 +58,8 @@ pub(crate) struct ConnState {
     started: AtomicU64,
     finished: AtomicU64,
     sniffed: AtomicBool,
+    /// A TLS handshake is in progress (no HTTP yet).
+    handshaking: AtomicBool,
     h2: AtomicBool,
     /// An HTTP/2 connection was told to close: its IO holds the shutdown PING ACK.
     h2_closing: AtomicBool,
@@ -84,6 +86,8 @@ pub(crate) struct Observation {
     pub(crate) started: u64,
     pub(crate) finished: u64,
     pub(crate) waiting: bool,
+    /// A TLS handshake is in progress: not yet a connection a peer can send requests on.
+    pub(crate) handshaking: bool,
     pub(crate) h2: bool,
     /// HTTP/2, closing: the client has answered the shutdown PING.
     pub(crate) h2_answered: bool,
@@ -122,6 +126,7 @@ impl ConnState {
             started: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             sniffed: AtomicBool::new(false),
+            handshaking: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             h2_closing: AtomicBool::new(false),
             h2_answered: AtomicBool::new(false),
@@ -152,6 +157,12 @@ impl ConnState {
                 self.h2.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Marks the TLS handshake as in progress (`true`) or over (`false`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_handshaking(&self, handshaking: bool) {
+        self.handshaking.store(handshaking, Ordering::Relaxed);
     }
 
     /// Called by the IO when a read finds nothing (`true`) or something (`false`).
@@ -215,6 +226,7 @@ impl ConnState {
             started: self.started.load(Ordering::Relaxed),
             finished,
             waiting: self.waiting.load(Ordering::Relaxed),
+            handshaking: self.handshaking.load(Ordering::Relaxed),
             h2: self.h2.load(Ordering::Relaxed),
             h2_answered: self.h2_answered.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),

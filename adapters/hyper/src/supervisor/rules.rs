@@ -212,8 +212,9 @@ fn draining(
 /// peer may send on it at any moment. That includes a connection that has not sent its first
 /// request yet: a balancer under load may open one and write its request a second later
 /// (seen behind HAProxy on a busy machine), and may keep one in its pool unused.
+/// A TLS handshake in progress is not yet such a connection: it gets the grace.
 fn pooled_idle(seen: Observation) -> bool {
-    !seen.h2 && !seen.in_flight() && !seen.head_arriving()
+    !seen.h2 && !seen.handshaking && !seen.in_flight() && !seen.head_arriving()
 }
 
 /// An HTTP/2 connection once the worker stops: GOAWAY at once (HTTP/2 clients learn it per
@@ -331,6 +332,7 @@ mod tests {
             started,
             finished,
             waiting: false,
+            handshaking: false,
             h2: false,
             h2_answered: false,
             bytes_written: 0,
@@ -354,8 +356,14 @@ mod tests {
         };
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         for ms in [5000, 6000, 6001, 20_000, 29_999] {
-            let verdict = judge(&mut record, idle, at(ms), draining, &limits(), &mut || false);
-            assert_eq!(verdict.command, Command::Serve, "{ms} ms: not past the grace");
+            let verdict = judge(&mut record, idle, at(ms), draining, &limits(), &mut || {
+                false
+            });
+            assert_eq!(
+                verdict.command,
+                Command::Serve,
+                "{ms} ms: not past the grace"
+            );
             let soon = at(ms) + HEAD_ALLOWANCE / 5;
             assert_eq!(
                 verdict.next_look,
@@ -380,9 +388,14 @@ mod tests {
             ..limits()
         };
         let mut record = Record::new(idle, t0);
-        let verdict = judge(&mut record, idle, at(3_600_000), draining, &unlimited, &mut || {
-            false
-        });
+        let verdict = judge(
+            &mut record,
+            idle,
+            at(3_600_000),
+            draining,
+            &unlimited,
+            &mut || false,
+        );
         assert_eq!(
             verdict,
             Verdict {
@@ -408,6 +421,26 @@ mod tests {
         }
         assert_eq!(
             judge_at(&mut record, fresh, t0 + HEAD_TIMEOUT, draining),
+            Command::Close
+        );
+    }
+
+    #[test]
+    fn a_tls_handshake_in_progress_is_closed_when_the_grace_is_over() {
+        let t0 = Instant::now();
+        let handshaking = Observation {
+            handshaking: true,
+            ..obs(0, 0, 0, 0)
+        };
+        let mut record = Record::new(handshaking, t0);
+        let draining = Phase::Draining { since: t0 };
+        let just_before = t0 + GRACE - Duration::from_millis(1);
+        assert_eq!(
+            judge_at(&mut record, handshaking, just_before, draining),
+            Command::Serve
+        );
+        assert_eq!(
+            judge_at(&mut record, handshaking, t0 + GRACE, draining),
             Command::Close
         );
     }
