@@ -139,6 +139,8 @@ pub struct ServerStat {
     pub connect_errors: u64,
     /// Response errors.
     pub response_errors: u64,
+    /// How many times its health check took it from up to down.
+    pub down_transitions: u64,
 }
 
 impl Haproxy {
@@ -172,19 +174,30 @@ impl Haproxy {
         })
     }
 
+    /// Runs a command on HAProxy's stats socket (`show stat`, `show servers conn`, ...) and
+    /// returns its answer.
+    ///
+    /// # Panics
+    /// When the stats socket does not answer.
+    pub fn command(&self, command: &str) -> String {
+        let mut stream = UnixStream::connect(&self.stats).expect("haproxy stats socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(format!("{command}\n").as_bytes())
+            .expect("a command to haproxy");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("haproxy's answer");
+        text
+    }
+
     /// `show stat` for every server of the backend.
     ///
     /// # Panics
     /// When the stats socket does not answer.
     pub fn servers(&self) -> Vec<ServerStat> {
-        let mut stream = UnixStream::connect(&self.stats).expect("haproxy stats socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        stream.write_all(b"show stat\n").expect("show stat");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).expect("read show stat");
-        parse_show_stat(&text)
+        parse_show_stat(&self.command("show stat"))
     }
 
     /// The stat line of server `name`.
@@ -235,6 +248,7 @@ fn parse_show_stat(text: &str) -> Vec<ServerStat> {
     ) else {
         return Vec::new();
     };
+    let chkdown = at("chkdown");
     lines
         .map(|l| l.split(',').collect::<Vec<_>>())
         .filter(|f| f.len() > sv && f[sv] != "FRONTEND" && f[sv] != "BACKEND")
@@ -248,6 +262,7 @@ fn parse_show_stat(text: &str) -> Vec<ServerStat> {
                 responses_5xx: num(h5),
                 connect_errors: num(econ),
                 response_errors: num(eresp),
+                down_transitions: chkdown.map_or(0, num),
             }
         })
         .collect()
@@ -356,17 +371,38 @@ fn start_listening(
     panic!("{what}: five tries, every time the port was taken");
 }
 
+/// From a master's output (its workers share its stdio): every worker's drain time in
+/// milliseconds, sorted, from the worker's `stopped` line, and how many connections the drains
+/// cut at their timeout.
+pub fn worker_drains(output: &str) -> (Vec<u64>, u64) {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.parse().ok())
+    };
+    let stopped: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("graceful_listener::worker: stopped"))
+        .collect();
+    let mut times: Vec<u64> = stopped
+        .iter()
+        .filter_map(|l| field(l, "drain_ms="))
+        .collect();
+    times.sort_unstable();
+    let forced = stopped.iter().filter_map(|l| field(l, "forced=")).sum();
+    (times, forced)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_show_stat() {
-        let text = "# pxname,svname,qcur,status,stot,econ,eresp,hrsp_2xx,hrsp_5xx,\n\
-                    clients,FRONTEND,,OPEN,10,,,9,1,\n\
-                    app,h1,0,UP,7,0,1,6,1,\n\
-                    app,h2,0,DOWN 1/2,3,2,0,3,0,\n\
-                    app,BACKEND,0,UP,10,2,1,9,1,\n";
+        let text = "# pxname,svname,qcur,status,stot,econ,eresp,hrsp_2xx,hrsp_5xx,chkdown,\n\
+                    clients,FRONTEND,,OPEN,10,,,9,1,,\n\
+                    app,h1,0,UP,7,0,1,6,1,0,\n\
+                    app,h2,0,DOWN 1/2,3,2,0,3,0,2,\n\
+                    app,BACKEND,0,UP,10,2,1,9,1,1,\n";
         let servers = parse_show_stat(text);
         assert_eq!(servers.len(), 2);
         assert_eq!(
@@ -379,9 +415,11 @@ mod tests {
                 responses_5xx: 1,
                 connect_errors: 0,
                 response_errors: 1,
+                down_transitions: 0,
             }
         );
         assert_eq!(servers[1].status, "DOWN 1/2");
+        assert_eq!(servers[1].down_transitions, 2);
         assert!(parse_show_stat("").is_empty());
     }
 }

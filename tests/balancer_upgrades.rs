@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use graceful_listener_suite::balancers::{Haproxy, Nginx};
+use graceful_listener_suite::balancers::{Haproxy, Nginx, worker_drains};
 use graceful_listener_suite::harness::{example, wait_until};
 use graceful_listener_suite::load::{self, Load, LoadConfig, LoadReport};
 use graceful_listener_suite::master::{Master, WAIT};
@@ -40,25 +40,6 @@ fn paced(addr: std::net::SocketAddr) -> Load {
             .pace(Duration::from_millis(20), Duration::from_millis(600))
             .duration(Duration::from_secs(300)),
     )
-}
-
-/// The `drain_ms` of every worker's `stopped` line, and how many cut connections.
-fn drains(output: &str) -> (Vec<u64>, u64) {
-    let field = |line: &str, name: &str| -> Option<u64> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.parse().ok())
-    };
-    let stopped: Vec<&str> = output
-        .lines()
-        .filter(|l| l.contains("graceful_listener::worker: stopped"))
-        .collect();
-    let mut times: Vec<u64> = stopped
-        .iter()
-        .filter_map(|l| field(l, "drain_ms="))
-        .collect();
-    times.sort_unstable();
-    let forced = stopped.iter().filter_map(|l| field(l, "forced=")).sum();
-    (times, forced)
 }
 
 fn upgrades_behind_balancers(example_name: &str) {
@@ -114,7 +95,7 @@ fn upgrades_behind_balancers(example_name: &str) {
     master.wait_serving(2);
     let haproxy_report = via_haproxy.stop();
     let nginx_report = via_nginx.stop();
-    let (drain_ms, forced) = drains(&master.output());
+    let (drain_ms, forced) = worker_drains(&master.output());
     let stat = haproxy.server("workers");
 
     let summary = |name: &str, report: &LoadReport| {

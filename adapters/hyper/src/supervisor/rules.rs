@@ -32,8 +32,11 @@ pub(crate) const HEAD_ALLOWANCE: Duration = Duration::from_millis(250);
 pub(crate) enum Phase {
     /// Serving.
     Running,
-    /// Stopping since `since`.
-    Draining { since: Instant },
+    /// Stopping since `since`; not ready since `unready` when a lame duck came first.
+    Draining {
+        since: Instant,
+        unready: Option<Instant>,
+    },
 }
 
 /// What the supervisor remembers about one connection between looks.
@@ -107,7 +110,9 @@ pub(crate) fn judge(
 
     let command = match phase {
         Phase::Running => running(record, now_seen, now, limits, unread),
-        Phase::Draining { since } => draining(record, now_seen, now, since, limits, unread),
+        Phase::Draining { since, unready } => {
+            draining(record, now_seen, now, (since, unready), limits, unread)
+        }
     };
     let command = match command {
         Some(c) if c as u8 > record.given as u8 => {
@@ -167,7 +172,7 @@ fn draining(
     record: &mut Record,
     seen: Observation,
     now: Instant,
-    since: Instant,
+    (since, unready): (Instant, Option<Instant>),
     limits: &Limits,
     unread: &mut dyn FnMut() -> bool,
 ) -> Option<Command> {
@@ -178,7 +183,7 @@ fn draining(
         // Its response says `Connection: close`; hyper closes after it.
         return running(record, seen, now, limits, unread).filter(|c| *c == Command::Abort);
     }
-    if pooled_idle(seen) {
+    if pooled_idle(seen) && !idle_since_unready(record, unready) {
         // A keep-alive connection between two requests: its peer (a balancer's pool) may
         // send on it at any instant and, whatever we do, may not see our close in time. So
         // the drain closes it no sooner than serving would have (the idle timeout, which the
@@ -215,6 +220,16 @@ fn draining(
 /// A TLS handshake in progress is not yet such a connection: it gets the grace.
 fn pooled_idle(seen: Observation) -> bool {
     !seen.h2 && !seen.handshaking && !seen.in_flight() && !seen.head_arriving()
+}
+
+/// Whether this idle connection has not been used since readiness began to fail (a lame duck
+/// came before the drain): its peer is a balancer that has taken this worker out and keeps the
+/// connection in its pool unused (HAProxy keeps one to a server marked down for good), or a
+/// client gone quiet. It gets the grace, then is closed. A connection used in the lame duck is
+/// still in use: left to its peer. The supervisor sees a request up to a look late, so a
+/// connection counts as used from a little after its request: on the side of leaving it.
+fn idle_since_unready(record: &Record, unready: Option<Instant>) -> bool {
+    unready.is_some_and(|unready| record.since <= unready)
 }
 
 /// An HTTP/2 connection once the worker stops: GOAWAY at once (HTTP/2 clients learn it per
@@ -267,7 +282,7 @@ fn next_look(
     };
     if seen.h2 {
         // While running, h2 judges its own streams; draining, the deadlines of `h2_draining`.
-        let Phase::Draining { since } = phase else {
+        let Phase::Draining { since, .. } = phase else {
             return None;
         };
         if record.given == Command::Abort {
@@ -294,10 +309,14 @@ fn next_look(
     }
     let soon = now + HEAD_ALLOWANCE / 5;
     match phase {
-        Phase::Draining { .. } if pooled_idle(seen) => limits
-            .header_read_timeout
-            .map(|timeout| (record.since + timeout).max(soon)),
-        Phase::Draining { since } if now < since + limits.idle_grace => {
+        Phase::Draining { unready, .. }
+            if pooled_idle(seen) && !idle_since_unready(record, unready) =>
+        {
+            limits
+                .header_read_timeout
+                .map(|timeout| (record.since + timeout).max(soon))
+        }
+        Phase::Draining { since, .. } if now < since + limits.idle_grace => {
             Some(since + limits.idle_grace)
         }
         Phase::Draining { .. } => Some(soon),
@@ -353,6 +372,7 @@ mod tests {
         let mut record = Record::new(idle, t0);
         let draining = Phase::Draining {
             since: t0 + Duration::from_secs(5),
+            unready: None,
         };
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         for ms in [5000, 6000, 6001, 20_000, 29_999] {
@@ -406,11 +426,57 @@ mod tests {
     }
 
     #[test]
+    fn after_a_lame_duck_a_connection_unused_since_it_began_gets_the_grace_a_used_one_is_left() {
+        // Not ready from 10 s (the lame duck), stopping from 12 s.
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let draining = Phase::Draining {
+            since: at(12_000),
+            unready: Some(at(10_000)),
+        };
+        // Its last request at 0 s: the balancer took the worker out and left it in its pool.
+        let idle = obs(100, 100, 1, 1);
+        let mut unused = Record::new(idle, t0);
+        assert_eq!(
+            judge_at(&mut unused, idle, at(12_000) + GRACE / 2, draining),
+            Command::Serve
+        );
+        assert_eq!(
+            judge_at(&mut unused, idle, at(12_000) + GRACE, draining),
+            Command::Close
+        );
+
+        // Another, used at 11 s (seen then), in the lame duck: still in use, left to its peer.
+        let mut used = Record::new(idle, t0);
+        let busy = obs(180, 100, 2, 1);
+        assert_eq!(
+            judge_at(&mut used, busy, at(11_000), Phase::Running),
+            Command::Serve
+        );
+        let idle_again = obs(180, 180, 2, 2);
+        for ms in [11_050, 12_000, 13_000, 40_000] {
+            assert_eq!(
+                judge_at(&mut used, idle_again, at(ms), draining),
+                Command::Serve,
+                "{ms} ms"
+            );
+        }
+        assert_eq!(
+            judge_at(&mut used, idle_again, at(11_050) + HEAD_TIMEOUT, draining),
+            Command::Close,
+            "at the idle timeout"
+        );
+    }
+
+    #[test]
     fn a_connection_that_has_not_sent_its_first_request_is_left_too() {
         let t0 = Instant::now();
         let fresh = obs(0, 0, 0, 0);
         let mut record = Record::new(fresh, t0);
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         for ms in [0, 1000, 5000, 29_999] {
             let now = t0 + Duration::from_millis(ms);
             assert_eq!(
@@ -433,7 +499,10 @@ mod tests {
             ..obs(0, 0, 0, 0)
         };
         let mut record = Record::new(handshaking, t0);
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let just_before = t0 + GRACE - Duration::from_millis(1);
         assert_eq!(
             judge_at(&mut record, handshaking, just_before, draining),
@@ -451,7 +520,10 @@ mod tests {
         // Idle as far as hyper has read, but its next request is in the socket.
         let idle = obs(0, 0, 0, 0);
         let mut record = Record::new(idle, t0);
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let verdict = judge(
             &mut record,
             idle,
@@ -477,7 +549,10 @@ mod tests {
         let partial = obs(103, 100, 1, 1);
         let mut record = Record::new(partial, t0);
         let stop = t0 + Duration::from_secs(10);
-        let draining = Phase::Draining { since: stop };
+        let draining = Phase::Draining {
+            since: stop,
+            unready: None,
+        };
         assert_eq!(
             judge_at(&mut record, partial, stop, draining),
             Command::Serve
@@ -503,7 +578,10 @@ mod tests {
         let t0 = Instant::now();
         let idle = obs(100, 100, 1, 1);
         let mut record = Record::new(idle, t0);
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let just_before = t0 + GRACE - Duration::from_millis(10);
         assert_eq!(
             judge_at(&mut record, idle, just_before, draining),
@@ -528,7 +606,10 @@ mod tests {
         let t0 = Instant::now();
         let busy = obs(100, 0, 1, 0);
         let mut record = Record::new(busy, t0);
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         for ms in [0, 1000, 5000, 60_000] {
             assert_eq!(
                 judge_at(&mut record, busy, t0 + Duration::from_millis(ms), draining),
@@ -550,7 +631,15 @@ mod tests {
             Command::Serve
         );
         assert_eq!(
-            judge_at(&mut record, h2, t0, Phase::Draining { since: t0 }),
+            judge_at(
+                &mut record,
+                h2,
+                t0,
+                Phase::Draining {
+                    since: t0,
+                    unready: None
+                }
+            ),
             Command::Close
         );
     }
@@ -562,7 +651,10 @@ mod tests {
             h2: true,
             ..obs(500, 500, 3, 3)
         };
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let mut record = Record::new(h2, t0);
         let verdict = judge(&mut record, h2, t0, draining, &limits(), &mut || false);
         assert_eq!(verdict.command, Command::Close, "GOAWAY first");
@@ -613,7 +705,10 @@ mod tests {
     #[test]
     fn http2_whose_writes_stall_is_cut_after_the_grace_and_linger_one_that_reads_is_not() {
         let t0 = Instant::now();
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let writing = |written, blocked| Observation {
             h2: true,
             h2_answered: true,
