@@ -62,6 +62,8 @@ mod book {
     mod server_starter {}
     #[doc = include_str!("../book/src/kubernetes.md")]
     mod kubernetes {}
+    #[doc = include_str!("../book/src/fleet.md")]
+    mod fleet {}
     #[doc = include_str!("../book/src/master.md")]
     mod master {}
     #[doc = include_str!("../book/src/compatibility.md")]

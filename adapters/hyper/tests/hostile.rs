@@ -137,7 +137,6 @@ async fn while_serving_a_head_that_takes_too_long_gets_a_408_and_a_slow_handler_
     let (addr, _handle) = start(HttpConfig::default().header_read_timeout(timeout)).await;
 
     let started = Instant::now();
-    let opened = Instant::now();
     let trickler = trickle(
         TcpStream::connect(addr).await.unwrap(),
         Duration::from_millis(100),
