@@ -194,30 +194,30 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
     let load = paced(haproxy.addr, "/", 24);
     let slow = paced(haproxy.addr, "/sleep/300", 4);
     progress(&load, 0, BETWEEN, "(b) before");
-    for i in 0..HOSTS {
+    for (i, master) in masters.iter_mut().enumerate() {
         let name = server_name(i);
         let before = load.snapshot().ok;
         let signaled = Instant::now();
-        masters[i].signal(Signal::SIGTERM);
+        master.signal(Signal::SIGTERM);
         assert!(
             haproxy.wait_status(&name, "DOWN", WAIT),
             "(b) {name} not marked down in its lame duck: {:?}",
             haproxy.server(&name)
         );
         let down_after = signaled.elapsed();
-        let exited = masters[i].wait_exit(WAIT);
+        let exited = master.wait_exit(WAIT);
         assert!(
             exited.is_some_and(|s| s.success()),
             "(b) host {i}'s instance did not exit cleanly: {exited:?}\n{}",
-            masters[i].output()
+            master.output()
         );
-        let (times, forced) = worker_drains(&masters[i].output());
+        let (times, forced) = worker_drains(&master.output());
         eprintln!(
             "fleet_haproxy (b) host {i}: marked down {:.1} s after SIGTERM, exited after {:.1} s; drains {times:?} ms, {forced} cut",
             down_after.as_secs_f64(),
             signaled.elapsed().as_secs_f64()
         );
-        masters[i] = instance(hosts.host(i), scripts.path(), &ours);
+        *master = instance(hosts.host(i), scripts.path(), &ours);
         assert!(
             haproxy.wait_status(&name, "UP", WAIT),
             "(b) the new instance of {name} never up: {:?}",
@@ -258,12 +258,12 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
     let load = paced(haproxy.addr, "/", 24);
     let slow = paced(haproxy.addr, "/sleep/300", 4);
     progress(&load, 0, BETWEEN, "(c) before");
-    for i in 0..HOSTS {
+    for (i, master) in masters.iter_mut().enumerate() {
         let name = server_name(i);
         let before = load.snapshot().ok;
-        masters[i].signal(Signal::SIGTERM);
-        let _ = masters[i].wait_exit(WAIT);
-        masters[i] = instance(hosts.host(i), scripts.path(), &baseline);
+        master.signal(Signal::SIGTERM);
+        let _ = master.wait_exit(WAIT);
+        *master = instance(hosts.host(i), scripts.path(), &baseline);
         assert!(
             haproxy.wait_status(&name, "UP", WAIT),
             "(c) the new instance of {name} never up: {:?}",
