@@ -185,6 +185,12 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
         &haproxy,
     );
     eprintln!("fleet_haproxy {}", upgrade.line());
+    let upgrade_drains: Vec<(Vec<u64>, u64)> =
+        masters.iter().map(|m| worker_drains(&m.output())).collect();
+    let upgrade_cut: u64 = upgrade_drains.iter().map(|(_, cut)| cut).sum();
+    let mut upgrade_ms: Vec<u64> = upgrade_drains.into_iter().flat_map(|(ms, _)| ms).collect();
+    upgrade_ms.sort_unstable();
+    eprintln!("fleet_haproxy (a) old workers' drains: {upgrade_ms:?} ms, {upgrade_cut} cut");
 
     // (b) A rolling replacement, as Kubernetes does it: SIGTERM, the lame duck (not ready,
     // still serving) until the balancer marks the host down, the drain, the exit; a new
@@ -194,6 +200,8 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
     let load = paced(haproxy.addr, "/", 24);
     let slow = paced(haproxy.addr, "/sleep/300", 4);
     progress(&load, 0, BETWEEN, "(b) before");
+    // Connections the replaced instances' drains cut at their timeout.
+    let mut cut = 0;
     for (i, master) in masters.iter_mut().enumerate() {
         let name = server_name(i);
         let before = load.snapshot().ok;
@@ -212,6 +220,7 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
             master.output()
         );
         let (times, forced) = worker_drains(&master.output());
+        cut += forced;
         eprintln!(
             "fleet_haproxy (b) host {i}: marked down {:.1} s after SIGTERM, exited after {:.1} s; drains {times:?} ms, {forced} cut",
             down_after.as_secs_f64(),
@@ -282,6 +291,12 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
     );
     eprintln!("fleet_haproxy {}", plain.line());
 
+    assert_eq!(upgrade_cut, 0, "(a) drains cut connections");
+    assert_eq!(
+        cut, 0,
+        "(b) drains cut connections: after the lame duck, the balancer's pooled connections \
+         it no longer uses are closed after the idle grace"
+    );
     for outcome in [&upgrade, &replacement] {
         assert_eq!(
             outcome.report.failed(),

@@ -168,8 +168,8 @@ impl ShutdownSignal {
     /// When the worker's [lame duck](crate::WorkerOptions::lame_duck) began, if it had one:
     /// from then on readiness failed, so a load balancer that checks it has stopped sending
     /// new requests here once its checks noticed. A drain uses it to tell a balancer's pooled
-    /// connection that has not been used since (safe to close) from one still in use (left to
-    /// its peer).
+    /// connection left unused since then (safe to close) from one still in use (left to its
+    /// peer).
     ///
     /// # Example
     /// ```

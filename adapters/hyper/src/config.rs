@@ -99,7 +99,8 @@ impl HttpConfig {
     /// Once the worker stops, how long a connection in the middle of a request head or of a
     /// TLS handshake may still take to complete it (a head that does not gets
     /// `408 Request Timeout`); and, after a lame duck, how long an idle keep-alive connection
-    /// that has not been used since readiness began to fail is kept before it is closed.
+    /// that has not been used in the lame duck's second half (a balancer took the worker out
+    /// and left it in its pool) is kept before it is closed.
     ///
     /// Other idle keep-alive connections are not closed at the grace: their peer may send on
     /// them at any instant (a load balancer that pools connections does, and does not retry a

@@ -166,7 +166,7 @@ impl<M> HttpRun<M> {
     );
 
     /// Once stopping, how long a request head or a TLS handshake in progress may still take
-    /// (and, after a lame duck, an idle connection unused since); see
+    /// (and, after a lame duck, an idle connection unused in its second half); see
     /// [`HttpConfig::idle_grace`]. Default [`crate::DEFAULT_IDLE_GRACE`].
     ///
     /// # Example

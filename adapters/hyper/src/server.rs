@@ -32,7 +32,7 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 ///    load balancer's pool does): its next request is answered, with `Connection: close`; it
 ///    is closed by us only at the idle timeout ([`HttpConfig::header_read_timeout`]), as while
 ///    serving, or at the drain timeout. After a [lame duck](graceful_listener::WorkerOptions::lame_duck),
-///    one not used since readiness began to fail gets the idle grace, then is closed;
+///    one not used in the second half of the lame duck gets the idle grace, then is closed;
 /// 3. a connection in the middle of a request head or a TLS handshake when the idle grace
 ///    ends (a client trickling bytes to hold the worker) gets `408 Request Timeout` and is
 ///    closed;

@@ -183,7 +183,7 @@ fn draining(
         // Its response says `Connection: close`; hyper closes after it.
         return running(record, seen, now, limits, unread).filter(|c| *c == Command::Abort);
     }
-    if pooled_idle(seen) && !idle_since_unready(record, unready) {
+    if pooled_idle(seen) && !abandoned(record, seen, since, unready) {
         // A keep-alive connection between two requests: its peer (a balancer's pool) may
         // send on it at any instant and, whatever we do, may not see our close in time. So
         // the drain closes it no sooner than serving would have (the idle timeout, which the
@@ -222,14 +222,19 @@ fn pooled_idle(seen: Observation) -> bool {
     !seen.h2 && !seen.handshaking && !seen.in_flight() && !seen.head_arriving()
 }
 
-/// Whether this idle connection has not been used since readiness began to fail (a lame duck
-/// came before the drain): its peer is a balancer that has taken this worker out and keeps the
-/// connection in its pool unused (HAProxy keeps one to a server marked down for good), or a
-/// client gone quiet. It gets the grace, then is closed. A connection used in the lame duck is
-/// still in use: left to its peer. The supervisor sees a request up to a look late, so a
-/// connection counts as used from a little after its request: on the side of leaving it.
-fn idle_since_unready(record: &Record, unready: Option<Instant>) -> bool {
-    unready.is_some_and(|unready| record.since <= unready)
+/// Whether this idle connection was abandoned in the lame duck that came before the drain:
+/// not used in its second half. A balancer that checks readiness takes the worker out within
+/// the first half (the lame duck is to be at least twice what it takes), and then keeps its
+/// pooled connections here unused (HAProxy keeps one to a server marked down for good). It
+/// gets the grace, then is closed. A connection used later is still in use (a direct client,
+/// a balancer that does not check readiness): left to its peer. Its last use is when its last
+/// request started (or it was accepted); without that, the supervisor's first look after it,
+/// which may be a second late: on the side of leaving it.
+fn abandoned(record: &Record, seen: Observation, stop: Instant, unready: Option<Instant>) -> bool {
+    unready.is_some_and(|unready| {
+        let middle = unready + stop.saturating_duration_since(unready) / 2;
+        seen.last_use.unwrap_or(record.since) <= middle
+    })
 }
 
 /// An HTTP/2 connection once the worker stops: GOAWAY at once (HTTP/2 clients learn it per
@@ -309,8 +314,8 @@ fn next_look(
     }
     let soon = now + HEAD_ALLOWANCE / 5;
     match phase {
-        Phase::Draining { unready, .. }
-            if pooled_idle(seen) && !idle_since_unready(record, unready) =>
+        Phase::Draining { since, unready }
+            if pooled_idle(seen) && !abandoned(record, seen, since, unready) =>
         {
             limits
                 .header_read_timeout
@@ -351,6 +356,7 @@ mod tests {
             started,
             finished,
             waiting: false,
+            last_use: None,
             handshaking: false,
             h2: false,
             h2_answered: false,
@@ -426,7 +432,8 @@ mod tests {
     }
 
     #[test]
-    fn after_a_lame_duck_a_connection_unused_since_it_began_gets_the_grace_a_used_one_is_left() {
+    fn after_a_lame_duck_a_connection_unused_in_its_second_half_gets_the_grace_a_used_one_is_left()
+    {
         // Not ready from 10 s (the lame duck), stopping from 12 s.
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
@@ -434,27 +441,62 @@ mod tests {
             since: at(12_000),
             unready: Some(at(10_000)),
         };
-        // Its last request at 0 s: the balancer took the worker out and left it in its pool.
+        // Its last request at 0 s, or at 10.9 s (in the first half of the lame duck, before
+        // the balancer noticed): then taken out, and left in the balancer's pool.
         let idle = obs(100, 100, 1, 1);
+        let busy = obs(180, 100, 2, 1);
+        let idle_again = obs(180, 180, 2, 2);
         let mut unused = Record::new(idle, t0);
-        assert_eq!(
-            judge_at(&mut unused, idle, at(12_000) + GRACE / 2, draining),
-            Command::Serve
+        let mut early = Record::new(idle, t0);
+        judge_at(&mut early, busy, at(10_800), Phase::Running);
+        judge_at(&mut early, idle_again, at(10_900), Phase::Running);
+        for record in [&mut unused, &mut early] {
+            let seen = if record.requests == (1, 1) {
+                idle
+            } else {
+                idle_again
+            };
+            assert_eq!(
+                judge_at(record, seen, at(12_000) + GRACE / 2, draining),
+                Command::Serve
+            );
+            assert_eq!(
+                judge_at(record, seen, at(12_000) + GRACE, draining),
+                Command::Close
+            );
+        }
+
+        // Its last request started at 10.3 s, but the supervisor saw it only at 11.2 s: the
+        // request's own time counts.
+        let mut seen_late = Record::new(idle, t0);
+        let used_early = |o: Observation| Observation {
+            last_use: Some(at(10_300)),
+            ..o
+        };
+        judge_at(
+            &mut seen_late,
+            used_early(idle_again),
+            at(11_200),
+            Phase::Running,
         );
         assert_eq!(
-            judge_at(&mut unused, idle, at(12_000) + GRACE, draining),
+            judge_at(
+                &mut seen_late,
+                used_early(idle_again),
+                at(12_000) + GRACE,
+                draining
+            ),
             Command::Close
         );
 
-        // Another, used at 11 s (seen then), in the lame duck: still in use, left to its peer.
+        // Another, used at 11.5 s (seen then), late in the lame duck: still in use, left to
+        // its peer.
         let mut used = Record::new(idle, t0);
-        let busy = obs(180, 100, 2, 1);
         assert_eq!(
-            judge_at(&mut used, busy, at(11_000), Phase::Running),
+            judge_at(&mut used, busy, at(11_500), Phase::Running),
             Command::Serve
         );
-        let idle_again = obs(180, 180, 2, 2);
-        for ms in [11_050, 12_000, 13_000, 40_000] {
+        for ms in [11_550, 12_000, 13_000, 40_000] {
             assert_eq!(
                 judge_at(&mut used, idle_again, at(ms), draining),
                 Command::Serve,
@@ -462,7 +504,7 @@ mod tests {
             );
         }
         assert_eq!(
-            judge_at(&mut used, idle_again, at(11_050) + HEAD_TIMEOUT, draining),
+            judge_at(&mut used, idle_again, at(11_550) + HEAD_TIMEOUT, draining),
             Command::Close,
             "at the idle timeout"
         );
