@@ -101,6 +101,17 @@ impl Outcome {
         }
     }
 
+    /// The line, and the first abnormal lines of HAProxy's log (side and phase of each
+    /// termination).
+    fn report(&self) -> String {
+        let mut text = self.line();
+        for line in self.abnormal_log_lines.iter().take(5) {
+            text.push_str("\n    haproxy: ");
+            text.push_str(line);
+        }
+        text
+    }
+
     fn line(&self) -> String {
         format!(
             "{}: {} ok, {} failed {:?}, in {:.1} s; haproxy: {} requests no server answered, {} \
@@ -184,7 +195,7 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
         started.elapsed(),
         &haproxy,
     );
-    eprintln!("fleet_haproxy {}", upgrade.line());
+    eprintln!("fleet_haproxy {}", upgrade.report());
     let upgrade_drains: Vec<(Vec<u64>, u64)> =
         masters.iter().map(|m| worker_drains(&m.output())).collect();
     let upgrade_cut: u64 = upgrade_drains.iter().map(|(_, cut)| cut).sum();
@@ -244,7 +255,7 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
         &haproxy,
     );
     replacement.down_transitions -= before_down;
-    eprintln!("fleet_haproxy {}", replacement.line());
+    eprintln!("fleet_haproxy {}", replacement.report());
     drop(haproxy);
     for master in &mut masters {
         master.stop(WAIT);
@@ -289,7 +300,7 @@ fn a_fleet_behind_haproxy_is_upgraded_and_replaced_without_a_failed_request() {
         started.elapsed(),
         &haproxy,
     );
-    eprintln!("fleet_haproxy {}", plain.line());
+    eprintln!("fleet_haproxy {}", plain.report());
 
     assert_eq!(upgrade_cut, 0, "(a) drains cut connections");
     assert_eq!(
