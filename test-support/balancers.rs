@@ -396,6 +396,45 @@ pub fn worker_drains(output: &str) -> (Vec<u64>, u64) {
 mod tests {
     use super::*;
 
+    /// The configurations as the book shows them (with example addresses), so that the two
+    /// cannot drift apart.
+    fn book_configs() -> (String, String) {
+        let servers: Vec<(String, SocketAddr)> = [2, 6, 10]
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let addr = SocketAddr::from(([10, 231, 1, *host], 8080));
+                (format!("host{i}"), addr)
+            })
+            .collect();
+        let haproxy = haproxy_config(
+            "127.0.0.1:18080".parse().unwrap(),
+            &servers,
+            Some(&HealthCheck::new("/readyz")),
+            Path::new("/tmp/haproxy/stats.sock"),
+        );
+        let nginx = nginx_config(
+            "127.0.0.1:18081".parse().unwrap(),
+            &["127.0.0.1:18090".parse().unwrap()],
+            Path::new("/tmp/nginx"),
+        );
+        (haproxy, nginx)
+    }
+
+    #[test]
+    fn the_book_shows_the_configurations_the_tests_run() {
+        let book = include_str!("../book/src/fleet.md");
+        let (haproxy, nginx) = book_configs();
+        assert!(
+            book.contains(&haproxy),
+            "book/src/fleet.md should show, verbatim:\n{haproxy}"
+        );
+        assert!(
+            book.contains(&nginx),
+            "book/src/fleet.md should show, verbatim:\n{nginx}"
+        );
+    }
+
     #[test]
     fn parses_show_stat() {
         let text = "# pxname,svname,qcur,status,stot,econ,eresp,hrsp_2xx,hrsp_5xx,chkdown,\n\
