@@ -42,6 +42,11 @@ struct Args {
     /// its HTTP listener), for the cost of the workers' metrics with one.
     #[arg(long)]
     recorder: Option<Recorder>,
+    /// `ours` only: how long a keep-alive connection may sit idle, or a request head take,
+    /// in seconds (axum, hyper, warp: `header_read_timeout`; actix: `keep_alive` and
+    /// `client_request_timeout`). A drain leaves idle connections to their peer up to it.
+    #[arg(long)]
+    idle_timeout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,32 +108,52 @@ fn main() {
         std::mem::forget(handle);
     }
     let std_listener = listener(args.bind);
+    let idle_timeout = args.idle_timeout.map(std::time::Duration::from_secs_f64);
     match args.framework {
-        Framework::Actix => actix(args.mode, std_listener),
+        Framework::Actix => actix(args.mode, idle_timeout, std_listener),
         framework => tokio::runtime::Runtime::new()
             .expect("runtime")
-            .block_on(tokio_based(framework, args.mode, std_listener)),
+            .block_on(tokio_based(
+                framework,
+                args.mode,
+                idle_timeout,
+                std_listener,
+            )),
     }
 }
 
-async fn tokio_based(framework: Framework, mode: Mode, std_listener: std::net::TcpListener) {
+async fn tokio_based(
+    framework: Framework,
+    mode: Mode,
+    idle_timeout: Option<std::time::Duration>,
+    std_listener: std::net::TcpListener,
+) {
     if mode == Mode::Ours {
         // The adapter takes the socket as an inherited one would be: `fd@N`.
         let bind = einhorn_axum::Bind::Fd(std::os::fd::IntoRawFd::into_raw_fd(std_listener));
+        let idle = einhorn_hyper::DEFAULT_HEADER_READ_TIMEOUT;
+        let idle = idle_timeout.unwrap_or(idle);
         let result = match framework {
             Framework::Axum => {
                 let app = axum::Router::new().route("/", axum::routing::get(axum_hello));
-                einhorn_axum::serve(app).bind(bind).await
+                einhorn_axum::serve(app)
+                    .bind(bind)
+                    .header_read_timeout(idle)
+                    .await
             }
             Framework::Hyper => {
                 einhorn_hyper::serve(hyper::service::service_fn(hyper_hello))
                     .bind(bind)
+                    .header_read_timeout(idle)
                     .await
             }
             Framework::Warp => {
                 use warp::Filter;
                 let hello = warp::path::end().map(|| BODY);
-                einhorn_warp::serve(hello).bind(bind).await
+                einhorn_warp::serve(hello)
+                    .bind(bind)
+                    .header_read_timeout(idle)
+                    .await
             }
             Framework::Actix => unreachable!("actix runs on its own runtime"),
         };
@@ -187,13 +212,23 @@ async fn tokio_based(framework: Framework, mode: Mode, std_listener: std::net::T
     }
 }
 
-fn actix(mode: Mode, std_listener: std::net::TcpListener) {
+fn actix(
+    mode: Mode,
+    idle_timeout: Option<std::time::Duration>,
+    std_listener: std::net::TcpListener,
+) {
     let app = || actix_web::App::new().route("/", actix_web::web::get().to(actix_hello));
     if mode == Mode::Ours {
         let bind = einhorn_actix::Bind::Fd(std::os::fd::IntoRawFd::into_raw_fd(std_listener));
         if let Err(e) = einhorn_actix::serve(app)
             .bind(bind)
-            .configure(|server| server.workers(2))
+            .configure(move |server| match idle_timeout {
+                Some(idle) => server
+                    .workers(2)
+                    .keep_alive(idle)
+                    .client_request_timeout(idle),
+                None => server.workers(2),
+            })
             .run()
         {
             eprintln!("error: {e}");

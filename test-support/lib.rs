@@ -10,12 +10,16 @@
 //! - [`load`] is a keep-alive HTTP/1.1 load client, [`load_h2`] an HTTP/2 one as applications
 //!   run it (hyper-util's pooled client) and [`h2load`] reads h2load's; [`echo`] a client for the line echo;
 //! - [`upgrades`] runs workers under the master through upgrades under load (the demo and
-//!   the load benchmark).
+//!   the load benchmark);
+//! - [`balancers`] runs a real HAProxy and a real nginx in front of them, and [`netns`] gives
+//!   a test hosts of its own (network namespaces) for a fleet behind one.
 
+pub mod balancers;
 pub mod echo;
 pub mod fake_einhorn;
 pub mod h2load;
 pub mod load_h2;
+pub mod netns;
 pub mod probe;
 pub mod tls;
 
@@ -58,6 +62,8 @@ mod book {
     mod server_starter {}
     #[doc = include_str!("../book/src/kubernetes.md")]
     mod kubernetes {}
+    #[doc = include_str!("../book/src/fleet.md")]
+    mod fleet {}
     #[doc = include_str!("../book/src/master.md")]
     mod master {}
     #[doc = include_str!("../book/src/compatibility.md")]

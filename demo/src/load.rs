@@ -55,6 +55,10 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Speak HTTPS with this client configuration (the server's name is its IP address).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Between two requests on a connection, a pause drawn uniformly from this range, as a
+    /// real client's think time (`None`: back to back). A paced client keeps its connection
+    /// and lets it go idle, which is what a balancer's pool of upstream connections sees.
+    pub pace: Option<(Duration, Duration)>,
 }
 
 impl LoadConfig {
@@ -69,7 +73,15 @@ impl LoadConfig {
             path: "/".to_owned(),
             timeout: Duration::from_secs(10),
             tls: None,
+            pace: None,
         }
+    }
+
+    /// Sets [`LoadConfig::pace`]: a pause of `min..=max` between two requests on a
+    /// connection (the bounds in either order).
+    pub fn pace(mut self, min: Duration, max: Duration) -> LoadConfig {
+        self.pace = Some((min.min(max), min.max(max)));
+        self
     }
 
     /// Sets [`LoadConfig::tls`].
@@ -385,6 +397,12 @@ async fn connection_loop(
             if config.reconnect_every.is_some_and(|every| on_this >= every) {
                 continue 'connections;
             }
+            if let Some(pause) = think_time(&config, on_this) {
+                tokio::time::sleep(pause).await;
+                if !more(sent) {
+                    break 'connections;
+                }
+            }
             on_this += 1;
             // A connection the server closed while it was idle is replaced: no request was
             // sent on it, so nothing failed.
@@ -429,6 +447,16 @@ async fn connection_loop(
             }
         }
     }
+}
+
+/// The pause before the next request on a connection, when paced: none before its first.
+fn think_time(config: &LoadConfig, sent_on_this: u64) -> Option<Duration> {
+    let (min, max) = config.pace?;
+    if sent_on_this == 0 {
+        return None;
+    }
+    let span = u64::try_from((max - min).as_micros()).unwrap_or(u64::MAX);
+    Some(min + Duration::from_micros(fastrand::u64(0..=span)))
 }
 
 async fn connect(config: &LoadConfig) -> Result<http1::SendRequest<Empty<Bytes>>, String> {

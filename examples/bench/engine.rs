@@ -52,6 +52,16 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(framework: &str, mode: Mode, wrapper: &[String]) -> Result<Server, String> {
+        Server::start_with(framework, mode, wrapper, &[])
+    }
+
+    /// As [`Server::start`], with more arguments for `bench-server`.
+    pub(crate) fn start_with(
+        framework: &str,
+        mode: Mode,
+        wrapper: &[String],
+        extra: &[&str],
+    ) -> Result<Server, String> {
         let binary = example("bench-server");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -61,7 +71,8 @@ impl Server {
             }
             None => Command::new(binary),
         };
-        cmd.args(["--framework", framework, "--mode", mode.arg()]);
+        cmd.args(["--framework", framework, "--mode", mode.arg()])
+            .args(extra);
         if mode == Mode::Recorded {
             cmd.args(["--recorder", "prometheus"]);
         }

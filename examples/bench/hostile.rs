@@ -1,6 +1,9 @@
 //! Hostile clients at the stop: N idle keep-alive connections plus one client trickling a
 //! request head a byte every 100 ms, then SIGTERM. How long the worker takes to exit, against
-//! the target: the idle grace, plus the linger, plus 0.5 s.
+//! the target. A drain leaves idle connections to their peer (a load balancer may send on
+//! them at any instant) up to the idle timeout, so the worker runs with a 1 s one
+//! (`--idle-timeout 1`); the target is the later of that (plus the supervisor's first look, up
+//! to a second) and the idle grace that cuts the trickler, plus the linger, plus 0.5 s.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -18,7 +21,7 @@ pub(crate) struct Hostile {
     pub(crate) idle_connections: usize,
     /// From SIGTERM to the worker's exit.
     pub(crate) exit_s: f64,
-    /// The idle grace plus the linger plus 0.5 s, at the adapter's defaults.
+    /// The idle timeout (plus a look) or the idle grace, plus the linger, plus 0.5 s.
     pub(crate) target_s: f64,
 }
 
@@ -51,18 +54,33 @@ fn trickle(
     })
 }
 
-/// The target for `framework` at the adapter's defaults.
+/// The idle timeout the worker runs with (`--idle-timeout`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The target for `framework` with [`IDLE_TIMEOUT`] and the adapter's other defaults.
 fn target(framework: &str) -> Duration {
     let half = Duration::from_millis(500);
     match framework {
-        // actix-web's own engine: the adapter's idle grace, and no linger of ours.
-        "actix" => einhorn_actix::DEFAULT_IDLE_GRACE + half,
-        _ => einhorn_hyper::DEFAULT_IDLE_GRACE + einhorn_hyper::DEFAULT_LINGER + half,
+        // actix-web's own engine: its keep-alive and request timeouts, with their timer's
+        // granularity (a second), and no linger of ours.
+        "actix" => IDLE_TIMEOUT + Duration::from_secs(1) + half,
+        // The supervisor first looks at a connection up to a second after it opens.
+        _ => {
+            (IDLE_TIMEOUT + Duration::from_secs(1)).max(einhorn_hyper::DEFAULT_IDLE_GRACE)
+                + einhorn_hyper::DEFAULT_LINGER
+                + half
+        }
     }
 }
 
 pub(crate) fn hostile(framework: &str, idle: usize) -> Result<Hostile, String> {
-    let mut server = Server::start(framework, Mode::Ours, &[])?;
+    let idle_timeout = IDLE_TIMEOUT.as_secs_f64().to_string();
+    let mut server = Server::start_with(
+        framework,
+        Mode::Ours,
+        &[],
+        &["--idle-timeout", &idle_timeout],
+    )?;
     let held = idle_connections(server.addr, idle)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (started_tx, started) = std::sync::mpsc::channel();

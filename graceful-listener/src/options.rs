@@ -173,7 +173,11 @@ impl WorkerOptions {
     /// time, but the endpoints reach every node and load balancer a little later: a pod that
     /// stops accepting at once refuses connections that were still routed to it. Give the
     /// lame duck a few seconds, and `terminationGracePeriodSeconds` at least the lame duck
-    /// plus the drain timeout.
+    /// plus the drain timeout. Behind a balancer that health-checks the readiness route, make
+    /// it at least twice what the balancer takes to mark the worker down (its check interval
+    /// times the failures it waits for, plus a check's timeout): the drain then closes, after
+    /// the idle grace, the balancer's pooled connections that went unused in the lame duck's
+    /// second half, and leaves the others to their peer.
     ///
     /// Only SIGTERM has one: SIGUSR2 is an Einhorn upgrade, where the socket is shared and new
     /// workers take the new connections at once; SIGINT is an operator's Ctrl-C. A second

@@ -1,7 +1,8 @@
 //! The stop state every part of a worker watches: running, stopping (drain), hammer.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -41,6 +42,8 @@ pub struct Shutdown {
     /// The phase again, for readers on a hot path (a check per response): a load, where the
     /// watch channel takes a lock.
     phase: Arc<AtomicU8>,
+    /// When the lame duck began, if there was one.
+    lame_duck_began: Arc<OnceLock<Instant>>,
 }
 
 impl Default for Shutdown {
@@ -55,6 +58,7 @@ impl Shutdown {
         Shutdown {
             tx: Arc::new(watch::Sender::new(Phase::Running)),
             phase: Arc::new(AtomicU8::new(Phase::Running as u8)),
+            lame_duck_began: Arc::new(OnceLock::new()),
         }
     }
 
@@ -62,6 +66,9 @@ impl Shutdown {
     pub fn advance(&self, phase: Phase) -> bool {
         self.tx.send_if_modified(|current| {
             if phase > *current {
+                if phase == Phase::LameDuck {
+                    let _ = self.lame_duck_began.set(Instant::now());
+                }
                 *current = phase;
                 // Set while the channel's lock is held, so it never runs behind the channel.
                 self.phase.store(phase as u8, Ordering::Release);
@@ -82,6 +89,7 @@ impl Shutdown {
         ShutdownSignal {
             rx: self.tx.subscribe(),
             phase: self.phase.clone(),
+            lame_duck_began: self.lame_duck_began.clone(),
         }
     }
 }
@@ -104,6 +112,7 @@ impl Shutdown {
 pub struct ShutdownSignal {
     rx: watch::Receiver<Phase>,
     phase: Arc<AtomicU8>,
+    lame_duck_began: Arc<OnceLock<Instant>>,
 }
 
 /// The signal of this process's worker, for [`ShutdownSignal::current`].
@@ -154,6 +163,27 @@ impl ShutdownSignal {
     /// What a readiness probe answers (200 when ready, 503 when not).
     pub fn is_ready(&self) -> bool {
         self.phase() == Phase::Running
+    }
+
+    /// When the worker's [lame duck](crate::WorkerOptions::lame_duck) began, if it had one:
+    /// from then on readiness failed, so a load balancer that checks it has stopped sending
+    /// new requests here once its checks noticed. A drain uses it to tell a balancer's pooled
+    /// connection left unused since then (safe to close) from one still in use (left to its
+    /// peer).
+    ///
+    /// # Example
+    /// ```
+    /// use graceful_listener::{Phase, Shutdown};
+    ///
+    /// let shutdown = Shutdown::new();
+    /// let signal = shutdown.signal();
+    /// assert_eq!(signal.lame_duck_began(), None);
+    /// shutdown.advance(Phase::LameDuck);
+    /// assert!(signal.lame_duck_began().is_some());
+    /// assert!(!signal.is_ready());
+    /// ```
+    pub fn lame_duck_began(&self) -> Option<Instant> {
+        self.lame_duck_began.get().copied()
     }
 
     /// Whether the worker is stopping (or past it): it no longer accepts, and responses tell

@@ -59,6 +59,7 @@ pub fn tls_config(
     graceful_listener::tls::server_config(cert, key, &[b"h2", b"http/1.1"])
 }
 
+#[allow(deprecated)] // DEFAULT_IDLE_GRACE: kept so that code naming it still builds.
 pub use start::{
     ActixServer, AppFactory, AppServiceFactory, DEFAULT_IDLE_GRACE, Start, serve, start,
 };

@@ -21,8 +21,12 @@ use graceful_listener::{
 use crate::connect::{OnConnect, on_connect};
 use crate::drain::DrainApp;
 
-/// Once stopping, how long an idle keep-alive connection may still send one more request,
-/// by default.
+/// No longer used (see [`Start::idle_grace`]): once stopping, idle keep-alive connections are
+/// left to their peer or to actix's keep-alive timeout.
+#[deprecated(
+    since = "0.1.0",
+    note = "idle keep-alive connections are left to their peer or actix's keep-alive timeout during the drain"
+)]
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The app factory actix runs in each of its worker threads: the one given to [`start`],
@@ -95,8 +99,8 @@ fn workers_from_env() -> Option<usize> {
 /// 3. starts actix, and ACKs once every actix worker has built the app and actix accepts;
 /// 4. on SIGUSR2, SIGTERM or SIGINT: pauses accepting (and waits until actix's accept
 ///    thread has handed out its last connection), marks every response
-///    `Connection: close`, gives idle keep-alive connections the idle grace, then has actix
-///    stop gracefully (in-flight requests finish);
+///    `Connection: close`, leaves idle keep-alive connections to their peer (or to actix's
+///    keep-alive timeout) and in-flight requests to finish;
 /// 5. ends as soon as every connection has closed, or cuts what is left at the drain timeout
 ///    (or on a second signal, or SIGQUIT), and says which in the [`RunReport`].
 ///
@@ -152,7 +156,6 @@ where
         factory,
         binds: vec![Bind::Auto],
         options: WorkerOptions::default(),
-        idle_grace: DEFAULT_IDLE_GRACE,
         configure: None,
         on_connect: None,
         #[cfg(feature = "tls")]
@@ -176,7 +179,6 @@ where
     /// The first is [`Start::bind`]'s, the others [`Start::also_bind`]'s.
     binds: Vec<Bind>,
     options: WorkerOptions,
-    idle_grace: Duration,
     configure: Option<Configure<S, B>>,
     on_connect: Option<OnConnect>,
     #[cfg(feature = "tls")]
@@ -225,22 +227,27 @@ where
         builder = "einhorn_actix::start(|| App::new(), 0)",
     );
 
-    /// Once stopping, how long an idle keep-alive connection may still send one more request
-    /// (answered with `Connection: close`) before actix closes it. Requests in flight are not
-    /// hurried: only idle connections wait for this. Default [`DEFAULT_IDLE_GRACE`].
-    ///
-    /// A client that reuses a keep-alive connection at the moment the server closes it sees
-    /// an error; the grace makes that moment come only after the client has been idle this
-    /// long. `Duration::ZERO` is actix's own behaviour: idle connections closed at once.
+    /// No longer used: once stopping, an idle keep-alive connection is no longer closed after
+    /// a grace. It is left to its peer (which sends one more request on it, answered with
+    /// `Connection: close`, or closes it) or to actix's own keep-alive timeout
+    /// (`.configure(|s| s.keep_alive(..))`, 5 s by default), as while serving, and cut at the
+    /// drain timeout: a balancer that pools connections may send on an idle one at any
+    /// instant, so closing it during the drain loses that request. Kept so that code setting
+    /// it still builds.
     ///
     /// # Example
     /// ```
+    /// # #![allow(deprecated)]
     /// # use actix_web::App;
     /// let worker = einhorn_actix::start(|| App::new(), 0)
     ///     .idle_grace(std::time::Duration::from_millis(500));
     /// ```
-    pub fn idle_grace(mut self, grace: Duration) -> Self {
-        self.idle_grace = grace;
+    #[deprecated(
+        since = "0.1.0",
+        note = "idle keep-alive connections are left to their peer or actix's keep-alive timeout during the drain; set `keep_alive` through `configure`"
+    )]
+    pub fn idle_grace(self, grace: Duration) -> Self {
+        let _ = grace;
         self
     }
 
@@ -428,10 +435,8 @@ where
         if !stop.is_immediate() {
             settle_accepts(&handle, &signal).await;
         }
-        let (report, ()) = tokio::join!(
-            worker.drain(stop),
-            stop_actix(actix, stop, self.idle_grace, handle, signal)
-        );
+        let (report, ()) =
+            tokio::join!(worker.drain(stop), stop_actix(actix, stop, handle, signal));
         Ok(report)
     }
 }
@@ -516,20 +521,20 @@ async fn settle_accepts(handle: &ListenerHandle, signal: &ShutdownSignal) {
     }
 }
 
-/// actix's side of the drain: idle keep-alive connections get the grace (responses in it
-/// carry `Connection: close`, so busy connections close themselves), then actix stops
-/// gracefully, closing idle connections and letting in-flight requests finish. The worker's
-/// drain decides when it is over; actix's own stop is not waited for.
+/// actix's side of the drain: responses carry `Connection: close`, so busy connections close
+/// themselves; an idle keep-alive connection is left to its peer (a balancer's pool may send
+/// on it at any instant), which sends one more request on it or closes it, or to actix's own
+/// keep-alive timeout, as while serving. actix's graceful stop, which closes idle connections
+/// at once, comes only once every connection is gone or at the drain timeout (then not
+/// graceful). The worker's drain decides when it is over; actix's own stop is not waited for.
 async fn stop_actix(
     actix: ServerHandle,
     stop: Stop,
-    grace: Duration,
     handle: ListenerHandle,
     signal: ShutdownSignal,
 ) {
     if !stop.is_immediate() {
         tokio::select! {
-            () = tokio::time::sleep(grace) => {}
             () = handle.drained() => {}
             () = signal.hammer() => {}
         }

@@ -9,8 +9,8 @@ use hyper_util::server::conn::auto;
 
 use crate::supervisor::Limits;
 
-/// How long an idle keep-alive connection may still send one request once the worker stops,
-/// by default.
+/// Once the worker stops, how long a request head or a TLS handshake in progress may still
+/// take, by default; see [`HttpConfig::idle_grace`].
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a connection may take to send a request head, by default. It also bounds how
@@ -96,12 +96,18 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    /// Once the worker stops, how long an idle HTTP/1 keep-alive connection may still send
-    /// one more request (answered with `Connection: close`) before it is closed.
+    /// Once the worker stops, how long a connection in the middle of a request head or of a
+    /// TLS handshake may still take to complete it (a head that does not gets
+    /// `408 Request Timeout`); and, after a lame duck, how long an idle keep-alive connection
+    /// that has not been used in the lame duck's second half (a balancer took the worker out
+    /// and left it in its pool) is kept before it is closed.
     ///
-    /// A client that reuses a connection at the moment a server closes it sees a reset; the
-    /// grace makes that moment come only after the client has been idle this long.
-    /// `Duration::ZERO` closes idle connections at once, as hyper's own graceful shutdown does.
+    /// Other idle keep-alive connections are not closed at the grace: their peer may send on
+    /// them at any instant (a load balancer that pools connections does, and does not retry a
+    /// request that meets our close), so they are left to it. It sends one more request
+    /// (answered with `Connection: close`) or closes them; past the idle timeout
+    /// ([`HttpConfig::header_read_timeout`], as while serving) they are closed, and the drain
+    /// timeout cuts what is left. Set the balancer's own idle timeout below that one.
     ///
     /// # Example
     /// ```
@@ -127,7 +133,9 @@ impl HttpConfig {
 
     /// How long an HTTP/1 connection may take to send a request head, counted from the end
     /// of its previous response (so it also bounds how long a keep-alive connection may sit
-    /// idle); `None` for no limit. A head that takes longer is answered `408 Request Timeout`
+    /// idle, serving or draining: a load balancer's idle timeout for its pooled connections
+    /// must be below it, so that the balancer, not the server, closes them); `None` for no
+    /// limit. A head that takes longer is answered `408 Request Timeout`
     /// and its connection closed; an idle connection is closed. Enforced by the server's
     /// supervisor, which looks at most once a second: a timeout fires up to a second late.
     ///

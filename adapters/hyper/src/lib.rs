@@ -4,8 +4,8 @@
 //! This is the HTTP engine of [`graceful_listener`]: a connection loop on hyper-util's auto
 //! builder (HTTP/1.1 and HTTP/2) over a [`graceful_listener::GracefulListener`], serving any
 //! hyper service, with a drain made for keep-alive clients (see [`HttpServer`]):
-//! `Connection: close` on every response once stopping, an idle grace for idle connections,
-//! GOAWAY for HTTP/2, upgraded connections waited for until the drain timeout, and staged
+//! `Connection: close` on every response once stopping, idle connections left to their peer
+//! (a load balancer's pool may send on them at any instant), GOAWAY for HTTP/2, upgraded connections waited for until the drain timeout, and staged
 //! closes that never turn into resets.
 //!
 //! `einhorn-axum` and `einhorn-warp` are thin layers on this crate.

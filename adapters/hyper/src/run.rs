@@ -165,8 +165,9 @@ impl<M> HttpRun<M> {
         builder = "einhorn_hyper::run(service, 0)",
     );
 
-    /// Once stopping, how long an idle HTTP/1 keep-alive connection may still send one more
-    /// request; see [`HttpConfig::idle_grace`]. Default [`crate::DEFAULT_IDLE_GRACE`].
+    /// Once stopping, how long a request head or a TLS handshake in progress may still take
+    /// (and, after a lame duck, an idle connection unused in its second half); see
+    /// [`HttpConfig::idle_grace`]. Default [`crate::DEFAULT_IDLE_GRACE`].
     ///
     /// # Example
     /// ```

@@ -28,10 +28,14 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// simply with [`einhorn_hyper::run`](crate::run), which also sets its HTTP options. Once the
 /// worker stops:
 /// 1. every HTTP/1 response carries `Connection: close`, and its connection closes after it;
-/// 2. an idle HTTP/1 connection may send one more request during the idle grace (it is
-///    answered, with `Connection: close`); then, still idle, it is closed;
-/// 3. a connection in the middle of a request head when the grace ends (a client trickling
-///    bytes to hold the worker) gets `408 Request Timeout` and is closed;
+/// 2. an idle HTTP/1 connection is left to its peer, which may send on it at any instant (a
+///    load balancer's pool does): its next request is answered, with `Connection: close`; it
+///    is closed by us only at the idle timeout ([`HttpConfig::header_read_timeout`]), as while
+///    serving, or at the drain timeout. After a [lame duck](graceful_listener::WorkerOptions::lame_duck),
+///    one not used in the second half of the lame duck gets the idle grace, then is closed;
+/// 3. a connection in the middle of a request head or a TLS handshake when the idle grace
+///    ends (a client trickling bytes to hold the worker) gets `408 Request Timeout` and is
+///    closed;
 /// 4. an HTTP/2 connection gets a GOAWAY and finishes its streams;
 /// 5. upgraded connections (WebSocket) go on until they end, or until the drain timeout, when
 ///    [`graceful_listener::run`] cuts them;
@@ -240,8 +244,8 @@ impl CommandWatch {
 }
 
 /// Serves one TLS connection until it ends: the handshake first (a command from the
-/// supervisor ends it: an idle grace or a header timeout applies to a handshake as to a
-/// request head), then HTTP.
+/// supervisor ends it: once stopping, the idle grace applies to a handshake as to a request
+/// head; while serving, the header timeout), then HTTP.
 #[cfg(feature = "tls")]
 async fn serve_tls<S, B>(
     builder: &auto::Builder<TokioExecutor>,
@@ -260,6 +264,7 @@ async fn serve_tls<S, B>(
 {
     let mut handshake = acceptor.accept(conn);
     let mut watch = CommandWatch::default();
+    state.set_handshaking(true);
     let accepted = std::future::poll_fn(|cx| {
         if watch.poll(&state, cx) != Command::Serve {
             return Poll::Ready(None);
@@ -267,6 +272,7 @@ async fn serve_tls<S, B>(
         std::pin::Pin::new(&mut handshake).poll(cx).map(Some)
     })
     .await;
+    state.set_handshaking(false);
     match accepted {
         Some(Ok(stream)) => serve_stream(builder, stream, service, state, times).await,
         Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),

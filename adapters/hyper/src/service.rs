@@ -29,7 +29,8 @@ where
 
     #[inline]
     fn call(&self, req: Request<ReqBody>) -> Self::Future {
-        self.state.start_request();
+        let started = std::time::Instant::now();
+        self.state.start_request(started);
         let guard = RequestGuard(self.state.clone());
         let http1 = req.version() < Version::HTTP_2;
         if !http1 {
@@ -41,7 +42,7 @@ where
             inner: self.inner.call(req),
             guard: Some(guard),
             may_close,
-            started: std::time::Instant::now(),
+            started,
         }
     }
 }

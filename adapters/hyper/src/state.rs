@@ -6,9 +6,10 @@
 //! Nothing here is on a lock or a timer per request.
 
 use std::os::fd::RawFd;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use graceful_listener::ShutdownSignal;
 
@@ -41,6 +42,16 @@ impl Command {
     }
 }
 
+/// The instant [`ConnState`]'s times count from (in nanoseconds, so that they fit an atomic).
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn nanos_since_base(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Shared by a connection's IO, its service, its task and the supervisor.
 #[derive(Debug)]
 pub(crate) struct ConnState {
@@ -55,7 +66,12 @@ pub(crate) struct ConnState {
     waiting: AtomicBool,
     started: AtomicU64,
     finished: AtomicU64,
+    /// When the peer last used the connection: its last request's start, or its accept
+    /// (nanoseconds since [`base`]). Not the supervisor's look at it, which may be a second late.
+    last_use: AtomicU64,
     sniffed: AtomicBool,
+    /// A TLS handshake is in progress (no HTTP yet).
+    handshaking: AtomicBool,
     h2: AtomicBool,
     /// An HTTP/2 connection was told to close: its IO holds the shutdown PING ACK.
     h2_closing: AtomicBool,
@@ -77,6 +93,10 @@ pub(crate) struct Observation {
     pub(crate) started: u64,
     pub(crate) finished: u64,
     pub(crate) waiting: bool,
+    /// When the peer last used the connection (a request started, or the accept).
+    pub(crate) last_use: Option<Instant>,
+    /// A TLS handshake is in progress: not yet a connection a peer can send requests on.
+    pub(crate) handshaking: bool,
     pub(crate) h2: bool,
     /// HTTP/2, closing: the client has answered the shutdown PING.
     pub(crate) h2_answered: bool,
@@ -114,7 +134,9 @@ impl ConnState {
             waiting: AtomicBool::new(false),
             started: AtomicU64::new(0),
             finished: AtomicU64::new(0),
+            last_use: AtomicU64::new(nanos_since_base(Instant::now())),
             sniffed: AtomicBool::new(false),
+            handshaking: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             h2_closing: AtomicBool::new(false),
             h2_answered: AtomicBool::new(false),
@@ -141,6 +163,12 @@ impl ConnState {
         }
     }
 
+    /// Marks the TLS handshake as in progress (`true`) or over (`false`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_handshaking(&self, handshaking: bool) {
+        self.handshaking.store(handshaking, Ordering::Relaxed);
+    }
+
     /// Called by the IO when a read finds nothing (`true`) or something (`false`).
     pub(crate) fn set_waiting(&self, waiting: bool) {
         if self.waiting.load(Ordering::Relaxed) != waiting {
@@ -148,8 +176,10 @@ impl ConnState {
         }
     }
 
-    /// A request starts; call [`ConnState::finish_request`] when its response is done.
-    pub(crate) fn start_request(&self) {
+    /// A request starts, `at` (the clock read its response time is measured from); call
+    /// [`ConnState::finish_request`] when its response is done.
+    pub(crate) fn start_request(&self, at: Instant) {
+        self.last_use.store(nanos_since_base(at), Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -202,6 +232,8 @@ impl ConnState {
             started: self.started.load(Ordering::Relaxed),
             finished,
             waiting: self.waiting.load(Ordering::Relaxed),
+            last_use: Some(base() + Duration::from_nanos(self.last_use.load(Ordering::Relaxed))),
+            handshaking: self.handshaking.load(Ordering::Relaxed),
             h2: self.h2.load(Ordering::Relaxed),
             h2_answered: self.h2_answered.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
@@ -287,7 +319,7 @@ mod tests {
             state.observe().head_arriving(),
             "a request head is arriving"
         );
-        state.start_request();
+        state.start_request(Instant::now());
         assert!(state.observe().in_flight());
         state.finish_request();
         assert!(state.observe().idle(), "response done, nothing new read");

@@ -35,19 +35,56 @@ async fn idle_keep_alive_connection_gets_one_more_request_after_the_stop() {
     tokio::time::timeout(LIMIT, handle.drained()).await.unwrap();
 }
 
+/// A balancer's pooled connection: it may send on it at any instant, so the drain does not
+/// close it after the idle grace (the peer's request would cross our close and fail, with no
+/// retry). Past the grace it still takes a request, answered with `Connection: close`.
 #[tokio::test]
-async fn idle_connection_is_closed_cleanly_once_its_grace_is_over() {
-    let grace = Duration::from_millis(300);
+async fn idle_connection_is_left_to_its_peer_past_the_grace() {
+    let grace = Duration::from_millis(200);
     let (addr, handle) = start(HttpConfig::default().idle_grace(grace)).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     get(&mut client, "/").await;
-    let stopped = Instant::now();
+    handle.stop();
+    // Three graces: the connection stays open (this read ends only if the server closes).
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(3 * grace, client.read(&mut byte)).await;
+    assert!(closed.is_err(), "closed during the drain: {closed:?}");
+    let (head, body) = get(&mut client, "/stopping").await;
+    assert_eq!(body, "true");
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("connection: close"),
+        "{head}"
+    );
+    expect_clean_close(&mut client).await;
+    drop(client);
+    tokio::time::timeout(LIMIT, handle.drained()).await.unwrap();
+}
+
+/// An idle connection whose peer neither uses nor closes it is closed at the idle timeout
+/// (`header_read_timeout`), as while serving, cleanly; not at the idle grace.
+#[tokio::test]
+async fn idle_connection_is_closed_cleanly_at_the_idle_timeout() {
+    let grace = Duration::from_millis(100);
+    let idle_timeout = Duration::from_millis(1500);
+    let (addr, handle) = start(
+        HttpConfig::default()
+            .idle_grace(grace)
+            .header_read_timeout(idle_timeout),
+    )
+    .await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    get(&mut client, "/").await;
+    let idle_since = Instant::now();
     handle.stop();
     expect_clean_close(&mut client).await;
-    let waited = stopped.elapsed();
-    assert!(waited >= grace, "closed after {waited:?}, before the grace");
+    let waited = idle_since.elapsed();
     assert!(
-        waited < grace + Duration::from_secs(2),
+        waited >= idle_timeout,
+        "closed after {waited:?} idle, before the idle timeout"
+    );
+    // The supervisor looks at most once a second.
+    assert!(
+        waited < idle_timeout + Duration::from_secs(2),
         "closed only after {waited:?}"
     );
     drop(client);
@@ -112,12 +149,23 @@ async fn unread_request_body_does_not_turn_the_close_into_a_reset() {
     tokio::time::timeout(LIMIT, handle.drained()).await.unwrap();
 }
 
+/// A connection whose first request has not come yet is treated the same: a balancer on a
+/// busy machine may open one and write its request a second later.
 #[tokio::test]
-async fn a_connection_with_no_request_yet_is_closed_after_the_grace() {
-    let (addr, handle) = start(HttpConfig::default().idle_grace(Duration::from_millis(200))).await;
+async fn a_connection_with_no_request_yet_gets_served_past_the_grace() {
+    let grace = Duration::from_millis(200);
+    let (addr, handle) = start(HttpConfig::default().idle_grace(grace)).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    support::wait_live(&handle, 1).await;
     handle.stop();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(3 * grace, client.read(&mut byte)).await;
+    assert!(closed.is_err(), "closed during the drain: {closed:?}");
+    let (head, _) = get(&mut client, "/").await;
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("connection: close"),
+        "{head}"
+    );
     expect_clean_close(&mut client).await;
     drop(client);
     tokio::time::timeout(LIMIT, handle.drained()).await.unwrap();

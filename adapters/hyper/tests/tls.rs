@@ -1,6 +1,6 @@
 //! HTTPS in process (feature `tls`), with a real rustls client: the same drain as plain HTTP,
 //! a `close_notify` before every graceful close, and a TLS handshake in progress at the stop
-//! treated like an idle connection: it gets the idle grace, then is closed.
+//! treated like a request head in progress: it gets the idle grace, then is closed.
 
 #![cfg(feature = "tls")]
 

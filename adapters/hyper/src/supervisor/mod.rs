@@ -129,7 +129,10 @@ impl Supervisor {
             tokio::select! {
                 () = tokio::time::sleep_until(wake_at.into()) => {}
                 () = signal.stopping(), if phase == Phase::Running => {
-                    phase = Phase::Draining { since: Instant::now() };
+                    phase = Phase::Draining {
+                        since: Instant::now(),
+                        unready: signal.lame_duck_began(),
+                    };
                 }
             }
         }

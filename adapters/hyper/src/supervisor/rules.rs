@@ -32,8 +32,11 @@ pub(crate) const HEAD_ALLOWANCE: Duration = Duration::from_millis(250);
 pub(crate) enum Phase {
     /// Serving.
     Running,
-    /// Stopping since `since`.
-    Draining { since: Instant },
+    /// Stopping since `since`; not ready since `unready` when a lame duck came first.
+    Draining {
+        since: Instant,
+        unready: Option<Instant>,
+    },
 }
 
 /// What the supervisor remembers about one connection between looks.
@@ -107,7 +110,9 @@ pub(crate) fn judge(
 
     let command = match phase {
         Phase::Running => running(record, now_seen, now, limits, unread),
-        Phase::Draining { since } => draining(record, now_seen, now, since, limits, unread),
+        Phase::Draining { since, unready } => {
+            draining(record, now_seen, now, (since, unready), limits, unread)
+        }
     };
     let command = match command {
         Some(c) if c as u8 > record.given as u8 => {
@@ -167,7 +172,7 @@ fn draining(
     record: &mut Record,
     seen: Observation,
     now: Instant,
-    since: Instant,
+    (since, unready): (Instant, Option<Instant>),
     limits: &Limits,
     unread: &mut dyn FnMut() -> bool,
 ) -> Option<Command> {
@@ -177,6 +182,14 @@ fn draining(
     if seen.in_flight() {
         // Its response says `Connection: close`; hyper closes after it.
         return running(record, seen, now, limits, unread).filter(|c| *c == Command::Abort);
+    }
+    if pooled_idle(seen) && !abandoned(record, seen, since, unready) {
+        // A keep-alive connection between two requests: its peer (a balancer's pool) may
+        // send on it at any instant and, whatever we do, may not see our close in time. So
+        // the drain closes it no sooner than serving would have (the idle timeout, which the
+        // peer's own idle timeout is set below): the peer closes it first, or sends one more
+        // request, answered with `Connection: close`. The drain timeout bounds the rest.
+        return running(record, seen, now, limits, unread);
     }
     let grace_over = since + limits.idle_grace;
     if now < grace_over {
@@ -198,6 +211,30 @@ fn draining(
         return None;
     }
     Some(Command::Close)
+}
+
+/// An HTTP/1 connection with no request in progress and not a byte of the next one: its
+/// peer may send on it at any moment. That includes a connection that has not sent its first
+/// request yet: a balancer under load may open one and write its request a second later
+/// (seen behind HAProxy on a busy machine), and may keep one in its pool unused.
+/// A TLS handshake in progress is not yet such a connection: it gets the grace.
+fn pooled_idle(seen: Observation) -> bool {
+    !seen.h2 && !seen.handshaking && !seen.in_flight() && !seen.head_arriving()
+}
+
+/// Whether this idle connection was abandoned in the lame duck that came before the drain:
+/// not used in its second half. A balancer that checks readiness takes the worker out within
+/// the first half (the lame duck is to be at least twice what it takes), and then keeps its
+/// pooled connections here unused (HAProxy keeps one to a server marked down for good). It
+/// gets the grace, then is closed. A connection used later is still in use (a direct client,
+/// a balancer that does not check readiness): left to its peer. Its last use is when its last
+/// request started (or it was accepted); without that, the supervisor's first look after it,
+/// which may be a second late: on the side of leaving it.
+fn abandoned(record: &Record, seen: Observation, stop: Instant, unready: Option<Instant>) -> bool {
+    unready.is_some_and(|unready| {
+        let middle = unready + stop.saturating_duration_since(unready) / 2;
+        seen.last_use.unwrap_or(record.since) <= middle
+    })
 }
 
 /// An HTTP/2 connection once the worker stops: GOAWAY at once (HTTP/2 clients learn it per
@@ -250,7 +287,7 @@ fn next_look(
     };
     if seen.h2 {
         // While running, h2 judges its own streams; draining, the deadlines of `h2_draining`.
-        let Phase::Draining { since } = phase else {
+        let Phase::Draining { since, .. } = phase else {
             return None;
         };
         if record.given == Command::Abort {
@@ -277,7 +314,14 @@ fn next_look(
     }
     let soon = now + HEAD_ALLOWANCE / 5;
     match phase {
-        Phase::Draining { since } if now < since + limits.idle_grace => {
+        Phase::Draining { since, unready }
+            if pooled_idle(seen) && !abandoned(record, seen, since, unready) =>
+        {
+            limits
+                .header_read_timeout
+                .map(|timeout| (record.since + timeout).max(soon))
+        }
+        Phase::Draining { since, .. } if now < since + limits.idle_grace => {
             Some(since + limits.idle_grace)
         }
         Phase::Draining { .. } => Some(soon),
@@ -312,6 +356,8 @@ mod tests {
             started,
             finished,
             waiting: false,
+            last_use: None,
+            handshaking: false,
             h2: false,
             h2_answered: false,
             bytes_written: 0,
@@ -325,40 +371,205 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_connection_is_closed_when_its_grace_is_over_not_before() {
+    fn a_pooled_idle_connection_is_left_to_its_peer_until_the_idle_timeout() {
+        // It served a request at t0 and has been idle since; the worker stops at 5 s.
         let t0 = Instant::now();
         let idle = obs(100, 100, 1, 1);
         let mut record = Record::new(idle, t0);
         let draining = Phase::Draining {
             since: t0 + Duration::from_secs(5),
+            unready: None,
         };
-        let at = |d: u64| t0 + Duration::from_millis(5000 + d);
-        assert_eq!(judge_at(&mut record, idle, at(0), draining), Command::Serve);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for ms in [5000, 6000, 6001, 20_000, 29_999] {
+            let verdict = judge(&mut record, idle, at(ms), draining, &limits(), &mut || {
+                false
+            });
+            assert_eq!(
+                verdict.command,
+                Command::Serve,
+                "{ms} ms: not past the grace"
+            );
+            let soon = at(ms) + HEAD_ALLOWANCE / 5;
+            assert_eq!(
+                verdict.next_look,
+                Some((t0 + HEAD_TIMEOUT).max(soon)),
+                "{ms} ms"
+            );
+        }
         assert_eq!(
-            judge_at(&mut record, idle, at(999), draining),
-            Command::Serve
+            judge_at(&mut record, idle, t0 + HEAD_TIMEOUT, draining),
+            Command::Close,
+            "closed at the idle timeout, as while serving"
         );
         assert_eq!(
-            judge_at(&mut record, idle, at(1000), draining),
-            Command::Close
-        );
-        assert_eq!(
-            judge_at(&mut record, idle, at(1100), draining),
+            judge_at(&mut record, idle, at(30_100), draining),
             Command::Serve,
             "given once"
+        );
+
+        // No idle timeout: left to the peer, or to the drain timeout.
+        let unlimited = Limits {
+            header_read_timeout: None,
+            ..limits()
+        };
+        let mut record = Record::new(idle, t0);
+        let verdict = judge(
+            &mut record,
+            idle,
+            at(3_600_000),
+            draining,
+            &unlimited,
+            &mut || false,
+        );
+        assert_eq!(
+            verdict,
+            Verdict {
+                command: Command::Serve,
+                next_look: None
+            }
         );
     }
 
     #[test]
-    fn a_request_in_the_socket_at_the_end_of_the_grace_is_let_in() {
+    fn after_a_lame_duck_a_connection_unused_in_its_second_half_gets_the_grace_a_used_one_is_left()
+    {
+        // Not ready from 10 s (the lame duck), stopping from 12 s.
         let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let draining = Phase::Draining {
+            since: at(12_000),
+            unready: Some(at(10_000)),
+        };
+        // Its last request at 0 s, or at 10.9 s (in the first half of the lame duck, before
+        // the balancer noticed): then taken out, and left in the balancer's pool.
         let idle = obs(100, 100, 1, 1);
+        let busy = obs(180, 100, 2, 1);
+        let idle_again = obs(180, 180, 2, 2);
+        let mut unused = Record::new(idle, t0);
+        let mut early = Record::new(idle, t0);
+        judge_at(&mut early, busy, at(10_800), Phase::Running);
+        judge_at(&mut early, idle_again, at(10_900), Phase::Running);
+        for record in [&mut unused, &mut early] {
+            let seen = if record.requests == (1, 1) {
+                idle
+            } else {
+                idle_again
+            };
+            assert_eq!(
+                judge_at(record, seen, at(12_000) + GRACE / 2, draining),
+                Command::Serve
+            );
+            assert_eq!(
+                judge_at(record, seen, at(12_000) + GRACE, draining),
+                Command::Close
+            );
+        }
+
+        // Its last request started at 10.3 s, but the supervisor saw it only at 11.2 s: the
+        // request's own time counts.
+        let mut seen_late = Record::new(idle, t0);
+        let used_early = |o: Observation| Observation {
+            last_use: Some(at(10_300)),
+            ..o
+        };
+        judge_at(
+            &mut seen_late,
+            used_early(idle_again),
+            at(11_200),
+            Phase::Running,
+        );
+        assert_eq!(
+            judge_at(
+                &mut seen_late,
+                used_early(idle_again),
+                at(12_000) + GRACE,
+                draining
+            ),
+            Command::Close
+        );
+
+        // Another, used at 11.5 s (seen then), late in the lame duck: still in use, left to
+        // its peer.
+        let mut used = Record::new(idle, t0);
+        assert_eq!(
+            judge_at(&mut used, busy, at(11_500), Phase::Running),
+            Command::Serve
+        );
+        for ms in [11_550, 12_000, 13_000, 40_000] {
+            assert_eq!(
+                judge_at(&mut used, idle_again, at(ms), draining),
+                Command::Serve,
+                "{ms} ms"
+            );
+        }
+        assert_eq!(
+            judge_at(&mut used, idle_again, at(11_550) + HEAD_TIMEOUT, draining),
+            Command::Close,
+            "at the idle timeout"
+        );
+    }
+
+    #[test]
+    fn a_connection_that_has_not_sent_its_first_request_is_left_too() {
+        let t0 = Instant::now();
+        let fresh = obs(0, 0, 0, 0);
+        let mut record = Record::new(fresh, t0);
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
+        for ms in [0, 1000, 5000, 29_999] {
+            let now = t0 + Duration::from_millis(ms);
+            assert_eq!(
+                judge_at(&mut record, fresh, now, draining),
+                Command::Serve,
+                "{ms} ms"
+            );
+        }
+        assert_eq!(
+            judge_at(&mut record, fresh, t0 + HEAD_TIMEOUT, draining),
+            Command::Close
+        );
+    }
+
+    #[test]
+    fn a_tls_handshake_in_progress_is_closed_when_the_grace_is_over() {
+        let t0 = Instant::now();
+        let handshaking = Observation {
+            handshaking: true,
+            ..obs(0, 0, 0, 0)
+        };
+        let mut record = Record::new(handshaking, t0);
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
+        let just_before = t0 + GRACE - Duration::from_millis(1);
+        assert_eq!(
+            judge_at(&mut record, handshaking, just_before, draining),
+            Command::Serve
+        );
+        assert_eq!(
+            judge_at(&mut record, handshaking, t0 + GRACE, draining),
+            Command::Close
+        );
+    }
+
+    #[test]
+    fn a_request_in_the_socket_at_the_idle_timeout_is_let_in() {
+        let t0 = Instant::now();
+        // Idle as far as hyper has read, but its next request is in the socket.
+        let idle = obs(0, 0, 0, 0);
         let mut record = Record::new(idle, t0);
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let verdict = judge(
             &mut record,
             idle,
-            t0 + GRACE,
+            t0 + HEAD_TIMEOUT,
             draining,
             &limits(),
             &mut || true,
@@ -366,9 +577,9 @@ mod tests {
         assert_eq!(verdict.command, Command::Serve);
         assert!(verdict.next_look.is_some(), "looked at again soon");
         // hyper read it: a request is in flight now, and its response will say close.
-        let busy = obs(180, 100, 2, 1);
+        let busy = obs(80, 0, 1, 0);
         assert_eq!(
-            judge_at(&mut record, busy, t0 + GRACE + GRACE / 10, draining),
+            judge_at(&mut record, busy, t0 + HEAD_TIMEOUT + GRACE / 10, draining),
             Command::Serve
         );
     }
@@ -380,7 +591,10 @@ mod tests {
         let partial = obs(103, 100, 1, 1);
         let mut record = Record::new(partial, t0);
         let stop = t0 + Duration::from_secs(10);
-        let draining = Phase::Draining { since: stop };
+        let draining = Phase::Draining {
+            since: stop,
+            unready: None,
+        };
         assert_eq!(
             judge_at(&mut record, partial, stop, draining),
             Command::Serve
@@ -406,7 +620,10 @@ mod tests {
         let t0 = Instant::now();
         let idle = obs(100, 100, 1, 1);
         let mut record = Record::new(idle, t0);
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let just_before = t0 + GRACE - Duration::from_millis(10);
         assert_eq!(
             judge_at(&mut record, idle, just_before, draining),
@@ -431,7 +648,10 @@ mod tests {
         let t0 = Instant::now();
         let busy = obs(100, 0, 1, 0);
         let mut record = Record::new(busy, t0);
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         for ms in [0, 1000, 5000, 60_000] {
             assert_eq!(
                 judge_at(&mut record, busy, t0 + Duration::from_millis(ms), draining),
@@ -453,7 +673,15 @@ mod tests {
             Command::Serve
         );
         assert_eq!(
-            judge_at(&mut record, h2, t0, Phase::Draining { since: t0 }),
+            judge_at(
+                &mut record,
+                h2,
+                t0,
+                Phase::Draining {
+                    since: t0,
+                    unready: None
+                }
+            ),
             Command::Close
         );
     }
@@ -465,7 +693,10 @@ mod tests {
             h2: true,
             ..obs(500, 500, 3, 3)
         };
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let mut record = Record::new(h2, t0);
         let verdict = judge(&mut record, h2, t0, draining, &limits(), &mut || false);
         assert_eq!(verdict.command, Command::Close, "GOAWAY first");
@@ -516,7 +747,10 @@ mod tests {
     #[test]
     fn http2_whose_writes_stall_is_cut_after_the_grace_and_linger_one_that_reads_is_not() {
         let t0 = Instant::now();
-        let draining = Phase::Draining { since: t0 };
+        let draining = Phase::Draining {
+            since: t0,
+            unready: None,
+        };
         let writing = |written, blocked| Observation {
             h2: true,
             h2_answered: true,
