@@ -38,7 +38,7 @@ pub const SLOTS: usize = 64;
 const HELP_WANTED: usize = SLOTS * 2;
 
 /// The table's size in bytes: two words per entry (connections, and when it was last
-/// refreshed), and the [`HELP_WANTED`] word.
+/// refreshed), and one word: when a worker last held back for a sibling.
 pub const TABLE_BYTES: usize = (SLOTS * 2 + 1) * std::mem::size_of::<u64>();
 
 /// An entry not refreshed for this long does not count: its worker is stopped, stalled,
