@@ -1,4 +1,4 @@
-//! Connections spread by load (`graceful_listener::balance`): under einhorn-master, workers
+//! Connections spread by load (`graceful_listener::balance`): under `einhorn-master --balance`, workers
 //! publish their connection counts in a shared table, and one holding clearly more than its
 //! least loaded sibling lets that sibling accept. Checked with real workers (axum-hello) on a
 //! real shared socket: connections opened at once are dealt evenly, and the port never goes
@@ -56,7 +56,7 @@ fn deal(addr: SocketAddr, n: usize) -> (BTreeMap<u32, usize>, Vec<TcpStream>) {
 
 #[test]
 fn connections_opened_at_once_are_dealt_evenly() {
-    let master = master(2, &[]);
+    let master = master(2, &["--balance"]);
     // Without the table the kernel often deals 31/1 (see the book's "Sizing" section); with
     // it, each worker takes about its share (the rule's margin is 2 and a quarter; a
     // sibling's count can be a few milliseconds old).
@@ -87,7 +87,7 @@ fn connections_opened_at_once_are_dealt_evenly() {
 
 #[test]
 fn the_port_always_has_an_acceptor_across_upgrades_and_a_stopped_worker() {
-    let master = master(2, &[]);
+    let master = master(2, &["--balance"]);
     let addr = master.addr(0);
     // Uneven keep-alive load, so that some worker always holds back.
     let load = load::start(LoadConfig::new(addr).connections(24));

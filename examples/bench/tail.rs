@@ -128,8 +128,8 @@ fn start(program: &str, processes: usize, threads: usize, balance: bool) -> Cont
     let (n, t) = (processes.to_string(), threads.to_string());
     let mut flags = vec!["-b", "127.0.0.1:0", "-m", "manual", "-q", "-n", &n];
     flags.extend(["--worker-threads", &t]);
-    if !balance {
-        flags.push("--no-balance");
+    if balance {
+        flags.push("--balance");
     }
     let master = Master::start_with(&flags, &[example(program)], |cmd| {
         cmd.env_remove("TOKIO_WORKER_THREADS");
@@ -140,16 +140,16 @@ fn start(program: &str, processes: usize, threads: usize, balance: bool) -> Cont
     } else {
         "ours"
     };
-    let unbalanced = if balance { "" } else { " unbal." };
+    let balanced = if balance { " --balance" } else { "" };
     Contender {
-        name: format!("{kind} {processes}x{threads}{unbalanced}"),
+        name: format!("{kind} {processes}x{threads}{balanced}"),
         master,
     }
 }
 
 /// The section: for each workload, the plain serve with `threads` threads in one process and
-/// ours with 1, 2 and 4 workers sharing the same threads (at least one each), and 2 workers
-/// without the load table (`--no-balance`).
+/// ours with 1, 2 and 4 workers sharing the same threads (at least one each), 2 workers with
+/// the load table (`--balance`), and 2 workers each sized to the whole machine.
 pub(crate) fn tail(
     framework: &str,
     threads: usize,
@@ -164,16 +164,16 @@ pub(crate) fn tail(
     for workload in [Workload::Hello, Workload::Mixed] {
         let plain_program = format!("{framework}-baseline");
         let ours_program = format!("{framework}-hello");
-        let mut contenders = vec![start(&plain_program, 1, threads, true)];
+        let mut contenders = vec![start(&plain_program, 1, threads, false)];
         for processes in [1, 2, 4] {
             let each = threads.div_ceil(processes).max(1);
-            contenders.push(start(&ours_program, processes, each, true));
+            contenders.push(start(&ours_program, processes, each, false));
         }
-        // The same two workers without the load table: what balancing is worth; and two
-        // workers each sized to the whole machine (`--worker-threads off`).
+        // The same two workers with the load table: what balancing is worth; and two
+        // workers each sized to the whole machine (`--worker-threads N`).
         let each = threads.div_ceil(2).max(1);
-        contenders.push(start(&ours_program, 2, each, false));
-        contenders.push(start(&ours_program, 2, threads, true));
+        contenders.push(start(&ours_program, 2, each, true));
+        contenders.push(start(&ours_program, 2, threads, false));
         // samples[c][round]
         let mut samples: Vec<Vec<Sample>> = contenders.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {

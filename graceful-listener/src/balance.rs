@@ -8,7 +8,7 @@
 //! thread each is far worse than that of one process with N threads, which steals work
 //! between them.
 //!
-//! einhorn-master gives its workers a table in shared memory ([`LOAD_FD`]): each worker
+//! `einhorn-master --balance` gives its workers a table in shared memory ([`LOAD_FD`]): each worker
 //! publishes there how many connections it holds, and a worker that holds clearly more than
 //! its least loaded sibling does not accept for a moment, so that the sibling takes the next
 //! connection. The kernel wakes a waiting worker once per new connection (edge-triggered),
@@ -19,8 +19,10 @@
 //!   [`STALE_AFTER`] (stopped, stalled, gone, draining) does not count;
 //! - a wait lasts [`MAX_WAIT`] at most, after which the worker accepts anyway.
 //!
-//! Without the variable (the real Einhorn, systemd, a worker on its own) nothing changes: one
-//! relaxed load per accept.
+//! Without the variable (the master's default, the real Einhorn, systemd, a worker on its
+//! own) nothing changes: one relaxed load per accept. It is off by default because on a
+//! machine whose load generator shares the cores, an even deal measured slower than a
+//! lopsided one (the book's "Sizing" chapter has the figures).
 
 use std::os::fd::RawFd;
 use std::ptr::NonNull;

@@ -211,11 +211,11 @@ pub struct MasterArgs {
     #[cfg_attr(feature = "cli", arg(long = "keep-orphans"))]
     pub keep_orphans: bool,
 
-    /// Do not give workers the load table through which one holding clearly more
-    /// connections than its siblings lets them accept the next ones (EINHORN_LOAD_FD; see
+    /// Give workers a load table through which one holding clearly more connections than
+    /// its siblings lets them accept the next ones (EINHORN_LOAD_FD; see
     /// graceful_listener::balance). Without it, connections stay where the kernel dealt them.
-    #[cfg_attr(feature = "cli", arg(long = "no-balance"))]
-    pub no_balance: bool,
+    #[cfg_attr(feature = "cli", arg(long = "balance"))]
+    pub balance: bool,
 
     /// Give each worker an fd already connected to the command socket, as
     /// `EINHORN_SOCK_FD`, to ACK through without knowing the socket's path.
@@ -328,7 +328,7 @@ impl MasterArgs {
             soak: Duration::from_secs(10),
             metrics: None,
             keep_orphans: false,
-            no_balance: false,
+            balance: false,
             command_socket_as_fd: false,
             drop_env_var: Vec::new(),
             nice: None,

@@ -215,7 +215,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         socket_path.display()
     );
     // Kept open for the master's life (a re-exec makes a new one: old workers keep theirs).
-    let load_table = if args.no_balance {
+    let load_table = if !args.balance {
         None
     } else {
         match crate::spawn::load_table() {

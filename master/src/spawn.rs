@@ -42,8 +42,8 @@ pub struct WorkerCommand {
     pub nice: Option<i32>,
     /// How many runtime threads each worker gets (`--worker-threads`).
     pub threads: WorkerThreads,
-    /// The load table every worker inherits (`EINHORN_LOAD_FD`; see [`load_table`]), unless
-    /// `--no-balance`.
+    /// The load table every worker inherits (`EINHORN_LOAD_FD`; see [`load_table`]), with
+    /// `--balance`.
     pub load_table: Option<RawFd>,
 }
 

@@ -79,11 +79,9 @@ fn workers_get_einhorns_environment_their_fds_and_nothing_else() {
             .collect();
         let listed: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
         assert_eq!(env_of(pid, "EINHORN_FDS"), Some(listed.join(" ")));
-        // Exactly stdio, the listening sockets and the load table (EINHORN_LOAD_FD, see
-        // graceful_listener::balance): no command socket, lock file or other fd.
+        // Exactly stdio and the listening sockets: no command socket, lock file or other fd.
         // (Waited for: `sleep` itself opens locale files for a moment while it starts.)
-        let load_table: i32 = env_of(pid, "EINHORN_LOAD_FD").unwrap().parse().unwrap();
-        let mut expected = vec![0, 1, 2, load_table];
+        let mut expected = vec![0, 1, 2];
         expected.extend(&fds);
         expected.sort_unstable();
         let mut open = Vec::new();
@@ -96,11 +94,6 @@ fn workers_get_einhorns_environment_their_fds_and_nothing_else() {
             let (_, target) = open.iter().find(|(n, _)| n == fd).unwrap();
             assert!(target.starts_with("socket:"), "fd {fd} is {target}");
         }
-        let (_, table) = open.iter().find(|(n, _)| *n == load_table).unwrap();
-        assert!(
-            table.contains("memfd:einhorn-load-table"),
-            "fd {load_table} is {table}"
-        );
         // Default dispositions, nothing blocked.
         assert_eq!(
             status_field(pid, "SigIgn").as_deref(),
