@@ -164,7 +164,7 @@ fn map(fd: RawFd) -> nix::Result<NonNull<AtomicU64>> {
 /// Set once this worker stops accepting: it publishes nothing more.
 static WITHDRAWN: AtomicBool = AtomicBool::new(false);
 
-/// Set when an accept loop of ours takes part ([`enabled`]): a host that accepts on its own
+/// Set when an accept loop of ours takes part ([`take_part`]): a host that accepts on its own
 /// (actix-web's accept thread) never holds back nor refreshes an entry, so it publishes none.
 static TAKES_PART: AtomicBool = AtomicBool::new(false);
 
@@ -218,9 +218,9 @@ pub fn help_wanted() -> bool {
     })
 }
 
-/// Whether this worker has a table to balance with; an accept loop that asks takes part
-/// from then on.
-pub fn enabled() -> bool {
+/// Called by an accept loop: whether this worker has a table to balance with, in which case
+/// it takes part from then on (its connections are published).
+pub fn take_part() -> bool {
     let enabled = table().is_some();
     if enabled && !TAKES_PART.load(Ordering::Relaxed) {
         TAKES_PART.store(true, Ordering::Relaxed);

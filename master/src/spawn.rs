@@ -64,10 +64,7 @@ pub fn load_table() -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(std::os::fd::OwnedFd::from(file))
 }
 
-/// The variable tokio's runtime builder reads for its number of worker threads when the
-/// application did not set one (`#[tokio::main]` and `Builder::new_multi_thread()` do not),
-/// and einhorn-actix for actix-web's number of workers.
-pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+pub use graceful_listener::env::TOKIO_WORKER_THREADS;
 
 /// How many runtime threads each worker gets, as [`TOKIO_WORKER_THREADS`] in its environment
 /// (`--worker-threads auto|off|N`). A variable the master itself was given wins: it reaches

@@ -71,11 +71,15 @@ impl<S, B> AppServiceFactory<B> for S where
 /// einhorn-master gives each worker its share of the cores (tokio's runtimes read it too);
 /// `None` when unset or not a number of at least 1 (actix then starts one per core).
 fn workers_from_env() -> Option<usize> {
-    let value = std::env::var("TOKIO_WORKER_THREADS").ok()?;
+    let value = std::env::var(graceful_listener::env::TOKIO_WORKER_THREADS).ok()?;
     match value.trim().parse::<usize>() {
         Ok(n) if n > 0 => Some(n),
         _ => {
-            tracing::warn!(%value, "TOKIO_WORKER_THREADS is not a number of at least 1: ignored");
+            tracing::warn!(
+                %value,
+                "{} is not a number of at least 1: ignored",
+                graceful_listener::env::TOKIO_WORKER_THREADS
+            );
             None
         }
     }

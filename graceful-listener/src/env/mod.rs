@@ -40,6 +40,10 @@ pub use systemd::{
 
 /// `GRACEFUL_LISTENER_BIND`: a bind spec that `auto` takes before anything else.
 pub const BIND: &str = "GRACEFUL_LISTENER_BIND";
+/// `TOKIO_WORKER_THREADS`: the worker threads of a tokio runtime whose application did not
+/// choose (`#[tokio::main]`, `Builder::new_multi_thread()`). einhorn-master sets it to each
+/// worker's share of the cores, and einhorn-actix reads it for actix-web's workers.
+pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
 /// `PORT`: the port to listen on, on every interface (Heroku, Cloud Run, Kubernetes
 /// conventions), when no manager passed a socket.
 pub const PORT: &str = "PORT";

@@ -183,7 +183,8 @@ impl GracefulListener {
             }
             // A sibling under the same master holds clearly fewer connections: let it take
             // the next one (see `crate::balance`; bounded, and never the least loaded).
-            if crate::balance::enabled() {
+            let balancing = crate::balance::take_part();
+            if balancing {
                 let until = tokio::time::Instant::now() + crate::balance::MAX_WAIT;
                 while crate::balance::publish_and_should_wait(self.handle.live())
                     && tokio::time::Instant::now() < until
@@ -209,10 +210,10 @@ impl GracefulListener {
                 let mut pause = std::pin::pin!(crate::shed::pause_begins());
                 // While waiting, the load table hears from this worker every REFRESH: an
                 // entry that goes quiet means a worker that does not accept.
-                let mut refresh = crate::balance::enabled()
-                    .then(|| Box::pin(tokio::time::sleep(crate::balance::REFRESH)));
+                let mut refresh =
+                    std::pin::pin!(balancing.then(|| tokio::time::sleep(crate::balance::REFRESH)));
                 std::future::poll_fn(|cx| {
-                    if let Some(refresh) = refresh.as_mut() {
+                    if let Some(mut refresh) = refresh.as_mut().as_pin_mut() {
                         while refresh.as_mut().poll(cx).is_ready() {
                             crate::balance::publish(handle.live());
                             refresh
