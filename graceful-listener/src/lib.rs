@@ -54,6 +54,7 @@ mod bind;
 pub mod einhorn;
 pub mod env;
 mod inherit;
+pub mod keyring;
 mod listener;
 mod notify;
 mod open;
