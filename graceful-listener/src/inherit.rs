@@ -36,6 +36,23 @@ pub enum InheritError {
         /// What kind of socket it is.
         kind: &'static str,
     },
+    /// The socket is not a datagram socket, where one was asked for (HTTP/3 serves QUIC over
+    /// UDP: bind it with `-b HOST:PORT,udp`).
+    #[error("fd {fd} is a {kind} socket, not a datagram (UDP) socket")]
+    NotDatagram {
+        /// The fd number.
+        fd: RawFd,
+        /// What kind of socket it is.
+        kind: &'static str,
+    },
+    /// The datagram socket is not bound to a port, or is connected to one peer.
+    #[error("fd {fd} is a datagram socket that is {what}")]
+    NotBoundDatagram {
+        /// The fd number.
+        fd: RawFd,
+        /// `not bound` or `connected to a peer`.
+        what: &'static str,
+    },
     /// The socket is not listening: nobody called `listen()` on it, or it is connected.
     #[error("fd {fd} is a socket that is not listening")]
     NotListening {
@@ -104,6 +121,76 @@ pub(crate) fn take_listener(fd: RawFd) -> Result<StdListener, InheritError> {
     } else {
         StdListener::Tcp(owned.into())
     })
+}
+
+/// Checks that `fd` is an open, bound, unconnected UDP socket (IPv4 or IPv6), makes it
+/// non-blocking and close-on-exec, and takes ownership of it (once per fd per process), as
+/// [`take_listener`] does for stream sockets.
+///
+/// # Errors
+/// An [`InheritError`] naming the fd and what is wrong with it; on error the fd is left
+/// untouched and not taken.
+pub(crate) fn take_datagram(fd: RawFd) -> Result<std::net::UdpSocket, InheritError> {
+    if fd < 0 {
+        return Err(InheritError::NotOpen { fd });
+    }
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    if taken.contains(&fd) {
+        return Err(InheritError::AlreadyTaken { fd });
+    }
+    // SAFETY: F_GETFD only reads the descriptor flags; an invalid fd yields EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(InheritError::NotOpen { fd });
+    }
+    // SAFETY: the fd is open (checked just above) and we only borrow it for the checks.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    check_datagram(fd, SockRef::from(&borrowed))?;
+    taken.insert(fd);
+    // SAFETY: the fd is open, a bound UDP socket, and now ours alone within this process.
+    Ok(unsafe { std::net::UdpSocket::from_raw_fd(fd) })
+}
+
+fn check_datagram(fd: RawFd, socket: SockRef<'_>) -> Result<(), InheritError> {
+    let io = |source: std::io::Error| InheritError::Io { fd, source };
+    let kind = match socket.r#type() {
+        Ok(kind) => kind,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+            return Err(InheritError::NotASocket { fd });
+        }
+        Err(e) => return Err(io(e)),
+    };
+    if kind != Type::DGRAM {
+        let kind = match kind {
+            Type::STREAM => "stream",
+            Type::SEQPACKET => "seqpacket",
+            Type::RAW => "raw",
+            _ => "non-datagram",
+        };
+        return Err(InheritError::NotDatagram { fd, kind });
+    }
+    let domain = socket.domain().map_err(io)?;
+    if ![Domain::IPV4, Domain::IPV6].contains(&domain) {
+        return Err(InheritError::UnsupportedFamily {
+            fd,
+            family: domain.into(),
+        });
+    }
+    let bound = socket.local_addr().map_err(io)?.as_socket();
+    if bound.is_none_or(|addr| addr.port() == 0) {
+        return Err(InheritError::NotBoundDatagram {
+            fd,
+            what: "not bound",
+        });
+    }
+    if socket.peer_addr().is_ok() {
+        return Err(InheritError::NotBoundDatagram {
+            fd,
+            what: "connected to a peer",
+        });
+    }
+    socket.set_nonblocking(true).map_err(io)?;
+    socket.set_cloexec(true).map_err(io)?;
+    Ok(())
 }
 
 /// Whether `fd` looks like one a manager passed across `exec`: taken by this process already
@@ -189,6 +276,43 @@ mod tests {
             libc::close(fd);
         }
         target
+    }
+
+    #[test]
+    fn a_bound_udp_socket_is_taken_once_and_a_stream_socket_is_not() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap();
+        let fd = unique_fd(udp.into_raw_fd());
+        let taken = take_datagram(fd).unwrap();
+        assert_eq!(taken.local_addr().unwrap(), addr);
+        assert!(matches!(
+            take_datagram(fd),
+            Err(InheritError::AlreadyTaken { .. })
+        ));
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = unique_fd(tcp.into_raw_fd());
+        let err = take_datagram(fd).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("fd {fd} is a stream socket, not a datagram (UDP) socket")
+        );
+        let connected = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        connected.connect(addr).unwrap();
+        let fd = unique_fd(connected.into_raw_fd());
+        let err = take_datagram(fd).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("fd {fd} is a datagram socket that is connected to a peer")
+        );
+        let unbound = socket2::Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        let fd = unique_fd(unbound.into_raw_fd());
+        assert!(matches!(
+            take_datagram(fd),
+            Err(InheritError::NotBoundDatagram {
+                what: "not bound",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 
 use crate::bind::{Bind, BindError};
 use crate::env::{Environment, LISTEN_FDNAMES, LISTEN_FDS, SERVER_STARTER_PORT};
-use crate::inherit::take_listener;
+use crate::inherit::{take_datagram, take_listener};
 use crate::socket::{self, StdListener};
 
 impl Bind {
@@ -69,6 +69,63 @@ impl Bind {
                 .map_err(io),
             Bind::Auto => unreachable!("auto is resolved before it is opened"),
         }
+    }
+
+    /// Opens a UDP socket: takes the inherited one (checked: a bound, unconnected UDP
+    /// socket, then made non-blocking and close-on-exec) or binds a new one. `auto` is not
+    /// resolved: a datagram socket is asked for by its index or address.
+    pub(crate) fn open_datagram(
+        &self,
+        env: &Environment,
+    ) -> Result<std::net::UdpSocket, BindError> {
+        let io = |source| BindError::Io {
+            bind: self.clone(),
+            source,
+        };
+        let from_env = |source| BindError::Env {
+            bind: self.clone(),
+            source,
+        };
+        let inherited = |fd, origin| {
+            take_datagram(fd).map_err(|source| BindError::Inherit {
+                bind: self.clone(),
+                origin,
+                source,
+            })
+        };
+        match self {
+            Bind::Einhorn(index) => {
+                let fd = env.einhorn_fd(*index).map_err(from_env)?;
+                inherited(fd, format!("{}={fd}", Environment::einhorn_fd_var(*index)))
+            }
+            Bind::Systemd(index) => {
+                let fd = env.systemd_fd(*index).map_err(from_env)?;
+                every_systemd_socket_passed(self, env)?;
+                inherited(fd, format!("{LISTEN_FDS} socket {index}, fd {fd}"))
+            }
+            Bind::SystemdName(name) => {
+                let (_, fd) = env.systemd_fd_named(name).map_err(from_env)?;
+                every_systemd_socket_passed(self, env)?;
+                inherited(fd, format!("{LISTEN_FDNAMES} {name:?}, fd {fd}"))
+            }
+            Bind::Fd(fd) => inherited(*fd, format!("fd {fd}")),
+            Bind::Addr(addr) => std::net::UdpSocket::bind(addr).map_err(io),
+            Bind::Port(port) => {
+                std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))
+                    .map_err(io)
+            }
+            Bind::Host(host, port) => std::net::UdpSocket::bind((host.as_str(), *port)).map_err(io),
+            Bind::Starter(_) | Bind::StarterKey(_) | Bind::Unix { .. } | Bind::Auto => {
+                Err(io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a datagram socket spec (UDP is einhorn@N, systemd@N, fd@N or HOST:PORT)",
+                )))
+            }
+        }
+        .and_then(|socket| {
+            socket.set_nonblocking(true).map_err(io)?;
+            Ok(socket)
+        })
     }
 
     /// Resolves `auto` if it is, then opens the listener.

@@ -202,6 +202,33 @@ impl Worker {
         self.open(bind).map(|(_, listener)| listener)
     }
 
+    /// Opens a bind spec as a UDP socket (non-blocking, close-on-exec), for a host that
+    /// serves a datagram protocol (QUIC): an inherited one (`einhorn-master -b
+    /// HOST:PORT,udp`, a systemd `ListenDatagram=`) or a new one. `auto` is refused: a
+    /// datagram socket is named by its index or address. The host counts each of its
+    /// connections with [`ListenerHandle::track_without_socket`].
+    ///
+    /// # Errors
+    /// A [`BindError`] naming the spec and, for inherited sockets, the variable and value at
+    /// fault (a stream socket where a datagram one was expected, say).
+    ///
+    /// # Example
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = graceful_listener::Worker::new(Default::default())?;
+    /// let udp = worker.listen_datagram(&graceful_listener::Bind::Einhorn(1))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn listen_datagram(&self, bind: &Bind) -> Result<std::net::UdpSocket, BindError> {
+        let socket = bind.open_datagram(&self.env)?;
+        let addr = socket
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        tracing::info!(%bind, %addr, "listening (datagram)");
+        Ok(socket)
+    }
+
     /// Resolves `auto` (saying why it chose what it chose) and opens the spec.
     fn open(&self, bind: &Bind) -> Result<(Bind, StdListener), BindError> {
         let opened = crate::open::open(bind, &self.env)?;

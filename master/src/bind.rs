@@ -29,6 +29,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// assert_eq!(spec.host, "::1");
 /// assert_eq!(spec.to_string(), "[::1]:8080,n");
 ///
+/// // `udp`: a datagram socket, for HTTP/3.
+/// let spec: BindSpec = "127.0.0.1:8443,udp".parse().unwrap();
+/// assert!(spec.udp);
+///
 /// // `:PORT` means every IPv4 interface, as in a worker's own `--bind :PORT`.
 /// let spec: BindSpec = ":8080".parse().unwrap();
 /// assert_eq!(spec.to_string(), "0.0.0.0:8080");
@@ -43,6 +47,9 @@ pub struct BindSpec {
     pub reuse_addr: bool,
     /// `n` / `o_nonblock`: set `O_NONBLOCK` (on the open file, shared with every worker).
     pub nonblock: bool,
+    /// `udp`: a UDP socket (bound, not listening), for QUIC and HTTP/3, instead of a TCP
+    /// listener. Einhorn has no such option; workers see it as any other `EINHORN_FD_N`.
+    pub udp: bool,
 }
 
 /// Why a `-b` value is not a bind spec.
@@ -65,7 +72,7 @@ pub enum BindSpecError {
     },
     /// An option other than `r`, `so_reuseaddr`, `n`, `o_nonblock`.
     #[error(
-        "unknown option {option:?} in bind address {spec:?} (known: r, so_reuseaddr, n, o_nonblock)"
+        "unknown option {option:?} in bind address {spec:?} (known: r, so_reuseaddr, n, o_nonblock, udp)"
     )]
     UnknownOption {
         /// The whole value.
@@ -105,11 +112,13 @@ impl FromStr for BindSpec {
             port,
             reuse_addr: false,
             nonblock: false,
+            udp: false,
         };
         for option in parts {
             match option.trim() {
                 "r" | "so_reuseaddr" => out.reuse_addr = true,
                 "n" | "o_nonblock" => out.nonblock = true,
+                "udp" => out.udp = true,
                 "" => {}
                 other => {
                     return Err(BindSpecError::UnknownOption {
@@ -135,6 +144,9 @@ impl std::fmt::Display for BindSpec {
         }
         if self.nonblock {
             f.write_str(",n")?;
+        }
+        if self.udp {
+            f.write_str(",udp")?;
         }
         Ok(())
     }
@@ -200,7 +212,13 @@ impl Bound {
     pub fn adopt(spec: BindSpec, fd: RawFd) -> std::io::Result<Bound> {
         // SAFETY: the fd was handed over to this process to be taken, once.
         let socket = unsafe { Socket::from_raw_fd(fd) };
-        if !socket.is_listener()? {
+        if spec.udp {
+            if socket.r#type()? != Type::DGRAM {
+                return Err(std::io::Error::other(format!(
+                    "fd {fd} handed over for {spec} is not a datagram socket"
+                )));
+            }
+        } else if !socket.is_listener()? {
             return Err(std::io::Error::other(format!(
                 "fd {fd} handed over for {spec} is not a listening socket"
             )));
@@ -256,7 +274,12 @@ impl BindSpec {
             let spec = self.to_string();
             move |source| BindError::Socket { step, spec, source }
         };
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        let (kind, protocol) = if self.udp {
+            (Type::DGRAM, Protocol::UDP)
+        } else {
+            (Type::STREAM, Protocol::TCP)
+        };
+        let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))
             .map_err(fail("create a socket for"))?;
         if self.reuse_addr {
             socket
@@ -268,14 +291,21 @@ impl BindSpec {
                 BindError::InUse {
                     spec: self.to_string(),
                     source,
-                    holders: crate::holders::listening_on(addr),
+                    // The holders are found among TCP listeners only.
+                    holders: if self.udp {
+                        crate::holders::Holders::default()
+                    } else {
+                        crate::holders::listening_on(addr)
+                    },
                     reuse_addr: self.reuse_addr,
                 }
             } else {
                 fail("bind")(source)
             }
         })?;
-        socket.listen(backlog).map_err(fail("listen on"))?;
+        if !self.udp {
+            socket.listen(backlog).map_err(fail("listen on"))?;
+        }
         if self.nonblock {
             socket
                 .set_nonblocking(true)
@@ -314,7 +344,8 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 1234,
                 reuse_addr: false,
-                nonblock: false
+                nonblock: false,
+                udp: false,
             }
         );
         let spec = parse("0.0.0.0:80,r,n").unwrap();

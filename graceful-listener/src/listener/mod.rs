@@ -379,6 +379,24 @@ impl ListenerHandle {
         self.tracker.track_external(fd.as_raw_fd())
     }
 
+    /// Counts a connection that has no socket of its own (a QUIC connection, multiplexed on
+    /// a shared UDP socket) until the guard is dropped: the live count and the drain see it.
+    /// Hammer time cannot cut it: the host closes it itself on
+    /// [`ShutdownSignal::hammer`](crate::ShutdownSignal::hammer).
+    ///
+    /// # Example
+    /// ```
+    /// fn on_handshake(handle: &graceful_listener::ListenerHandle) {
+    ///     let guard = handle.track_without_socket();
+    ///     assert_eq!(handle.live(), 1);
+    ///     drop(guard);
+    ///     assert_eq!(handle.live(), 0);
+    /// }
+    /// ```
+    pub fn track_without_socket(&self) -> ConnectionGuard {
+        self.tracker.track(-1)
+    }
+
     /// Enters the lame duck: still accepting and serving, but not ready. Returns whether this
     /// call did it (not if already there or past it).
     pub(crate) fn lame_duck(&self) -> bool {

@@ -134,6 +134,10 @@ impl Tracker {
 }
 
 fn shutdown_tracked(tracked: Tracked) {
+    if tracked.fd < 0 {
+        // No socket of its own (a QUIC connection): its host closes it.
+        return;
+    }
     if tracked.inode.is_some() && inode(tracked.fd) != tracked.inode {
         // The host closed this connection and the number was reused: not ours to cut.
         return;

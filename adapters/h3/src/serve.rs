@@ -1,0 +1,204 @@
+//! Serving HTTP/3 connections: each request to the service, and the drain (GOAWAY, the
+//! requests in flight finished, then the connection closed).
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use graceful_listener::{ConnectionGuard, ShutdownSignal};
+use h3::server::RequestResolver;
+use http_body::Body;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::body::RequestBody;
+
+/// How many more requests a connection may start after the GOAWAY that tells its client to
+/// stop (streams it had opened before the GOAWAY reached it).
+const GOAWAY_GRACE_REQUESTS: usize = 64;
+/// `H3_NO_ERROR`: the code of a connection closed because it is done.
+const H3_NO_ERROR: u32 = 0x100;
+
+/// What each connection needs from the worker.
+pub(crate) struct Shared<S> {
+    pub(crate) service: S,
+    pub(crate) signal: ShutdownSignal,
+}
+
+/// Serves one connection from its handshake to its close, counted by `guard` meanwhile.
+pub(crate) async fn connection<S, B>(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared<S>>,
+    guard: ConnectionGuard,
+) where
+    S: Service<http::Request<RequestBody>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let _guard = guard;
+    let hammer = shared.signal.hammer();
+    tokio::pin!(hammer);
+    let conn = tokio::select! {
+        conn = async { incoming.accept()?.await } => match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(error = %e, "QUIC handshake failed");
+                return;
+            }
+        },
+        () = &mut hammer => return,
+    };
+    let mut h3 = match h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(
+        conn.clone(),
+    ))
+    .await
+    {
+        Ok(h3) => h3,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/3 setup failed");
+            return;
+        }
+    };
+    // In-flight requests, counted by the senders' lifetimes.
+    let (inflight_tx, mut inflight) = tokio::sync::mpsc::channel::<()>(1);
+    let stopping = shared.signal.stopping();
+    tokio::pin!(stopping);
+    let mut goaway_sent = false;
+    loop {
+        // After the GOAWAY: a request its client sent before seeing it arrives within a
+        // round trip, so the connection closes once none is in flight and no new one has
+        // come for a few round trips.
+        let quiet = conn.rtt() * 3 + Duration::from_millis(10);
+        tokio::select! {
+            biased;
+            () = &mut hammer => {
+                conn.close(H3_NO_ERROR.into(), b"stopping now");
+                return;
+            }
+            () = &mut stopping, if !goaway_sent => {
+                goaway_sent = true;
+                if let Err(e) = h3.shutdown(GOAWAY_GRACE_REQUESTS).await {
+                    tracing::debug!(error = %e, "cannot send GOAWAY");
+                }
+            }
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let service = shared.service.clone();
+                    let done = inflight_tx.clone();
+                    tokio::spawn(async move {
+                        request(resolver, service).await;
+                        drop(done);
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        tracing::debug!(error = %e, "HTTP/3 connection ended");
+                    }
+                    break;
+                }
+            },
+            () = idle_for(quiet, &inflight_tx), if goaway_sent => break,
+        }
+    }
+    // Every request accepted gets its whole response.
+    drop(inflight_tx);
+    tokio::select! {
+        _ = inflight.recv() => {}
+        () = &mut hammer => {}
+    }
+    conn.close(H3_NO_ERROR.into(), b"");
+}
+
+/// Resolves once `quiet` has passed with no request in flight (the sender `inflight` is the
+/// only one left).
+async fn idle_for(quiet: Duration, inflight: &tokio::sync::mpsc::Sender<()>) {
+    loop {
+        tokio::time::sleep(quiet).await;
+        // The connection loop holds one sender; each request task holds another.
+        if inflight.strong_count() == 1 {
+            return;
+        }
+    }
+}
+
+/// Reads one request, calls the service, sends its response.
+async fn request<S, B>(resolver: RequestResolver<h3_quinn::Connection, Bytes>, mut service: S)
+where
+    S: Service<http::Request<RequestBody>, Response = http::Response<B>> + Send,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Body + Send,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (request, stream) = match resolver.resolve_request().await {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read a request");
+            return;
+        }
+    };
+    let (mut send, recv) = stream.split();
+    let request = request.map(|()| RequestBody::new(recv));
+    // Errors are boxed at once: the service's own error type need not be `Send`.
+    let ready: Result<(), BoxError> = poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(Into::into);
+    let response: Result<_, BoxError> = match ready {
+        Ok(()) => service.call(request).await.map_err(Into::into),
+        Err(e) => Err(e),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "service failed");
+            let mut response = http::Response::new(());
+            *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            let _ = send.send_response(response).await;
+            let _ = send.finish().await;
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    if let Err(e) = send
+        .send_response(http::Response::from_parts(parts, ()))
+        .await
+    {
+        tracing::debug!(error = %e, "cannot send a response head");
+        return;
+    }
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame: Option<Result<_, BoxError>> = poll_fn(|cx| body.as_mut().poll_frame(cx))
+            .await
+            .map(|frame| frame.map_err(Into::into));
+        let Some(frame) = frame else { break };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::error!(error = %e, "response body failed");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        };
+        let sent = match frame.into_data() {
+            Ok(mut data) => send.send_data(data.copy_to_bytes(data.remaining())).await,
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => send.send_trailers(trailers).await,
+                Err(_) => Ok(()),
+            },
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "cannot send a response body");
+            return;
+        }
+    }
+    if let Err(e) = send.finish().await {
+        tracing::debug!(error = %e, "cannot finish a response");
+    }
+}
