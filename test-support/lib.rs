@@ -18,6 +18,7 @@ pub mod balancers;
 pub mod echo;
 pub mod fake_einhorn;
 pub mod h2load;
+pub mod h3;
 pub mod load_h2;
 pub mod netns;
 pub mod probe;

@@ -71,13 +71,19 @@ impl Bind {
         }
     }
 
-    /// Opens a UDP socket: takes the inherited one (checked: a bound, unconnected UDP
-    /// socket, then made non-blocking and close-on-exec) or binds a new one. `auto` is not
-    /// resolved: a datagram socket is asked for by its index or address.
+    /// Opens a UDP socket: resolves `auto` as for a listener (the first socket a manager
+    /// passed, else `:$PORT`, else `127.0.0.1:8000`), then takes the inherited one (checked:
+    /// a bound, unconnected UDP socket, then made non-blocking and close-on-exec) or binds a
+    /// new one.
     pub(crate) fn open_datagram(
         &self,
         env: &Environment,
     ) -> Result<std::net::UdpSocket, BindError> {
+        if *self == Bind::Auto {
+            return crate::auto::resolve(Bind::Auto, env)?
+                .bind
+                .open_datagram(env);
+        }
         let io = |source| BindError::Io {
             bind: self.clone(),
             source,
@@ -118,7 +124,7 @@ impl Bind {
             Bind::Starter(_) | Bind::StarterKey(_) | Bind::Unix { .. } | Bind::Auto => {
                 Err(io(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    "not a datagram socket spec (UDP is einhorn@N, systemd@N, fd@N or HOST:PORT)",
+                    "not a datagram socket spec (UDP is einhorn@N, systemd@N, fd@N, HOST:PORT or auto)",
                 )))
             }
         }

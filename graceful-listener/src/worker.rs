@@ -204,8 +204,8 @@ impl Worker {
 
     /// Opens a bind spec as a UDP socket (non-blocking, close-on-exec), for a host that
     /// serves a datagram protocol (QUIC): an inherited one (`einhorn-master -b
-    /// HOST:PORT,udp`, a systemd `ListenDatagram=`) or a new one. `auto` is refused: a
-    /// datagram socket is named by its index or address. The host counts each of its
+    /// HOST:PORT,udp`, a systemd `ListenDatagram=`) or a new one; `auto` chooses as for a
+    /// listener. The host counts each of its
     /// connections with [`ListenerHandle::track_without_socket`].
     ///
     /// # Errors

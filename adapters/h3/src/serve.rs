@@ -69,10 +69,6 @@ pub(crate) async fn connection<S, B>(
     tokio::pin!(stopping);
     let mut goaway_sent = false;
     loop {
-        // After the GOAWAY: a request its client sent before seeing it arrives within a
-        // round trip, so the connection closes once none is in flight and no new one has
-        // come for a few round trips.
-        let quiet = conn.rtt() * 3 + Duration::from_millis(10);
         tokio::select! {
             biased;
             () = &mut hammer => {
@@ -102,7 +98,7 @@ pub(crate) async fn connection<S, B>(
                     break;
                 }
             },
-            () = idle_for(quiet, &inflight_tx), if goaway_sent => break,
+            () = quiet(&conn, &inflight_tx), if goaway_sent => break,
         }
     }
     // Every request accepted gets its whole response.
@@ -114,15 +110,29 @@ pub(crate) async fn connection<S, B>(
     conn.close(H3_NO_ERROR.into(), b"");
 }
 
-/// Resolves once `quiet` has passed with no request in flight (the sender `inflight` is the
-/// only one left).
-async fn idle_for(quiet: Duration, inflight: &tokio::sync::mpsc::Sender<()>) {
+/// The least time a connection that was sent GOAWAY must have been silent before it is
+/// closed: longer than the GOAWAY's delivery plus a request's, with a lost packet resent.
+const QUIET_MIN: Duration = Duration::from_millis(200);
+
+/// Resolves once the connection has been quiet, after its GOAWAY: no request in flight (the
+/// sender `inflight` is the only one left) and not one datagram from the client for
+/// [`QUIET_MIN`] or eight round trips, whichever is longer.
+///
+/// A client that sent a request before it read the GOAWAY (the two crossed) is heard from
+/// within that time, even through a lost packet: its request is then served, and the wait
+/// starts again. A client that has read the GOAWAY opens a new connection for its next
+/// request and never uses this one again (h3 clients do not close it themselves).
+async fn quiet(conn: &quinn::Connection, inflight: &tokio::sync::mpsc::Sender<()>) {
+    let mut heard = conn.stats().udp_rx.datagrams;
     loop {
-        tokio::time::sleep(quiet).await;
+        let wait = (conn.rtt() * 8).max(QUIET_MIN);
+        tokio::time::sleep(wait).await;
+        let now_heard = conn.stats().udp_rx.datagrams;
         // The connection loop holds one sender; each request task holds another.
-        if inflight.strong_count() == 1 {
+        if now_heard == heard && inflight.strong_count() == 1 {
             return;
         }
+        heard = now_heard;
     }
 }
 
