@@ -217,6 +217,17 @@ pub struct MasterArgs {
     #[cfg_attr(feature = "cli", arg(long = "balance"))]
     pub balance: bool,
 
+    /// Rotate the TLS session-ticket key that every worker shares (EINHORN_KEYS_FD; see
+    /// graceful_listener::keyring) every SECONDS (at least 1); the previous key still
+    /// decrypts, so a ticket lives from one to two periods.
+    #[cfg_attr(feature = "cli", arg(
+        long = "key-rotation",
+        value_name = "SECONDS",
+        default_value = "21600",
+        value_parser = parse_key_rotation
+    ))]
+    pub key_rotation: Duration,
+
     /// Give each worker an fd already connected to the command socket, as
     /// `EINHORN_SOCK_FD`, to ACK through without knowing the socket's path.
     #[cfg_attr(feature = "cli", arg(short = 'g', long = "command-socket-as-fd"))]
@@ -329,6 +340,7 @@ impl MasterArgs {
             metrics: None,
             keep_orphans: false,
             balance: false,
+            key_rotation: crate::keys::DEFAULT_KEY_ROTATION,
             command_socket_as_fd: false,
             drop_env_var: Vec::new(),
             nice: None,
@@ -579,6 +591,25 @@ pub fn parse_nice(text: &str) -> Result<Nice, NiceError> {
 }
 
 pub use crate::pure::seconds::{SecondsError, parse_seconds};
+
+/// Parses `--key-rotation`: a number of seconds of at least 1.
+///
+/// # Errors
+/// [`SecondsError`] naming the input.
+///
+/// ```
+/// use std::time::Duration;
+/// use einhorn_master::cli::parse_key_rotation;
+/// assert_eq!(parse_key_rotation("3600").unwrap(), Duration::from_secs(3600));
+/// assert!(parse_key_rotation("0").is_err());
+/// assert!(parse_key_rotation("0.5").is_err());
+/// ```
+pub fn parse_key_rotation(text: &str) -> Result<Duration, SecondsError> {
+    parse_seconds(text)
+        .ok()
+        .filter(|d| *d >= Duration::from_secs(1))
+        .ok_or_else(|| SecondsError(text.to_string()))
+}
 
 /// Why a number of workers is not one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

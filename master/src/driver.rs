@@ -226,6 +226,29 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
             }
         }
     };
+    // Made once; after an exec, the one handed over: the workers' TLS sessions resume across
+    // upgrades of the workers and of the master. Without one (no memory file), workers make
+    // their own keys, as under Stripe's Einhorn.
+    let handed_keys = handover.as_ref().and_then(|h| h.key_ring.as_ref());
+    let keys = match handed_keys {
+        // SAFETY: handed over to this process to be taken, once.
+        Some(k) => match unsafe { crate::keys::KeyRingFile::adopt(k.fd, args.key_rotation) } {
+            Ok(keys) => Some(keys),
+            Err(e) => {
+                fault(format!(
+                    "cannot take over the key ring ({e}): new workers get a new one, and sessions from the old keys make full handshakes"
+                ));
+                crate::keys::KeyRingFile::create(args.key_rotation).ok()
+            }
+        },
+        None => crate::keys::KeyRingFile::create(args.key_rotation)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "cannot make the workers' key ring ({e}): each worker makes its own TLS ticket keys"
+                )
+            })
+            .ok(),
+    };
     let worker = WorkerCommand {
         program: program.clone(),
         args: rest.to_vec(),
@@ -240,6 +263,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
         nice: args.nice.and_then(|n| n.worker),
         threads: args.worker_threads,
         load_table,
+        keys_fd: keys.as_ref().map(crate::keys::KeyRingFile::worker_fd),
     };
     let config = MachineConfig {
         workers: args.number,
@@ -302,6 +326,7 @@ pub fn run(args: &MasterArgs) -> Result<i32, MasterError> {
                 retired,
                 _pidfile: pidfile,
                 _addr_file: addr_file,
+                keys,
             },
         )?;
         driver.drive(handover).await
@@ -517,6 +542,8 @@ struct Resources {
     retired: RetiredListeners,
     _pidfile: Option<Pidfile>,
     _addr_file: Option<WrittenFile>,
+    /// The key ring every worker reads.
+    keys: Option<crate::keys::KeyRingFile>,
 }
 
 /// The event loop's state.
@@ -543,6 +570,8 @@ struct Driver<'a> {
     metrics: Option<crate::metrics_http::MetricsServer>,
     /// Each version's build, held open.
     builds: crate::builds::Builds,
+    /// After a failed key rotation: not tried again before this.
+    retry_rotation_at: Option<Instant>,
 }
 
 /// The master's signal handlers, as streams.
@@ -626,6 +655,7 @@ impl<'a> Driver<'a> {
             signals,
             metrics: None,
             builds: Default::default(),
+            retry_rotation_at: None,
         })
     }
 
@@ -673,6 +703,12 @@ impl<'a> Driver<'a> {
                 .map(|(_, _, at)| *at + PREFLIGHT_TIMEOUT);
             let paused = accept_paused.filter(|&until| until > Instant::now());
             let preflight_pid = self.preflight.as_ref().map(|(p, _, _)| p.pid);
+            let rotate_at = self
+                .resources
+                .keys
+                .as_ref()
+                .map(|k| Instant::now() + k.due_in())
+                .map(|due| self.retry_rotation_at.map_or(due, |retry| retry.max(due)));
             let mut events = Vec::new();
             tokio::select! {
                 _ = self.signals.chld.recv() => reap(&mut events),
@@ -704,6 +740,7 @@ impl<'a> Driver<'a> {
                     }
                 },
                 _ = sleep_until(paused), if paused.is_some() => accept_paused = None,
+                _ = sleep_until(rotate_at), if rotate_at.is_some() => self.rotate_keys(),
                 Some(incoming) = self.from_conns.recv() => match incoming {
                     Incoming::Request { conn, id, command, .. } => {
                         events.push(Event::Request { conn, id, command });
@@ -1098,6 +1135,11 @@ impl<'a> Driver<'a> {
                 .into_iter()
                 .map(|(version, fd)| BuildHandover { version, fd })
                 .collect(),
+            key_ring: self
+                .resources
+                .keys
+                .as_ref()
+                .map(|k| crate::handover::KeyRingHandover { fd: k.fd() }),
             metrics_listener: self.metrics.as_ref().map(|m| MetricsListenerHandover {
                 addr: m.addr(),
                 fd: m.fd(),
@@ -1162,6 +1204,20 @@ impl<'a> Driver<'a> {
             handover.machine.workers.len(),
             self.conns_count()
         );
+    }
+
+    /// Rotates the workers' ticket key; a failure is logged, and tried again a minute later.
+    fn rotate_keys(&mut self) {
+        let Some(keys) = &mut self.resources.keys else {
+            return;
+        };
+        match keys.rotate() {
+            Ok(()) => self.retry_rotation_at = None,
+            Err(e) => {
+                tracing::error!("cannot rotate the workers' ticket keys: {e}");
+                self.retry_rotation_at = Some(Instant::now() + Duration::from_secs(60));
+            }
+        }
     }
 
     fn conns_count(&self) -> usize {

@@ -69,6 +69,9 @@ pub struct Handover {
     /// closed and bound again, its port could be taken in between.
     #[serde(default)]
     pub metrics_listener: Option<MetricsListenerHandover>,
+    /// The key ring's memory file (see [`crate::keys`]): the same keys after the exec.
+    #[serde(default)]
+    pub key_ring: Option<KeyRingHandover>,
     /// Each version's build, held open (see [`crate::builds`]).
     #[serde(default)]
     pub builds: Vec<BuildHandover>,
@@ -85,6 +88,13 @@ pub struct BuildHandover {
     /// The version.
     pub version: u64,
     /// The `O_PATH` fd.
+    pub fd: i32,
+}
+
+/// The key ring's memory file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRingHandover {
+    /// The master's read-write fd.
     pub fd: i32,
 }
 
@@ -241,6 +251,7 @@ impl Handover {
         fds.extend(self.stderr.iter().map(|s| s.fd));
         fds.extend(self.metrics_listener.iter().map(|m| m.fd));
         fds.extend(self.builds.iter().map(|b| b.fd));
+        fds.extend(self.key_ring.iter().map(|k| k.fd));
         fds
     }
 }

@@ -107,7 +107,8 @@
 //! module using only the pure layer and the modules before it:
 //! - [`files`] (the master's files, never through a planted symlink), [`exec`] (finding a
 //!   program, close-on-exec), [`notify`] (systemd's protocol), [`holders`] (who holds a
-//!   port), [`stderr`] (workers' stderr tails), [`log_level`];
+//!   port), [`stderr`] (workers' stderr tails), [`log_level`], [`keys`] (the key ring
+//!   workers share);
 //! - [`socket`] (the command socket), [`runtime_dir`], [`pidfile`], [`bind`] (the `-b`
 //!   sockets), [`builds`] (each version's build, held open), [`spawn`] (starting a worker),
 //!   [`held_signals`], [`conn`] (command-socket connections and their limits), [`client`]
@@ -136,6 +137,7 @@ pub mod files;
 pub mod handover;
 pub mod held_signals;
 pub mod holders;
+pub mod keys;
 pub mod log_level;
 pub mod metrics;
 pub mod metrics_http;

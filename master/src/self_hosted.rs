@@ -89,6 +89,7 @@ pub struct SelfHosted {
     metrics: Option<std::net::SocketAddr>,
     stderr_tail: usize,
     program: Option<PathBuf>,
+    key_rotation: Duration,
 }
 
 impl Default for SelfHosted {
@@ -184,6 +185,7 @@ impl SelfHosted {
             metrics: None,
             stderr_tail: DEFAULT_STDERR_TAIL,
             program: None,
+            key_rotation: crate::keys::DEFAULT_KEY_ROTATION,
         }
     }
 
@@ -316,6 +318,20 @@ impl SelfHosted {
     /// ```
     pub fn metrics(mut self, addr: std::net::SocketAddr) -> SelfHosted {
         self.metrics = Some(addr);
+        self
+    }
+
+    /// How often the TLS session-ticket key every worker shares is rotated (default 6 hours;
+    /// at least 1 second): `--key-rotation`. See [`graceful_listener::keyring`].
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let master = einhorn_master::self_hosted::SelfHosted::new()
+    ///     .key_rotation(Duration::from_secs(3600));
+    /// # let _ = master;
+    /// ```
+    pub fn key_rotation(mut self, period: Duration) -> SelfHosted {
+        self.key_rotation = crate::pure::seconds::bounded(period).max(Duration::from_secs(1));
         self
     }
 
@@ -457,6 +473,7 @@ impl SelfHosted {
         args.canary_min_responses = self.canary_min_responses;
         args.metrics = self.metrics;
         args.stderr_tail = self.stderr_tail;
+        args.key_rotation = self.key_rotation;
         args.command = std::iter::once(program.into_os_string())
             .chain(argv)
             .collect();

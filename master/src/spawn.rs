@@ -45,6 +45,9 @@ pub struct WorkerCommand {
     /// The load table every worker inherits (`EINHORN_LOAD_FD`; see [`load_table`]), with
     /// `--balance`.
     pub load_table: Option<RawFd>,
+    /// The read-only fd of the key ring every worker inherits (`EINHORN_KEYS_FD`; see
+    /// [`crate::keys`]).
+    pub keys_fd: Option<RawFd>,
 }
 
 /// A new load table for the workers: [`graceful_listener::balance::TABLE_BYTES`] of zeroes in
@@ -155,6 +158,7 @@ impl WorkerCommand {
     ///     nice: None,
     ///     threads: einhorn_master::spawn::WorkerThreads::Auto,
     ///     load_table: None,
+    ///     keys_fd: None,
     /// };
     /// let env = command.env(2);
     /// assert!(env.contains(&("EINHORN_FD_1".to_string(), "7".to_string())));
@@ -260,6 +264,10 @@ impl WorkerCommand {
         if let Some(fd) = load_table {
             command.env(einhorn_env::LOAD_FD, fd.to_string());
         }
+        let keys_fd = self.keys_fd;
+        if let Some(fd) = keys_fd {
+            command.env(einhorn_env::KEYS_FD, fd.to_string());
+        }
         let nice = self.nice;
         if self.capture_stderr {
             command.stderr(std::process::Stdio::piped());
@@ -281,6 +289,9 @@ impl WorkerCommand {
                     crate::exec::set_cloexec(fd, false)?;
                 }
                 if let Some(fd) = load_table {
+                    crate::exec::set_cloexec(fd, false)?;
+                }
+                if let Some(fd) = keys_fd {
                     crate::exec::set_cloexec(fd, false)?;
                 }
                 // A script's interpreter opens the held file after the exec: it must stay.
@@ -425,6 +436,7 @@ mod tests {
             nice: None,
             threads: WorkerThreads::Auto,
             load_table: None,
+            keys_fd: None,
         };
         assert_eq!(
             command.env(0),
@@ -466,6 +478,7 @@ mod tests {
             nice: None,
             threads: WorkerThreads::Auto,
             load_table: None,
+            keys_fd: None,
         };
         assert!(
             command

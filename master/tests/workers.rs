@@ -79,9 +79,15 @@ fn workers_get_einhorns_environment_their_fds_and_nothing_else() {
             .collect();
         let listed: Vec<String> = fds.iter().map(|fd| fd.to_string()).collect();
         assert_eq!(env_of(pid, "EINHORN_FDS"), Some(listed.join(" ")));
-        // Exactly stdio and the listening sockets: no command socket, lock file or other fd.
+        // The key ring every worker reads (EINHORN_KEYS_FD).
+        let keys: i32 = env_of(pid, "EINHORN_KEYS_FD")
+            .expect("EINHORN_KEYS_FD")
+            .parse()
+            .unwrap();
+        // Exactly stdio, the listening sockets and the key ring: no command socket, lock
+        // file, the ring's writable fd or other fd.
         // (Waited for: `sleep` itself opens locale files for a moment while it starts.)
-        let mut expected = vec![0, 1, 2];
+        let mut expected = vec![0, 1, 2, keys];
         expected.extend(&fds);
         expected.sort_unstable();
         let mut open = Vec::new();
@@ -94,6 +100,19 @@ fn workers_get_einhorns_environment_their_fds_and_nothing_else() {
             let (_, target) = open.iter().find(|(n, _)| n == fd).unwrap();
             assert!(target.starts_with("socket:"), "fd {fd} is {target}");
         }
+        let (_, target) = open.iter().find(|(n, _)| *n == keys).unwrap();
+        assert!(
+            target.starts_with("/memfd:einhorn-keys"),
+            "fd {keys} is {target}"
+        );
+        // Opened read-only: a worker cannot plant a key.
+        let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{keys}")).unwrap();
+        let flags = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| i64::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        assert_eq!(flags & 0o3, libc::O_RDONLY as i64, "{fdinfo}");
         // Default dispositions, nothing blocked.
         assert_eq!(
             status_field(pid, "SigIgn").as_deref(),

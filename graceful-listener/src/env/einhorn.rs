@@ -28,6 +28,10 @@ pub const MASTER_EXTENSIONS: &str = "EINHORN_MASTER_EXTENSIONS";
 /// load, so that one with clearly more connections than its siblings lets them accept
 /// (see [`balance`](crate::balance)). Set by einhorn-master, never by Stripe's Einhorn.
 pub const LOAD_FD: &str = "EINHORN_LOAD_FD";
+/// `EINHORN_KEYS_FD`: a read-only memory file holding the key ring the master shares with
+/// every generation of its workers (see [`keyring`](crate::keyring)). Set by einhorn-master,
+/// never by Stripe's Einhorn.
+pub const KEYS_FD: &str = "EINHORN_KEYS_FD";
 /// The prefix every Einhorn variable shares: a master clears inherited ones before it sets
 /// its own.
 pub const PREFIX: &str = "EINHORN_";

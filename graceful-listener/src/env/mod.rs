@@ -30,8 +30,8 @@ mod systemd;
 use std::os::fd::RawFd;
 
 pub use einhorn::{
-    CHILD_INDEX, CommandSocket, FD_COUNT, FDS, LOAD_FD, MASTER_EXTENSIONS, MASTER_PID, PREFIX,
-    SOCK_FD, SOCK_PATH, fd_var,
+    CHILD_INDEX, CommandSocket, FD_COUNT, FDS, KEYS_FD, LOAD_FD, MASTER_EXTENSIONS, MASTER_PID,
+    PREFIX, SOCK_FD, SOCK_PATH, fd_var,
 };
 pub use starter::{SERVER_STARTER_PORT, StarterPort};
 pub use systemd::{
