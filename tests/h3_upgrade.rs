@@ -5,6 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Each old worker's end line: `... stopped served=N drained=N forced=N drain_ms=N`.
+fn field(line: &str, name: &str) -> u64 {
+    line.split(&format!("{name}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
 use graceful_listener_suite::h3::{H3Clients, H3Counts};
 use graceful_listener_suite::harness::example;
 use graceful_listener_suite::master::Master;
@@ -98,16 +107,147 @@ fn a_pooled_client_keeps_its_connection_across_an_upgrade_and_the_old_worker_dra
         .lines()
         .find(|l| l.contains(&format!("pid={}", old[0])) && l.contains("HTTP/3 worker done"))
         .unwrap_or_else(|| panic!("no end line for the old worker:\n{output}"));
-    let relayed_in: u64 = done
-        .split("relayed_in=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no relayed_in in {done:?}"));
+    let relayed_in = field(done, "relayed_in");
     assert!(
         relayed_in > 0,
         "nothing was relayed to the old worker: {done}"
     );
     let new = master.wait_serving(1);
     assert_ne!(new, old);
+}
+
+/// Clients downloading while a new generation starts each second.
+const DOWNLOADERS: usize = 200;
+/// Each download: 60 chunks, one per 100 ms (6 s), so that a generation's drain spans the
+/// next five upgrades.
+const DOWNLOAD: &str = "/download?chunks=60&every_ms=100";
+const UPGRADES: usize = 20;
+/// A new connection this often, each with one request.
+const NEW_CONNECTION_EVERY: Duration = Duration::from_millis(25);
+const DRAIN_TIMEOUT_SECS: u64 = 20;
+
+#[test]
+fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, cert) = start(dir.path(), &["-n", "1"], &DRAIN_TIMEOUT_SECS.to_string());
+    let first = master.wait_serving(1);
+    let addr = master.addr(0);
+    let rt = runtime();
+    let loss: u32 = std::env::var("H3_LOSS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let upgrades: usize = std::env::var("H3_UPGRADES").ok().and_then(|v| v.parse().ok()).unwrap_or(UPGRADES);
+    let clients = rt.block_on(async { H3Clients::new(addr, cert.client_config(&[b"h3"]), loss) });
+    let stop = Arc::new(AtomicBool::new(false));
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..DOWNLOADERS {
+        let (clients, stop, began) = (clients.clone(), stop.clone(), began);
+        tasks.push(rt.spawn(async move {
+            let mut client = clients.client();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(DOWNLOAD).await {
+                    Ok(body) if body.len() == 60 * 1024 => {}
+                    Ok(body) => failures.push(format!("download of {} bytes", body.len())),
+                    Err(e) => failures.push(format!("download: {e} at {:?}", began.elapsed())),
+                }
+            }
+            failures
+        }));
+    }
+    let probes = {
+        let (clients, stop) = (clients.clone(), stop.clone());
+        rt.spawn(async move {
+            let mut failures = Vec::new();
+            let mut running = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(NEW_CONNECTION_EVERY);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let mut client = clients.client();
+                running.spawn(async move { client.get("/").await.err().map(|e| format!("new connection: {e}")) });
+                while let Some(done) = running.try_join_next() {
+                    failures.extend(done.expect("a probe task"));
+                }
+            }
+            while let Some(done) = running.join_next().await {
+                failures.extend(done.expect("a probe task"));
+            }
+            failures
+        })
+    };
+    // Every download is under way before the first upgrade.
+    assert!(
+        graceful_listener_suite::harness::wait_until(Duration::from_secs(60), || {
+            H3Counts::get(&clients.counts.connections) >= DOWNLOADERS as u64
+        }),
+        "the downloads did not start:\n{}",
+        master.output()
+    );
+    eprintln!("{DOWNLOADERS} downloads connected in {:?}", began.elapsed());
+    let mut old = first;
+    let mut retired = Vec::new();
+    for n in 0..upgrades {
+        master
+            .upgrade()
+            .unwrap_or_else(|e| panic!("upgrade {n}: {e}\n{}", master.output()));
+        let serving = master.wait_state("the new worker serving", |s| s.serving_pids().len() == 1);
+        let new = serving.serving_pids();
+        assert_ne!(new, old, "upgrade {n} left the same worker serving");
+        retired.extend(old);
+        old = new;
+    }
+    // Let every generation's downloads run to their end, then stop the clients.
+    let upgraded = Instant::now();
+    for pid in &retired {
+        master.wait_exited(*pid);
+    }
+    eprintln!("the old workers were gone {:?} after the last upgrade", upgraded.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    rt.block_on(async {
+        for task in tasks {
+            failures.extend(task.await.expect("a download task"));
+        }
+        failures.extend(probes.await.expect("the probe task"));
+    });
+    let counts = &clients.counts;
+    let output = master.output();
+    eprintln!(
+        "ok={} failed={} connections={} resets={} goaways={} dropped={}",
+        H3Counts::get(&counts.ok),
+        H3Counts::get(&counts.failed),
+        H3Counts::get(&counts.connections),
+        H3Counts::get(&counts.resets),
+        H3Counts::get(&counts.goaways),
+        H3Counts::get(&counts.dropped),
+    );
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for failure in &failures {
+        eprintln!("{failure}");
+        let kind: String = failure.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *kinds.entry(kind).or_default() += 1;
+    }
+    eprintln!("failures by kind: {kinds:#?}");
+    let mut relayed = 0;
+    for pid in &retired {
+        let stopped = output
+            .lines()
+            .find(|l| l.contains(&format!("pid={pid}")) && l.contains(" stopped served="))
+            .unwrap_or_else(|| panic!("no stopped line for {pid}:\n{output}"));
+        assert_eq!(field(stopped, "forced"), 0, "worker {pid} was cut at its deadline: {stopped}");
+        assert!(
+            field(stopped, "drain_ms") < DRAIN_TIMEOUT_SECS * 1000,
+            "worker {pid} drained past its deadline: {stopped}"
+        );
+        let done = output
+            .lines()
+            .find(|l| l.contains(&format!("pid={pid}")) && l.contains("HTTP/3 worker done"))
+            .unwrap_or_else(|| panic!("no end line for {pid}"));
+        relayed += field(done, "relayed_in");
+    }
+    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert_eq!(H3Counts::get(&counts.failed), 0);
+    assert_eq!(H3Counts::get(&counts.resets), 0, "live connections received stateless resets");
+    assert!(H3Counts::get(&counts.dropped) > 0, "the lossy socket dropped nothing");
+    assert!(relayed > 0, "no datagram was relayed to an old worker");
+    assert!(H3Counts::get(&counts.ok) >= 2 * DOWNLOADERS as u64, "too few requests: {counts:?}");
 }

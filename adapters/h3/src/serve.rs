@@ -90,15 +90,19 @@ pub(crate) async fn connection<S, B>(
                         drop(done);
                     });
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    tracing::debug!(inflight = inflight_tx.strong_count() - 1, "HTTP/3 connection: no more requests");
+                    break;
+                }
                 Err(e) => {
-                    if !e.is_h3_no_error() {
-                        tracing::debug!(error = %e, "HTTP/3 connection ended");
-                    }
+                    tracing::debug!(error = %e, inflight = inflight_tx.strong_count() - 1, "HTTP/3 connection ended");
                     break;
                 }
             },
-            () = quiet(&conn, &inflight_tx), if goaway_sent => break,
+            () = quiet(&conn, &inflight_tx), if goaway_sent => {
+                tracing::debug!("HTTP/3 connection quiet since its GOAWAY: closing");
+                break;
+            }
         }
     }
     // Every request accepted gets its whole response.
@@ -115,24 +119,31 @@ pub(crate) async fn connection<S, B>(
 const QUIET_MIN: Duration = Duration::from_millis(200);
 
 /// Resolves once the connection has been quiet, after its GOAWAY: no request in flight (the
-/// sender `inflight` is the only one left) and not one datagram from the client for
+/// sender `inflight` is the only one left) and not one datagram either way for
 /// [`QUIET_MIN`] or eight round trips, whichever is longer.
 ///
-/// A client that sent a request before it read the GOAWAY (the two crossed) is heard from
-/// within that time, even through a lost packet: its request is then served, and the wait
-/// starts again. A client that has read the GOAWAY opens a new connection for its next
-/// request and never uses this one again (h3 clients do not close it themselves).
+/// - A client that sent a request before it read the GOAWAY (the two crossed) is heard from
+///   within that time, even through a lost packet: its request is then served, and the wait
+///   starts again.
+/// - A response whose last bytes are not yet acknowledged is still being sent (or resent,
+///   at each loss timeout): closing would discard them.
+/// - A client that has read the GOAWAY opens a new connection for its next request and never
+///   uses this one again (h3 clients do not close it themselves).
 async fn quiet(conn: &quinn::Connection, inflight: &tokio::sync::mpsc::Sender<()>) {
-    let mut heard = conn.stats().udp_rx.datagrams;
+    let traffic = |conn: &quinn::Connection| {
+        let stats = conn.stats();
+        (stats.udp_rx.datagrams, stats.udp_tx.datagrams)
+    };
+    let mut seen = traffic(conn);
     loop {
         let wait = (conn.rtt() * 8).max(QUIET_MIN);
         tokio::time::sleep(wait).await;
-        let now_heard = conn.stats().udp_rx.datagrams;
+        let now = traffic(conn);
         // The connection loop holds one sender; each request task holds another.
-        if now_heard == heard && inflight.strong_count() == 1 {
+        if now == seen && inflight.strong_count() == 1 {
             return;
         }
-        heard = now_heard;
+        seen = now;
     }
 }
 
