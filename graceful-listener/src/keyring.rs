@@ -126,7 +126,7 @@ pub enum KeyRingError {
         reason: String,
     },
     /// The ring behind [`KEYS_FD`] is not one (its message names the variable).
-    #[error("{KEYS_FD}={fd}: {source}")]
+    #[error("{source} (fd {fd})")]
     Record {
         /// The fd.
         fd: RawFd,
