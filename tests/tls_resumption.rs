@@ -18,6 +18,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use graceful_listener_suite::fake_einhorn::FakeEinhorn;
+use graceful_listener_suite::harness::{Proc, example};
 use graceful_listener_suite::tls::TestCertificate;
 use http_support::{HttpMaster, WAIT};
 use rustls::HandshakeKind;
@@ -247,4 +249,108 @@ fn sessions_resume_after_the_master_alone_reloads_and_then_the_workers_upgrade()
         .count();
     eprintln!("after a reload of the master, then an upgrade: {after}/{SESSIONS} resumed");
     assert_eq!(after, SESSIONS, "{}", master.master.output());
+}
+
+/// Starts `example_name` serving TLS with `cert` under a fake Einhorn (no key ring of a
+/// master), with `env`; returns once it has ACKed.
+fn start_alone(
+    example_name: &str,
+    cert: &TestCertificate,
+    env: &[(&str, &Path)],
+) -> (Proc, SocketAddr, FakeEinhorn) {
+    let mut einhorn = FakeEinhorn::new().expect("fake einhorn");
+    let addr = einhorn.add_tcp_listener().expect("listener");
+    let mut cmd = einhorn.command(example(example_name));
+    cmd.args(cert.worker_args());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let proc = Proc::spawn(cmd).expect("spawn the example");
+    einhorn
+        .recv_command(WAIT)
+        .unwrap_or_else(|e| panic!("no ACK ({e}):\n{}", proc.output()));
+    (proc, addr, einhorn)
+}
+
+/// A key file of 32 random bytes, mode `mode`.
+fn key_file(dir: &Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("ticket-{mode:o}.key"));
+    let mut secret = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut secret))
+        .expect("random bytes");
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+/// Without our master (Stripe's Einhorn, systemd, two hosts): workers that share a key file
+/// resume each other's sessions; a worker without it makes its own keys.
+#[test]
+fn workers_sharing_a_key_file_resume_each_others_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCertificate::new(dir.path());
+    let key = key_file(dir.path(), 0o600);
+    let env = [("GRACEFUL_LISTENER_KEY_FILE", key.as_path())];
+    let (a, a_addr, _ea) = start_alone("hyper-hello", &cert, &env);
+    let (b, b_addr, _eb) = start_alone("actix-hello", &cert, &env);
+    let (own, own_addr, _eo) = start_alone("hyper-hello", &cert, &[]);
+    assert!(
+        a.output().contains("derived from the key file"),
+        "{}",
+        a.output()
+    );
+    let (mut resumed, mut on_own) = (0, 0);
+    for _ in 0..SESSIONS {
+        let config = client(&cert);
+        assert_eq!(handshake(a_addr, &config).0, HandshakeKind::Full);
+        let (kind, pid) = handshake(b_addr, &config);
+        assert_eq!(pid, b.pid() as u32);
+        resumed += usize::from(kind == HandshakeKind::Resumed);
+        on_own += usize::from(handshake(own_addr, &config).0 == HandshakeKind::Resumed);
+    }
+    eprintln!(
+        "key file: {resumed}/{SESSIONS} sessions of one worker resumed on another; {on_own}/{SESSIONS} on a worker without it"
+    );
+    assert_eq!(resumed, SESSIONS, "{}\n{}", a.output(), b.output());
+    assert_eq!(on_own, 0, "{}", own.output());
+}
+
+/// Runs `example_name` serving TLS with `env`; its exit code and output once it exits.
+fn exits(
+    example_name: &str,
+    cert: &TestCertificate,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(example(example_name));
+    cmd.args(cert.worker_args()).args(["--bind", "127.0.0.1:0"]);
+    cmd.envs(env.iter().copied());
+    let mut proc = Proc::spawn(cmd).expect("spawn the example");
+    let status = proc
+        .wait_timeout(WAIT)
+        .unwrap_or_else(|| panic!("{example_name} did not exit:\n{}", proc.output()));
+    (status.code(), proc.output())
+}
+
+#[test]
+fn an_unusable_ring_or_key_file_is_refused_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCertificate::new(dir.path());
+    let open = key_file(dir.path(), 0o644);
+    let path = open.to_str().unwrap();
+    let (code, out) = exits("axum-hello", &cert, &[("GRACEFUL_LISTENER_KEY_FILE", path)]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains(&format!(
+            "GRACEFUL_LISTENER_KEY_FILE={path}: readable by group or others (mode 644)"
+        )),
+        "{out}"
+    );
+    let (code, out) = exits("warp-hello", &cert, &[("EINHORN_KEYS_FD", "99")]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("WARN") && out.contains("EINHORN_KEYS_FD=99: not an open file descriptor"),
+        "{out}"
+    );
 }

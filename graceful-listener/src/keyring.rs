@@ -23,6 +23,18 @@
 //!
 //! [`KeyRing::stable_key`] derives a key for one purpose from the ring's stable secret, so
 //! that every worker given the same ring derives the same key.
+//!
+//! # Example
+//! ```
+//! use graceful_listener::keyring::KeyRing;
+//!
+//! let ring = KeyRing::from_env()?;
+//! // Under einhorn-master: "master"; with GRACEFUL_LISTENER_KEY_FILE: "key file".
+//! println!("keys from {}, rotated every {:?}", ring.origin(), ring.rotation());
+//! let token_key: [u8; 32] = ring.stable_key("quic token");
+//! # let _ = token_key;
+//! # Ok::<(), graceful_listener::keyring::KeyRingError>(())
+//! ```
 
 mod record;
 
@@ -114,7 +126,7 @@ pub enum KeyRingError {
         reason: String,
     },
     /// The ring behind [`KEYS_FD`] is not one (its message names the variable).
-    #[error("{KEYS_FD}={fd}: {source}")]
+    #[error("{source} (fd {fd})")]
     Record {
         /// The fd.
         fd: RawFd,
@@ -224,11 +236,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Fills `N` bytes from the system's random source.
-///
-/// # Errors
-/// [`KeyRingError::Random`].
-pub fn random<const N: usize>() -> Result<[u8; N], KeyRingError> {
+/// `N` bytes from the system's random source.
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], KeyRingError> {
     let mut bytes = [0u8; N];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| KeyRingError::Random)?;
@@ -481,6 +490,14 @@ impl KeyRing {
 
     /// The ticket keys in use now. From a master's ring, its copy is read again when older
     /// than [`REFRESH`] (a failed read keeps the copy, with a warning).
+    ///
+    /// ```
+    /// use graceful_listener::keyring::KeyRing;
+    /// let ring = KeyRing::from_shared_secret(&[3; 32]);
+    /// let keys = ring.ticket_keys();
+    /// assert!(keys.find(keys.current.name()).is_some());
+    /// assert_eq!(keys.lifetime, ring.rotation());
+    /// ```
     pub fn ticket_keys(&self) -> TicketKeys {
         match &*self.source {
             Source::Epochs {
