@@ -76,7 +76,26 @@ impl H3Clients {
     ) -> H3Clients {
         let counts = Arc::new(H3Counts::default());
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a client socket");
+        let same = udp.try_clone().expect("dup the client socket");
+        // Hundreds of connections on one socket: a small buffer drops datagrams in bursts,
+        // which would be loss the test did not ask for.
+        let _ = socket2::SockRef::from(&same).set_recv_buffer_size(4 << 20);
+        let _ = socket2::SockRef::from(&same).set_send_buffer_size(4 << 20);
         let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, udp).expect("wrap");
+        // quinn turns GRO on; the lossy socket drops datagram by datagram, so it reads one
+        // per buffer (a batch of several would be truncated to the one buffer it is given).
+        let off: libc::c_int = 0;
+        // SAFETY: setsockopt with a pointer to a live int of the size given.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&same),
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                (&raw const off).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "turn GRO off: {}", io::Error::last_os_error());
         let socket = Arc::new(Lossy {
             inner,
             loss_per_mille,
@@ -124,9 +143,21 @@ impl H3Client {
             .endpoint
             .connect(self.clients.server, "localhost")
             .map_err(|e| H3Failure(format!("connect: {e}")))?;
+        let began = std::time::Instant::now();
         let conn = connecting
             .await
             .map_err(|e| H3Failure(format!("handshake: {e}")))?;
+        if began.elapsed() > std::time::Duration::from_secs(3) {
+            let stats = conn.stats();
+            eprintln!(
+                "slow handshake: {:?} tx={} rx={} lost={} rtt={:?}",
+                began.elapsed(),
+                stats.udp_tx.datagrams,
+                stats.udp_rx.datagrams,
+                stats.path.lost_packets,
+                conn.rtt()
+            );
+        }
         H3Counts::add(&counts.connections);
         let watched = conn.clone();
         let watch_counts = counts.clone();
@@ -182,20 +213,25 @@ impl H3Client {
             }
             Err(e) => return Err(H3Failure(format!("send: {e}"))),
         };
-        stream
-            .finish()
-            .await
-            .map_err(|e| H3Failure(format!("finish: {e}")))?;
-        let response = stream
-            .recv_response()
-            .await
-            .map_err(|e| H3Failure(format!("response: {e}")))?;
+        // A server that has answered may stop the rest of the request (RFC 9114 §4.1: the
+        // client keeps the complete response): that is judged by the response.
+        let finished = stream.finish().await;
+        let response = stream.recv_response().await.map_err(|e| match &finished {
+            Err(stopped) => H3Failure(format!("finish: {stopped}; response: {e}")),
+            Ok(()) => H3Failure(format!("response: {e}")),
+        })?;
         let mut body = Vec::new();
-        while let Some(mut chunk) = stream
-            .recv_data()
-            .await
-            .map_err(|e| H3Failure(format!("body after {} bytes: {e}", body.len())))?
-        {
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| {
+            let tail = String::from_utf8_lossy(&body[body.len().saturating_sub(1024)..]);
+            let last = tail
+                .split_whitespace()
+                .find(|w| w.starts_with("pid="))
+                .unwrap_or("");
+            H3Failure(format!(
+                "body after {} bytes (last from {last}): {e}",
+                body.len()
+            ))
+        })? {
             body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
         }
         if response.status() != http::StatusCode::OK {

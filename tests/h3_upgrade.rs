@@ -133,22 +133,40 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
     let first = master.wait_serving(1);
     let addr = master.addr(0);
     let rt = runtime();
-    let loss: u32 = std::env::var("H3_LOSS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let upgrades: usize = std::env::var("H3_UPGRADES").ok().and_then(|v| v.parse().ok()).unwrap_or(UPGRADES);
+    let loss: u32 = std::env::var("H3_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let upgrades: usize = std::env::var("H3_UPGRADES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(UPGRADES);
     let clients = rt.block_on(async { H3Clients::new(addr, cert.client_config(&[b"h3"]), loss) });
     let stop = Arc::new(AtomicBool::new(false));
     let began = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..DOWNLOADERS {
+    let downloaders: usize = std::env::var("H3_DOWNLOADERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DOWNLOADERS);
+    for downloader in 0..downloaders {
         let (clients, stop, began) = (clients.clone(), stop.clone(), began);
         tasks.push(rt.spawn(async move {
             let mut client = clients.client();
             let mut failures = Vec::new();
+            let mut seq = 0;
             while !stop.load(Ordering::Relaxed) {
-                match client.get(DOWNLOAD).await {
+                seq += 1;
+                match client
+                    .get(&format!("{DOWNLOAD}&client={downloader}&seq={seq}"))
+                    .await
+                {
                     Ok(body) if body.len() == 60 * 1024 => {}
                     Ok(body) => failures.push(format!("download of {} bytes", body.len())),
-                    Err(e) => failures.push(format!("download: {e} at {:?}", began.elapsed())),
+                    Err(e) => failures.push(format!(
+                        "download client={downloader}&seq={seq}: {e} at {:?}",
+                        began.elapsed()
+                    )),
                 }
             }
             failures
@@ -163,7 +181,13 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let mut client = clients.client();
-                running.spawn(async move { client.get("/").await.err().map(|e| format!("new connection: {e}")) });
+                running.spawn(async move {
+                    client
+                        .get("/")
+                        .await
+                        .err()
+                        .map(|e| format!("new connection: {e}"))
+                });
                 while let Some(done) = running.try_join_next() {
                     failures.extend(done.expect("a probe task"));
                 }
@@ -177,7 +201,7 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
     // Every download is under way before the first upgrade.
     assert!(
         graceful_listener_suite::harness::wait_until(Duration::from_secs(60), || {
-            H3Counts::get(&clients.counts.connections) >= DOWNLOADERS as u64
+            H3Counts::get(&clients.counts.connections) >= downloaders as u64
         }),
         "the downloads did not start:\n{}",
         master.output()
@@ -200,7 +224,10 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
     for pid in &retired {
         master.wait_exited(*pid);
     }
-    eprintln!("the old workers were gone {:?} after the last upgrade", upgraded.elapsed());
+    eprintln!(
+        "the old workers were gone {:?} after the last upgrade",
+        upgraded.elapsed()
+    );
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
     rt.block_on(async {
@@ -233,7 +260,11 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
             .lines()
             .find(|l| l.contains(&format!("pid={pid}")) && l.contains(" stopped served="))
             .unwrap_or_else(|| panic!("no stopped line for {pid}:\n{output}"));
-        assert_eq!(field(stopped, "forced"), 0, "worker {pid} was cut at its deadline: {stopped}");
+        assert_eq!(
+            field(stopped, "forced"),
+            0,
+            "worker {pid} was cut at its deadline: {stopped}"
+        );
         assert!(
             field(stopped, "drain_ms") < DRAIN_TIMEOUT_SECS * 1000,
             "worker {pid} drained past its deadline: {stopped}"
@@ -244,10 +275,25 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
             .unwrap_or_else(|| panic!("no end line for {pid}"));
         relayed += field(done, "relayed_in");
     }
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
     assert_eq!(H3Counts::get(&counts.failed), 0);
-    assert_eq!(H3Counts::get(&counts.resets), 0, "live connections received stateless resets");
-    assert!(H3Counts::get(&counts.dropped) > 0, "the lossy socket dropped nothing");
+    assert_eq!(
+        H3Counts::get(&counts.resets),
+        0,
+        "live connections received stateless resets"
+    );
+    assert!(
+        H3Counts::get(&counts.dropped) > 0,
+        "the lossy socket dropped nothing"
+    );
     assert!(relayed > 0, "no datagram was relayed to an old worker");
-    assert!(H3Counts::get(&counts.ok) >= 2 * DOWNLOADERS as u64, "too few requests: {counts:?}");
+    assert!(
+        H3Counts::get(&counts.ok) >= 2 * DOWNLOADERS as u64,
+        "too few requests: {counts:?}"
+    );
 }

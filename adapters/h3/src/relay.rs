@@ -61,21 +61,25 @@ impl Names {
         format!("{}{tag}.serving", self.prefix)
     }
 
-    /// Whether a worker other than `me` has its serving mark up, from `/proc/net/unix`'s
-    /// listing of abstract names (`@name`).
+    /// Whether a worker other than `me` has its serving mark up.
     pub(crate) fn someone_else_serves(&self, me: Tag) -> bool {
+        self.serving_tags().iter().any(|&tag| tag != me)
+    }
+
+    /// The workers whose serving mark is up, from `/proc/net/unix`'s listing of abstract
+    /// names (`@name`).
+    pub(crate) fn serving_tags(&self) -> Vec<Tag> {
         let Ok(listing) = std::fs::read_to_string("/proc/net/unix") else {
-            return false;
+            return Vec::new();
         };
-        let mine = format!("@{}", self.serving(me));
-        listing.lines().any(|line| {
-            line.split_whitespace().last().is_some_and(|name| {
-                name.starts_with('@')
-                    && name[1..].starts_with(&self.prefix)
-                    && name.ends_with(".serving")
-                    && name != mine
-            })
-        })
+        let at_prefix = format!("@{}", self.prefix);
+        listing
+            .lines()
+            .filter_map(|line| line.split_whitespace().last())
+            .filter_map(|name| name.strip_prefix(&at_prefix)?.strip_suffix(".serving"))
+            .filter_map(|tag| u32::from_str_radix(tag, 16).ok())
+            .map(Tag)
+            .collect()
     }
 
     /// Puts up `me`'s serving mark; it stays up until the returned socket is dropped.
@@ -88,7 +92,8 @@ impl Names {
 #[derive(Debug)]
 pub(crate) struct Relay {
     names: Names,
-    listener: AsyncFd<OwnedFd>,
+    /// `None` once closed.
+    listener: Mutex<Option<AsyncFd<OwnedFd>>>,
     /// Connections from the other workers, each checked.
     incoming: Mutex<Vec<AsyncFd<OwnedFd>>>,
     /// Connections to the other workers, made when first needed.
@@ -166,12 +171,25 @@ impl Relay {
         sock.listen(64)?;
         Ok(Relay {
             names,
-            listener: register(fd)?,
+            listener: Mutex::new(Some(register(fd)?)),
             incoming: Mutex::new(Vec::new()),
             outgoing: Mutex::new(HashMap::new()),
             // SAFETY: geteuid cannot fail.
             uid: unsafe { libc::geteuid() },
         })
+    }
+
+    /// Stops listening and closes every connection from the other workers: their next
+    /// frame for this worker fails, and they answer its datagrams themselves.
+    pub(crate) fn close(&self) {
+        self.listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Hands a frame to `owner`, without waiting.
@@ -224,8 +242,12 @@ impl Relay {
         refused: &mut u64,
     ) -> Poll<io::Result<usize>> {
         let mut incoming = self.incoming.lock().unwrap_or_else(|e| e.into_inner());
+        let listener = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(listener) = listener.as_ref() else {
+            return Poll::Pending;
+        };
         // New connections.
-        while let Poll::Ready(guard) = self.listener.poll_read_ready(cx) {
+        while let Poll::Ready(guard) = listener.poll_read_ready(cx) {
             let mut guard = guard?;
             match guard.try_io(|fd| accept(fd.as_raw_fd())) {
                 Ok(Ok(fd)) => match peer_uid(&fd) {
@@ -242,19 +264,21 @@ impl Relay {
             match incoming[i].poll_read_ready(cx) {
                 Poll::Pending => i += 1,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(mut guard)) => match guard.try_io(|fd| recv_record(fd.as_raw_fd(), buf)) {
-                    Ok(Ok(0)) => {
-                        // The sender has gone.
-                        drop(guard);
-                        incoming.swap_remove(i);
+                Poll::Ready(Ok(mut guard)) => {
+                    match guard.try_io(|fd| recv_record(fd.as_raw_fd(), buf)) {
+                        Ok(Ok(0)) => {
+                            // The sender has gone.
+                            drop(guard);
+                            incoming.swap_remove(i);
+                        }
+                        Ok(Ok(len)) => return Poll::Ready(Ok(len)),
+                        Ok(Err(_)) => {
+                            drop(guard);
+                            incoming.swap_remove(i);
+                        }
+                        Err(_would_block) => {}
                     }
-                    Ok(Ok(len)) => return Poll::Ready(Ok(len)),
-                    Ok(Err(_)) => {
-                        drop(guard);
-                        incoming.swap_remove(i);
-                    }
-                    Err(_would_block) => {}
-                },
+                }
             }
         }
         Poll::Pending
@@ -279,8 +303,9 @@ fn accept(listener: RawFd) -> io::Result<OwnedFd> {
 }
 
 fn peer_uid(fd: &OwnedFd) -> io::Result<libc::uid_t> {
-    let creds = nix::sys::socket::getsockopt(&fd.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(io::Error::from)?;
+    let creds =
+        nix::sys::socket::getsockopt(&fd.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(io::Error::from)?;
     Ok(creds.uid())
 }
 

@@ -218,6 +218,10 @@ where
             shared,
             handle.clone(),
             signal.clone(),
+            Successor {
+                names: names.clone(),
+                me,
+            },
         ));
         if let Err(e) = worker.ready().await {
             acceptor.abort();
@@ -226,9 +230,25 @@ where
         }
         let stop = worker.stopped().await;
         drop(mark);
-        let reader = tokio::spawn(leave_the_socket(socket.clone(), names, signal));
+        // Looked at once before the drain begins, so that in an upgrade this worker reads
+        // the shared socket no longer by the time it stops taking new clients.
+        let reader = if names.someone_else_serves(me) {
+            socket.read_shared(false);
+            tracing::info!(tag = %me, "draining: another worker reads the socket, relaying to this one");
+            None
+        } else {
+            Some(tokio::spawn(leave_the_socket(
+                socket.clone(),
+                names,
+                signal,
+            )))
+        };
         let report = worker.drain(stop).await;
-        reader.abort();
+        if let Some(reader) = reader {
+            reader.abort();
+        }
+        // Before the acceptor goes: a handshake relayed here from now on would be refused.
+        socket.close_relay();
         acceptor.abort();
         endpoint.close(0u32.into(), b"");
         let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
@@ -246,15 +266,33 @@ where
     }
 }
 
+/// Whether another worker serves on this worker's shared socket.
+struct Successor {
+    names: Names,
+    me: crate::cid::Tag,
+}
+
+impl Successor {
+    fn exists(&self) -> bool {
+        self.names.someone_else_serves(self.me)
+    }
+}
+
 /// Takes each new connection: a client not yet validated gets a Retry first, whose
 /// connection ID names this worker, so that the rest of its handshake reaches this worker
-/// whichever process reads the datagram. While stopping, only handshakes already begun here
-/// are taken.
+/// whichever process reads the datagram.
+///
+/// While stopping: a handshake begun here (after this worker's Retry) is finished here, and
+/// the connection sent GOAWAY at once. A new client read in the moment before this worker
+/// left the socket to its successor gets a Retry too (it is served, told GOAWAY, and
+/// reconnects to the successor); with no successor (the whole server stopping), it is
+/// refused.
 async fn accept<S, B>(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared<S>>,
     handle: ListenerHandle,
     signal: ShutdownSignal,
+    successor: Successor,
 ) where
     S: Service<http::Request<RequestBody>, Response = http::Response<B>>
         + Clone
@@ -269,7 +307,7 @@ async fn accept<S, B>(
 {
     while let Some(incoming) = endpoint.accept().await {
         if !incoming.remote_address_validated() {
-            if signal.is_stopping() {
+            if signal.is_stopping() && !successor.exists() {
                 incoming.refuse();
             } else if incoming.may_retry() {
                 if let Err(e) = incoming.retry() {

@@ -40,6 +40,7 @@ pub(crate) async fn connection<S, B>(
     B::Error: Into<BoxError>,
 {
     let _guard = guard;
+    let arrived = std::time::Instant::now();
     let hammer = shared.signal.hammer();
     tokio::pin!(hammer);
     let conn = tokio::select! {
@@ -52,6 +53,8 @@ pub(crate) async fn connection<S, B>(
         },
         () = &mut hammer => return,
     };
+    let id = conn.stable_id();
+    tracing::debug!(id, pid = std::process::id(), remote = %conn.remote_address(), handshake = ?arrived.elapsed(), "HTTP/3 connection up");
     let mut h3 = match h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(
         conn.clone(),
     ))
@@ -63,6 +66,7 @@ pub(crate) async fn connection<S, B>(
             return;
         }
     };
+    let began = std::time::Instant::now();
     // In-flight requests, counted by the senders' lifetimes.
     let (inflight_tx, mut inflight) = tokio::sync::mpsc::channel::<()>(1);
     let stopping = shared.signal.stopping();
@@ -72,6 +76,8 @@ pub(crate) async fn connection<S, B>(
         tokio::select! {
             biased;
             () = &mut hammer => {
+                let stats = conn.stats();
+                tracing::debug!(id, rtt = ?conn.rtt(), tx = stats.udp_tx.datagrams, rx = stats.udp_rx.datagrams, lost = stats.path.lost_packets, goaway_sent, inflight = inflight_tx.strong_count() - 1, age = ?began.elapsed(), "HTTP/3 connection cut at the drain deadline");
                 conn.close(H3_NO_ERROR.into(), b"stopping now");
                 return;
             }
@@ -83,10 +89,11 @@ pub(crate) async fn connection<S, B>(
             }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
+                    tracing::trace!(id, goaway_sent, "HTTP/3 request");
                     let service = shared.service.clone();
                     let done = inflight_tx.clone();
                     tokio::spawn(async move {
-                        request(resolver, service).await;
+                        request(resolver, service, id).await;
                         drop(done);
                     });
                 }
@@ -100,7 +107,8 @@ pub(crate) async fn connection<S, B>(
                 }
             },
             () = quiet(&conn, &inflight_tx), if goaway_sent => {
-                tracing::debug!("HTTP/3 connection quiet since its GOAWAY: closing");
+                let stats = conn.stats();
+                tracing::debug!(id, rtt = ?conn.rtt(), tx = stats.udp_tx.datagrams, rx = stats.udp_rx.datagrams, lost = stats.path.lost_packets, "HTTP/3 connection quiet since its GOAWAY: closing");
                 break;
             }
         }
@@ -109,18 +117,24 @@ pub(crate) async fn connection<S, B>(
     drop(inflight_tx);
     tokio::select! {
         _ = inflight.recv() => {}
-        () = &mut hammer => {}
+        () = &mut hammer => {
+            tracing::debug!("HTTP/3 connection cut at the drain deadline with requests in flight");
+        }
     }
+    tracing::debug!(id, pid = std::process::id(), "HTTP/3 connection closed");
     conn.close(H3_NO_ERROR.into(), b"");
 }
 
 /// The least time a connection that was sent GOAWAY must have been silent before it is
-/// closed: longer than the GOAWAY's delivery plus a request's, with a lost packet resent.
-const QUIET_MIN: Duration = Duration::from_millis(200);
+/// closed: longer than the GOAWAY's delivery plus a request's with a lost packet resent, and
+/// than the loss timer of a response whose tail is lost again and again (it doubles at each
+/// loss), and a slow client's time to read what it has received (a close discards it).
+const QUIET_MIN: Duration = Duration::from_secs(2);
 
 /// Resolves once the connection has been quiet, after its GOAWAY: no request in flight (the
 /// sender `inflight` is the only one left) and not one datagram either way for
-/// [`QUIET_MIN`] or eight round trips, whichever is longer.
+/// [`QUIET_MIN`] or eight round trips, whichever is longer. Most clients do not wait for
+/// this: one that has read the GOAWAY closes the connection when it next needs one.
 ///
 /// - A client that sent a request before it read the GOAWAY (the two crossed) is heard from
 ///   within that time, even through a lost packet: its request is then served, and the wait
@@ -148,8 +162,11 @@ async fn quiet(conn: &quinn::Connection, inflight: &tokio::sync::mpsc::Sender<()
 }
 
 /// Reads one request, calls the service, sends its response.
-async fn request<S, B>(resolver: RequestResolver<h3_quinn::Connection, Bytes>, mut service: S)
-where
+async fn request<S, B>(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    mut service: S,
+    id: usize,
+) where
     S: Service<http::Request<RequestBody>, Response = http::Response<B>> + Send,
     S::Future: Send,
     S::Error: Into<BoxError>,
@@ -158,14 +175,18 @@ where
     B::Error: Into<BoxError>,
 {
     let (request, stream) = match resolver.resolve_request().await {
-        Ok(resolved) => resolved,
+        Ok(resolved) => {
+            tracing::debug!(id, pid = std::process::id(), uri = %resolved.0.uri(), "HTTP/3 request");
+            resolved
+        }
         Err(e) => {
             tracing::debug!(error = %e, "cannot read a request");
             return;
         }
     };
     let (mut send, recv) = stream.split();
-    let request = request.map(|()| RequestBody::new(recv));
+    let (body, unread) = RequestBody::new(recv);
+    let request = request.map(|()| body);
     // Errors are boxed at once: the service's own error type need not be `Send`.
     let ready: Result<(), BoxError> = poll_fn(|cx| service.poll_ready(cx))
         .await
@@ -182,6 +203,7 @@ where
             *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
             let _ = send.send_response(response).await;
             let _ = send.finish().await;
+            unread.finish().await;
             return;
         }
     };
@@ -222,4 +244,5 @@ where
     if let Err(e) = send.finish().await {
         tracing::debug!(error = %e, "cannot finish a response");
     }
+    unread.finish().await;
 }

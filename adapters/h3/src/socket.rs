@@ -73,6 +73,7 @@ impl RoutingSocket {
         key: Arc<CidKey>,
         me: Tag,
     ) -> io::Result<RoutingSocket> {
+        grow_buffers(&udp);
         let state = UdpSocketState::new((&udp).into())?;
         Ok(RoutingSocket {
             io: tokio::net::UdpSocket::from_std(udp)?,
@@ -88,6 +89,13 @@ impl RoutingSocket {
             }),
             counts: RelayCounts::default(),
         })
+    }
+
+    /// Closes this worker's end of the relay, once it has drained: datagrams for it are then
+    /// the other workers' to answer (a client's Initial after this worker's Retry, whose
+    /// token any worker accepts; a stateless reset for anything else, its connection gone).
+    pub(crate) fn close_relay(&self) {
+        self.relay.close();
     }
 
     /// Stops (or resumes) reading the shared socket: only the relay's frames come in then.
@@ -125,6 +133,27 @@ impl RoutingSocket {
     }
 }
 
+/// The socket buffers a busy QUIC server needs, each way: the kernel's defaults (about
+/// 200 KiB) overflow in a burst of a few hundred connections, and each overflow is a loss.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Grows the shared socket's buffers to [`SOCKET_BUFFER`] (as far as `net.core.rmem_max` and
+/// `wmem_max` let an unprivileged process), and says so when they stay smaller.
+fn grow_buffers(udp: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(udp);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    // Linux reports twice what was set (its bookkeeping overhead).
+    let recv = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if recv < SOCKET_BUFFER {
+        tracing::warn!(
+            recv_buffer = recv,
+            wanted = SOCKET_BUFFER,
+            "the UDP receive buffer is small: datagrams will be dropped in bursts; raise net.core.rmem_max"
+        );
+    }
+}
+
 fn deliver(
     buf: &mut IoSliceMut<'_>,
     meta: &mut RecvMeta,
@@ -147,7 +176,10 @@ fn deliver(
 
 impl AsyncUdpSocket for RoutingSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(Writable(self))
+        Box::pin(Writable {
+            socket: self,
+            waiting: None,
+        })
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
@@ -271,12 +303,33 @@ impl AsyncUdpSocket for RoutingSocket {
     }
 }
 
-/// Tells quinn when the shared socket can take more.
-#[derive(Debug)]
-struct Writable(Arc<RoutingSocket>);
+type WritableFuture = Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + Sync>>;
+
+/// Tells one of quinn's connections when the shared socket can take more. Each connection
+/// has its own, and each waits with a future of its own: tokio's `poll_send_ready` keeps
+/// only the last caller's waker, so connections waiting side by side would never all wake.
+struct Writable {
+    socket: Arc<RoutingSocket>,
+    waiting: Option<WritableFuture>,
+}
+
+impl std::fmt::Debug for Writable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writable").finish_non_exhaustive()
+    }
+}
 
 impl UdpPoller for Writable {
-    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.io.poll_send_ready(cx)
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let socket = this.socket.clone();
+        let waiting = this
+            .waiting
+            .get_or_insert_with(|| Box::pin(async move { socket.io.writable().await }));
+        let ready = waiting.as_mut().poll(cx);
+        if ready.is_ready() {
+            this.waiting = None;
+        }
+        ready
     }
 }
