@@ -133,23 +133,11 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
     let first = master.wait_serving(1);
     let addr = master.addr(0);
     let rt = runtime();
-    let loss: u32 = std::env::var("H3_LOSS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let upgrades: usize = std::env::var("H3_UPGRADES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(UPGRADES);
-    let clients = rt.block_on(async { H3Clients::new(addr, cert.client_config(&[b"h3"]), loss) });
+    let clients = rt.block_on(async { H3Clients::new(addr, cert.client_config(&[b"h3"]), 10) });
     let stop = Arc::new(AtomicBool::new(false));
     let began = Instant::now();
     let mut tasks = Vec::new();
-    let downloaders: usize = std::env::var("H3_DOWNLOADERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DOWNLOADERS);
-    for downloader in 0..downloaders {
+    for downloader in 0..DOWNLOADERS {
         let (clients, stop, began) = (clients.clone(), stop.clone(), began);
         tasks.push(rt.spawn(async move {
             let mut client = clients.client();
@@ -201,7 +189,7 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
     // Every download is under way before the first upgrade.
     assert!(
         graceful_listener_suite::harness::wait_until(Duration::from_secs(60), || {
-            H3Counts::get(&clients.counts.connections) >= downloaders as u64
+            H3Counts::get(&clients.counts.connections) >= DOWNLOADERS as u64
         }),
         "the downloads did not start:\n{}",
         master.output()
@@ -209,7 +197,7 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
     eprintln!("{DOWNLOADERS} downloads connected in {:?}", began.elapsed());
     let mut old = first;
     let mut retired = Vec::new();
-    for n in 0..upgrades {
+    for n in 0..UPGRADES {
         master
             .upgrade()
             .unwrap_or_else(|e| panic!("upgrade {n}: {e}\n{}", master.output()));
@@ -296,4 +284,95 @@ fn downloads_and_new_connections_through_twenty_upgrades_with_one_percent_loss()
         H3Counts::get(&counts.ok) >= 2 * DOWNLOADERS as u64,
         "too few requests: {counts:?}"
     );
+}
+
+/// The relay counts a worker logs as it exits: `HTTP/3 worker done relayed_out=N ...`.
+fn relay_counts(output: &str, pid: i32) -> (u64, u64) {
+    let done = output
+        .lines()
+        .find(|l| l.contains(&format!("pid={pid}")) && l.contains("HTTP/3 worker done"))
+        .unwrap_or_else(|| panic!("no end line for {pid}:\n{output}"));
+    (field(done, "relayed_out"), field(done, "relayed_in"))
+}
+
+#[test]
+fn two_workers_on_one_socket_hand_each_other_their_datagrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut master, cert) = start(dir.path(), &["-n", "2"], "10");
+    let pids = master.wait_serving(2);
+    let addr = master.addr(0);
+    let rt = runtime();
+    let counts = rt.block_on(async {
+        let clients = H3Clients::new(addr, cert.client_config(&[b"h3"]), 0);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let mut client = clients.client();
+            tasks.spawn(async move {
+                let mut answered_by = std::collections::BTreeSet::new();
+                for _ in 0..20 {
+                    let body = client.get("/").await?;
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    answered_by.insert(text.split("pid=").nth(1).unwrap_or("").trim().to_owned());
+                }
+                Ok::<_, graceful_listener_suite::h3::H3Failure>(answered_by)
+            });
+        }
+        let mut answered_by = std::collections::BTreeSet::new();
+        while let Some(done) = tasks.join_next().await {
+            let pids = done.unwrap().unwrap_or_else(|e| panic!("{e}\n{}", master.output()));
+            // One connection, one worker: its datagrams all reach the worker that owns it.
+            assert_eq!(pids.len(), 1, "a connection was answered by two workers: {pids:?}");
+            answered_by.extend(pids);
+        }
+        (clients.counts.clone(), answered_by)
+    });
+    let (counts, answered_by) = counts;
+    assert_eq!(H3Counts::get(&counts.ok), 400);
+    assert_eq!(H3Counts::get(&counts.failed), 0);
+    assert_eq!(H3Counts::get(&counts.resets), 0);
+    master.stop(Duration::from_secs(30)).expect("the master stops");
+    let output = master.output();
+    let (mut relayed_out, mut relayed_in) = (0, 0);
+    for pid in &pids {
+        let (out, r#in) = relay_counts(&output, *pid);
+        relayed_out += out;
+        relayed_in += r#in;
+    }
+    eprintln!("connections answered by {answered_by:?}; relayed out {relayed_out}, in {relayed_in}");
+    assert!(relayed_out > 0 && relayed_in > 0, "no datagram went through the relay:\n{output}");
+}
+
+#[test]
+fn serves_on_a_datagram_socket_systemd_activated() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCertificate::new(dir.path());
+    let port = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command
+        .arg("--datagram")
+        .arg("-l")
+        .arg(addr.to_string())
+        .arg(example("h3-hello"))
+        .args(cert.worker_args());
+    let worker = graceful_listener_suite::harness::Proc::spawn(command).expect("systemd-socket-activate");
+    let rt = runtime();
+    rt.block_on(async {
+        let clients = H3Clients::new(addr, cert.client_config(&[b"h3"]), 0);
+        // The first datagram makes systemd-socket-activate exec the example, which finds it
+        // still queued on the socket.
+        let mut client = clients.client();
+        let body = client
+            .get("/")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", worker.output()));
+        assert!(String::from_utf8_lossy(&body).starts_with("hello from h3-hello pid="));
+    });
+    let line = worker
+        .wait_for_line("listening (datagram, auto) bind=systemd@0", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("not on the activated socket:\n{}", worker.output()));
+    assert!(line.contains(&format!("addr={addr}")), "{line}");
 }

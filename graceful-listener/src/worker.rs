@@ -221,11 +221,17 @@ impl Worker {
     /// # }
     /// ```
     pub fn listen_datagram(&self, bind: &Bind) -> Result<std::net::UdpSocket, BindError> {
-        let socket = bind.open_datagram(&self.env)?;
+        let resolved = crate::auto::resolve(bind.clone(), &self.env)?;
+        let socket = resolved.bind.open_datagram(&self.env)?;
         let addr = socket
             .local_addr()
             .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        tracing::info!(%bind, %addr, "listening (datagram)");
+        match &resolved.why {
+            Some(why) => {
+                tracing::info!(bind = %resolved.bind, %addr, %why, "listening (datagram, auto)")
+            }
+            None => tracing::info!(bind = %resolved.bind, %addr, "listening (datagram)"),
+        }
         Ok(socket)
     }
 
