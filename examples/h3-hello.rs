@@ -7,6 +7,8 @@
 //! - `GET /`: `hello from h3-hello pid=<pid>`.
 //! - `GET /download?chunks=N&every_ms=MS`: N chunks of 1 KiB, one every MS milliseconds, each
 //!   naming the pid: a long download, to watch an upgrade not cut it.
+//! - `POST /echo`: the request body streamed back as it arrives, chunk by chunk (a ping-pong
+//!   on one request, which the benchmark times through the relay).
 //!
 //! Under Einhorn: `einhorn-master -b 127.0.0.1:8443,udp -n 1 -d /tmp/h3.sock -- target/debug/examples/h3-hello --tls-cert cert.pem --tls-key key.pem`
 //! Try it:        `curl --http3-only -k https://127.0.0.1:8443/` (a curl built with HTTP/3),
@@ -36,6 +38,10 @@ fn default_chunks() -> u32 {
 
 fn default_every_ms() -> u64 {
     100
+}
+
+async fn echo(request: axum::extract::Request) -> Body {
+    Body::from_stream(request.into_body().into_data_stream())
 }
 
 async fn hello() -> String {
@@ -75,7 +81,8 @@ async fn main() -> std::process::ExitCode {
     };
     let app = Router::new()
         .route("/", get(hello))
-        .route("/download", get(download));
+        .route("/download", get(download))
+        .route("/echo", axum::routing::post(echo));
     let pid = std::process::id();
     let worker = einhorn_h3::run(app, 0)
         .bind(args.bind.clone())

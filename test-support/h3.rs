@@ -241,6 +241,100 @@ impl H3Client {
     }
 }
 
+impl H3Client {
+    /// Starts `POST path` and keeps its request open, for [`EchoStream::round`]s against a
+    /// server that streams the body back as it arrives.
+    ///
+    /// # Errors
+    /// What went wrong.
+    pub async fn echo_stream(&mut self, path: &str) -> Result<EchoStream, H3Failure> {
+        if self
+            .conn
+            .as_ref()
+            .is_none_or(|(conn, _)| conn.close_reason().is_some())
+        {
+            self.connect().await?;
+        }
+        let (conn, sender) = self.conn.as_mut().expect("connected");
+        let request = http::Request::post(format!("https://localhost{path}"))
+            .body(())
+            .expect("a request");
+        let stream = sender
+            .send_request(request)
+            .await
+            .map_err(|e| H3Failure(format!("send: {e}")))?;
+        let (send, recv) = stream.split();
+        Ok(EchoStream {
+            conn: conn.clone(),
+            send,
+            recv,
+            answered: false,
+        })
+    }
+}
+
+/// A request whose body the server echoes as it arrives: each round sends a chunk and
+/// waits for it to come back.
+pub struct EchoStream {
+    /// The connection it runs on.
+    pub conn: quinn::Connection,
+    send: h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    recv: h3::client::RequestStream<h3_quinn::RecvStream, Bytes>,
+    answered: bool,
+}
+
+impl EchoStream {
+    /// Sends `size` bytes and waits for them to come back: the round trip's time.
+    ///
+    /// # Errors
+    /// What went wrong.
+    pub async fn round(&mut self, size: usize) -> Result<std::time::Duration, H3Failure> {
+        let began = std::time::Instant::now();
+        self.send
+            .send_data(Bytes::from(vec![b'x'; size]))
+            .await
+            .map_err(|e| H3Failure(format!("send: {e}")))?;
+        if !self.answered {
+            self.recv
+                .recv_response()
+                .await
+                .map_err(|e| H3Failure(format!("response: {e}")))?;
+            self.answered = true;
+        }
+        let mut got = 0;
+        while got < size {
+            let mut data = self
+                .recv
+                .recv_data()
+                .await
+                .map_err(|e| H3Failure(format!("echo: {e}")))?
+                .ok_or_else(|| H3Failure("the echo ended".to_owned()))?;
+            got += data.remaining();
+            data.advance(data.remaining());
+        }
+        Ok(began.elapsed())
+    }
+
+    /// Ends the request and reads the response to its end.
+    ///
+    /// # Errors
+    /// What went wrong.
+    pub async fn finish(mut self) -> Result<(), H3Failure> {
+        self.send
+            .finish()
+            .await
+            .map_err(|e| H3Failure(format!("finish: {e}")))?;
+        while self
+            .recv
+            .recv_data()
+            .await
+            .map_err(|e| H3Failure(format!("end: {e}")))?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
 /// Whether the request was refused before anything was sent: the server had said GOAWAY, or
 /// the connection was closed cleanly.
 fn not_sent(e: &h3::error::StreamError) -> bool {

@@ -319,9 +319,15 @@ fn two_workers_on_one_socket_hand_each_other_their_datagrams() {
         }
         let mut answered_by = std::collections::BTreeSet::new();
         while let Some(done) = tasks.join_next().await {
-            let pids = done.unwrap().unwrap_or_else(|e| panic!("{e}\n{}", master.output()));
+            let pids = done
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{e}\n{}", master.output()));
             // One connection, one worker: its datagrams all reach the worker that owns it.
-            assert_eq!(pids.len(), 1, "a connection was answered by two workers: {pids:?}");
+            assert_eq!(
+                pids.len(),
+                1,
+                "a connection was answered by two workers: {pids:?}"
+            );
             answered_by.extend(pids);
         }
         (clients.counts.clone(), answered_by)
@@ -330,7 +336,9 @@ fn two_workers_on_one_socket_hand_each_other_their_datagrams() {
     assert_eq!(H3Counts::get(&counts.ok), 400);
     assert_eq!(H3Counts::get(&counts.failed), 0);
     assert_eq!(H3Counts::get(&counts.resets), 0);
-    master.stop(Duration::from_secs(30)).expect("the master stops");
+    master
+        .stop(Duration::from_secs(30))
+        .expect("the master stops");
     let output = master.output();
     let (mut relayed_out, mut relayed_in) = (0, 0);
     for pid in &pids {
@@ -338,8 +346,13 @@ fn two_workers_on_one_socket_hand_each_other_their_datagrams() {
         relayed_out += out;
         relayed_in += r#in;
     }
-    eprintln!("connections answered by {answered_by:?}; relayed out {relayed_out}, in {relayed_in}");
-    assert!(relayed_out > 0 && relayed_in > 0, "no datagram went through the relay:\n{output}");
+    eprintln!(
+        "connections answered by {answered_by:?}; relayed out {relayed_out}, in {relayed_in}"
+    );
+    assert!(
+        relayed_out > 0 && relayed_in > 0,
+        "no datagram went through the relay:\n{output}"
+    );
 }
 
 #[test]
@@ -358,7 +371,8 @@ fn serves_on_a_datagram_socket_systemd_activated() {
         .arg(addr.to_string())
         .arg(example("h3-hello"))
         .args(cert.worker_args());
-    let worker = graceful_listener_suite::harness::Proc::spawn(command).expect("systemd-socket-activate");
+    let worker =
+        graceful_listener_suite::harness::Proc::spawn(command).expect("systemd-socket-activate");
     let rt = runtime();
     rt.block_on(async {
         let clients = H3Clients::new(addr, cert.client_config(&[b"h3"]), 0);
@@ -372,7 +386,10 @@ fn serves_on_a_datagram_socket_systemd_activated() {
         assert!(String::from_utf8_lossy(&body).starts_with("hello from h3-hello pid="));
     });
     let line = worker
-        .wait_for_line("listening (datagram, auto) bind=systemd@0", Duration::from_secs(5))
+        .wait_for_line(
+            "listening (datagram, auto) bind=systemd@0",
+            Duration::from_secs(5),
+        )
         .unwrap_or_else(|| panic!("not on the activated socket:\n{}", worker.output()));
     assert!(line.contains(&format!("addr={addr}")), "{line}");
 }

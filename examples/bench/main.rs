@@ -28,11 +28,16 @@
 //!   median of each round's ratio to the plain serve.
 //! - `metrics` (not by default): instructions per request of our adapter with
 //!   metrics-exporter-prometheus' recorder installed, against none (needs valgrind).
+//! - `h3` (not by default): the HTTP/3 relay's cost: 1 KiB round trips on a request whose
+//!   datagrams reach their worker directly against one whose datagrams go through another
+//!   worker's relay, p50 and p99 over `--pairs` alternated rounds, and the relaying worker's
+//!   CPU time per datagram relayed.
 //!
 //! `--short` runs a tiny version of everything (a test runs it, to keep it working);
 //! `--json` prints the results for machines (`--json-out PATH` writes them to a file).
 
 mod engine;
+mod h3;
 mod hostile;
 mod lifecycle;
 mod picture;
@@ -59,6 +64,8 @@ enum Section {
     Tail,
     /// Instructions per request with a Prometheus recorder installed against none.
     Metrics,
+    /// The HTTP/3 relay's added latency and CPU per relayed datagram.
+    H3,
 }
 
 #[derive(Debug, clap::Parser)]
@@ -161,6 +168,7 @@ struct Summary {
     http2: Vec<upgrade::Http2Upgrades>,
     metrics: Vec<engine::RecorderCost>,
     tail: Vec<TailResult>,
+    h3: Option<h3::RelayCost>,
     svg: Option<PathBuf>,
 }
 
@@ -278,6 +286,7 @@ fn run(args: &Args, wrk: bool, callgrind: bool) -> Result<Summary, String> {
         http2: Vec::new(),
         metrics: Vec::new(),
         tail: Vec::new(),
+        h3: None,
         svg: None,
     };
     let on = |section| args.sections.contains(&section);
@@ -286,6 +295,11 @@ fn run(args: &Args, wrk: bool, callgrind: bool) -> Result<Summary, String> {
         duration: Duration::from_secs_f64(args.duration),
         connections: args.connections,
     };
+    if on(Section::H3) {
+        eprintln!("bench: HTTP/3 relay");
+        let round_trips = if args.short { 50 } else { 2000 };
+        summary.h3 = Some(h3::relay(args.pairs, round_trips).map_err(|e| format!("h3: {e}"))?);
+    }
     for framework in &args.frameworks {
         let framework = framework.as_str();
         let with = |e: String| format!("{framework}: {e}");
@@ -514,6 +528,22 @@ fn render(summary: &Summary) -> String {
                 r.pooled_ok, r.pooled_failed
             ));
         }
+    }
+    if let Some(h) = &summary.h3 {
+        out.push_str(&format!(
+            "\nh3 relay: {} round trips of 1 KiB each way\n\
+             direct   p50 {:.0} us  p99 {:.0} us\n\
+             relayed  p50 {:.0} us  p99 {:.0} us  (added at p99: {:.0} us, median of rounds)\n\
+             relaying worker's CPU: {:.1} us per relayed datagram ({:.1} us per datagram of its own)\n",
+            h.round_trips,
+            h.direct_p50_us,
+            h.direct_p99_us,
+            h.relayed_p50_us,
+            h.relayed_p99_us,
+            h.added_p99_us,
+            h.cpu_per_relayed_datagram_us,
+            h.cpu_per_direct_datagram_us,
+        ));
     }
     for t in &summary.tail {
         out.push_str(&format!(
