@@ -143,21 +143,9 @@ impl H3Client {
             .endpoint
             .connect(self.clients.server, "localhost")
             .map_err(|e| H3Failure(format!("connect: {e}")))?;
-        let began = std::time::Instant::now();
         let conn = connecting
             .await
             .map_err(|e| H3Failure(format!("handshake: {e}")))?;
-        if began.elapsed() > std::time::Duration::from_secs(3) {
-            let stats = conn.stats();
-            eprintln!(
-                "slow handshake: {:?} tx={} rx={} lost={} rtt={:?}",
-                began.elapsed(),
-                stats.udp_tx.datagrams,
-                stats.udp_rx.datagrams,
-                stats.path.lost_packets,
-                conn.rtt()
-            );
-        }
         H3Counts::add(&counts.connections);
         let watched = conn.clone();
         let watch_counts = counts.clone();

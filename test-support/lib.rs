@@ -53,6 +53,8 @@ mod book {
     mod drain {}
     #[doc = include_str!("../book/src/streams.md")]
     mod streams {}
+    #[doc = include_str!("../book/src/http3.md")]
+    mod http3 {}
     #[doc = include_str!("../book/src/actix.md")]
     mod actix {}
     #[doc = include_str!("../book/src/managers.md")]

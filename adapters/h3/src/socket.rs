@@ -164,13 +164,13 @@ fn deliver(
         return false;
     }
     buf[..datagram.len()].copy_from_slice(datagram);
-    let mut out = RecvMeta::default();
-    out.addr = arrival.from;
-    out.len = datagram.len();
-    out.stride = datagram.len();
-    out.ecn = arrival.ecn;
-    out.dst_ip = arrival.to;
-    *meta = out;
+    *meta = RecvMeta {
+        addr: arrival.from,
+        len: datagram.len(),
+        stride: datagram.len(),
+        ecn: arrival.ecn,
+        dst_ip: arrival.to,
+    };
     true
 }
 
