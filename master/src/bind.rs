@@ -337,6 +337,39 @@ mod tests {
     }
 
     #[test]
+    fn udp_binds_a_datagram_socket_that_workers_inherit() {
+        let spec = parse("127.0.0.1:0,udp").unwrap();
+        assert!(spec.udp && !spec.reuse_addr);
+        assert_eq!(spec.to_string(), "127.0.0.1:0,udp");
+        let bound = spec.bind(16).unwrap();
+        assert_ne!(bound.addr.port(), 0);
+        // SAFETY: borrowing an fd the Bound owns for the checks below.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(bound.fd()) };
+        let socket = socket2::SockRef::from(&fd);
+        assert_eq!(socket.r#type().unwrap(), Type::DGRAM);
+        assert!(!socket.is_listener().unwrap());
+        // SAFETY: F_GETFD only reads the descriptor flags.
+        let flags = unsafe { libc::fcntl(bound.fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, 0, "inherited by workers");
+        // A datagram to it arrives (read through a copy of the fd, as a worker would).
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"ping", bound.addr).unwrap();
+        let worker_copy = std::net::UdpSocket::from(nix::unistd::dup(fd).unwrap());
+        let mut buf = [0u8; 8];
+        let (n, _) = worker_copy.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        // Handed over to a re-exec'd master, it is taken back as a datagram socket.
+        let spec_again = bound.spec.clone();
+        let fd = nix::unistd::dup(fd).unwrap();
+        let adopted = Bound::adopt(spec_again, std::os::fd::IntoRawFd::into_raw_fd(fd)).unwrap();
+        assert_eq!(adopted.addr, bound.addr);
+        assert!(matches!(
+            parse("127.0.0.1:0,tcp"),
+            Err(BindSpecError::UnknownOption { option, .. }) if option == "tcp"
+        ));
+    }
+
+    #[test]
     fn parses_einhorn_forms() {
         assert_eq!(
             parse("127.0.0.1:1234").unwrap(),
