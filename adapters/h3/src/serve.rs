@@ -17,6 +17,11 @@ use crate::body::RequestBody;
 /// How many more requests a connection may start after the GOAWAY that tells its client to
 /// stop (streams it had opened before the GOAWAY reached it).
 const GOAWAY_GRACE_REQUESTS: usize = 64;
+/// The longest a handshake may take. A live client finishes in a few round trips, even
+/// through lost packets; what is left after this is a late copy of a client's Initial whose
+/// client has gone on (with its connection, or elsewhere), which would otherwise hold a
+/// draining worker until quinn's idle timeout (30 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `H3_NO_ERROR`: the code of a connection closed because it is done.
 const H3_NO_ERROR: u32 = 0x100;
 
@@ -43,11 +48,16 @@ pub(crate) async fn connection<S, B>(
     let arrived = std::time::Instant::now();
     let hammer = shared.signal.hammer();
     tokio::pin!(hammer);
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await });
     let conn = tokio::select! {
-        conn = async { incoming.accept()?.await } => match conn {
-            Ok(conn) => conn,
-            Err(e) => {
+        conn = handshake => match conn {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "QUIC handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(timeout = ?HANDSHAKE_TIMEOUT, "QUIC handshake not finished in time: given up");
                 return;
             }
         },
