@@ -98,6 +98,22 @@ static TAKEN: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 /// An [`InheritError`] naming the fd and what is wrong with it. On error the fd is left
 /// untouched and not taken.
 pub(crate) fn take_listener(fd: RawFd) -> Result<StdListener, InheritError> {
+    take(fd, check).map(|(owned, domain)| {
+        if domain == Domain::UNIX {
+            StdListener::Unix(owned.into())
+        } else {
+            StdListener::Tcp(owned.into())
+        }
+    })
+}
+
+/// Takes `fd` once `check` has accepted it (and left it non-blocking and close-on-exec):
+/// open, not taken before by this process; recorded as taken. On error the fd is left
+/// untouched and not taken.
+fn take<T>(
+    fd: RawFd,
+    check: impl FnOnce(RawFd, SockRef<'_>) -> Result<T, InheritError>,
+) -> Result<(OwnedFd, T), InheritError> {
     if fd < 0 {
         return Err(InheritError::NotOpen { fd });
     }
@@ -111,16 +127,11 @@ pub(crate) fn take_listener(fd: RawFd) -> Result<StdListener, InheritError> {
     }
     // SAFETY: the fd is open (checked just above) and we only borrow it for the checks.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let domain = check(fd, SockRef::from(&borrowed))?;
+    let checked = check(fd, SockRef::from(&borrowed))?;
     taken.insert(fd);
-    // SAFETY: the fd is open, a listening socket, and now ours alone within this process
-    // (recorded in TAKEN, so no second OwnedFd can be made from it).
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(if domain == Domain::UNIX {
-        StdListener::Unix(owned.into())
-    } else {
-        StdListener::Tcp(owned.into())
-    })
+    // SAFETY: the fd is open, the socket `check` wants, and now ours alone within this
+    // process (recorded in TAKEN, so no second OwnedFd can be made from it).
+    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, checked))
 }
 
 /// Checks that `fd` is an open, bound, unconnected UDP socket (IPv4 or IPv6), makes it
@@ -131,23 +142,7 @@ pub(crate) fn take_listener(fd: RawFd) -> Result<StdListener, InheritError> {
 /// An [`InheritError`] naming the fd and what is wrong with it; on error the fd is left
 /// untouched and not taken.
 pub(crate) fn take_datagram(fd: RawFd) -> Result<std::net::UdpSocket, InheritError> {
-    if fd < 0 {
-        return Err(InheritError::NotOpen { fd });
-    }
-    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    if taken.contains(&fd) {
-        return Err(InheritError::AlreadyTaken { fd });
-    }
-    // SAFETY: F_GETFD only reads the descriptor flags; an invalid fd yields EBADF.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-        return Err(InheritError::NotOpen { fd });
-    }
-    // SAFETY: the fd is open (checked just above) and we only borrow it for the checks.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    check_datagram(fd, SockRef::from(&borrowed))?;
-    taken.insert(fd);
-    // SAFETY: the fd is open, a bound UDP socket, and now ours alone within this process.
-    Ok(unsafe { std::net::UdpSocket::from_raw_fd(fd) })
+    take(fd, check_datagram).map(|(owned, ())| owned.into())
 }
 
 fn check_datagram(fd: RawFd, socket: SockRef<'_>) -> Result<(), InheritError> {

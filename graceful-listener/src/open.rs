@@ -22,22 +22,10 @@ impl Bind {
             bind: self.clone(),
             source,
         };
+        if let Some((fd, origin)) = self.passed_fd(env)? {
+            return inherited(self, fd, origin);
+        }
         match self {
-            Bind::Einhorn(index) => {
-                let fd = env.einhorn_fd(*index).map_err(from_env)?;
-                let origin = format!("{}={fd}", Environment::einhorn_fd_var(*index));
-                inherited(self, fd, origin)
-            }
-            Bind::Systemd(index) => {
-                let fd = env.systemd_fd(*index).map_err(from_env)?;
-                every_systemd_socket_passed(self, env)?;
-                inherited(self, fd, format!("{LISTEN_FDS} socket {index}, fd {fd}"))
-            }
-            Bind::SystemdName(name) => {
-                let (_, fd) = env.systemd_fd_named(name).map_err(from_env)?;
-                every_systemd_socket_passed(self, env)?;
-                inherited(self, fd, format!("{LISTEN_FDNAMES} {name:?}, fd {fd}"))
-            }
             Bind::Starter(index) => {
                 let port = env.starter_port(*index).map_err(from_env)?;
                 inherited(
@@ -54,7 +42,6 @@ impl Bind {
                     format!("{SERVER_STARTER_PORT} {}={}", port.key, port.fd),
                 )
             }
-            Bind::Fd(fd) => inherited(self, *fd, format!("fd {fd}")),
             Bind::Addr(addr) => socket::bind_tcp(*addr).map(StdListener::Tcp).map_err(io),
             Bind::Port(port) => {
                 socket::bind_tcp(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))
@@ -68,6 +55,9 @@ impl Bind {
                 .map(StdListener::Unix)
                 .map_err(io),
             Bind::Auto => unreachable!("auto is resolved before it is opened"),
+            Bind::Einhorn(_) | Bind::Systemd(_) | Bind::SystemdName(_) | Bind::Fd(_) => {
+                unreachable!("passed sockets are taken above")
+            }
         }
     }
 
@@ -88,50 +78,59 @@ impl Bind {
             bind: self.clone(),
             source,
         };
+        let socket = match self.passed_fd(env)? {
+            Some((fd, origin)) => take_datagram(fd).map_err(|source| BindError::Inherit {
+                bind: self.clone(),
+                origin,
+                source,
+            })?,
+            None => match self {
+                Bind::Addr(addr) => std::net::UdpSocket::bind(addr).map_err(io)?,
+                Bind::Port(port) => {
+                    std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))
+                        .map_err(io)?
+                }
+                Bind::Host(host, port) => {
+                    std::net::UdpSocket::bind((host.as_str(), *port)).map_err(io)?
+                }
+                _ => {
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a datagram socket spec (UDP is einhorn@N, systemd@N, fd@N, HOST:PORT or auto)",
+                    )));
+                }
+            },
+        };
+        socket.set_nonblocking(true).map_err(io)?;
+        Ok(socket)
+    }
+
+    /// The fd a manager passed for this spec, and where its number came from (for messages):
+    /// `None` for a spec that binds a socket of its own. Server::Starter passes stream
+    /// sockets only: its specs are not datagram ones.
+    fn passed_fd(&self, env: &Environment) -> Result<Option<(RawFd, String)>, BindError> {
         let from_env = |source| BindError::Env {
             bind: self.clone(),
             source,
         };
-        let inherited = |fd, origin| {
-            take_datagram(fd).map_err(|source| BindError::Inherit {
-                bind: self.clone(),
-                origin,
-                source,
-            })
-        };
-        match self {
+        Ok(Some(match self {
             Bind::Einhorn(index) => {
                 let fd = env.einhorn_fd(*index).map_err(from_env)?;
-                inherited(fd, format!("{}={fd}", Environment::einhorn_fd_var(*index)))
+                (fd, format!("{}={fd}", Environment::einhorn_fd_var(*index)))
             }
             Bind::Systemd(index) => {
                 let fd = env.systemd_fd(*index).map_err(from_env)?;
                 every_systemd_socket_passed(self, env)?;
-                inherited(fd, format!("{LISTEN_FDS} socket {index}, fd {fd}"))
+                (fd, format!("{LISTEN_FDS} socket {index}, fd {fd}"))
             }
             Bind::SystemdName(name) => {
                 let (_, fd) = env.systemd_fd_named(name).map_err(from_env)?;
                 every_systemd_socket_passed(self, env)?;
-                inherited(fd, format!("{LISTEN_FDNAMES} {name:?}, fd {fd}"))
+                (fd, format!("{LISTEN_FDNAMES} {name:?}, fd {fd}"))
             }
-            Bind::Fd(fd) => inherited(*fd, format!("fd {fd}")),
-            Bind::Addr(addr) => std::net::UdpSocket::bind(addr).map_err(io),
-            Bind::Port(port) => {
-                std::net::UdpSocket::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port))
-                    .map_err(io)
-            }
-            Bind::Host(host, port) => std::net::UdpSocket::bind((host.as_str(), *port)).map_err(io),
-            Bind::Starter(_) | Bind::StarterKey(_) | Bind::Unix { .. } | Bind::Auto => {
-                Err(io(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "not a datagram socket spec (UDP is einhorn@N, systemd@N, fd@N, HOST:PORT or auto)",
-                )))
-            }
-        }
-        .and_then(|socket| {
-            socket.set_nonblocking(true).map_err(io)?;
-            Ok(socket)
-        })
+            Bind::Fd(fd) => (*fd, format!("fd {fd}")),
+            _ => return Ok(None),
+        }))
     }
 
     /// Resolves `auto` if it is, then opens the listener.
