@@ -145,23 +145,30 @@ pub(crate) fn take_datagram(fd: RawFd) -> Result<std::net::UdpSocket, InheritErr
     take(fd, check_datagram).map(|(owned, ())| owned.into())
 }
 
-fn check_datagram(fd: RawFd, socket: SockRef<'_>) -> Result<(), InheritError> {
-    let io = |source: std::io::Error| InheritError::Io { fd, source };
+/// The socket's type and its name for messages (`stream`, `datagram`, ...).
+fn socket_kind(fd: RawFd, socket: &SockRef<'_>) -> Result<(Type, &'static str), InheritError> {
     let kind = match socket.r#type() {
         Ok(kind) => kind,
         Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
             return Err(InheritError::NotASocket { fd });
         }
-        Err(e) => return Err(io(e)),
+        Err(source) => return Err(InheritError::Io { fd, source }),
     };
-    if kind != Type::DGRAM {
-        let kind = match kind {
-            Type::STREAM => "stream",
-            Type::SEQPACKET => "seqpacket",
-            Type::RAW => "raw",
-            _ => "non-datagram",
-        };
-        return Err(InheritError::NotDatagram { fd, kind });
+    let name = match kind {
+        Type::STREAM => "stream",
+        Type::DGRAM => "datagram",
+        Type::SEQPACKET => "seqpacket",
+        Type::RAW => "raw",
+        _ => "unknown",
+    };
+    Ok((kind, name))
+}
+
+fn check_datagram(fd: RawFd, socket: SockRef<'_>) -> Result<(), InheritError> {
+    let io = |source: std::io::Error| InheritError::Io { fd, source };
+    match socket_kind(fd, &socket)? {
+        (Type::DGRAM, _) => {}
+        (_, kind) => return Err(InheritError::NotDatagram { fd, kind }),
     }
     let domain = socket.domain().map_err(io)?;
     if ![Domain::IPV4, Domain::IPV6].contains(&domain) {
@@ -223,21 +230,9 @@ pub(crate) fn check_passed(fd: RawFd) -> Result<(), &'static str> {
 
 fn check(fd: RawFd, socket: SockRef<'_>) -> Result<Domain, InheritError> {
     let io = |source: std::io::Error| InheritError::Io { fd, source };
-    let kind = match socket.r#type() {
-        Ok(kind) => kind,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
-            return Err(InheritError::NotASocket { fd });
-        }
-        Err(e) => return Err(io(e)),
-    };
-    if kind != Type::STREAM {
-        let kind = match kind {
-            Type::DGRAM => "datagram",
-            Type::SEQPACKET => "seqpacket",
-            Type::RAW => "raw",
-            _ => "non-stream",
-        };
-        return Err(InheritError::NotStream { fd, kind });
+    match socket_kind(fd, &socket)? {
+        (Type::STREAM, _) => {}
+        (_, kind) => return Err(InheritError::NotStream { fd, kind }),
     }
     let domain = socket.domain().map_err(io)?;
     if ![Domain::IPV4, Domain::IPV6, Domain::UNIX].contains(&domain) {
