@@ -24,6 +24,10 @@ use crate::socket::RoutingSocket;
 const SUCCESSOR_POLL: Duration = Duration::from_millis(50);
 /// The longest the endpoint waits, once drained, for its last close frames to leave.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a stopping worker still takes the handshakes it began before it stopped (clients
+/// it sent a Retry, whose next Initial names it): a round trip, and a lost packet's resend.
+/// Its drain lasts at least this long.
+const LATE_HANDSHAKES: Duration = Duration::from_secs(1);
 
 /// Serves `service` over HTTP/3 on the UDP socket Einhorn passed as listener number
 /// `fd_index` (bound by `einhorn-master -b HOST:PORT,udp`) until a stop signal, then drains:
@@ -165,6 +169,7 @@ where
         };
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| serve_error("the TLS configuration cannot serve QUIC", e))?;
+        let drain_timeout = self.options.get_drain_timeout();
         let mut worker = Worker::new(self.options)?;
         let udp = worker.listen_datagram(&self.bind)?;
         worker.warm_up().await?;
@@ -209,6 +214,7 @@ where
 
         let handle = worker.handle();
         let signal = worker.shutdown_signal();
+        let taking = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let shared = Arc::new(Shared {
             service: self.service,
             signal: signal.clone(),
@@ -222,6 +228,7 @@ where
                 names: names.clone(),
                 me,
             },
+            taking.clone(),
         ));
         if let Err(e) = worker.ready().await {
             acceptor.abort();
@@ -243,7 +250,13 @@ where
                 signal,
             )))
         };
-        let report = worker.drain(stop).await;
+        let (report, ()) = tokio::join!(worker.drain(stop), tokio::time::sleep(LATE_HANDSHAKES));
+        // The drain may have ended before a late handshake came: one taken meanwhile is
+        // served to its end (it was sent GOAWAY at once), within the drain timeout.
+        taking.store(false, std::sync::atomic::Ordering::Release);
+        if handle.live() > 0 {
+            let _ = tokio::time::timeout(drain_timeout, handle.drained()).await;
+        }
         if let Some(reader) = reader {
             reader.abort();
         }
@@ -283,7 +296,8 @@ impl Successor {
 /// whichever process reads the datagram.
 ///
 /// While stopping: a handshake begun here (after this worker's Retry) is finished here, and
-/// the connection sent GOAWAY at once. A new client read in the moment before this worker
+/// the connection sent GOAWAY at once, for [`LATE_HANDSHAKES`] at least and until the drain
+/// ends; later ones are left to the other workers. A new client read in the moment before this worker
 /// left the socket to its successor gets a Retry too (it is served, told GOAWAY, and
 /// reconnects to the successor); with no successor (the whole server stopping), it is
 /// refused.
@@ -293,6 +307,7 @@ async fn accept<S, B>(
     handle: ListenerHandle,
     signal: ShutdownSignal,
     successor: Successor,
+    taking: Arc<std::sync::atomic::AtomicBool>,
 ) where
     S: Service<http::Request<RequestBody>, Response = http::Response<B>>
         + Clone
@@ -306,6 +321,12 @@ async fn accept<S, B>(
     B::Error: Into<BoxError>,
 {
     while let Some(incoming) = endpoint.accept().await {
+        if !taking.load(std::sync::atomic::Ordering::Acquire) {
+            // Done: its client resends, and once this worker's relay is closed the worker
+            // that reads the datagram takes it (the token is good there too).
+            incoming.ignore();
+            continue;
+        }
         if !incoming.remote_address_validated() {
             if signal.is_stopping() && !successor.exists() {
                 incoming.refuse();
