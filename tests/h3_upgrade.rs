@@ -393,3 +393,56 @@ fn serves_on_a_datagram_socket_systemd_activated() {
         .unwrap_or_else(|| panic!("not on the activated socket:\n{}", worker.output()));
     assert!(line.contains(&format!("addr={addr}")), "{line}");
 }
+
+#[test]
+fn bad_sockets_and_missing_tls_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCertificate::new(dir.path());
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(example("h3-hello"))
+            .args(args)
+            .env_remove("EINHORN_FD_COUNT")
+            .env_remove("LISTEN_FDS")
+            .output()
+            .expect("run h3-hello");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let tls: Vec<String> = cert.worker_args();
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    // A stream socket's spec is not a datagram one.
+    let mut args = vec!["--bind", "unix:/tmp/h3-not-a-datagram.sock"];
+    args.extend(&tls);
+    let (status, stderr) = run(&args);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot bind unix:/tmp/h3-not-a-datagram.sock")
+            && stderr.contains("not a datagram socket spec"),
+        "{stderr}"
+    );
+    // A TCP listener passed where a UDP socket is expected.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    // SAFETY: clearing FD_CLOEXEC on a socket this test owns, so that the child inherits it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    let spec = format!("fd@{fd}");
+    let mut args = vec!["--bind", spec.as_str()];
+    args.extend(&tls);
+    let (status, stderr) = run(&args);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "fd {fd} is a stream socket, not a datagram (UDP) socket"
+        )),
+        "{stderr}"
+    );
+    // No TLS: said, with what to give.
+    let (status, stderr) = run(&["--bind", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("HTTP/3 needs --tls-cert and --tls-key"),
+        "{stderr}"
+    );
+}
