@@ -39,7 +39,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 #[test]
-fn a_pooled_client_keeps_its_connection_across_an_upgrade_and_the_old_worker_drains() {
+fn a_request_in_flight_crosses_an_upgrade_through_the_relay_and_a_pooled_client_moves_on() {
     let dir = tempfile::tempdir().unwrap();
     let (master, cert) = start(dir.path(), &["-n", "1"], "10");
     let old = master.wait_serving(1);
@@ -54,12 +54,16 @@ fn a_pooled_client_keeps_its_connection_across_an_upgrade_and_the_old_worker_dra
             .unwrap_or_else(|e| panic!("{e}\n{}", master.output()));
         let first = String::from_utf8_lossy(&body).into_owned();
         assert!(first.contains(&format!("pid={}", old[0])), "{first}");
-        // A download that outlives the upgrade, on the same pooled connection's worker.
-        let mut downloader = clients.client();
-        let download =
-            tokio::spawn(async move { downloader.get("/download?chunks=60&every_ms=50").await });
-        // Let the download start before the upgrade.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A request that outlives the upgrade: its first round trip shows it in flight on
+        // the old worker (the only one yet).
+        let mut streamer = clients.client();
+        let mut echo = streamer
+            .echo_stream("/echo")
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", master.output()));
+        echo.round(1024)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", master.output()));
         let replies = tokio::task::spawn_blocking({
             let socket = master.socket.clone();
             move || einhorn_master::client::upgrade(&socket, Duration::from_secs(30))
@@ -67,17 +71,26 @@ fn a_pooled_client_keeps_its_connection_across_an_upgrade_and_the_old_worker_dra
         .await
         .unwrap();
         replies.unwrap_or_else(|e| panic!("upgrade: {e}\n{}", master.output()));
-        let body = download
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("download: {e}\n{}", master.output()));
-        let text = String::from_utf8_lossy(&body);
-        assert_eq!(body.len(), 60 * 1024);
+        // Once the old worker has left the socket to the new one, every datagram of this
+        // request reaches it through the new worker's relay.
+        let handed_over = tokio::task::block_in_place(|| {
+            graceful_listener_suite::harness::wait_until(Duration::from_secs(30), || {
+                master.output().contains("another worker reads the socket")
+            })
+        });
         assert!(
-            text.lines()
-                .all(|l| l.starts_with(&format!("pid={} ", old[0]))),
-            "the old worker answered it all"
+            handed_over,
+            "the old worker never left the socket:\n{}",
+            master.output()
         );
+        for round in 0..50 {
+            echo.round(1024)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", master.output()));
+        }
+        echo.finish()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", master.output()));
         // The pooled client goes on: GOAWAY, then a new connection to the new worker.
         let mut seen_new = false;
         for _ in 0..50 {
@@ -101,7 +114,7 @@ fn a_pooled_client_keeps_its_connection_across_an_upgrade_and_the_old_worker_dra
         assert_eq!(H3Counts::get(&counts.resets), 0);
     });
     master.wait_exited(old[0]);
-    // The download's datagrams reached the old worker through the new one's relay.
+    // The request's datagrams reached the old worker through the new one's relay.
     let output = master.output();
     let done = output
         .lines()

@@ -363,6 +363,15 @@ mod tests {
         let fd = nix::unistd::dup(fd).unwrap();
         let adopted = Bound::adopt(spec_again, std::os::fd::IntoRawFd::into_raw_fd(fd)).unwrap();
         assert_eq!(adopted.addr, bound.addr);
+        // A busy port is named, as for TCP.
+        let busy = format!("127.0.0.1:{},udp", bound.addr.port());
+        let err = parse(&busy).unwrap().bind(16).unwrap_err();
+        assert!(matches!(err, BindError::InUse { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot bind {busy}: ")),
+            "{err}"
+        );
         assert!(matches!(
             parse("127.0.0.1:0,tcp"),
             Err(BindSpecError::UnknownOption { option, .. }) if option == "tcp"

@@ -57,7 +57,7 @@ mod socket;
 
 pub use body::RequestBody;
 pub use graceful_listener::{RunError, RunReport};
-pub use run::{H3Run, run};
+pub use run::{H3Run, H3Service, run};
 
 /// An error from a service or a body, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

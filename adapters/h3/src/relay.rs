@@ -136,19 +136,7 @@ fn abstract_addr(name: &str) -> io::Result<socket2::SockAddr> {
     // socket2 reads an abstract name from a leading NUL.
     let mut path = vec![0u8];
     path.extend_from_slice(addr.as_abstract_name().expect("abstract"));
-    socket2::SockAddr::unix(std::ffi::OsStr::from_bytes_compat(&path))
-}
-
-/// `OsStr::from_bytes`, named so that the one use reads as what it is.
-trait FromBytesCompat {
-    fn from_bytes_compat(bytes: &[u8]) -> &Self;
-}
-
-impl FromBytesCompat for std::ffi::OsStr {
-    fn from_bytes_compat(bytes: &[u8]) -> &std::ffi::OsStr {
-        use std::os::unix::ffi::OsStrExt;
-        std::ffi::OsStr::from_bytes(bytes)
-    }
+    socket2::SockAddr::unix(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&path))
 }
 
 /// Registers an fd we own with tokio's reactor.

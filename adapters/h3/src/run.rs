@@ -122,19 +122,7 @@ impl<S> H3Run<S> {
     );
 }
 
-impl<S, B> IntoFuture for H3Run<S>
-where
-    S: Service<http::Request<RequestBody>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+impl<S: H3Service> IntoFuture for H3Run<S> {
     type Output = Result<RunReport, RunError>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
@@ -143,11 +131,25 @@ where
     }
 }
 
-fn serve_error(what: &str, e: impl std::fmt::Display) -> RunError {
-    RunError::Serve(std::io::Error::other(format!("{what}: {e}")))
+/// What [`run`] serves: a tower service of `http::Request<`[`RequestBody`]`>` answering
+/// with a body whose errors box. Implemented for every such service (an axum `Router`, a
+/// `tower::service_fn`); named once here so that the bounds are written once.
+pub trait H3Service:
+    Service<
+        http::Request<RequestBody>,
+        Response = http::Response<Self::ResponseBody>,
+        Future: Send,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// The response's body.
+    type ResponseBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
 }
 
-impl<S, B> H3Run<S>
+impl<S, B> H3Service for S
 where
     S: Service<http::Request<RequestBody>, Response = http::Response<B>>
         + Clone
@@ -160,6 +162,14 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    type ResponseBody = B;
+}
+
+fn serve_error(what: &str, e: impl std::fmt::Display) -> RunError {
+    RunError::Serve(std::io::Error::other(format!("{what}: {e}")))
+}
+
+impl<S: H3Service> H3Run<S> {
     async fn execute(self) -> Result<RunReport, RunError> {
         let Some(tls) = self.tls else {
             return Err(RunError::Serve(std::io::Error::new(
@@ -301,25 +311,14 @@ impl Successor {
 /// left the socket to its successor gets a Retry too (it is served, told GOAWAY, and
 /// reconnects to the successor); with no successor (the whole server stopping), it is
 /// refused.
-async fn accept<S, B>(
+async fn accept<S: H3Service>(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared<S>>,
     handle: ListenerHandle,
     signal: ShutdownSignal,
     successor: Successor,
     taking: Arc<std::sync::atomic::AtomicBool>,
-) where
-    S: Service<http::Request<RequestBody>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+) {
     while let Some(incoming) = endpoint.accept().await {
         if !taking.load(std::sync::atomic::Ordering::Acquire) {
             // Done: its client resends, and once this worker's relay is closed the worker

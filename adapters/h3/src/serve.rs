@@ -9,10 +9,10 @@ use bytes::{Buf, Bytes};
 use graceful_listener::{ConnectionGuard, ShutdownSignal};
 use h3::server::RequestResolver;
 use http_body::Body;
-use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::RequestBody;
+use crate::run::H3Service;
 
 /// How many more requests a connection may start after the GOAWAY that tells its client to
 /// stop (streams it had opened before the GOAWAY reached it).
@@ -32,18 +32,11 @@ pub(crate) struct Shared<S> {
 }
 
 /// Serves one connection from its handshake to its close, counted by `guard` meanwhile.
-pub(crate) async fn connection<S, B>(
+pub(crate) async fn connection<S: H3Service>(
     incoming: quinn::Incoming,
     shared: Arc<Shared<S>>,
     guard: ConnectionGuard,
-) where
-    S: Service<http::Request<RequestBody>, Response = http::Response<B>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+) {
     let _guard = guard;
     let arrived = std::time::Instant::now();
     let hammer = shared.signal.hammer();
@@ -172,18 +165,11 @@ async fn quiet(conn: &quinn::Connection, inflight: &tokio::sync::mpsc::Sender<()
 }
 
 /// Reads one request, calls the service, sends its response.
-async fn request<S, B>(
+async fn request<S: H3Service>(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
     mut service: S,
     id: usize,
-) where
-    S: Service<http::Request<RequestBody>, Response = http::Response<B>> + Send,
-    S::Future: Send,
-    S::Error: Into<BoxError>,
-    B: Body + Send,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+) {
     let (request, stream) = match resolver.resolve_request().await {
         Ok(resolved) => {
             tracing::debug!(id, pid = std::process::id(), uri = %resolved.0.uri(), "HTTP/3 request");
